@@ -1,0 +1,149 @@
+"""`pamfr patient show | history | find`: the identity store as an operator reads it."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from pamfr.cli.common import Context, db_option, open_engine
+
+
+def _selector_options(f):
+    f = click.option("--id", "patient_id", type=int, help="Internal patient id.")(f)
+    f = click.option("--ins", help="INS matricule (15 characters).")(f)
+    f = click.option(
+        "--authority", metavar="NS_OR_OID", help="Assigning authority of --ipp (namespace or OID)."
+    )(f)
+    f = click.option("--ipp", help="IPP (PID-3 identifier of type PI).")(f)
+    return f
+
+
+def _resolve(conn, ipp, authority, ins, patient_id) -> int:
+    """One patient id, or exit 1 (none) / 2 (ambiguous or no selector)."""
+    from pamfr.store.readside import Selector, patient_view, select_patient_ids
+
+    if sum(x is not None for x in (ipp, ins, patient_id)) != 1:
+        click.echo("give exactly one of --ipp, --ins or --id", err=True)
+        sys.exit(2)
+    ids = select_patient_ids(conn, Selector(ipp, authority, ins, patient_id))
+    if not ids:
+        click.echo("no patient matches", err=True)
+        sys.exit(1)
+    if len(ids) > 1:
+        click.echo(f"{len(ids)} patients match; be more precise (--authority, --id):", err=True)
+        for pid in ids:
+            view = patient_view(conn, pid)
+            ipps = ", ".join(
+                f"{i['value']} ({i['oid'] or i['authority']})"
+                for i in view["identifiers"]
+                if i["type"] == "PI"
+            )
+            state = "active" if view["active"] else f"merged into {view['merged_into']}"
+            click.echo(f"  --id {pid}: IPP {ipps}; {state}", err=True)
+        sys.exit(2)
+    return ids[0]
+
+
+@click.group()
+def patient() -> None:
+    """Read the identity store: a patient, its history, a search."""
+
+
+@patient.command()
+@_selector_options
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object (the documented shape).")
+@click.pass_obj
+def show(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> None:
+    """Show one patient. Exit 0 found, 1 none, 2 ambiguous selector."""
+    from pamfr.store.readside import patient_view
+
+    settings = obj.settings(**{"database.url": db_url})
+    with open_engine(settings).connect() as conn:
+        view = patient_view(conn, _resolve(conn, ipp, authority, ins, patient_id))
+    if as_json:
+        click.echo(json.dumps(view, ensure_ascii=False, indent=2))
+    else:
+        click.echo(render_card(view))
+
+
+def render_card(v: dict) -> str:
+    ins = v["ins"]
+    state = "active" if v["active"] else f"MERGED into patient {v['merged_into']}"
+    lines = [
+        f"Patient {v['id']} ({state})",
+        f"  Birth name        {v['birth_name'] or '-'}",
+        f"  Birth given names {' '.join(v['birth_given_names']) or '-'}"
+        f" (first: {v['first_given_name'] or '-'})",
+        f"  Used name         {v['used_name'] or '-'} {v['used_given_name'] or ''}".rstrip(),
+        f"  Birth date        {v['birth_date'] or '-'}   Sex {v['sex'] or '-'}"
+        f"   Birth place (INSEE) {v['birth_place_insee'] or '-'}",
+        f"  Status            {v['status']}"
+        + (f" [{', '.join(v['attributes'])}]" if v["attributes"] else ""),
+        "  INS               "
+        + (
+            f"{ins['value']} {ins['kind']} ({'usable' if v['ins_usable'] else 'NOT usable'})"
+            if ins
+            else "-"
+        ),
+        "  Identifiers       "
+        + ", ".join(
+            f"{i['value']}^{i['type']}^{i['oid'] or i['authority']}" for i in v["identifiers"]
+        ),
+    ]
+    if v["links"]:
+        lines.append(f"  Linked to         {', '.join(map(str, v['links']))}")
+    lines.append(f"  Updated           {v['updated_at']}")
+    return "\n".join(lines)
+
+
+@patient.command()
+@_selector_options
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, oldest first.")
+@click.pass_obj
+def history(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> None:
+    """The changes made to one patient, oldest first, with the message behind each."""
+    from pamfr.store.readside import patient_history
+
+    settings = obj.settings(**{"database.url": db_url})
+    with open_engine(settings).connect() as conn:
+        rows = patient_history(conn, _resolve(conn, ipp, authority, ins, patient_id))
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['at']}  {r['event']} {r['operation']} (control id {r['control_id']})")
+        for fld, (old, new) in r["changes"].items():
+            click.echo(f"    {fld}: {old!r} -> {new!r}")
+
+
+@patient.command()
+@click.option("--name", help="Part of the birth or used name (case-insensitive).")
+@click.option("--birth-date", help="YYYY-MM-DD, YYYY-MM or YYYY, as stored.")
+@click.option("--ins", help="INS matricule.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of patients.")
+@click.pass_obj
+def find(obj: Context, name, birth_date, ins, limit, db_url, as_json) -> None:
+    """Search patients by name, birth date or INS."""
+    from pamfr.store.readside import find_patients, patient_view
+
+    settings = obj.settings(**{"database.url": db_url})
+    with open_engine(settings).connect() as conn:
+        views = [
+            patient_view(conn, pid)
+            for pid in find_patients(conn, name=name, birth_date=birth_date, ins=ins, limit=limit)
+        ]
+    if as_json:
+        click.echo(json.dumps(views, ensure_ascii=False, indent=2))
+        return
+    for v in views:
+        click.echo(
+            f"{v['id']:>7}  {v['birth_name'] or '-'} {v['first_given_name'] or ''}  "
+            f"{v['birth_date'] or '-'} {v['sex'] or '-'}  {v['status']}"
+            + ("" if v["active"] else f"  (merged into {v['merged_into']})")
+        )

@@ -1,0 +1,93 @@
+"""HL7 ACK messages (original and enhanced mode), built as text: an ACK is a few fixed fields."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from datetime import datetime
+
+from pamfr.hl7.charset import UnknownCharset, codec_for
+from pamfr.hl7.er7 import Header
+from pamfr.identity.errors import Problem
+
+_counter = itertools.count(1)
+_PREFIX = f"{os.getpid() % 10000:04d}"
+
+
+def new_control_id() -> str:
+    """A fresh ACK control id, unique across processes and restarts (time, pid, counter)."""
+    return f"{int(time.time() * 1000):x}{_PREFIX}{next(_counter):06d}"
+
+
+def escape(text: str, header: Header | None) -> str:
+    field_sep = header.field_sep if header else "|"
+    comp, rep, esc, sub = header.encoding_chars if header else "^~\\&"
+    out = text.replace(esc, f"{esc}E{esc}")
+    for char, code in ((field_sep, "F"), (comp, "S"), (rep, "R"), (sub, "T")):
+        out = out.replace(char, f"{esc}{code}{esc}")
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+def ack_code_for(header: Header | None, code: str) -> str:
+    """AA/AE/AR become CA/CE/CR for the commit ACK of enhanced mode."""
+    if header is not None and header.enhanced_mode:
+        return {"AA": "CA", "AE": "CE", "AR": "CR"}.get(code, code)
+    return code
+
+
+def build_ack(header: Header | None, code: str, problems: list[Problem] | tuple = ()) -> str:
+    """The ACK text (segments separated by CR) for a message whose header is known or not."""
+    fs = header.field_sep if header else "|"
+    enc = header.encoding_chars if header else "^~\\&"
+    comp = enc[0]
+    now = datetime.now().strftime("%Y%m%d%H%M%S")
+    event = header.event if header else ""
+    msh = [
+        "MSH",
+        enc,
+        header.receiving_app if header else "PAMFR",
+        header.receiving_facility if header else "",
+        header.sending_app if header else "",
+        header.sending_facility if header else "",
+        now,
+        "",
+        f"ACK{comp}{event}{comp}ACK" if event else f"ACK{comp}{comp}ACK",
+        new_control_id(),
+        header.processing_id if header and header.processing_id else "P",
+        header.version if header and header.version else "2.5",
+    ]
+    charset = header.charset if header else ""
+    if charset:
+        msh += ["", "", "", "", "", charset]
+    segments = [
+        fs.join(msh),
+        fs.join(["MSA", ack_code_for(header, code), header.control_id if header else ""]),
+    ]
+    for p in problems:
+        location = p.location.replace("^", comp)
+        segments.append(
+            fs.join(
+                [
+                    "ERR",
+                    "",
+                    location,
+                    f"{p.code}{comp}{escape(p.code_text, header)}{comp}HL70357",
+                    p.severity,
+                    "",
+                    "",
+                    "",
+                    escape(p.text, header),
+                ]
+            )
+        )
+    return "\r".join(segments) + "\r"
+
+
+def encode_ack(text: str, header: Header | None) -> bytes:
+    """The ACK in the received character set; one it cannot encode falls back to UTF-8."""
+    try:
+        codec = codec_for(header.charset) if header else "ascii"
+        return text.encode(codec)
+    except (UnknownCharset, UnicodeEncodeError):
+        return text.encode("utf-8", errors="replace")

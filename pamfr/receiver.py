@@ -1,0 +1,259 @@
+"""The one path every message takes, whatever door it came in by.
+
+prepare(): bytes -> header -> charset decode -> hl7apy parse -> domain values (CPU only, no I/O,
+picklable in and out so it can run in a worker process).
+Receiver.commit(): duplicate control, identity rules, store, history and message log, for a
+batch of prepared messages in one transaction (one savepoint each), then the ACKs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from pamfr.hl7.ack import build_ack, encode_ack
+from pamfr.hl7.er7 import Header, read_header
+from pamfr.hl7.events import Operation
+from pamfr.hl7.parse import AdtMessage, check_header, decode, parse_adt
+from pamfr.identity.errors import MessageRejected, Problem
+from pamfr.store.messagelog import LoggedMessage, dedup_key, find_processed, insert_message
+from pamfr.store.repository import IdentityRepository
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROCESSING_IDS = ("P", "D", "T")
+_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """One frame as it arrived: the raw bytes and where they came from."""
+
+    raw: bytes
+    peer: str = ""
+    door: str = "local"  # mllp, file, replay
+    received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    size: int | None = None  # the real size when `raw` is only the head of an oversized frame
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def oversized(self) -> bool:
+        return self.size is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    inbound: Inbound
+    header: Header | None
+    message: AdtMessage | None
+    code: str  # AA when the message is to be applied, else AE / AR
+    problems: tuple[Problem, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the receiver answered: the ACK bytes and the facts of the log row."""
+
+    ack: bytes
+    code: str  # AA / AE / AR (sent as CA / CE / CR in enhanced mode)
+    message_id: int | None
+    control_id: str = ""
+    event: str = ""
+    duplicate: bool = False
+    error_text: str | None = None
+
+
+def prepare(inbound: Inbound, processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS) -> Prepared:
+    header: Header | None = None
+    try:
+        header = read_header(inbound.raw)
+        if inbound.oversized:
+            raise MessageRejected(
+                Problem(100, "", f"frame of {inbound.size} bytes is over the size limit"), "AR"
+            )
+        check_header(header, processing_ids)
+        message = parse_adt(decode(inbound.raw, header), header)
+        return Prepared(inbound, header, message, "AA", message.warnings)
+    except MessageRejected as rejected:
+        return Prepared(inbound, header, None, rejected.ack_code, tuple(rejected.problems))
+    except Exception as exc:  # a parser bug must not lose the frame: log it, answer AE
+        log.exception("unexpected error while parsing a frame from %s", inbound.peer)
+        problem = Problem(207, "", f"message could not be interpreted: {type(exc).__name__}")
+        return Prepared(inbound, header, None, "AE", (problem,))
+
+
+def _apply(repo: IdentityRepository, message: AdtMessage) -> None:
+    first = message.patients[0]
+    match message.operation:
+        case Operation.CREATE | Operation.UPDATE:
+            repo.upsert(first, message.operation.value)
+        case Operation.MERGE:
+            repo.merge(first, message.prior_identifiers)
+        case Operation.CHANGE_ID:
+            repo.change_identifier(first, message.prior_identifiers)
+        case Operation.LINK:
+            repo.link(first, message.patients[1])
+        case Operation.UNLINK:
+            repo.unlink(first, message.patients[1])
+
+
+class Receiver:
+    def __init__(
+        self, engine: Engine, *, processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS
+    ) -> None:
+        self.engine = engine
+        self.processing_ids = tuple(processing_ids)
+
+    def prepare(self, inbound: Inbound) -> Prepared:
+        return prepare(inbound, self.processing_ids)
+
+    def handle(self, raw: bytes, peer: str = "", door: str = "local") -> Outcome:
+        """The whole path for one message, synchronously (replay --local, tests)."""
+        return self.commit([self.prepare(Inbound(raw, peer, door))])[0]
+
+    def commit(self, batch: list[Prepared]) -> list[Outcome]:
+        """Apply and log a batch in one transaction; ACKs are valid only once this returns."""
+        try:
+            with self.engine.begin() as conn:
+                outcomes = [self._one(conn, p) for p in batch]
+        except SQLAlchemyError as exc:
+            log.error("database unavailable, %d message(s) answered AR 207: %s", len(batch), exc)
+            return [self._unavailable(p) for p in batch]
+        for p, o in zip(batch, outcomes, strict=True):
+            self._log_line(p, o)
+        return outcomes
+
+    # -- one message -----------------------------------------------------------
+
+    def _one(self, conn: Connection, p: Prepared) -> Outcome:
+        for attempt in range(_ATTEMPTS):
+            savepoint = conn.begin_nested()
+            try:
+                outcome = self._attempt(conn, p)
+                savepoint.commit()
+                return outcome
+            except IntegrityError as exc:
+                # Another receiver created the same IPP or logged the same control id at the
+                # same time: look again, the second attempt sees what it committed.
+                savepoint.rollback()
+                log.info("write conflict on attempt %d, retrying: %s", attempt + 1, exc.orig)
+            except MessageRejected as rejected:
+                savepoint.rollback()
+                return self._log_only(conn, p, rejected.ack_code, tuple(rejected.problems))
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:
+                savepoint.rollback()
+                log.exception("unexpected error while applying a message")
+                problem = Problem(207, "", f"application internal error: {type(exc).__name__}")
+                return self._log_only(conn, p, "AR", (problem,))
+        problem = Problem(206, "", "the record stayed locked by concurrent writers; resend")
+        return self._log_only(conn, p, "AR", (problem,))
+
+    def _attempt(self, conn: Connection, p: Prepared) -> Outcome:
+        header = p.header
+        key = (
+            dedup_key(header.sending_app, header.sending_facility, header.control_id)
+            if header
+            else None
+        )
+        if key is not None:
+            existing = find_processed(conn, key)
+            if existing is not None:
+                return self._duplicate(conn, p, *existing)
+        if p.code != "AA" or p.message is None:
+            return self._log_only(conn, p, p.code, p.problems)
+        now = p.inbound.received_at
+        repo = IdentityRepository(conn, now)
+        _apply(repo, p.message)
+        problems = (*p.problems, *repo.warnings)
+        message_id, ack = self._log(conn, p, "AA", problems, key)
+        repo.write_history(message_id, header.control_id, header.event)
+        return Outcome(ack, "AA", message_id, header.control_id, header.event)
+
+    def _log(
+        self,
+        conn: Connection,
+        p: Prepared,
+        code: str,
+        problems: tuple[Problem, ...],
+        key: str | None,
+        duplicate_of: int | None = None,
+        ack: bytes | None = None,
+    ) -> tuple[int, bytes]:
+        h = p.header
+        if ack is None:
+            ack = encode_ack(build_ack(h, code, problems), h)
+        errors = "; ".join(
+            f"{x.code} {x.location}: {x.text}" for x in problems if x.severity == "E"
+        )
+        row = LoggedMessage(
+            received_at=p.inbound.received_at,
+            door=p.inbound.door,
+            peer=p.inbound.peer,
+            raw=p.inbound.raw,
+            raw_size=p.inbound.size or len(p.inbound.raw),
+            outcome=code,
+            ack=ack,
+            sending_app=h.sending_app if h else "",
+            sending_facility=h.sending_facility if h else "",
+            control_id=h.control_id if h else "",
+            message_type=h.message_type if h else "",
+            event=h.event if h else "",
+            charset=h.charset if h else "",
+            error_text=errors or None,
+            # Only final outcomes are remembered: an AR invites the sender to resend.
+            dedup_key=key if code in ("AA", "AE") else None,
+            duplicate_of=duplicate_of,
+            duration_ms=(time.perf_counter() - p.inbound.started) * 1000,
+        )
+        return insert_message(conn, row), ack
+
+    def _log_only(
+        self, conn: Connection, p: Prepared, code: str, problems: tuple[Problem, ...]
+    ) -> Outcome:
+        h = p.header
+        key = dedup_key(h.sending_app, h.sending_facility, h.control_id) if h else None
+        message_id, ack = self._log(conn, p, code, problems, key)
+        text = "; ".join(x.text for x in problems if x.severity == "E") or None
+        return Outcome(
+            ack, code, message_id, h.control_id if h else "", h.event if h else "", False, text
+        )
+
+    def _duplicate(
+        self, conn: Connection, p: Prepared, original_id: int, code: str, ack: bytes | None
+    ) -> Outcome:
+        h = p.header
+        assert h is not None
+        stored = ack or encode_ack(build_ack(h, code), h)
+        message_id, _ = self._log(conn, p, code, (), None, duplicate_of=original_id, ack=stored)
+        return Outcome(stored, code, message_id, h.control_id, h.event, True, None)
+
+    def _unavailable(self, p: Prepared) -> Outcome:
+        h = p.header
+        problem = Problem(
+            207, "", "application internal error: the database is unavailable, resend later"
+        )
+        ack = encode_ack(build_ack(h, "AR", (problem,)), h)
+        return Outcome(
+            ack, "AR", None, h.control_id if h else "", h.event if h else "", False, problem.text
+        )
+
+    @staticmethod
+    def _log_line(p: Prepared, o: Outcome) -> None:
+        log.info(
+            "%s %s control_id=%s event=%s outcome=%s%s %.1fms",
+            p.inbound.door,
+            p.inbound.peer or "-",
+            o.control_id or "-",
+            o.event or "-",
+            o.code,
+            " (duplicate)" if o.duplicate else "",
+            (time.perf_counter() - p.inbound.started) * 1000,
+        )

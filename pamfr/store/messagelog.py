@@ -1,0 +1,60 @@
+"""The message log: every frame received, its outcome and the ACK that answered it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select
+
+from pamfr.store.schema import message
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedMessage:
+    """One row of the log, as written by the receiver."""
+
+    received_at: datetime
+    door: str
+    peer: str
+    raw: bytes
+    raw_size: int
+    outcome: str
+    ack: bytes | None
+    sending_app: str = ""
+    sending_facility: str = ""
+    control_id: str = ""
+    message_type: str = ""
+    event: str = ""
+    charset: str = ""
+    error_text: str | None = None
+    dedup_key: str | None = None
+    duplicate_of: int | None = None
+    duration_ms: float | None = None
+
+
+def dedup_key(sending_app: str, sending_facility: str, control_id: str) -> str | None:
+    """The duplicate-control key (MSH-3, MSH-4, MSH-10); None when there is no control id."""
+    if not control_id:
+        return None
+    return f"{sending_app}|{sending_facility}|{control_id}"
+
+
+def insert_message(conn: Connection, row: LoggedMessage) -> int:
+    values = {k: getattr(row, k) for k in LoggedMessage.__dataclass_fields__}
+    return conn.execute(insert(message).values(**values).returning(message.c.id)).scalar_one()
+
+
+def find_processed(conn: Connection, key: str) -> tuple[int, str, bytes | None] | None:
+    """The (id, outcome, ack) of the message already processed under this key, if any."""
+    row = conn.execute(
+        select(message.c.id, message.c.outcome, message.c.ack).where(message.c.dedup_key == key)
+    ).first()
+    return (row.id, row.outcome, row.ack) if row else None
+
+
+def list_messages(conn: Connection, *, outcome: str | None = None, limit: int = 50) -> list[dict]:
+    query = select(message).order_by(message.c.id.desc()).limit(limit)
+    if outcome:
+        query = query.where(message.c.outcome == outcome)
+    return [dict(r) for r in conn.execute(query).mappings()]

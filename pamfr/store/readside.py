@@ -1,0 +1,147 @@
+"""The read side: a patient as `pamfr patient show --json` prints it, its history, searches.
+
+The JSON shape is a contract that tests and other tools rely on (see README).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, func, select
+
+from pamfr.identity.ins import INS_OIDS
+from pamfr.identity.model import IPP_TYPE
+from pamfr.identity.status import ins_usable
+from pamfr.store.repository import linked_patient_ids
+from pamfr.store.schema import history, identifier, patient
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    ipp: str | None = None
+    authority: str | None = None
+    ins: str | None = None
+    id: int | None = None
+
+
+def select_patient_ids(conn: Connection, sel: Selector) -> list[int]:
+    if sel.id is not None:
+        found = conn.execute(select(patient.c.id).where(patient.c.id == sel.id)).scalar()
+        return [found] if found is not None else []
+    if sel.ins is not None:
+        rows = conn.execute(
+            select(patient.c.id)
+            .where(patient.c.ins_value == sel.ins.upper())
+            .order_by(patient.c.id)
+        )
+        return [r[0] for r in rows]
+    if sel.ipp is not None:
+        query = select(identifier.c.patient_id).where(
+            identifier.c.value == sel.ipp, identifier.c.type == IPP_TYPE
+        )
+        if sel.authority:
+            query = query.where(
+                (identifier.c.authority_key == sel.authority)
+                | (identifier.c.authority == sel.authority)
+            )
+        return sorted({r[0] for r in conn.execute(query)})
+    return []
+
+
+def patient_view(conn: Connection, patient_id: int) -> dict:
+    row = conn.execute(select(patient).where(patient.c.id == patient_id)).mappings().one()
+    idents = conn.execute(
+        select(identifier).where(identifier.c.patient_id == patient_id).order_by(identifier.c.id)
+    ).mappings()
+    identifiers = [
+        {
+            "value": i["value"],
+            "type": i["type"],
+            "authority": i["authority"],
+            "oid": i["oid"] or None,
+        }
+        for i in idents
+    ]
+    ins = None
+    if row["ins_value"]:
+        kind = INS_OIDS.get(row["ins_oid"])
+        ins = {
+            "value": row["ins_value"],
+            "oid": row["ins_oid"],
+            "kind": kind.value if kind else None,
+        }
+        identifiers.append(
+            {"value": row["ins_value"], "type": "INS", "authority": None, "oid": row["ins_oid"]}
+        )
+    names = row["birth_given_names"]
+    return {
+        "id": row["id"],
+        "active": bool(row["active"]),
+        "merged_into": row["merged_into"],
+        "identifiers": identifiers,
+        "ins": ins,
+        "ins_usable": bool(ins) and ins_usable(row["status"]),
+        "birth_name": row["birth_name"],
+        "first_given_name": row["first_given_name"],
+        "birth_given_names": names.split(" ") if names else [],
+        "used_name": row["used_name"],
+        "used_given_name": row["used_given_name"],
+        "birth_date": row["birth_date"],
+        "sex": row["sex"],
+        "birth_place_insee": row["birth_place_insee"],
+        "status": row["status"],
+        "attributes": row["attributes"].split() if row["attributes"] else [],
+        "other_status_codes": row["other_status_codes"].split()
+        if row["other_status_codes"]
+        else [],
+        "identity_mode": row["identity_mode"],
+        "insi_query_date": row["insi_query_date"],
+        "identity_document": row["identity_document"],
+        "links": linked_patient_ids(conn, patient_id),
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def patient_history(conn: Connection, patient_id: int) -> list[dict]:
+    rows = conn.execute(
+        select(history).where(history.c.patient_id == patient_id).order_by(history.c.id)
+    ).mappings()
+    return [
+        {
+            "at": r["at"].isoformat(),
+            "event": r["event"],
+            "operation": r["operation"],
+            "control_id": r["control_id"],
+            "message_id": r["message_id"],
+            "changes": json.loads(r["changes"]),
+        }
+        for r in rows
+    ]
+
+
+def find_patients(
+    conn: Connection,
+    *,
+    name: str | None = None,
+    birth_date: str | None = None,
+    ins: str | None = None,
+    limit: int = 100,
+) -> list[int]:
+    query = select(patient.c.id).order_by(patient.c.id).limit(limit)
+    if name:
+        pattern = f"%{name.lower()}%"
+        query = query.where(
+            func.lower(patient.c.birth_name).like(pattern)
+            | func.lower(patient.c.used_name).like(pattern)
+        )
+    if birth_date:
+        query = query.where(patient.c.birth_date == birth_date)
+    if ins:
+        query = query.where(patient.c.ins_value == ins.upper())
+    return [r[0] for r in conn.execute(query)]
+
+
+def all_patient_ids(conn: Connection) -> list[int]:
+    return [r[0] for r in conn.execute(select(patient.c.id).order_by(patient.c.id))]

@@ -1,0 +1,429 @@
+"""Identity operations on the store, each run inside the caller's transaction.
+
+Concurrency between several receivers on one PostgreSQL database rests on the unique IPP index
+and on row locks (SELECT ... FOR UPDATE, taken in id order), never on in-process locks.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+
+from pamfr.identity.errors import MessageRejected, Problem
+from pamfr.identity.ins import Ins
+from pamfr.identity.model import (
+    INS_TYPE,
+    IPP_TYPE,
+    KEEP,
+    BirthDate,
+    Identifier,
+    PatientIdentity,
+)
+from pamfr.store.schema import history, identifier, patient, patient_link
+
+# Patient columns that a PID sets, in the order history shows them.
+DEMOGRAPHIC_COLUMNS = (
+    "birth_name",
+    "first_given_name",
+    "birth_given_names",
+    "used_name",
+    "used_given_name",
+    "birth_date",
+    "sex",
+    "birth_place_insee",
+    "ins_value",
+    "ins_oid",
+    "status",
+    "attributes",
+    "other_status_codes",
+    "identity_mode",
+    "insi_query_date",
+    "identity_document",
+)
+
+
+@dataclass
+class Change:
+    """One history row to write once the message row exists."""
+
+    patient_id: int
+    operation: str
+    changes: dict[str, list] = field(default_factory=dict)
+
+
+def identity_columns(identity: PatientIdentity) -> dict[str, object]:
+    """The patient columns a PID sets; empty HL7 fields (KEEP) are left out."""
+    values: dict[str, object] = {}
+
+    def put(column: str, value: object) -> None:
+        if value is not KEEP:
+            values[column] = value
+
+    put("birth_name", identity.birth_name)
+    put("first_given_name", identity.first_given_name)
+    names = identity.birth_given_names
+    put("birth_given_names", " ".join(names) if isinstance(names, tuple) else names)
+    put("used_name", identity.used_name)
+    put("used_given_name", identity.used_given_name)
+    date = identity.birth_date
+    put("birth_date", date.iso() if isinstance(date, BirthDate) else date)
+    put("sex", identity.sex)
+    put("birth_place_insee", identity.birth_place_insee)
+    if isinstance(identity.ins, Ins):
+        values["ins_value"], values["ins_oid"] = identity.ins.value, identity.ins.oid
+    elif identity.ins is None:
+        values["ins_value"] = values["ins_oid"] = None
+    values["status"] = identity.status.status.value
+    values["attributes"] = " ".join(a.value for a in identity.status.attributes)
+    values["other_status_codes"] = " ".join(identity.status.other_codes)
+    put("identity_mode", identity.identity_mode)
+    put("insi_query_date", identity.insi_query_date)
+    put("identity_document", identity.identity_document)
+    return values
+
+
+def _ident_text(i: Identifier | dict) -> str:
+    if isinstance(i, dict):
+        return f"{i['value']}^{i['type']}^{i['authority_key']}"
+    return f"{i.value}^{i.type}^{i.authority_key}"
+
+
+class IdentityRepository:
+    def __init__(self, conn: Connection, now: datetime) -> None:
+        self.conn = conn
+        self.now = now
+        self.changes: list[Change] = []
+        self.warnings: list[Problem] = []
+        self._lock = conn.dialect.name == "postgresql"
+        self.pending_link: dict | None = None
+
+    # -- look-ups -----------------------------------------------------------
+
+    def find_patient_id(self, ident: Identifier) -> int | None:
+        query = select(identifier.c.patient_id).where(
+            identifier.c.authority_key == ident.authority_key,
+            identifier.c.value == ident.value,
+            identifier.c.type == (ident.type or IPP_TYPE),
+        )
+        return self.conn.execute(query.limit(1)).scalar_one_or_none()
+
+    def _find_by_ipps(self, identity: PatientIdentity) -> int | None:
+        for ipp in identity.ipps:
+            found = self.find_patient_id(ipp)
+            if found is not None:
+                return found
+        return None
+
+    def _load(self, patient_id: int) -> dict:
+        query = select(patient).where(patient.c.id == patient_id)
+        if self._lock:
+            query = query.with_for_update()
+        return dict(self.conn.execute(query).mappings().one())
+
+    def _lock_in_order(self, *ids: int) -> dict[int, dict]:
+        return {pid: self._load(pid) for pid in sorted(set(ids))}
+
+    def _identifiers(self, patient_id: int) -> list[dict]:
+        rows = self.conn.execute(
+            select(identifier)
+            .where(identifier.c.patient_id == patient_id)
+            .order_by(identifier.c.id)
+        )
+        return [dict(r) for r in rows.mappings()]
+
+    # -- writes -------------------------------------------------------------
+
+    def _record(self, patient_id: int, operation: str, changes: dict[str, list]) -> None:
+        if changes:
+            self.changes.append(Change(patient_id, operation, changes))
+
+    def _insert_patient(self, identity: PatientIdentity, operation: str) -> int:
+        columns = identity_columns(identity)
+        patient_id = self.conn.execute(
+            insert(patient)
+            .values(active=True, created_at=self.now, updated_at=self.now, **columns)
+            .returning(patient.c.id)
+        ).scalar_one()
+        new_ids = self._add_identifiers(patient_id, identity.identifiers, known=[])
+        changes = {k: [None, v] for k, v in columns.items() if v not in (None, "")}
+        changes["active"] = [None, True]
+        if new_ids:
+            changes["identifiers"] = [[], new_ids]
+        self._record(patient_id, operation, changes)
+        return patient_id
+
+    def _add_identifiers(
+        self, patient_id: int, identifiers: tuple[Identifier, ...], known: list[dict]
+    ) -> list[str]:
+        """Add the PID-3 identifiers the patient lacks (the INS lives on the patient row)."""
+        have = {(k["authority_key"], k["value"], k["type"]) for k in known}
+        rows = []
+        for ident in identifiers:
+            key = (ident.authority_key, ident.value, ident.type)
+            if ident.type == INS_TYPE or key in have:
+                continue
+            have.add(key)
+            rows.append(
+                dict(
+                    patient_id=patient_id,
+                    value=ident.value,
+                    type=ident.type,
+                    authority=ident.authority,
+                    oid=ident.oid,
+                    authority_key=ident.authority_key,
+                )
+            )
+        if rows:
+            self.conn.execute(insert(identifier), rows)
+        return [_ident_text(r) for r in rows]
+
+    def _update_patient(self, patient_id: int, identity: PatientIdentity, operation: str) -> None:
+        current = self._load(patient_id)
+        columns = identity_columns(identity)
+        diff = {k: [current[k], v] for k, v in columns.items() if current[k] != v}
+        known = self._identifiers(patient_id)
+        added = self._add_identifiers(patient_id, identity.identifiers, known)
+        if added:
+            diff["identifiers"] = [
+                [_ident_text(k) for k in known],
+                [*map(_ident_text, known), *added],
+            ]
+        if diff:
+            values = {k: v[1] for k, v in diff.items() if k in columns}
+            self.conn.execute(
+                update(patient)
+                .where(patient.c.id == patient_id)
+                .values(updated_at=self.now, **values)
+            )
+        self._record(patient_id, operation, diff)
+
+    # -- operations (IHE ITI-30 expected actions) --------------------------------
+
+    def upsert(self, identity: PatientIdentity, operation: str) -> int:
+        """A28 / A31 / ITI-31 events: create the patient, or update it when its IPP is known."""
+        patient_id = self._find_by_ipps(identity)
+        if patient_id is None:
+            return self._insert_patient(identity, operation)
+        if not self._is_active(patient_id):
+            self.warnings.append(
+                Problem(
+                    204,
+                    "PID^1^3",
+                    "this IPP belongs to a patient merged into another: identity not updated",
+                    severity="W",
+                )
+            )
+            return patient_id
+        self._update_patient(patient_id, identity, operation)
+        return patient_id
+
+    def _is_active(self, patient_id: int) -> bool:
+        return bool(
+            self.conn.execute(select(patient.c.active).where(patient.c.id == patient_id)).scalar()
+        )
+
+    def _prior_ipp(self, prior: tuple[Identifier, ...]) -> Identifier | None:
+        for ident in prior:
+            if ident.type in ("", IPP_TYPE):
+                return Identifier(ident.value, IPP_TYPE, ident.authority, ident.oid)
+        return None
+
+    @staticmethod
+    def _matching_ipp(identity: PatientIdentity, source: Identifier) -> Identifier | None:
+        same_authority = [i for i in identity.ipps if i.authority_key == source.authority_key]
+        return (same_authority or list(identity.ipps) or [None])[0]
+
+    def merge(self, identity: PatientIdentity, prior: tuple[Identifier, ...]) -> None:
+        """A40: the MRG-1 patient is merged into the PID-3 patient."""
+        source_ipp = self._prior_ipp(prior)
+        if source_ipp is None:
+            raise MessageRejected(Problem(101, "MRG^1^1", "MRG-1 holds no IPP (CX-5 PI)"))
+        source_id = self.find_patient_id(source_ipp)
+        if source_id is None:
+            return  # IHE: source unknown, nothing to do
+        target_id = self._find_by_ipps(identity)
+        if target_id is None:
+            self._rename(source_id, source_ipp, identity, "merge")
+            return
+        if target_id == source_id:
+            raise MessageRejected(
+                Problem(205, "MRG^1^1", "MRG-1 and PID-3 designate the same patient")
+            )
+        rows = self._lock_in_order(source_id, target_id)
+        source, target = rows[source_id], rows[target_id]
+        if not source["active"]:
+            if source["merged_into"] == target_id:
+                return  # already merged into this survivor
+            raise MessageRejected(
+                Problem(205, "MRG^1^1", "the MRG-1 patient was already merged into another patient")
+            )
+        if not target["active"]:
+            raise MessageRejected(
+                Problem(205, "PID^1^3", "the PID-3 patient was itself merged into another patient")
+            )
+        self.conn.execute(
+            update(patient)
+            .where(patient.c.id == source_id)
+            .values(active=False, merged_into=target_id, updated_at=self.now)
+        )
+        self._record(
+            source_id, "merge", {"active": [True, False], "merged_into": [None, target_id]}
+        )
+        self._update_patient(target_id, identity, "merge")
+
+    def change_identifier(self, identity: PatientIdentity, prior: tuple[Identifier, ...]) -> None:
+        """A47: MRG-1's identifier becomes PID-3's on the same patient."""
+        source_ipp = self._prior_ipp(prior)
+        if source_ipp is None:
+            raise MessageRejected(Problem(101, "MRG^1^1", "MRG-1 holds no IPP (CX-5 PI)"))
+        source_id = self.find_patient_id(source_ipp)
+        if source_id is None:
+            return  # IHE: source unknown, nothing to do
+        self._rename(source_id, source_ipp, identity, "change_id")
+
+    def _rename(
+        self, patient_id: int, old: Identifier, identity: PatientIdentity, operation: str
+    ) -> None:
+        new = self._matching_ipp(identity, old)
+        if new is None:
+            raise MessageRejected(Problem(101, "PID^1^3", "PID-3 holds no IPP (CX-5 PI)"))
+        owner = self.find_patient_id(new)
+        if owner is not None and owner != patient_id:
+            raise MessageRejected(
+                Problem(
+                    205,
+                    "PID^1^3",
+                    "the new identifier already belongs to another patient (send an A40 merge)",
+                )
+            )
+        self._lock_in_order(patient_id)
+        if owner is None:
+            self.conn.execute(
+                update(identifier)
+                .where(
+                    identifier.c.patient_id == patient_id,
+                    identifier.c.authority_key == old.authority_key,
+                    identifier.c.value == old.value,
+                    identifier.c.type == IPP_TYPE,
+                )
+                .values(
+                    value=new.value,
+                    authority=new.authority,
+                    oid=new.oid,
+                    authority_key=new.authority_key,
+                )
+            )
+            self._record(
+                patient_id, operation, {"identifier": [_ident_text(old), _ident_text(new)]}
+            )
+        self._update_patient(patient_id, identity, operation)
+
+    # -- links ----------------------------------------------------------------
+
+    @staticmethod
+    def _link_pair(a: Identifier, b: Identifier) -> tuple[tuple[str, str], tuple[str, str]]:
+        pair = sorted([(a.authority_key, a.value), (b.authority_key, b.value)])
+        return pair[0], pair[1]
+
+    def _link_where(self, a: Identifier, b: Identifier):
+        (ak, av), (bk, bv) = self._link_pair(a, b)
+        return and_(
+            patient_link.c.a_authority_key == ak,
+            patient_link.c.a_value == av,
+            patient_link.c.b_authority_key == bk,
+            patient_link.c.b_value == bv,
+        )
+
+    def link(self, first: PatientIdentity, second: PatientIdentity) -> None:
+        """A24: record a link between two identifiers (patients need not exist yet)."""
+        a, b = first.ipp, second.ipp
+        assert a is not None and b is not None
+        if a.authority_key == b.authority_key and a.value == b.value:
+            raise MessageRejected(Problem(205, "PID^2^3", "A24 links a patient to itself"))
+        exists = self.conn.execute(select(patient_link.c.id).where(self._link_where(a, b))).first()
+        if exists:
+            return
+        (ak, av), (bk, bv) = self._link_pair(a, b)
+        # Written with the history, once the message row (which the link cites) exists.
+        self.pending_link = dict(
+            a_authority_key=ak, a_value=av, b_authority_key=bk, b_value=bv, created_at=self.now
+        )
+        self._record_link(a, b, "link", [None, True])
+
+    def unlink(self, first: PatientIdentity, second: PatientIdentity) -> None:
+        """A37: remove a link; an unknown link is not an error."""
+        a, b = first.ipp, second.ipp
+        assert a is not None and b is not None
+        removed = self.conn.execute(delete(patient_link).where(self._link_where(a, b))).rowcount
+        if removed:
+            self._record_link(a, b, "unlink", [True, None])
+
+    def _record_link(self, a: Identifier, b: Identifier, operation: str, change: list) -> None:
+        for this, other in ((a, b), (b, a)):
+            pid = self.find_patient_id(this)
+            if pid is not None:
+                self._record(pid, operation, {f"link:{_ident_text(other)}": change})
+
+    # -- history --------------------------------------------------------------
+
+    def write_history(self, message_id: int, control_id: str, event: str) -> None:
+        if self.pending_link is not None:
+            self.conn.execute(
+                insert(patient_link).values(message_id=message_id, **self.pending_link)
+            )
+        if not self.changes:
+            return
+        self.conn.execute(
+            insert(history),
+            [
+                dict(
+                    patient_id=c.patient_id,
+                    at=self.now,
+                    message_id=message_id,
+                    control_id=control_id,
+                    event=event,
+                    operation=c.operation,
+                    changes=json.dumps(c.changes, ensure_ascii=False, default=str),
+                )
+                for c in self.changes
+            ],
+        )
+
+
+def linked_patient_ids(conn: Connection, patient_id: int) -> list[int]:
+    """Ids of the patients linked to this one (links are kept by identifier)."""
+    ipps = conn.execute(
+        select(identifier.c.authority_key, identifier.c.value).where(
+            identifier.c.patient_id == patient_id, identifier.c.type == IPP_TYPE
+        )
+    ).all()
+    others: list[tuple[str, str]] = []
+    for key, value in ipps:
+        rows = conn.execute(
+            select(patient_link).where(
+                or_(
+                    and_(patient_link.c.a_authority_key == key, patient_link.c.a_value == value),
+                    and_(patient_link.c.b_authority_key == key, patient_link.c.b_value == value),
+                )
+            )
+        ).mappings()
+        for r in rows:
+            if (r["a_authority_key"], r["a_value"]) == (key, value):
+                others.append((r["b_authority_key"], r["b_value"]))
+            else:
+                others.append((r["a_authority_key"], r["a_value"]))
+    ids: list[int] = []
+    for key, value in others:
+        pid = conn.execute(
+            select(identifier.c.patient_id).where(
+                identifier.c.authority_key == key,
+                identifier.c.value == value,
+                identifier.c.type == IPP_TYPE,
+            )
+        ).scalar_one_or_none()
+        if pid is not None and pid not in ids:
+            ids.append(pid)
+    return sorted(ids)

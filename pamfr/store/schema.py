@@ -1,0 +1,131 @@
+"""The tables (SQLAlchemy Core); the Alembic migrations in migrations/ create them."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+# Every frame received, whatever its fate, with the ACK that answered it.
+message = Table(
+    "message",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("door", String(16), nullable=False),  # mllp, file, replay
+    Column("peer", String(255), nullable=False, server_default=""),
+    Column("sending_app", String(255), nullable=False, server_default=""),
+    Column("sending_facility", String(255), nullable=False, server_default=""),
+    Column("control_id", String(255), nullable=False, server_default=""),
+    Column("message_type", String(16), nullable=False, server_default=""),
+    Column("event", String(16), nullable=False, server_default=""),
+    Column("charset", String(64), nullable=False, server_default=""),
+    Column("raw", LargeBinary, nullable=False),
+    Column("raw_size", Integer, nullable=False),  # larger than len(raw) when a frame was cut
+    Column("outcome", String(2), nullable=False),  # AA, AE, AR (CA/CE/CR are sent, AA/AE/AR kept)
+    Column("error_text", Text, nullable=True),
+    Column("ack", LargeBinary, nullable=True),
+    # sending_app|sending_facility|control_id of a message whose outcome is final; NULL otherwise
+    Column("dedup_key", String(800), nullable=True, unique=True),
+    Column("duplicate_of", Integer, ForeignKey("message.id"), nullable=True),
+    Column("duration_ms", Float, nullable=True),
+)
+Index("ix_message_outcome_id", message.c.outcome, message.c.id)
+
+patient = Table(
+    "patient",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("active", Boolean, nullable=False, server_default=text("true")),
+    Column("merged_into", Integer, ForeignKey("patient.id"), nullable=True),
+    Column("birth_name", Text),
+    Column("first_given_name", Text),
+    Column("birth_given_names", Text),  # space separated, in order
+    Column("used_name", Text),
+    Column("used_given_name", Text),
+    Column("birth_date", String(10)),  # YYYY, YYYY-MM or YYYY-MM-DD
+    Column("sex", String(1)),
+    Column("birth_place_insee", String(5)),
+    Column("ins_value", String(15)),
+    Column("ins_oid", String(64)),
+    Column("status", String(16), nullable=False, server_default="provisoire"),
+    Column("attributes", Text, nullable=False, server_default=""),  # space separated
+    Column("other_status_codes", Text, nullable=False, server_default=""),
+    Column("identity_mode", String(16)),  # ZFD-5
+    Column("insi_query_date", String(32)),  # ZFD-6
+    Column("identity_document", String(16)),  # ZFD-7
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_patient_ins_value", patient.c.ins_value)
+Index("ix_patient_birth_name", patient.c.birth_name)
+
+identifier = Table(
+    "identifier",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_id", Integer, ForeignKey("patient.id"), nullable=False, index=True),
+    Column("value", String(255), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("authority", String(255), nullable=False, server_default=""),
+    Column("oid", String(255), nullable=False, server_default=""),
+    Column("authority_key", String(255), nullable=False),  # oid, else authority
+)
+# An IPP belongs to one patient; other identifier types (NH, INS...) may be shared.
+Index(
+    "ux_identifier_ipp",
+    identifier.c.authority_key,
+    identifier.c.value,
+    unique=True,
+    sqlite_where=identifier.c.type == "PI",
+    postgresql_where=identifier.c.type == "PI",
+)
+Index("ix_identifier_lookup", identifier.c.authority_key, identifier.c.value, identifier.c.type)
+
+# Links are recorded between identifiers, so they can exist before their patients do.
+patient_link = Table(
+    "patient_link",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("a_authority_key", String(255), nullable=False),
+    Column("a_value", String(255), nullable=False),
+    Column("b_authority_key", String(255), nullable=False),
+    Column("b_value", String(255), nullable=False),
+    Column("message_id", Integer, ForeignKey("message.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+Index(
+    "ux_patient_link_pair",
+    patient_link.c.a_authority_key,
+    patient_link.c.a_value,
+    patient_link.c.b_authority_key,
+    patient_link.c.b_value,
+    unique=True,
+)
+
+history = Table(
+    "patient_history",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_id", Integer, ForeignKey("patient.id"), nullable=False, index=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("message_id", Integer, ForeignKey("message.id"), nullable=False),
+    Column("control_id", String(255), nullable=False, server_default=""),
+    Column("event", String(16), nullable=False, server_default=""),
+    Column("operation", String(16), nullable=False),
+    Column("changes", Text, nullable=False),  # JSON {field: [old, new]}
+)

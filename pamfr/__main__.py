@@ -1,0 +1,3 @@
+from pamfr.cli import main
+
+main()

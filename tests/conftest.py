@@ -1,0 +1,74 @@
+"""Shared fixtures: real databases (a SQLite file per test, a PostgreSQL database per run)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pamfr.receiver import Receiver
+from pamfr.store.db import make_engine, upgrade
+
+PG_ADMIN_URL = os.environ.get(
+    "PAMFR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REPO = Path(__file__).resolve().parent.parent
+PUBLIC_CORPUS = REPO.parent / "shared" / "corpus" / "public"
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    name = f"pamfr_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _fresh_pg_schema(pg_server_url: str) -> str:
+    """Each test gets its own schema in the run's database (search_path in the URL)."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    engine.dispose()
+    return f"{pg_server_url}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path: Path) -> str:
+    """A migrated, empty store: a SQLite file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'pamfr.db'}"
+    else:
+        url = _fresh_pg_schema(request.getfixturevalue("pg_server_url"))
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'pamfr.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str):
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def receiver(engine) -> Receiver:
+    return Receiver(engine)

@@ -1,0 +1,96 @@
+"""Test helpers: a real pamfr MLLP server on 127.0.0.1 in a thread, ACK reading, CLI runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from pamfr.ingest.sender import send_messages
+from pamfr.pipeline import AsyncReceiver
+from pamfr.receiver import Receiver
+from pamfr.store.db import make_engine
+from pamfr.transport.server import MLLPServer, ServerLimits
+
+
+@dataclass
+class Ack:
+    code: str
+    control_id: str
+    msh: list[str]
+    errs: list[list[str]]
+    raw: bytes
+
+    @property
+    def err_codes(self) -> list[str]:
+        return [e[3].split("^")[0] for e in self.errs]
+
+    @property
+    def err_locations(self) -> list[str]:
+        return [e[2] for e in self.errs]
+
+
+def parse_ack(raw: bytes, encoding: str = "utf-8") -> Ack:
+    segments = [s.split("|") for s in raw.decode(encoding).split("\r") if s]
+    msh = next(s for s in segments if s[0] == "MSH")
+    msa = next(s for s in segments if s[0] == "MSA")
+    errs = [s for s in segments if s[0] == "ERR"]
+    return Ack(msa[1], msa[2] if len(msa) > 2 else "", msh, errs, raw)
+
+
+@contextmanager
+def pamfr_server(db_url: str, limits: ServerLimits | None = None):
+    """The real receiver behind a real MLLP server, on a loop in a background thread."""
+    engine = make_engine(db_url)
+    handler = AsyncReceiver(Receiver(engine))
+    server = MLLPServer(handler, port=0, limits=limits)
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.close(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        handler.close()
+        engine.dispose()
+
+
+def send(port: int, messages: list[bytes | str], timeout: float = 30.0) -> list[Ack]:
+    payloads = [m.encode() if isinstance(m, str) else m for m in messages]
+    raws = asyncio.run(send_messages("127.0.0.1", port, payloads, timeout=timeout))
+    return [parse_ack(r) for r in raws]
+
+
+def run_cli(
+    *args: str, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pamfr", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+    )
+
+
+def show_json(db_url: str, *selector: str) -> dict:
+    result = run_cli("patient", "show", *selector, "--db", db_url, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

@@ -94,3 +94,46 @@ def show_json(db_url: str, *selector: str) -> dict:
     result = run_cli("patient", "show", *selector, "--db", db_url, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen
+    port: int
+    log_path: str
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stop(self, sig: int = 15, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def start_daemon(db_url: str, log_path, *args: str, env: dict | None = None) -> Daemon:
+    """`pamfr serve` as a real process on a free port; waits until it listens."""
+    import re
+    import time
+
+    log_file = open(log_path, "w")  # noqa: SIM115 (the daemon writes to it until it exits)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pamfr", "serve", "--port", "0", "--db", db_url, *args],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    log_file.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            output = f.read()
+        found = re.search(r"listening on [^ ]+:(\d+)", output)
+        if found:
+            return Daemon(proc, int(found.group(1)), str(log_path))
+        if proc.poll() is not None:
+            raise RuntimeError(f"pamfr serve exited {proc.returncode}: {output}")
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("pamfr serve did not start listening in time")

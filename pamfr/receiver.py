@@ -9,13 +9,14 @@ batch of prepared messages in one transaction (one savepoint each), then the ACK
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pamfr.hl7.ack import build_ack, encode_ack
 from pamfr.hl7.er7 import Header, read_header
@@ -23,12 +24,14 @@ from pamfr.hl7.events import Operation
 from pamfr.hl7.parse import AdtMessage, check_header, decode, parse_adt
 from pamfr.identity.errors import MessageRejected, Problem
 from pamfr.store.messagelog import LoggedMessage, dedup_key, find_processed, insert_message
-from pamfr.store.repository import IdentityRepository
+from pamfr.store.repository import ConcurrentChange, IdentityRepository
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROCESSING_IDS = ("P", "D", "T")
 _ATTEMPTS = 3
+# PostgreSQL deadlock_detected and serialization_failure: the transaction may simply run again.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,14 @@ def prepare(inbound: Inbound, processing_ids: Iterable[str] = DEFAULT_PROCESSING
         return Prepared(inbound, header, None, "AE", (problem,))
 
 
+def _brief(exc: BaseException) -> str:
+    """The first line of the driver's error: no SQL, no parameters, no DETAIL with key values
+    (they hold identifiers and names, which INFO and ERROR lines never show)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).splitlines()
+    return f"{type(orig).__name__}: {lines[0] if lines else ''}"
+
+
 def _apply(repo: IdentityRepository, message: AdtMessage) -> None:
     first = message.patients[0]
     match message.operation:
@@ -118,16 +129,42 @@ class Receiver:
         return self.commit([self.prepare(Inbound(raw, peer, door))])[0]
 
     def commit(self, batch: list[Prepared]) -> list[Outcome]:
-        """Apply and log a batch in one transaction; ACKs are valid only once this returns."""
-        try:
-            with self.engine.begin() as conn:
-                outcomes = [self._one(conn, p) for p in batch]
-        except SQLAlchemyError as exc:
-            log.error("database unavailable, %d message(s) answered AR 207: %s", len(batch), exc)
-            return [self._unavailable(p) for p in batch]
+        """Apply and log a batch in one transaction; ACKs are valid only once this returns.
+
+        When the batch deadlocks with another receiver's transaction (PostgreSQL picks one of
+        them to fail), it is rolled back and its messages are applied again one per transaction.
+        """
+        outcomes = self._transaction(batch)
+        if outcomes is None:
+            outcomes = [self._alone(p) for p in batch]
         for p, o in zip(batch, outcomes, strict=True):
             self._log_line(p, o)
         return outcomes
+
+    def _alone(self, p: Prepared) -> Outcome:
+        for attempt in range(_ATTEMPTS):
+            outcomes = self._transaction([p])
+            if outcomes is not None:
+                return outcomes[0]
+            time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        log.error("message still deadlocked after %d attempts, answered AR 206", _ATTEMPTS)
+        problem = Problem(206, "", "the record stayed locked by concurrent writers; resend")
+        return self._unavailable(p, problem)
+
+    def _transaction(self, batch: list[Prepared]) -> list[Outcome] | None:
+        """The outcomes once committed; None when the transaction lost a deadlock."""
+        try:
+            with self.engine.begin() as conn:
+                return [self._one(conn, p) for p in batch]
+        except SQLAlchemyError as exc:
+            orig = exc.orig if isinstance(exc, DBAPIError) else None
+            if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+                log.info("transaction of %d message(s) lost a deadlock", len(batch))
+                return None
+            log.error(
+                "database unavailable, %d message(s) answered AR 207: %s", len(batch), _brief(exc)
+            )
+            return [self._unavailable(p) for p in batch]
 
     # -- one message -----------------------------------------------------------
 
@@ -138,11 +175,11 @@ class Receiver:
                 outcome = self._attempt(conn, p)
                 savepoint.commit()
                 return outcome
-            except IntegrityError as exc:
-                # Another receiver created the same IPP or logged the same control id at the
-                # same time: look again, the second attempt sees what it committed.
+            except (IntegrityError, ConcurrentChange) as exc:
+                # Another receiver created the same IPP, logged the same control id or renamed
+                # an identifier at the same time: look again, the next attempt sees its commit.
                 savepoint.rollback()
-                log.info("write conflict on attempt %d, retrying: %s", attempt + 1, exc.orig)
+                log.info("write conflict on attempt %d, retrying: %s", attempt + 1, _brief(exc))
             except MessageRejected as rejected:
                 savepoint.rollback()
                 return self._log_only(conn, p, rejected.ack_code, tuple(rejected.problems))
@@ -235,9 +272,9 @@ class Receiver:
         message_id, _ = self._log(conn, p, code, (), None, duplicate_of=original_id, ack=stored)
         return Outcome(stored, code, message_id, h.control_id, h.event, True, None)
 
-    def _unavailable(self, p: Prepared) -> Outcome:
+    def _unavailable(self, p: Prepared, problem: Problem | None = None) -> Outcome:
         h = p.header
-        problem = Problem(
+        problem = problem or Problem(
             207, "", "application internal error: the database is unavailable, resend later"
         )
         ack = encode_ack(build_ack(h, "AR", (problem,)), h)

@@ -4,10 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
 from pamfr.cli.common import Context, db_option, open_engine
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+
+@contextmanager
+def _connect(obj: Context, db_url: str | None) -> Iterator[Connection]:
+    engine = open_engine(obj.settings(**{"database.url": db_url}))
+    try:
+        with engine.connect() as conn:
+            yield conn
+    finally:
+        engine.dispose()
 
 
 def _selector_options(f):
@@ -60,8 +76,7 @@ def show(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> None
     """Show one patient. Exit 0 found, 1 none, 2 ambiguous selector."""
     from pamfr.store.readside import patient_view
 
-    settings = obj.settings(**{"database.url": db_url})
-    with open_engine(settings).connect() as conn:
+    with _connect(obj, db_url) as conn:
         view = patient_view(conn, _resolve(conn, ipp, authority, ins, patient_id))
     if as_json:
         click.echo(json.dumps(view, ensure_ascii=False, indent=2))
@@ -108,8 +123,7 @@ def history(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> N
     """The changes made to one patient, oldest first, with the message behind each."""
     from pamfr.store.readside import patient_history
 
-    settings = obj.settings(**{"database.url": db_url})
-    with open_engine(settings).connect() as conn:
+    with _connect(obj, db_url) as conn:
         rows = patient_history(conn, _resolve(conn, ipp, authority, ins, patient_id))
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
@@ -132,8 +146,7 @@ def find(obj: Context, name, birth_date, ins, limit, db_url, as_json) -> None:
     """Search patients by name, birth date or INS."""
     from pamfr.store.readside import find_patients, patient_view
 
-    settings = obj.settings(**{"database.url": db_url})
-    with open_engine(settings).connect() as conn:
+    with _connect(obj, db_url) as conn:
         views = [
             patient_view(conn, pid)
             for pid in find_patients(conn, name=name, birth_date=birth_date, ins=ins, limit=limit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Segment
@@ -36,8 +37,10 @@ HL7_NULL = '""'
 ACCEPTED_SEXES = {"F", "M", "U"}
 MAPPED_SEXES = {"O": "U", "A": "U"}
 _INSEE = re.compile(r"^(?:[0-9]{5}|2[AB][0-9]{3})$")
+# HL7 TS: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]; a time only after a full date.
 _DATE = re.compile(
-    r"^([0-9]{4})([0-9]{2})?([0-9]{2})?(?:[0-9]{2,6}(?:\.[0-9]{1,4})?)?(?:[+-][0-9]{4})?$"
+    r"^([0-9]{4})(?:([0-9]{2})(?:([0-9]{2})"
+    r"(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:\.[0-9]{1,4})?)?)?)?)?)?(?:[+-][0-9]{4})?$"
 )
 # INS kinds in order of preference when a PID-3 carries several kinds.
 _INS_PREFERENCE = list(INS_OIDS)
@@ -143,6 +146,13 @@ class _Reader:
         text = self.text(element, *path).strip()
         return None if text in ("", HL7_NULL) else text
 
+    def optional(self, segment: Segment, name: str) -> TextField:
+        """A whole field: KEEP when empty, None for an explicit null, else its text."""
+        raw = self.raw(segment, name).strip()
+        if raw == "":
+            return KEEP
+        return None if raw == HL7_NULL else self.value(getattr(segment, name)[0])
+
     # -- PID --------------------------------------------------------------
 
     def identifiers(self, pid: Segment, segment_name: str = "PID") -> tuple[Identifier, ...]:
@@ -172,11 +182,11 @@ class _Reader:
         insi_date: TextField = KEEP
         document: TextField = KEEP
         if zfd is not None:
-            identity_mode = self.value(zfd.zfd_5) if len(zfd.zfd_5) else None
-            insi_date = self.value(zfd.zfd_6) if len(zfd.zfd_6) else None
-            document = self.value(zfd.zfd_7) if len(zfd.zfd_7) else None
+            identity_mode = self.optional(zfd, "zfd_5")
+            insi_date = self.optional(zfd, "zfd_6")
+            document = self.optional(zfd, "zfd_7")
 
-        pid32 = [self.text(rep) for rep in self.reps(pid, "pid_32")]
+        pid32 = [code for rep in self.reps(pid, "pid_32") if (code := self.text(rep)) != HL7_NULL]
         status = derive_status(
             pid32,
             has_ins=ins_present,
@@ -269,8 +279,6 @@ class _Reader:
         year, month, day = (int(g) if g else None for g in match.groups())
         try:
             if month is not None:
-                from datetime import date
-
                 date(year, month, day or 1)
         except ValueError:
             raise MessageRejected(problem) from None
@@ -332,7 +340,9 @@ def parse_adt(text: str, header: Header) -> AdtMessage:
     if operation in (Operation.MERGE, Operation.CHANGE_ID):
         mrg_text = next((s for s in segments if s.startswith("MRG")), None)
         if mrg_text is None:
-            raise MessageRejected(Problem(100, "MRG", f"ADT^{header.event} needs an MRG segment"))
+            raise MessageRejected(
+                Problem(100, "MRG^1^1", f"ADT^{header.event} needs an MRG segment")
+            )
         mrg = reader.segment(mrg_text, "MRG^1")
         prior = tuple(i for i in reader.identifiers(mrg, "MRG") if i.value and i.value != HL7_NULL)
         if not prior:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, func, select
 
@@ -23,6 +24,11 @@ class Selector:
     authority: str | None = None
     ins: str | None = None
     id: int | None = None
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 with its offset: SQLite gives back the stored UTC time without one."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
 
 
 def select_patient_ids(conn: Connection, sel: Selector) -> list[int]:
@@ -99,8 +105,8 @@ def patient_view(conn: Connection, patient_id: int) -> dict:
         "insi_query_date": row["insi_query_date"],
         "identity_document": row["identity_document"],
         "links": linked_patient_ids(conn, patient_id),
-        "created_at": row["created_at"].isoformat(),
-        "updated_at": row["updated_at"].isoformat(),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
     }
 
 
@@ -110,7 +116,7 @@ def patient_history(conn: Connection, patient_id: int) -> list[dict]:
     ).mappings()
     return [
         {
-            "at": r["at"].isoformat(),
+            "at": iso(r["at"]),
             "event": r["event"],
             "operation": r["operation"],
             "control_id": r["control_id"],

@@ -45,6 +45,10 @@ DEMOGRAPHIC_COLUMNS = (
 )
 
 
+class ConcurrentChange(Exception):
+    """What was looked up changed under a concurrent writer: the caller runs the message again."""
+
+
 @dataclass
 class Change:
     """One history row to write once the message row exists."""
@@ -165,6 +169,14 @@ class IdentityRepository:
             key = (ident.authority_key, ident.value, ident.type)
             if ident.type == INS_TYPE or key in have:
                 continue
+            if ident.type == IPP_TYPE and self.find_patient_id(ident) not in (None, patient_id):
+                raise MessageRejected(
+                    Problem(
+                        205,
+                        "PID^1^3",
+                        "PID-3 holds IPPs of two different patients (send an A40 merge)",
+                    )
+                )
             have.add(key)
             rows.append(
                 dict(
@@ -180,15 +192,23 @@ class IdentityRepository:
             self.conn.execute(insert(identifier), rows)
         return [_ident_text(r) for r in rows]
 
-    def _update_patient(self, patient_id: int, identity: PatientIdentity, operation: str) -> None:
+    def _update_patient(
+        self,
+        patient_id: int,
+        identity: PatientIdentity,
+        operation: str,
+        extra: dict[str, list] | None = None,
+    ) -> None:
         current = self._load(patient_id)
         columns = identity_columns(identity)
         diff = {k: [current[k], v] for k, v in columns.items() if current[k] != v}
+        diff.update(extra or {})
         known = self._identifiers(patient_id)
         added = self._add_identifiers(patient_id, identity.identifiers, known)
         if added:
+            before = diff["identifiers"][0] if "identifiers" in diff else None
             diff["identifiers"] = [
-                [_ident_text(k) for k in known],
+                before if before is not None else [_ident_text(k) for k in known],
                 [*map(_ident_text, known), *added],
             ]
         if diff:
@@ -207,7 +227,9 @@ class IdentityRepository:
         patient_id = self._find_by_ipps(identity)
         if patient_id is None:
             return self._insert_patient(identity, operation)
-        if not self._is_active(patient_id):
+        current = self._load(patient_id)
+        self._still(self._find_by_ipps(identity) == patient_id)
+        if not current["active"]:
             self.warnings.append(
                 Problem(
                     204,
@@ -217,13 +239,14 @@ class IdentityRepository:
                 )
             )
             return patient_id
-        self._update_patient(patient_id, identity, operation)
+        self._update_patient(patient_id, identity, "update")
         return patient_id
 
-    def _is_active(self, patient_id: int) -> bool:
-        return bool(
-            self.conn.execute(select(patient.c.active).where(patient.c.id == patient_id)).scalar()
-        )
+    @staticmethod
+    def _still(unchanged: bool) -> None:
+        """After taking the row locks: what was looked up before them must still hold."""
+        if not unchanged:
+            raise ConcurrentChange("identifiers changed by another writer; look up again")
 
     def _prior_ipp(self, prior: tuple[Identifier, ...]) -> Identifier | None:
         for ident in prior:
@@ -253,6 +276,10 @@ class IdentityRepository:
                 Problem(205, "MRG^1^1", "MRG-1 and PID-3 designate the same patient")
             )
         rows = self._lock_in_order(source_id, target_id)
+        self._still(
+            self.find_patient_id(source_ipp) == source_id
+            and self._find_by_ipps(identity) == target_id
+        )
         source, target = rows[source_id], rows[target_id]
         if not source["active"]:
             if source["merged_into"] == target_id:
@@ -264,6 +291,7 @@ class IdentityRepository:
             raise MessageRejected(
                 Problem(205, "PID^1^3", "the PID-3 patient was itself merged into another patient")
             )
+        merged_before = self._merged_ids(target_id)
         self.conn.execute(
             update(patient)
             .where(patient.c.id == source_id)
@@ -272,7 +300,18 @@ class IdentityRepository:
         self._record(
             source_id, "merge", {"active": [True, False], "merged_into": [None, target_id]}
         )
-        self._update_patient(target_id, identity, "merge")
+        self._update_patient(
+            target_id,
+            identity,
+            "merge",
+            {"merged_patients": [merged_before, sorted([*merged_before, source_id])]},
+        )
+
+    def _merged_ids(self, patient_id: int) -> list[int]:
+        rows = self.conn.execute(
+            select(patient.c.id).where(patient.c.merged_into == patient_id).order_by(patient.c.id)
+        )
+        return [r[0] for r in rows]
 
     def change_identifier(self, identity: PatientIdentity, prior: tuple[Identifier, ...]) -> None:
         """A47: MRG-1's identifier becomes PID-3's on the same patient."""
@@ -290,6 +329,8 @@ class IdentityRepository:
         new = self._matching_ipp(identity, old)
         if new is None:
             raise MessageRejected(Problem(101, "PID^1^3", "PID-3 holds no IPP (CX-5 PI)"))
+        self._lock_in_order(patient_id)
+        self._still(self.find_patient_id(old) == patient_id)
         owner = self.find_patient_id(new)
         if owner is not None and owner != patient_id:
             raise MessageRejected(
@@ -299,8 +340,9 @@ class IdentityRepository:
                     "the new identifier already belongs to another patient (send an A40 merge)",
                 )
             )
-        self._lock_in_order(patient_id)
+        renamed: dict[str, list] = {}
         if owner is None:
+            before = [_ident_text(k) for k in self._identifiers(patient_id)]
             self.conn.execute(
                 update(identifier)
                 .where(
@@ -316,10 +358,9 @@ class IdentityRepository:
                     authority_key=new.authority_key,
                 )
             )
-            self._record(
-                patient_id, operation, {"identifier": [_ident_text(old), _ident_text(new)]}
-            )
-        self._update_patient(patient_id, identity, operation)
+            after = [_ident_text(k) for k in self._identifiers(patient_id)]
+            renamed["identifiers"] = [before, after]
+        self._update_patient(patient_id, identity, operation, renamed)
 
     # -- links ----------------------------------------------------------------
 

@@ -128,3 +128,27 @@ def unescape(text: str, header: Header) -> str:
         + header.encoding_chars[3],
     )
     return _hl7_unescape(container, text)
+
+
+def keep_fields(segment: str, header: Header, positions: frozenset[int]) -> str:
+    """The segment with only the given fields valued, so hl7apy parses just what is read.
+
+    Field positions are kept (a blanked field is empty), so ERR locations do not move.
+    """
+    fields = segment.split(header.field_sep)
+    return header.field_sep.join(
+        f if i == 0 or i in positions else "" for i, f in enumerate(fields)
+    ).rstrip(header.field_sep)
+
+
+def keep_repetitions(field: str, header: Header, component: int, value: str) -> str:
+    """Only the repetitions of a field whose given component (1-based) equals `value`."""
+    comp, rep = header.encoding_chars[0], header.encoding_chars[1]
+    kept = [
+        r
+        for r in field.split(rep)
+        if (parts := r.split(comp))
+        and len(parts) >= component
+        and parts[component - 1].strip().upper() == value
+    ]
+    return rep.join(kept)

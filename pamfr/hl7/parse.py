@@ -17,8 +17,9 @@ from hl7apy.core import Segment
 from hl7apy.exceptions import HL7apyException
 from hl7apy.parser import parse_segment
 
+from pamfr.hl7 import hl7apy_tuning
 from pamfr.hl7.charset import UnknownCharset, codec_for
-from pamfr.hl7.er7 import Header, split_segments, unescape
+from pamfr.hl7.er7 import Header, keep_fields, keep_repetitions, split_segments, unescape
 from pamfr.hl7.events import SUPPORTED_EVENTS, Operation, operation_for
 from pamfr.identity.errors import MessageRejected, Problem
 from pamfr.identity.ins import INS_OIDS, Ins, InvalidIns, check_ins
@@ -32,6 +33,8 @@ from pamfr.identity.model import (
     _Keep,
 )
 from pamfr.identity.status import derive_status
+
+hl7apy_tuning.install()
 
 HL7_NULL = '""'
 ACCEPTED_SEXES = {"F", "M", "U"}
@@ -95,6 +98,14 @@ def decode(raw: bytes, header: Header) -> str:
         ) from None
 
 
+def _child(element, name: str):
+    """An existing child by name; hl7apy's attribute access would create a missing one."""
+    for child in element.children:
+        if child.name == name:
+            return child
+    return None
+
+
 class _Reader:
     """Reads hl7apy segments of one message into domain values."""
 
@@ -137,9 +148,13 @@ class _Reader:
     def text(self, element, *path: int) -> str:
         """Unescaped text of a component (and subcomponent) given by 1-based positions."""
         for position in path:
-            element = getattr(element, f"{element.datatype.lower()}_{position}")
-        if element.datatype in {"FN"}:
-            element = element.fn_1
+            element = _child(element, f"{element.datatype}_{position}")
+            if element is None:
+                return ""
+        if element.datatype == "FN":  # XPN-1: the surname is its first subcomponent
+            element = _child(element, "FN_1")
+            if element is None:
+                return ""
         return unescape(element.to_er7(), self.header)
 
     def value(self, element, *path: int) -> str | None:
@@ -317,6 +332,20 @@ class _Reader:
         return KEEP
 
 
+# The fields the identity rules read; hl7apy is given only these (a whole PID costs twice).
+PID_FIELDS_READ = frozenset({1, 3, 5, 7, 8, 11, 32})
+ZFD_FIELDS_READ = frozenset({5, 6, 7})
+
+
+def _pid_for_rules(pid: str, header: Header) -> str:
+    """The PID with the read fields only, and in PID-11 only the birth place (BDL) address."""
+    trimmed = keep_fields(pid, header, PID_FIELDS_READ)
+    fields = trimmed.split(header.field_sep)
+    if len(fields) > 11 and fields[11] not in ("", HL7_NULL):
+        fields[11] = keep_repetitions(fields[11], header, 7, "BDL")
+    return header.field_sep.join(fields)
+
+
 def parse_adt(text: str, header: Header) -> AdtMessage:
     """Build the AdtMessage of one decoded message whose header was already checked."""
     segments = split_segments(text)
@@ -329,10 +358,16 @@ def parse_adt(text: str, header: Header) -> AdtMessage:
     if len(pid_texts) < wanted:
         raise MessageRejected(Problem(100, "PID^2", f"ADT^{header.event} needs two PID segments"))
     zfd_text = next((s for s in segments if s.startswith("ZFD")), None)
-    zfd = reader.segment(zfd_text, "ZFD^1") if zfd_text else None
+    zfd = (
+        reader.segment(keep_fields(zfd_text, header, ZFD_FIELDS_READ), "ZFD^1")
+        if zfd_text
+        else None
+    )
     patients = tuple(
         reader.patient(
-            reader.segment(pid_texts[i], f"PID^{i + 1}"), zfd if i == 0 else None, f"PID^{i + 1}"
+            reader.segment(_pid_for_rules(pid_texts[i], header), f"PID^{i + 1}"),
+            zfd if i == 0 else None,
+            f"PID^{i + 1}",
         )
         for i in range(wanted)
     )

@@ -194,8 +194,8 @@ def send(files: tuple[str, ...], target: str, timeout: float) -> None:
     sys.exit(0 if all_ok else 1)
 
 
-from pamfr.cli.ingest import replay, watch  # noqa: E402
+from pamfr.cli.ingest import generate, replay, watch  # noqa: E402
 from pamfr.cli.patient import patient  # noqa: E402
 
-for command in (patient, watch, replay):
+for command in (patient, watch, replay, generate):
     main.add_command(command)

@@ -1,0 +1,373 @@
+"""Issue 4, replay: --local and --to a running `pamfr serve`, the summary, the JSON report,
+--expect, --rewrite-control-ids, the exit codes; and `pamfr generate`."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import select
+
+from pamfr.cli import main
+from pamfr.ingest.replay import rewrite_control_id
+from pamfr.samples import Person, message
+from pamfr.store.db import make_engine
+from pamfr.store.schema import message as message_table
+from tests.helpers import run_cli
+
+
+@pytest.fixture(autouse=True)
+def _keep_pytest_logging(monkeypatch):
+    """In-process runs must not replace the root log handlers of the test session."""
+    monkeypatch.setattr("pamfr.cli.ingest.setup_logging", lambda level: None)
+
+
+def cli(*args: str) -> Result:
+    """`pamfr ARGS` in this process (faster than a subprocess; run_cli covers the real one)."""
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def a28(ipp: str, control_id: str, **kw) -> str:
+    return message("A28", Person(ipp=ipp, **kw), control_id)
+
+
+def log_rows(url: str) -> list[dict]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(message_table).order_by(message_table.c.id)).mappings()
+            return [dict(r) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def make_set(folder: Path, count: int, per_file: int, seed: int = 7, prefix: str = "G") -> None:
+    result = CliRunner().invoke(
+        main,
+        ["generate", "--count", str(count), "--per-file", str(per_file)]
+        + ["--out", str(folder), "--seed", str(seed), "--prefix", prefix],
+    )
+    assert result.exit_code == 0, result.output
+
+
+def events_of(folder: Path) -> Counter:
+    return Counter(
+        line.split("|")[8].split("^")[1]
+        for f in sorted(folder.rglob("*.hl7"))
+        for line in f.read_bytes().decode().split("\r")
+        if line.startswith("MSH")
+    )
+
+
+# -- generate ------------------------------------------------------------------------------
+
+
+def test_generate_writes_a_reproducible_set_and_never_overwrites(tmp_path):
+    make_set(tmp_path / "a", 7, 3)
+    make_set(tmp_path / "b", 7, 3)
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == ["pamfr-0001.hl7", "pamfr-0002.hl7", "pamfr-0003.hl7"]
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    counts = [(tmp_path / "a" / n).read_bytes().count(b"MSH|") for n in names]
+    assert counts == [3, 3, 1]
+    again = CliRunner().invoke(main, ["generate", "--count", "2", "--out", str(tmp_path / "a")])
+    assert again.exit_code == 1 and "exists" in again.output
+
+
+# -- --local -------------------------------------------------------------------------------
+
+
+def test_replay_local_summary_and_report(db_url, tmp_path):
+    sets = tmp_path / "sets"
+    make_set(sets / "day1", 24, 8)
+    make_set(sets / "day2", 6, 3, seed=8, prefix="H")
+    # What the file drop leaves beside a file is not replayed.
+    (sets / "day1" / "pamfr-0001.hl7.ack").write_text("MSH|^~\\&|ACK\rMSA|AA|X\r")
+    report = tmp_path / "report.json"
+    result = run_cli("replay", str(sets), "--local", "--db", db_url, "--report", str(report))
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "replayed 30 message(s) from 5 file(s) into " in out and "(local)" in out
+    assert "messages/s" in out
+    assert "ACK codes: AA 30" in out
+    expected_events = events_of(sets)
+    assert "events:    " + ", ".join(f"{e} {n}" for e, n in expected_events.most_common()) in out
+    assert "not AA" not in out
+    data = json.loads(report.read_text())
+    assert data["messages"] == 30 and data["files"] == 5 and data["all_aa"] is True
+    assert data["ack_codes"] == {"AA": 30}
+    assert data["events"] == dict(expected_events)
+    assert data["not_aa"] == [] and data["elapsed_s"] > 0 and data["messages_per_s"] > 0
+    rows = log_rows(db_url)
+    assert len(rows) == 30 and {r["door"] for r in rows} == {"replay"}
+    # Files in sorted order, messages in file order.
+    assert [r["peer"].split("/sets/")[1] for r in rows[:9]] == ["day1/pamfr-0001.hl7"] * 8 + [
+        "day1/pamfr-0002.hl7"
+    ]
+    assert [r["control_id"] for r in rows[:3]] == ["G000000000", "G000000001", "G000000002"]
+
+
+def test_replay_local_errors_exit_codes_and_json_report(sqlite_url, tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "a.hl7").write_text(
+        a28("OK-1", "OK-1")
+        + a28("BAD-INS", "BAD-INS", ins="123456789012345")
+        + a28("BAD-EVT", "BAD-EVT").replace("ADT^A28^ADT_A05", "ADT^A99^ADT_A01"),
+        newline="",
+    )
+    (folder / "b.bin").write_bytes(b"\x00\x01\x02 not a message at all")
+    report = tmp_path / "r.json"
+    args = ["replay", str(folder), "--local", "--db", sqlite_url, "--report", str(report)]
+    result = cli(*args, "--workers", "0")
+    assert result.exit_code == 1, result.stderr
+    out = result.stdout
+    assert "ACK codes: AA 1, AE 1, AR 1" in out
+    assert "ERR codes: 102 1, 201 1" in out
+    assert "not AA (2):" in out
+    assert f"{folder / 'a.hl7'} #2 control_id=BAD-INS AE 102 PID^1^3 invalid INS" in out
+    assert f"{folder / 'a.hl7'} #3 control_id=BAD-EVT AR 201 MSH^1^9^1^2" in out
+    assert f"unreadable file {folder / 'b.bin'}: no MSH segment" in out
+    data = json.loads(report.read_text())
+    assert data["all_aa"] is False
+    assert [(e["index"], e["control_id"], e["ack_code"]) for e in data["not_aa"]] == [
+        (2, "BAD-INS", "AE"),
+        (3, "BAD-EVT", "AR"),
+    ]
+    assert data["not_aa"][0]["errors"][0].startswith("102 PID^1^3 invalid INS")
+    assert data["not_aa"][0]["file"] == str(folder / "a.hl7")
+    assert data["err_codes"] == {"102": 1, "201": 1}
+    assert data["unreadable"] == [
+        {
+            "file": str(folder / "b.bin"),
+            "reason": "no MSH segment found: not an HL7 v2 message file",
+        }
+    ]
+    allowed = cli(*args, "--allow-errors", "--rewrite-control-ids")
+    assert allowed.exit_code == 0, allowed.stderr
+    assert "ACK codes: AA 1, AE 1, AR 1" in allowed.stdout
+    neither = cli("replay", str(folder))
+    assert neither.exit_code == 2 and "--to HOST:PORT or --local" in neither.stderr
+
+
+# -- --expect ------------------------------------------------------------------------------
+
+
+def test_expect_matches_by_ipp_and_catches_differences(tmp_path):
+    folder = tmp_path / "set"
+    make_set(folder, 40, 20, seed=3)
+    assert events_of(folder)["A40"] >= 1  # merges, so merged_into is compared too
+    extra = tmp_path / "extra.hl7"
+    extra.write_text(a28("EXTRA", "EXTRA-1"), newline="")
+    first, second = f"sqlite:///{tmp_path / 'one.db'}", f"sqlite:///{tmp_path / 'two.db'}"
+    expected_file = tmp_path / "expected.json"
+    # Store one gets an extra patient first, so its ids are shifted against store two.
+    made = cli(
+        "replay", str(extra), str(folder), "--local", "--workers", "0", "--db", first,
+        "--write-expect", str(expected_file),
+    )  # fmt: skip
+    assert made.exit_code == 0, made.stderr
+    state = json.loads(expected_file.read_text())
+    state = [p for p in state if p["identifiers"][0]["value"] != "EXTRA"]
+    merged = [p for p in state if p["merged_into"] is not None]
+    assert merged
+    expected_file.write_text(json.dumps(state))
+
+    same = cli(
+        "replay",
+        str(folder),
+        "--local",
+        "--workers",
+        "0",
+        "--db",
+        second,
+        "--expect",
+        str(expected_file),
+    )
+    assert same.exit_code == 0, same.stdout + same.stderr
+    assert "expected state: identical" in same.stdout
+
+    changed = json.loads(expected_file.read_text())
+    target = next(p for p in changed if p["merged_into"] is None and p["active"])
+    name = target["birth_name"]
+    target["birth_name"] = "NOT-THE-NAME"
+    removed = changed.pop()
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps(changed))
+    report = tmp_path / "r.json"
+    diff = cli(
+        "replay", str(folder), "--local", "--workers", "0", "--db", second, "--expect", str(wrong),
+        "--allow-errors", "--report", str(report),
+    )  # fmt: skip
+    assert diff.exit_code == 1, diff.stdout + diff.stderr
+    ipp = next(i for i in target["identifiers"] if i["type"] == "PI")
+    label = f"IPP {ipp['oid']}|{ipp['value']}"
+    assert "expected state: 2 difference(s)" in diff.stdout
+    assert f'{label}: birth_name: expected "NOT-THE-NAME", found "{name}"' in diff.stdout
+    removed_ipp = next(i for i in removed["identifiers"] if i["type"] == "PI")["value"]
+    assert f"{removed_ipp}: not expected" in diff.stdout
+    data = json.loads(report.read_text())
+    assert {(d["key"], d["expected"]) for d in data["expect"]["differences"]} == {
+        ("birth_name", "NOT-THE-NAME"),
+        (None, None),
+    }
+
+
+# -- --rewrite-control-ids -----------------------------------------------------------------
+
+
+def test_rewrite_control_ids_changes_only_msh10():
+    raw = b"\xef\xbb\xbfMSH#^~\\&#GAM#CHU-X#DPI#CHU-X#2024##ADT^A28#OLD-ID#P#2.5\nPID#1#OLD-ID\n"
+    assert rewrite_control_id(raw, "NEW") == raw.replace(b"OLD-ID#P", b"NEW#P")
+    assert rewrite_control_id(b"PID|1|2", "NEW") == b"PID|1|2"
+
+
+def test_rewrite_control_ids_replays_a_set_twice_into_one_store(sqlite_url, tmp_path):
+    folder = tmp_path / "set"
+    make_set(folder, 10, 5, seed=11)
+    first = cli("replay", str(folder), "--local", "--workers", "0", "--db", sqlite_url)
+    assert first.exit_code == 0, first.stderr
+    # The same set again: every message is a duplicate, answered AA and not applied.
+    again = cli("replay", str(folder), "--local", "--workers", "0", "--db", sqlite_url)
+    assert again.exit_code == 0
+    assert "ACK codes: AA 10 (10 duplicate(s))" in again.stdout
+    rewritten = cli(
+        "replay",
+        str(folder),
+        "--local",
+        "--workers",
+        "0",
+        "--db",
+        sqlite_url,
+        "--rewrite-control-ids",
+    )
+    assert rewritten.exit_code == 0, rewritten.stdout
+    assert "ACK codes: AA 10\n" in rewritten.stdout
+    rows = log_rows(sqlite_url)
+    assert len(rows) == 30
+    assert [r["duplicate_of"] is None for r in rows] == [True] * 10 + [False] * 10 + [True] * 10
+    new_ids = [r["control_id"] for r in rows[20:]]
+    assert len(set(new_ids)) == 10 and not set(new_ids) & {r["control_id"] for r in rows[:10]}
+    for original, replayed in zip(rows[:10], rows[20:], strict=True):
+        a, b = original["raw"].split(b"|"), replayed["raw"].split(b"|")
+        assert a[9] != b[9] and a[:9] + a[10:] == b[:9] + b[10:]
+
+
+# -- --to ----------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "serve exited"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("serve did not listen in time")
+
+
+def test_replay_to_a_running_serve(sqlite_url, tmp_path):
+    folder = tmp_path / "set"
+    make_set(folder, 15, 5, seed=5)
+    (folder / "z-bad.hl7").write_text(
+        a28("OK-9", "OK-9") + a28("BAD", "BAD-1", ins="123456789012345"), newline=""
+    )
+    port = _free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "pamfr", "serve", "--db", sqlite_url, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, serve)
+        report = tmp_path / "r.json"
+        result = run_cli(
+            "replay", str(folder), "--to", f"127.0.0.1:{port}", "--connections", "2",
+            "--timeout", "10", "--report", str(report), "--db", sqlite_url,
+            "--write-expect", str(tmp_path / "state.json"),
+        )  # fmt: skip
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"from 4 file(s) to 127.0.0.1:{port} (mllp)" in result.stdout
+        assert "ACK codes: AA 16, AE 1" in result.stdout
+        assert f"{folder / 'z-bad.hl7'} #2 control_id=BAD-1 AE 102 PID^1^3" in result.stdout
+        data = json.loads(report.read_text())
+        assert data["mode"] == "mllp" and data["messages"] == 17
+        assert data["events"] == dict(events_of(folder).most_common())
+        assert len(json.loads((tmp_path / "state.json").read_text())) >= 8
+    finally:
+        serve.terminate()
+        assert serve.wait(30) == 0
+    rows = log_rows(sqlite_url)
+    assert len(rows) == 17 and {r["door"] for r in rows} == {"mllp"}
+    # Two connections, but each file's messages in order on one of them.
+    for f in sorted(folder.iterdir()):
+        control_ids = [
+            line.split("|")[9]
+            for line in f.read_bytes().decode().split("\r")
+            if line.startswith("MSH")
+        ]
+        logged = [r for r in rows if r["control_id"] in control_ids]
+        assert [r["control_id"] for r in logged] == control_ids
+        assert len({r["peer"] for r in logged}) == 1
+    assert len({r["peer"] for r in rows}) == 2
+
+
+def test_replay_to_without_answer_times_out_and_exits_1(tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "a.hl7").write_text(a28("T-1", "T-1") + a28("T-2", "T-2"), newline="")
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:  # accepts, reads, never answers
+        silent.settimeout(15)
+        try:
+            while True:
+                conn, _ = silent.accept()
+                accepted.append(conn)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = silent.getsockname()[1]
+    try:
+        started = time.monotonic()
+        report = tmp_path / "r.json"
+        result = cli(
+            "replay", str(folder), "--to", f"127.0.0.1:{port}", "--timeout", "0.5",
+            "--report", str(report),
+        )  # fmt: skip
+        assert result.exit_code == 1
+        assert time.monotonic() - started < 20
+        assert "ACK codes: none 1, not-sent 1" in result.stdout
+        assert "#1 control_id=T-1 none no answer from" in result.stdout
+        assert "#2 control_id=T-2 not-sent message #1 got no ACK" in result.stdout
+        assert len(accepted) == 2  # the resend went over a new connection
+    finally:
+        silent.close()
+        for conn in accepted:
+            conn.close()
+    refused_port = _free_port()
+    refused = cli("replay", str(folder), "--to", f"127.0.0.1:{refused_port}")
+    assert refused.exit_code == 1
+    assert "ACK codes: none 1, not-sent 1" in refused.stdout

@@ -40,6 +40,8 @@ class DatabaseSettings(BaseModel):
 class ReceiverSettings(BaseModel):
     processing_ids: list[str] = ["P", "D", "T"]
     batch_max: int = Field(64, ge=1)  # messages committed together at most (group commit)
+    # Processes that parse messages (hl7apy is CPU-bound); 0 parses in threads of the daemon.
+    parse_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)
 
 
 class FiledropSettings(BaseModel):

@@ -9,6 +9,7 @@ import signal
 from sqlalchemy.engine import make_url
 
 from pamfr.config import Settings
+from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.pipeline import AsyncReceiver
 from pamfr.receiver import Receiver
 from pamfr.store.db import make_engine, upgrade
@@ -24,7 +25,11 @@ async def run_daemon(settings: Settings) -> int:
         upgrade(url)
     engine = make_engine(url, synchronous=settings.database.sqlite_synchronous)
     receiver = Receiver(engine, processing_ids=settings.receiver.processing_ids)
-    handler = AsyncReceiver(receiver, batch_max=settings.receiver.batch_max)
+    handler = AsyncReceiver(
+        receiver,
+        batch_max=settings.receiver.batch_max,
+        parse_workers=settings.receiver.parse_workers,
+    )
     s = settings.server
     server = MLLPServer(
         handler,
@@ -42,6 +47,7 @@ async def run_daemon(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await handler.start()
     try:
         await server.start()
     except OSError as exc:
@@ -49,9 +55,18 @@ async def run_daemon(settings: Settings) -> int:
         handler.close()
         return 2
     log.info("pamfr listening on %s:%d (MLLP), database %s", s.host, server.port, shown)
+    watcher, watching = None, None
+    if settings.filedrop.dirs:  # the file door shares the receiver and its writer
+        watcher = FileDropWatcher(handler, settings.filedrop)
+        watching = asyncio.create_task(watcher.run())
+        log.info("watching %s for dropped files", ", ".join(settings.filedrop.dirs))
     await stop.wait()
     log.info("stopping: no new connections, answering the messages in flight")
-    await server.close()
+    if watcher is not None and watching is not None:
+        watcher.stop()  # finishes the message in hand; the file stays in its inbox
+        await asyncio.gather(server.close(), watching)
+    else:
+        await server.close()
     await asyncio.to_thread(handler.close)
     engine.dispose()
     log.info("stopped")

@@ -4,10 +4,13 @@ commits the messages of all connections in groups, ACKs released only after the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import multiprocessing
 import queue
 import threading
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from pamfr.receiver import Inbound, Outcome, Prepared, Receiver, prepare
@@ -81,6 +84,24 @@ def _fail(future: asyncio.Future[Outcome], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+def _warm_worker() -> None:
+    """Parse worker start-up: load hl7apy's tables once, then keep them out of the GC's way."""
+    from pamfr.samples import Person, message
+
+    prepare(Inbound(message("A28", Person(ipp="WARMUP"), "WARMUP").encode()))
+    gc.collect()
+    gc.freeze()
+
+
+def parse_pool(workers: int) -> Executor:
+    """Worker processes for the CPU-bound parse (hl7apy holds the GIL); 0 means threads."""
+    if workers <= 0:
+        return ThreadPoolExecutor(2, "pamfr-parse")
+    # forkserver: the daemon has threads running, which fork() must not copy.
+    context = multiprocessing.get_context("forkserver")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=_warm_worker)
+
+
 class AsyncReceiver:
     """Receiver for asyncio callers (the MLLP server, the file-drop watcher)."""
 
@@ -89,20 +110,35 @@ class AsyncReceiver:
         receiver: Receiver,
         *,
         batch_max: int = 64,
-        parse_executor: Executor | None = None,
+        parse_workers: int = 0,
         door: str = "mllp",
     ) -> None:
         self.receiver = receiver
         self.door = door
         self.writer = GroupCommitWriter(receiver, batch_max)
-        self._own_executor = parse_executor is None
-        self.parse_executor = parse_executor or ThreadPoolExecutor(2, "pamfr-parse")
+        self.parse_workers = parse_workers
+        self.parse_executor = parse_pool(parse_workers)
+
+    async def start(self) -> None:
+        """Start the parse workers now rather than on the first message (its ACK would wait)."""
+        if self.parse_workers > 0:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(
+                *(loop.run_in_executor(self.parse_executor, gc.collect) for _ in range(8))
+            )
 
     async def receive(self, inbound: Inbound) -> Outcome:
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(
-            self.parse_executor, prepare, inbound, self.receiver.processing_ids
-        )
+        r = self.receiver
+        args = (prepare, inbound, r.processing_ids, r.allowed_senders)
+        try:
+            prepared = await loop.run_in_executor(self.parse_executor, *args)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): start a new pool and parse once more.
+            log.error("a parse worker died; restarting the pool")
+            self.parse_executor.shutdown(wait=False, cancel_futures=False)
+            self.parse_executor = parse_pool(self.parse_workers)
+            prepared = await loop.run_in_executor(self.parse_executor, *args)
         return await self.writer.submit(prepared)
 
     # FrameHandler of pamfr.transport.server
@@ -116,5 +152,4 @@ class AsyncReceiver:
 
     def close(self) -> None:
         self.writer.close()
-        if self._own_executor:
-            self.parse_executor.shutdown(wait=True)
+        self.parse_executor.shutdown(wait=True)

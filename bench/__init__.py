@@ -1,0 +1,1 @@
+"""pamfr's benchmark: see bench/README.md."""

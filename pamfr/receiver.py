@@ -8,6 +8,7 @@ batch of prepared messages in one transaction (one savepoint each), then the ACK
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import random
 import time
@@ -72,10 +73,34 @@ class Outcome:
     error_text: str | None = None
 
 
-def prepare(inbound: Inbound, processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS) -> Prepared:
+def sender_allowed(header: Header, patterns: Iterable[str]) -> bool:
+    """Whether MSH-3/MSH-4 match one "APPLICATION|FACILITY" pattern (shell wildcards allowed;
+    the namespace, first component, of each is compared). No pattern: every sender."""
+    patterns = tuple(patterns)
+    if not patterns:
+        return True
+    comp = header.component_sep
+    sender = f"{header.sending_app.split(comp)[0]}|{header.sending_facility.split(comp)[0]}"
+    return any(fnmatch.fnmatchcase(sender, p if "|" in p else f"{p}|*") for p in patterns)
+
+
+def prepare(
+    inbound: Inbound,
+    processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS,
+    allowed_senders: Iterable[str] = (),
+) -> Prepared:
     header: Header | None = None
     try:
         header = read_header(inbound.raw)
+        if not sender_allowed(header, allowed_senders):
+            raise MessageRejected(
+                Problem(
+                    207,
+                    "MSH^1^3",
+                    "sending application/facility (MSH-3/MSH-4) not allowed on this listener",
+                ),
+                "AR",
+            )
         if inbound.oversized:
             raise MessageRejected(
                 Problem(100, "", f"frame of {inbound.size} bytes is over the size limit"), "AR"
@@ -116,13 +141,19 @@ def _apply(repo: IdentityRepository, message: AdtMessage) -> None:
 
 class Receiver:
     def __init__(
-        self, engine: Engine, *, processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS
+        self,
+        engine: Engine,
+        *,
+        processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS,
+        allowed_senders: Iterable[str] = (),
     ) -> None:
         self.engine = engine
         self.processing_ids = tuple(processing_ids)
+        # Replaced as a whole on a configuration reload (SIGHUP).
+        self.allowed_senders = tuple(allowed_senders)
 
     def prepare(self, inbound: Inbound) -> Prepared:
-        return prepare(inbound, self.processing_ids)
+        return prepare(inbound, self.processing_ids, self.allowed_senders)
 
     def handle(self, raw: bytes, peer: str = "", door: str = "local") -> Outcome:
         """The whole path for one message, synchronously (replay --local, tests)."""

@@ -81,10 +81,12 @@ def read_header(raw: bytes) -> Header:
     field_sep = line[3]
     fields = line.split(field_sep)
     encoding_chars = fields[1]
+    separators = field_sep + encoding_chars[:4]
     if (
-        field_sep.isalnum()
-        or len(encoding_chars) < 4
-        or len(set(encoding_chars[:4] + field_sep)) != 5
+        len(encoding_chars) < 4
+        or len(set(separators)) != 5
+        or not all(c.isascii() and c.isprintable() and not c.isalnum() for c in separators)
+        or " " in separators
     ):
         raise MessageRejected(
             Problem(100, "MSH^1^2", "MSH-1/MSH-2 do not hold valid separators"), "AR"

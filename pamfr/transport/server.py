@@ -8,6 +8,7 @@ import ssl as ssl_module
 from dataclasses import dataclass
 from typing import Protocol
 
+from pamfr.transport.access import PeerFilter
 from pamfr.transport.codec import (
     REASON_ABANDONED,
     DiscardedBytes,
@@ -78,8 +79,11 @@ class MLLPServer:
         port: int = 2575,
         limits: ServerLimits | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        peer_filter: PeerFilter | None = None,
     ) -> None:
         self._handler = handler
+        # Replaced as a whole on a configuration reload; read at each new connection.
+        self.peer_filter = peer_filter or PeerFilter()
         self._host = host
         self._port = port
         self._limits = limits if limits is not None else ServerLimits()
@@ -170,6 +174,10 @@ class MLLPServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = _peer_of(writer)
         if self._stopping:
+            await _close_writer(writer)
+            return
+        if not self.peer_filter.allows(peer.host):
+            logger.warning("connection from %s refused: address not in the allow-list", peer)
             await _close_writer(writer)
             return
         if len(self._connections) >= self._limits.max_connections:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 
 from pamfr.store.schema import message
 
@@ -40,16 +40,20 @@ def dedup_key(sending_app: str, sending_facility: str, control_id: str) -> str |
     return f"{sending_app}|{sending_facility}|{control_id}"
 
 
+_INSERT = insert(message).returning(message.c.id)
+_FIND_PROCESSED = select(message.c.id, message.c.outcome, message.c.ack).where(
+    message.c.dedup_key == bindparam("key")
+)
+
+
 def insert_message(conn: Connection, row: LoggedMessage) -> int:
     values = {k: getattr(row, k) for k in LoggedMessage.__dataclass_fields__}
-    return conn.execute(insert(message).values(**values).returning(message.c.id)).scalar_one()
+    return conn.execute(_INSERT, values).scalar_one()
 
 
 def find_processed(conn: Connection, key: str) -> tuple[int, str, bytes | None] | None:
     """The (id, outcome, ack) of the message already processed under this key, if any."""
-    row = conn.execute(
-        select(message.c.id, message.c.outcome, message.c.ack).where(message.c.dedup_key == key)
-    ).first()
+    row = conn.execute(_FIND_PROCESSED, {"key": key}).first()
     return (row.id, row.outcome, row.ack) if row else None
 
 

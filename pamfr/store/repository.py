@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
 
 from pamfr.identity.errors import MessageRejected, Problem
 from pamfr.identity.ins import Ins
@@ -95,6 +95,27 @@ def _ident_text(i: Identifier | dict) -> str:
     return f"{i.value}^{i.type}^{i.authority_key}"
 
 
+# Statements of the hot path, built once: building one costs twice what executing it does.
+_FIND_PATIENT_ID = (
+    select(identifier.c.patient_id)
+    .where(
+        identifier.c.authority_key == bindparam("k"),
+        identifier.c.value == bindparam("v"),
+        identifier.c.type == bindparam("t"),
+    )
+    .limit(1)
+)
+_LOAD_PATIENT = select(patient).where(patient.c.id == bindparam("pid"))
+_LOAD_PATIENT_FOR_UPDATE = _LOAD_PATIENT.with_for_update()
+_PATIENT_IDENTIFIERS = (
+    select(identifier).where(identifier.c.patient_id == bindparam("pid")).order_by(identifier.c.id)
+)
+_INSERT_PATIENT = insert(patient).returning(patient.c.id)
+_INSERT_IDENTIFIER = insert(identifier)
+_UPDATE_PATIENT = update(patient).where(patient.c.id == bindparam("pid"))
+_INSERT_HISTORY = insert(history)
+
+
 class IdentityRepository:
     def __init__(self, conn: Connection, now: datetime) -> None:
         self.conn = conn
@@ -107,12 +128,8 @@ class IdentityRepository:
     # -- look-ups -----------------------------------------------------------
 
     def find_patient_id(self, ident: Identifier) -> int | None:
-        query = select(identifier.c.patient_id).where(
-            identifier.c.authority_key == ident.authority_key,
-            identifier.c.value == ident.value,
-            identifier.c.type == (ident.type or IPP_TYPE),
-        )
-        return self.conn.execute(query.limit(1)).scalar_one_or_none()
+        params = {"k": ident.authority_key, "v": ident.value, "t": ident.type or IPP_TYPE}
+        return self.conn.execute(_FIND_PATIENT_ID, params).scalar_one_or_none()
 
     def _find_by_ipps(self, identity: PatientIdentity) -> int | None:
         for ipp in identity.ipps:
@@ -122,20 +139,14 @@ class IdentityRepository:
         return None
 
     def _load(self, patient_id: int) -> dict:
-        query = select(patient).where(patient.c.id == patient_id)
-        if self._lock:
-            query = query.with_for_update()
-        return dict(self.conn.execute(query).mappings().one())
+        query = _LOAD_PATIENT_FOR_UPDATE if self._lock else _LOAD_PATIENT
+        return dict(self.conn.execute(query, {"pid": patient_id}).mappings().one())
 
     def _lock_in_order(self, *ids: int) -> dict[int, dict]:
         return {pid: self._load(pid) for pid in sorted(set(ids))}
 
     def _identifiers(self, patient_id: int) -> list[dict]:
-        rows = self.conn.execute(
-            select(identifier)
-            .where(identifier.c.patient_id == patient_id)
-            .order_by(identifier.c.id)
-        )
+        rows = self.conn.execute(_PATIENT_IDENTIFIERS, {"pid": patient_id})
         return [dict(r) for r in rows.mappings()]
 
     # -- writes -------------------------------------------------------------
@@ -147,9 +158,8 @@ class IdentityRepository:
     def _insert_patient(self, identity: PatientIdentity, operation: str) -> int:
         columns = identity_columns(identity)
         patient_id = self.conn.execute(
-            insert(patient)
-            .values(active=True, created_at=self.now, updated_at=self.now, **columns)
-            .returning(patient.c.id)
+            _INSERT_PATIENT,
+            {"active": True, "created_at": self.now, "updated_at": self.now, **columns},
         ).scalar_one()
         new_ids = self._add_identifiers(patient_id, identity.identifiers, known=[])
         changes = {k: [None, v] for k, v in columns.items() if v not in (None, "")}
@@ -189,7 +199,7 @@ class IdentityRepository:
                 )
             )
         if rows:
-            self.conn.execute(insert(identifier), rows)
+            self.conn.execute(_INSERT_IDENTIFIER, rows)
         return [_ident_text(r) for r in rows]
 
     def _update_patient(
@@ -198,8 +208,9 @@ class IdentityRepository:
         identity: PatientIdentity,
         operation: str,
         extra: dict[str, list] | None = None,
+        current: dict | None = None,
     ) -> None:
-        current = self._load(patient_id)
+        current = current if current is not None else self._load(patient_id)
         columns = identity_columns(identity)
         diff = {k: [current[k], v] for k, v in columns.items() if current[k] != v}
         diff.update(extra or {})
@@ -214,9 +225,7 @@ class IdentityRepository:
         if diff:
             values = {k: v[1] for k, v in diff.items() if k in columns}
             self.conn.execute(
-                update(patient)
-                .where(patient.c.id == patient_id)
-                .values(updated_at=self.now, **values)
+                _UPDATE_PATIENT, {"pid": patient_id, "updated_at": self.now, **values}
             )
         self._record(patient_id, operation, diff)
 
@@ -228,7 +237,8 @@ class IdentityRepository:
         if patient_id is None:
             return self._insert_patient(identity, operation)
         current = self._load(patient_id)
-        self._still(self._find_by_ipps(identity) == patient_id)
+        if self._lock:  # PostgreSQL: another receiver may have moved the IPP before our lock
+            self._still(self._find_by_ipps(identity) == patient_id)
         if not current["active"]:
             self.warnings.append(
                 Problem(
@@ -239,7 +249,7 @@ class IdentityRepository:
                 )
             )
             return patient_id
-        self._update_patient(patient_id, identity, "update")
+        self._update_patient(patient_id, identity, "update", current=current)
         return patient_id
 
     @staticmethod
@@ -418,7 +428,7 @@ class IdentityRepository:
         if not self.changes:
             return
         self.conn.execute(
-            insert(history),
+            _INSERT_HISTORY,
             [
                 dict(
                     patient_id=c.patient_id,

@@ -116,41 +116,10 @@ def read_header(raw: bytes) -> Header:
     )
 
 
-def unescape(text: str, header: Header) -> str:
+def unescape(text: str, field_sep: str, encoding_chars: str) -> str:
     """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ ...) of one value."""
-    esc = header.encoding_chars[2]
+    comp, rep, esc, sub = encoding_chars[:4]
     if esc not in text:
         return text
-    container = SimpleNamespace(
-        esc=esc,
-        separators="\r"
-        + header.field_sep
-        + header.encoding_chars[1]
-        + header.encoding_chars[0]
-        + header.encoding_chars[3],
-    )
+    container = SimpleNamespace(esc=esc, separators="\r" + field_sep + rep + comp + sub)
     return _hl7_unescape(container, text)
-
-
-def keep_fields(segment: str, header: Header, positions: frozenset[int]) -> str:
-    """The segment with only the given fields valued, so hl7apy parses just what is read.
-
-    Field positions are kept (a blanked field is empty), so ERR locations do not move.
-    """
-    fields = segment.split(header.field_sep)
-    return header.field_sep.join(
-        f if i == 0 or i in positions else "" for i, f in enumerate(fields)
-    ).rstrip(header.field_sep)
-
-
-def keep_repetitions(field: str, header: Header, component: int, value: str) -> str:
-    """Only the repetitions of a field whose given component (1-based) equals `value`."""
-    comp, rep = header.encoding_chars[0], header.encoding_chars[1]
-    kept = [
-        r
-        for r in field.split(rep)
-        if (parts := r.split(comp))
-        and len(parts) >= component
-        and parts[component - 1].strip().upper() == value
-    ]
-    return rep.join(kept)

@@ -1,8 +1,10 @@
 """One decoded ER7 message -> a typed AdtMessage, with hl7apy as the parser of record.
 
-Only the segments the identity rules read (PID, MRG, ZFD) go through hl7apy: MSH is read by
-the light tokenizer (er7.py) and the other segments (PV1, ZBE, ZFA...) are kept in the raw
-message but not interpreted, which also keeps hl7apy from silently dropping Z segments.
+Only the fields the identity rules read (PID-3, 5, 7, 8, 11, 32, MRG-1, ZFD-5/6/7) go through
+hl7apy, one repetition at a time: MSH is read by the light tokenizer (er7.py), and the other
+fields and segments (PV1, ZBE, ZFA...) are kept in the raw message but not interpreted, which
+also keeps hl7apy from silently dropping Z segments. A whole PID costs hl7apy about twice its
+read fields, and a whole A01 four times.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 
 from hl7apy.consts import VALIDATION_LEVEL
-from hl7apy.core import Segment
 from hl7apy.exceptions import HL7apyException
-from hl7apy.parser import parse_segment
+from hl7apy.parser import parse_field
 
 from pamfr.hl7 import hl7apy_tuning
 from pamfr.hl7.charset import UnknownCharset, codec_for
-from pamfr.hl7.er7 import Header, keep_fields, keep_repetitions, split_segments, unescape
+from pamfr.hl7.er7 import Header, split_segments, unescape
 from pamfr.hl7.events import SUPPORTED_EVENTS, Operation, operation_for
 from pamfr.identity.errors import MessageRejected, Problem
 from pamfr.identity.ins import INS_OIDS, Ins, InvalidIns, check_ins
@@ -106,102 +108,182 @@ def _child(element, name: str):
     return None
 
 
-class _Reader:
-    """Reads hl7apy segments of one message into domain values."""
+class _FieldError(ValueError):
+    """A field hl7apy cannot parse or whose value breaks a rule; the caller adds the place."""
 
-    def __init__(self, header: Header) -> None:
-        self.header = header
-        self.warnings: list[Problem] = []
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class _Separators:
+    field: str
+    component: str
+    repetition: str
+    escape: str
+    subcomponent: str
+
+    @classmethod
+    def of(cls, header: Header) -> _Separators:
         c, r, e, s = header.encoding_chars
-        self.encoding_chars = {
-            "FIELD": header.field_sep,
-            "COMPONENT": c,
-            "REPETITION": r,
-            "ESCAPE": e,
-            "SUBCOMPONENT": s,
+        return cls(header.field_sep, c, r, e, s)
+
+    def hl7apy(self) -> dict[str, str]:
+        return {
+            "FIELD": self.field,
+            "COMPONENT": self.component,
+            "REPETITION": self.repetition,
+            "ESCAPE": self.escape,
+            "SUBCOMPONENT": self.subcomponent,
             "GROUP": "\r",
             "SEGMENT": "\r",
         }
 
-    def segment(self, text: str, place: str) -> Segment:
+    def unescape(self, text: str) -> str:
+        encoding_chars = self.component + self.repetition + self.escape + self.subcomponent
+        return unescape(text, self.field, encoding_chars)
+
+
+# One repetition of one field is parsed by hl7apy and read into plain values; the results are
+# memoised by text, since the same patient's PID-3, names and birth place come back in every
+# event of its stay (A01, A02, Z99...). Plain tuples only: hl7apy's object graphs stay out.
+_CACHE_SIZE = 4096
+
+
+def _parse(name: str, text: str, seps: _Separators):
+    try:
+        return parse_field(
+            text,
+            name=name,
+            version="2.5",
+            encoding_chars=seps.hl7apy(),
+            validation_level=VALIDATION_LEVEL.TOLERANT,
+        )
+    except (HL7apyException, ValueError, IndexError, KeyError) as exc:
+        raise _FieldError(102, f"{name.replace('_', '-')} cannot be parsed: {exc}") from None
+
+
+def _text(seps: _Separators, element, *path: int) -> str:
+    """Unescaped text of a component (and subcomponent) given by 1-based positions."""
+    for position in path:
+        element = _child(element, f"{element.datatype}_{position}")
+        if element is None:
+            return ""
+    if element.datatype == "FN":  # XPN-1: the surname is its first subcomponent
+        element = _child(element, "FN_1")
+        if element is None:
+            return ""
+    return seps.unescape(element.to_er7()).strip()
+
+
+def _value(seps: _Separators, element, *path: int) -> str | None:
+    text = _text(seps, element, *path)
+    return None if text in ("", HL7_NULL) else text
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _read_cx(name: str, rep: str, seps: _Separators) -> Identifier:
+    cx = _parse(name, rep, seps)
+    return Identifier(
+        value=_text(seps, cx, 1),
+        type=_text(seps, cx, 5),
+        authority=_text(seps, cx, 4, 1),
+        oid=_text(seps, cx, 4, 2),
+    )
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _read_xpn(rep: str, seps: _Separators) -> tuple[str, str | None, str | None, str | None]:
+    """(name type, XPN-1 surname, XPN-2, XPN-3) of one PID-5 repetition."""
+    xpn = _parse("PID_5", rep, seps)
+    return (
+        _text(seps, xpn, 7).upper(),
+        _value(seps, xpn, 1),
+        _value(seps, xpn, 2),
+        _value(seps, xpn, 3),
+    )
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _read_xad_bdl(rep: str, seps: _Separators) -> tuple[bool, str | None]:
+    """(is the birth place, XAD-9 INSEE code) of one PID-11 repetition."""
+    xad = _parse("PID_11", rep, seps)
+    if _text(seps, xad, 7).upper() != "BDL":
+        return False, None
+    code = _value(seps, xad, 9)
+    if code is not None and not _INSEE.match(code.upper()):
+        raise _FieldError(102, "birth place INSEE code (XAD-9) is not valid")
+    return True, code.upper() if code else None
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def _read_simple(name: str, rep: str, seps: _Separators) -> str:
+    """The unescaped text of a field without components (PID-7's first, PID-8, PID-32, ZFD)."""
+    parsed = _parse(name, rep, seps)
+    first = _child(parsed, f"{parsed.datatype}_1") if parsed.children else None
+    if first is not None and parsed.datatype == "TS":
+        return _text(seps, first)
+    return _text(seps, parsed)
+
+
+class _Reader:
+    """Reads the fields of one message's PID / MRG / ZFD into domain values."""
+
+    def __init__(self, header: Header) -> None:
+        self.header = header
+        self.seps = _Separators.of(header)
+        self.warnings: list[Problem] = []
+
+    def fields(self, segment: str) -> list[str]:
+        return segment.split(self.seps.field)
+
+    def reps(self, field: str) -> list[str]:
+        return [r for r in field.split(self.seps.repetition) if r != ""]
+
+    def at(self, place: str, read, *args):
         try:
-            return parse_segment(
-                text,
-                version="2.5",
-                encoding_chars=self.encoding_chars,
-                validation_level=VALIDATION_LEVEL.TOLERANT,
-            )
-        except (HL7apyException, ValueError, IndexError, KeyError) as exc:
-            raise MessageRejected(
-                Problem(102, place, f"{place.split('^')[0]} segment cannot be parsed: {exc}")
-            ) from None
+            return read(*args)
+        except _FieldError as exc:
+            raise MessageRejected(Problem(exc.code, place, str(exc))) from None
 
-    @staticmethod
-    def reps(segment: Segment, name: str) -> list:
-        return [rep for rep in getattr(segment, name) if rep.to_er7() != ""]
-
-    @staticmethod
-    def raw(segment: Segment, name: str) -> str:
-        reps = list(getattr(segment, name))
-        return reps[0].to_er7() if reps else ""
-
-    def text(self, element, *path: int) -> str:
-        """Unescaped text of a component (and subcomponent) given by 1-based positions."""
-        for position in path:
-            element = _child(element, f"{element.datatype}_{position}")
-            if element is None:
-                return ""
-        if element.datatype == "FN":  # XPN-1: the surname is its first subcomponent
-            element = _child(element, "FN_1")
-            if element is None:
-                return ""
-        return unescape(element.to_er7(), self.header)
-
-    def value(self, element, *path: int) -> str | None:
-        text = self.text(element, *path).strip()
-        return None if text in ("", HL7_NULL) else text
-
-    def optional(self, segment: Segment, name: str) -> TextField:
+    def optional(self, fields: list[str], n: int, name: str, place: str) -> TextField:
         """A whole field: KEEP when empty, None for an explicit null, else its text."""
-        raw = self.raw(segment, name).strip()
+        raw = fields[n].strip() if len(fields) > n else ""
         if raw == "":
             return KEEP
-        return None if raw == HL7_NULL else self.value(getattr(segment, name)[0])
+        if raw == HL7_NULL:
+            return None
+        return self.at(f"{place}^{n}", _read_simple, name, raw, self.seps) or None
 
     # -- PID --------------------------------------------------------------
 
-    def identifiers(self, pid: Segment, segment_name: str = "PID") -> tuple[Identifier, ...]:
-        out = []
-        for rep in self.reps(
-            pid, f"{segment_name.lower()}_3" if segment_name == "PID" else "mrg_1"
-        ):
-            out.append(
-                Identifier(
-                    value=self.text(rep, 1).strip(),
-                    type=self.text(rep, 5).strip(),
-                    authority=self.text(rep, 4, 1).strip(),
-                    oid=self.text(rep, 4, 2).strip(),
-                )
-            )
-        return tuple(out)
+    def identifiers(self, field: str, name: str, place: str) -> tuple[Identifier, ...]:
+        return tuple(self.at(place, _read_cx, name, rep, self.seps) for rep in self.reps(field))
 
-    def patient(self, pid: Segment, zfd: Segment | None, place: str = "PID^1") -> PatientIdentity:
-        identifiers = self.identifiers(pid)
+    def patient(self, pid: str, zfd: str | None, place: str = "PID^1") -> PatientIdentity:
+        f = self.fields(pid)
+        f += [""] * (33 - len(f))
+        identifiers = self.identifiers(f[3], "PID_3", f"{place}^3")
         if not any(i.type == "PI" and i.value and i.value != HL7_NULL for i in identifiers):
             raise MessageRejected(Problem(101, f"{place}^3", "PID-3 holds no IPP (CX-5 PI)"))
         ins, ins_present = self.ins(identifiers, place)
         kept = tuple(i for i in identifiers if i.value and i.value != HL7_NULL)
 
-        names = self.names(pid)
         identity_mode: TextField = KEEP
         insi_date: TextField = KEEP
         document: TextField = KEEP
         if zfd is not None:
-            identity_mode = self.optional(zfd, "zfd_5")
-            insi_date = self.optional(zfd, "zfd_6")
-            document = self.optional(zfd, "zfd_7")
+            z = self.fields(zfd)
+            identity_mode = self.optional(z, 5, "ZFD_5", "ZFD^1")
+            insi_date = self.optional(z, 6, "ZFD_6", "ZFD^1")
+            document = self.optional(z, 7, "ZFD_7", "ZFD^1")
 
-        pid32 = [code for rep in self.reps(pid, "pid_32") if (code := self.text(rep)) != HL7_NULL]
+        pid32 = [
+            code
+            for rep in self.reps(f[32])
+            if (code := self.at(f"{place}^32", _read_simple, "PID_32", rep, self.seps)) != HL7_NULL
+        ]
         status = derive_status(
             pid32,
             has_ins=ins_present,
@@ -210,14 +292,14 @@ class _Reader:
         return PatientIdentity(
             identifiers=kept,
             ins=ins,
-            birth_date=self.birth_date(pid, place),
-            sex=self.sex(pid, place),
-            birth_place_insee=self.birth_place(pid, place),
+            birth_date=self.birth_date(f[7], place),
+            sex=self.sex(f[8], place),
+            birth_place_insee=self.birth_place(f[11], place),
             status=status,
             identity_mode=identity_mode,
             insi_query_date=insi_date,
             identity_document=document,
-            **names,
+            **self.names(f[5], place),
         )
 
     def ins(
@@ -247,8 +329,8 @@ class _Reader:
             return best, True
         return (None if cleared else KEEP), False
 
-    def names(self, pid: Segment) -> dict:
-        raw = self.raw(pid, "pid_5")
+    def names(self, field: str, place: str) -> dict:
+        raw = field.strip()
         if raw == "":
             return {}
         if raw == HL7_NULL:
@@ -261,32 +343,31 @@ class _Reader:
                     "used_given_name",
                 )
             )
-        reps = self.reps(pid, "pid_5")
-        by_type: dict[str, object] = {}
-        for rep in reps:
-            kind = self.text(rep, 7).strip().upper()
-            by_type.setdefault(kind, rep)
+        by_type: dict[str, tuple] = {}
+        for rep in self.reps(field):
+            read = self.at(f"{place}^5", _read_xpn, rep, self.seps)
+            by_type.setdefault(read[0], read)
         birth = by_type.get("L") or by_type.get("")
         out: dict = {}
         if birth is not None:
-            given_list = self.value(birth, 3)
+            _, surname, given, given_list = birth
             out.update(
-                birth_name=self.value(birth, 1),
-                first_given_name=self.value(birth, 2),
+                birth_name=surname,
+                first_given_name=given,
                 birth_given_names=tuple(given_list.split()) if given_list else None,
             )
         used = by_type.get("D")
         if used is not None:
-            out.update(used_name=self.value(used, 1), used_given_name=self.value(used, 2))
+            out.update(used_name=used[1], used_given_name=used[2])
         return out
 
-    def birth_date(self, pid: Segment, place: str) -> BirthDate | None | _Keep:
-        raw = self.raw(pid, "pid_7").strip()
+    def birth_date(self, field: str, place: str) -> BirthDate | None | _Keep:
+        raw = field.strip()
         if raw == "":
             return KEEP
         if raw == HL7_NULL:
             return None
-        text = raw.split(self.header.component_sep, 1)[0]
+        text = self.at(f"{place}^7", _read_simple, "PID_7", raw, self.seps)
         match = _DATE.match(text)
         problem = Problem(102, f"{place}^7", "PID-7 is not a valid date (YYYY[MM[DD]])")
         if not match:
@@ -299,13 +380,13 @@ class _Reader:
             raise MessageRejected(problem) from None
         return BirthDate(year, month, day if month is not None else None)
 
-    def sex(self, pid: Segment, place: str) -> TextField:
-        raw = self.raw(pid, "pid_8").strip()
+    def sex(self, field: str, place: str) -> TextField:
+        raw = field.strip()
         if raw == "":
             return KEEP
         if raw == HL7_NULL:
             return None
-        code = raw.upper()
+        code = self.at(f"{place}^8", _read_simple, "PID_8", raw, self.seps).upper()
         if code in ACCEPTED_SEXES:
             return code
         if code in MAPPED_SEXES:
@@ -315,35 +396,17 @@ class _Reader:
             return MAPPED_SEXES[code]
         raise MessageRejected(Problem(103, f"{place}^8", f"PID-8 {raw!r} is not F, M or U"))
 
-    def birth_place(self, pid: Segment, place: str) -> TextField:
-        raw = self.raw(pid, "pid_11")
+    def birth_place(self, field: str, place: str) -> TextField:
+        raw = field.strip()
         if raw == "":
             return KEEP
         if raw == HL7_NULL:
             return None
-        for rep in self.reps(pid, "pid_11"):
-            if self.text(rep, 7).strip().upper() == "BDL":
-                code = self.value(rep, 9)
-                if code is not None and not _INSEE.match(code.upper()):
-                    raise MessageRejected(
-                        Problem(102, f"{place}^11", "birth place INSEE code (XAD-9) is not valid")
-                    )
-                return code.upper() if code else None
+        for rep in self.reps(field):
+            is_bdl, code = self.at(f"{place}^11", _read_xad_bdl, rep, self.seps)
+            if is_bdl:
+                return code
         return KEEP
-
-
-# The fields the identity rules read; hl7apy is given only these (a whole PID costs twice).
-PID_FIELDS_READ = frozenset({1, 3, 5, 7, 8, 11, 32})
-ZFD_FIELDS_READ = frozenset({5, 6, 7})
-
-
-def _pid_for_rules(pid: str, header: Header) -> str:
-    """The PID with the read fields only, and in PID-11 only the birth place (BDL) address."""
-    trimmed = keep_fields(pid, header, PID_FIELDS_READ)
-    fields = trimmed.split(header.field_sep)
-    if len(fields) > 11 and fields[11] not in ("", HL7_NULL):
-        fields[11] = keep_repetitions(fields[11], header, 7, "BDL")
-    return header.field_sep.join(fields)
 
 
 def parse_adt(text: str, header: Header) -> AdtMessage:
@@ -357,19 +420,9 @@ def parse_adt(text: str, header: Header) -> AdtMessage:
     wanted = 2 if operation in (Operation.LINK, Operation.UNLINK) else 1
     if len(pid_texts) < wanted:
         raise MessageRejected(Problem(100, "PID^2", f"ADT^{header.event} needs two PID segments"))
-    zfd_text = next((s for s in segments if s.startswith("ZFD")), None)
-    zfd = (
-        reader.segment(keep_fields(zfd_text, header, ZFD_FIELDS_READ), "ZFD^1")
-        if zfd_text
-        else None
-    )
+    zfd = next((s for s in segments if s.startswith("ZFD")), None)
     patients = tuple(
-        reader.patient(
-            reader.segment(_pid_for_rules(pid_texts[i], header), f"PID^{i + 1}"),
-            zfd if i == 0 else None,
-            f"PID^{i + 1}",
-        )
-        for i in range(wanted)
+        reader.patient(pid_texts[i], zfd if i == 0 else None, f"PID^{i + 1}") for i in range(wanted)
     )
     prior: tuple[Identifier, ...] = ()
     if operation in (Operation.MERGE, Operation.CHANGE_ID):
@@ -378,8 +431,13 @@ def parse_adt(text: str, header: Header) -> AdtMessage:
             raise MessageRejected(
                 Problem(100, "MRG^1^1", f"ADT^{header.event} needs an MRG segment")
             )
-        mrg = reader.segment(mrg_text, "MRG^1")
-        prior = tuple(i for i in reader.identifiers(mrg, "MRG") if i.value and i.value != HL7_NULL)
+        mrg = reader.fields(mrg_text)
+        mrg1 = mrg[1] if len(mrg) > 1 else ""
+        prior = tuple(
+            i
+            for i in reader.identifiers(mrg1, "MRG_1", "MRG^1^1")
+            if i.value and i.value != HL7_NULL
+        )
         if not prior:
             raise MessageRejected(Problem(101, "MRG^1^1", "MRG-1 (prior identifier) is empty"))
     return AdtMessage(

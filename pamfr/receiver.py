@@ -24,7 +24,13 @@ from pamfr.hl7.er7 import Header, read_header
 from pamfr.hl7.events import Operation
 from pamfr.hl7.parse import AdtMessage, check_header, decode, parse_adt
 from pamfr.identity.errors import MessageRejected, Problem
-from pamfr.store.messagelog import LoggedMessage, dedup_key, find_processed, insert_message
+from pamfr.store.messagelog import (
+    LoggedMessage,
+    dedup_key,
+    find_processed,
+    find_processed_many,
+    insert_message,
+)
 from pamfr.store.repository import ConcurrentChange, IdentityRepository
 
 log = logging.getLogger(__name__)
@@ -139,6 +145,13 @@ def _apply(repo: IdentityRepository, message: AdtMessage) -> None:
             repo.unlink(first, message.patients[1])
 
 
+class _NeedsSavepoints(Exception):
+    pass
+
+
+_NOT_PROCESSED = object()
+
+
 class Receiver:
     def __init__(
         self,
@@ -183,21 +196,58 @@ class Receiver:
         return self._unavailable(p, problem)
 
     def _transaction(self, batch: list[Prepared]) -> list[Outcome] | None:
-        """The outcomes once committed; None when the transaction lost a deadlock."""
+        """The outcomes once committed; None when the transaction lost a deadlock.
+
+        A batch first runs without savepoints (two statements a message saved); when any of
+        its messages is refused or conflicts, the transaction is rolled back and the batch runs
+        again with a savepoint around each message, so one failure does not sink the others.
+        """
+        keys = [self._key(p) for p in batch]
+        if len(set(k for k in keys if k)) == len([k for k in keys if k]):
+            try:
+                with self.engine.begin() as conn:
+                    processed = find_processed_many(conn, [k for k in keys if k])
+                    return [
+                        self._fast(conn, p, processed.get(k) if k else None)
+                        for p, k in zip(batch, keys, strict=True)
+                    ]
+            except _NeedsSavepoints:
+                pass
+            except SQLAlchemyError as exc:
+                return self._failed(batch, exc)
         try:
             with self.engine.begin() as conn:
                 return [self._one(conn, p) for p in batch]
         except SQLAlchemyError as exc:
-            orig = exc.orig if isinstance(exc, DBAPIError) else None
-            if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
-                log.info("transaction of %d message(s) lost a deadlock", len(batch))
-                return None
-            log.error(
-                "database unavailable, %d message(s) answered AR 207: %s", len(batch), _brief(exc)
-            )
-            return [self._unavailable(p) for p in batch]
+            return self._failed(batch, exc)
+
+    def _failed(self, batch: list[Prepared], exc: SQLAlchemyError) -> list[Outcome] | None:
+        orig = exc.orig if isinstance(exc, DBAPIError) else None
+        if getattr(orig, "sqlstate", None) in _TRANSIENT_SQLSTATES:
+            log.info("transaction of %d message(s) lost a deadlock", len(batch))
+            return None
+        log.error(
+            "database unavailable, %d message(s) answered AR 207: %s", len(batch), _brief(exc)
+        )
+        return [self._unavailable(p) for p in batch]
 
     # -- one message -----------------------------------------------------------
+
+    @staticmethod
+    def _key(p: Prepared) -> str | None:
+        h = p.header
+        return dedup_key(h.sending_app, h.sending_facility, h.control_id) if h else None
+
+    def _fast(self, conn: Connection, p: Prepared, existing) -> Outcome:
+        """One message of an optimistic batch: any refusal or conflict reruns the batch."""
+        try:
+            return self._attempt(conn, p, existing if existing else _NOT_PROCESSED)
+        except SQLAlchemyError as exc:
+            if isinstance(exc, IntegrityError):
+                raise _NeedsSavepoints from exc
+            raise
+        except Exception as exc:  # refusals, conflicts, bugs: each is handled in its savepoint
+            raise _NeedsSavepoints from exc
 
     def _one(self, conn: Connection, p: Prepared) -> Outcome:
         for attempt in range(_ATTEMPTS):
@@ -224,16 +274,13 @@ class Receiver:
         problem = Problem(206, "", "the record stayed locked by concurrent writers; resend")
         return self._log_only(conn, p, "AR", (problem,))
 
-    def _attempt(self, conn: Connection, p: Prepared) -> Outcome:
+    def _attempt(self, conn: Connection, p: Prepared, known=None) -> Outcome:
+        """`known`: the batch's look-up of this message's key (None: look it up here)."""
         header = p.header
-        key = (
-            dedup_key(header.sending_app, header.sending_facility, header.control_id)
-            if header
-            else None
-        )
+        key = self._key(p)
         if key is not None:
-            existing = find_processed(conn, key)
-            if existing is not None:
+            existing = find_processed(conn, key) if known is None else known
+            if existing is not _NOT_PROCESSED and existing is not None:
                 return self._duplicate(conn, p, *existing)
         if p.code != "AA" or p.message is None:
             return self._log_only(conn, p, p.code, p.problems)

@@ -57,6 +57,20 @@ def find_processed(conn: Connection, key: str) -> tuple[int, str, bytes | None] 
     return (row.id, row.outcome, row.ack) if row else None
 
 
+def find_processed_many(
+    conn: Connection, keys: list[str]
+) -> dict[str, tuple[int, str, bytes | None]]:
+    """find_processed for a batch, in one query."""
+    if not keys:
+        return {}
+    rows = conn.execute(
+        select(message.c.dedup_key, message.c.id, message.c.outcome, message.c.ack).where(
+            message.c.dedup_key.in_(keys)
+        )
+    )
+    return {r.dedup_key: (r.id, r.outcome, r.ack) for r in rows}
+
+
 def list_messages(conn: Connection, *, outcome: str | None = None, limit: int = 50) -> list[dict]:
     query = select(message).order_by(message.c.id.desc()).limit(limit)
     if outcome:

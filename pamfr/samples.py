@@ -153,10 +153,11 @@ def generate_mix(count: int, seed: int = 2575, prefix: str = "G") -> Iterator[st
     """About 50% A28, 30% A31, 15% A01, 5% A40; unique control ids and IPPs; fixed seed."""
     rng = random.Random(seed)
     known: list[Person] = []
+    survivors: set[str] = set()
     for n in range(count):
         control_id = f"{prefix}{n:09d}"
         roll = rng.random()
-        if roll < 0.5 or len(known) < 4:
+        if roll < 0.5 or len(known) - len(survivors) < 4:
             person = random_person(rng, f"{prefix}P{n:09d}")
             known.append(person)
             yield message("A28", person, control_id)
@@ -167,6 +168,10 @@ def generate_mix(count: int, seed: int = 2575, prefix: str = "G") -> Iterator[st
         elif roll < 0.95:
             yield message("A01", rng.choice(known), control_id)
         else:
-            source = known.pop(rng.randrange(len(known)))
+            # A survivor is never merged later: the set stays valid when its messages are
+            # spread over several connections and applied in another order.
+            sources = [i for i, p in enumerate(known) if p.ipp not in survivors]
+            source = known.pop(rng.choice(sources))
             target = rng.choice(known)
+            survivors.add(target.ipp)
             yield message("A40", target, control_id, prior_ipp=source.ipp)

@@ -39,6 +39,7 @@ from pamfr.identity.status import derive_status
 hl7apy_tuning.install()
 
 HL7_NULL = '""'
+MAX_REPETITIONS = 50  # of one read field (PID-3, PID-5, PID-11, PID-32, MRG-1)
 ACCEPTED_SEXES = {"F", "M", "U"}
 MAPPED_SEXES = {"O": "U", "A": "U"}
 _INSEE = re.compile(r"^(?:[0-9]{5}|2[AB][0-9]{3})$")
@@ -238,8 +239,14 @@ class _Reader:
     def fields(self, segment: str) -> list[str]:
         return segment.split(self.seps.field)
 
-    def reps(self, field: str) -> list[str]:
-        return [r for r in field.split(self.seps.repetition) if r != ""]
+    def reps(self, field: str, place: str) -> list[str]:
+        reps = [r for r in field.split(self.seps.repetition) if r != ""]
+        if len(reps) > MAX_REPETITIONS:
+            # hl7apy costs ~1.5 ms a repetition: thousands would hold a parse worker for seconds.
+            raise MessageRejected(
+                Problem(102, place, f"{len(reps)} repetitions; at most {MAX_REPETITIONS} are read")
+            )
+        return reps
 
     def at(self, place: str, read, *args):
         try:
@@ -259,7 +266,9 @@ class _Reader:
     # -- PID --------------------------------------------------------------
 
     def identifiers(self, field: str, name: str, place: str) -> tuple[Identifier, ...]:
-        return tuple(self.at(place, _read_cx, name, rep, self.seps) for rep in self.reps(field))
+        return tuple(
+            self.at(place, _read_cx, name, rep, self.seps) for rep in self.reps(field, place)
+        )
 
     def patient(self, pid: str, zfd: str | None, place: str = "PID^1") -> PatientIdentity:
         f = self.fields(pid)
@@ -281,7 +290,7 @@ class _Reader:
 
         pid32 = [
             code
-            for rep in self.reps(f[32])
+            for rep in self.reps(f[32], f"{place}^32")
             if (code := self.at(f"{place}^32", _read_simple, "PID_32", rep, self.seps)) != HL7_NULL
         ]
         status = derive_status(
@@ -344,7 +353,7 @@ class _Reader:
                 )
             )
         by_type: dict[str, tuple] = {}
-        for rep in self.reps(field):
+        for rep in self.reps(field, f"{place}^5"):
             read = self.at(f"{place}^5", _read_xpn, rep, self.seps)
             by_type.setdefault(read[0], read)
         birth = by_type.get("L") or by_type.get("")
@@ -402,7 +411,7 @@ class _Reader:
             return KEEP
         if raw == HL7_NULL:
             return None
-        for rep in self.reps(field):
+        for rep in self.reps(field, f"{place}^11"):
             is_bdl, code = self.at(f"{place}^11", _read_xad_bdl, rep, self.seps)
             if is_bdl:
                 return code

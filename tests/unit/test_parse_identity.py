@@ -357,3 +357,14 @@ def test_a24_reads_two_patients():
     message = parse(pid(), pid(2, f3="IPP2^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"), event="A24")
     assert message.operation is Operation.LINK
     assert [p.ipp.value for p in message.patients] == ["IPP1", "IPP2"]
+
+
+def test_too_many_repetitions_are_refused_before_hl7apy():
+    many = "~".join(f"ID{n}^^^CHU-X&1.2.250.1.999.1.1&ISO^PI" for n in range(51))
+    with pytest.raises(MessageRejected) as caught:
+        parse(pid(f3=many))
+    (problem,) = caught.value.problems
+    assert (problem.code, problem.location) == (102, "PID^1^3")
+    assert "51 repetitions" in problem.text
+    fifty = "~".join(f"ID{n}^^^CHU-X&1.2.250.1.999.1.1&ISO^PI" for n in range(50))
+    assert len(parse(pid(f3=fifty)).patients[0].identifiers) == 50

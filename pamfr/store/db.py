@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one's lock before failing
 
 
 def _prepare_sqlite_folder(url: str) -> None:
@@ -20,18 +20,27 @@ def _prepare_sqlite_folder(url: str) -> None:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
-def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
+def make_engine(
+    url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None
+) -> Engine:
     """An engine with the durability settings pamfr relies on.
 
     SQLite: WAL, synchronous=FULL, a busy timeout so several pamfr processes share one file,
     and BEGIN IMMEDIATE so a writer takes the write lock up front instead of failing later.
+    `busy_timeout` (seconds) is how long a writer waits for a lock held by another connection
+    before the transaction fails (the messages then get AR 207); by default the URL's
+    ``?timeout=`` (the pysqlite option), else SQLITE_BUSY_TIMEOUT.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         _prepare_sqlite_folder(url)
+        if busy_timeout is None:
+            busy_timeout = float(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT))
+        busy_timeout_ms = int(busy_timeout * 1000)
         engine = create_engine(
             url,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            connect_args={"timeout": busy_timeout, "check_same_thread": False},
+            hide_parameters=True,
         )
 
         @event.listens_for(engine, "connect")
@@ -40,7 +49,7 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
-            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
@@ -51,7 +60,20 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True)
+    # A server that stops answering (rather than refusing) must fail fast too, so that the
+    # messages get AR 207 instead of waiting for the kernel's TCP timeouts; the URL may override.
+    connect_args = {
+        "connect_timeout": 10,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    connect_args = {k: v for k, v in connect_args.items() if k not in parsed.query}
+    # hide_parameters: an error's text never carries the values (identifiers, names).
+    return create_engine(
+        parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args
+    )
 
 
 def alembic_config(url: str):

@@ -57,7 +57,9 @@ class MLLPDecoder:
     """Incremental MLLP decoder.
 
     Memory is bounded by ``max(max_frame_size, HEAD_KEPT)`` payload bytes: once a frame
-    grows past ``max_frame_size`` only its first ``HEAD_KEPT`` bytes are kept.
+    grows past ``max_frame_size`` only its first ``HEAD_KEPT`` bytes are kept. Work is linear
+    in the bytes fed, and so is the number of events whatever the bytes: frames abandoned one
+    after the other in one feed (a run of start blocks) make a single DiscardedBytes.
     """
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
@@ -100,10 +102,12 @@ class MLLPDecoder:
                 continue
             end = data.find(END_BLOCK, pos)
             limit = end_of_data if end == -1 else end
-            restart = data.find(START_BLOCK, pos, limit)
+            # Every start block before the end block abandons the frame in hand: only the last
+            # one starts a frame, and all the abandoned ones are reported as one event (a run of
+            # start blocks costs one search, not one loop turn and one event per byte).
+            restart = data.rfind(START_BLOCK, pos, limit)
             if restart != -1:
-                self._add_payload(data, pos, restart)
-                events.append(DiscardedBytes(1 + self._size, REASON_ABANDONED))
+                events.append(DiscardedBytes(1 + self._size + restart - pos, REASON_ABANDONED))
                 self._reset_frame()
                 self._in_frame = True
                 pos = restart + 1

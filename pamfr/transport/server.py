@@ -10,7 +10,6 @@ from typing import Protocol
 
 from pamfr.transport.access import PeerFilter
 from pamfr.transport.codec import (
-    REASON_ABANDONED,
     DiscardedBytes,
     Frame,
     MLLPDecoder,
@@ -59,6 +58,8 @@ class _Connection:
     writer: asyncio.StreamWriter
     handled: int = 0
     reading: bool = False
+    discarded: int = 0  # bytes that belonged to no frame
+    discard_logged: bool = False
 
     def stop_reading(self) -> None:
         """Make a pending read return what is already buffered, then EOF."""
@@ -204,22 +205,35 @@ class MLLPServer:
         finally:
             self._connections.discard(conn)
             await _close_writer(writer)
-            logger.info("connection from %s closed (%d messages handled)", peer, conn.handled)
+            if conn.discarded:
+                logger.warning(
+                    "connection from %s closed (%d messages handled, %d bytes discarded)",
+                    peer,
+                    conn.handled,
+                    conn.discarded,
+                )
+            else:
+                logger.info("connection from %s closed (%d messages handled)", peer, conn.handled)
 
     async def _serve(self, conn: _Connection) -> None:
+        """Read, decode, answer each frame before reading on.
+
+        Two clocks close a connection that makes no progress, whatever bytes it sends: no
+        complete frame for ``idle_timeout`` (silence, or junk outside frames), and a frame
+        started but not finished within ``frame_timeout`` (slowloris; abandoning it for a new
+        start block does not restart the clock).
+        """
         limits = self._limits
         loop = asyncio.get_running_loop()
         decoder = MLLPDecoder(limits.max_frame_size)
+        idle_deadline = loop.time() + limits.idle_timeout
         frame_deadline: float | None = None
         while not self._stopping:
             conn.reading = True
             try:
-                if frame_deadline is not None:
-                    async with asyncio.timeout_at(frame_deadline):
-                        data = await conn.reader.read(READ_SIZE)
-                else:
-                    async with asyncio.timeout(limits.idle_timeout):
-                        data = await conn.reader.read(READ_SIZE)
+                deadline = idle_deadline if frame_deadline is None else frame_deadline
+                async with asyncio.timeout_at(deadline):
+                    data = await conn.reader.read(READ_SIZE)
             except TimeoutError:
                 if frame_deadline is not None:
                     logger.warning(
@@ -229,7 +243,7 @@ class MLLPServer:
                         decoder.buffered,
                     )
                 else:
-                    logger.info("%s: idle for %.1fs; closing", conn.peer, limits.idle_timeout)
+                    logger.info("%s: no message for %.1fs; closing", conn.peer, limits.idle_timeout)
                 return
             finally:
                 conn.reading = False
@@ -241,19 +255,24 @@ class MLLPServer:
                         decoder.buffered,
                     )
                 return
-            frame_ended = False
+            completed = False
             for event in decoder.feed(data):
                 if isinstance(event, DiscardedBytes):
-                    logger.warning(
-                        "%s: discarded %d bytes (%s)", conn.peer, event.count, event.reason
+                    conn.discarded += event.count
+                    # One warning per connection: a peer sending junk must not flood the log.
+                    level = logging.DEBUG if conn.discard_logged else logging.WARNING
+                    conn.discard_logged = True
+                    logger.log(
+                        level, "%s: discarded %d bytes (%s)", conn.peer, event.count, event.reason
                     )
-                    frame_ended = frame_ended or event.reason == REASON_ABANDONED
                 else:
-                    frame_ended = True
+                    completed = True
                     await self._answer(conn, event)
+            if completed:
+                idle_deadline = loop.time() + limits.idle_timeout
             if not decoder.in_frame:
                 frame_deadline = None
-            elif frame_deadline is None or frame_ended:
+            elif frame_deadline is None or completed:
                 frame_deadline = loop.time() + limits.frame_timeout
 
     async def _answer(self, conn: _Connection, event: Frame | OversizedFrame) -> None:
@@ -281,6 +300,8 @@ class MLLPServer:
                 await conn.writer.drain()
         except TimeoutError:
             logger.warning("%s: peer is not reading its answers; closing", conn.peer)
+            # Do not wait for answers that will never be read to be flushed: drop them now.
+            conn.writer.transport.abort()
             raise _CloseConnection() from None
 
 

@@ -216,3 +216,12 @@ def test_any_cutting_of_encoded_payloads_yields_them_in_order(
     events = feed_all(decoder, [wire[a:b] for a, b in zip(bounds, bounds[1:], strict=False)])
     assert events == [Frame(p) for p in payloads]
     assert not decoder.in_frame
+
+
+def test_run_of_start_blocks_is_one_event_and_linear() -> None:
+    decoder = MLLPDecoder()
+    events = decoder.feed(b"\x0bpartial" + b"\x0b" * 100_000 + MSG + b"\x1c\r")
+    assert events == [DiscardedBytes(len(b"\x0bpartial") + 100_000 - 1, ABANDONED), Frame(MSG)]
+    events = decoder.feed(b"\x0bx" * 50_000)
+    assert events == [DiscardedBytes(100_000 - 2, ABANDONED)]
+    assert decoder.in_frame and decoder.buffered == 1

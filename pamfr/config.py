@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,10 +18,17 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pamfr.transport.access import PeerFilter
+
 DEFAULT_DATABASE_URL = "sqlite:///./var/pamfr.db"
 
 
-class ServerSettings(BaseModel):
+class _Section(BaseModel):
+    # A misspelt key (say `allowed_peer`) must not silently leave a listener open.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(2575, ge=0, le=65535)
     max_frame_size: int = Field(1024 * 1024, ge=1024)
@@ -29,22 +36,60 @@ class ServerSettings(BaseModel):
     frame_timeout: float = Field(60.0, gt=0)
     max_connections: int = Field(256, ge=1)
     shutdown_grace: float = Field(30.0, ge=0)
+    # TLS: PEM files. With tls_client_ca, mutual TLS: a client certificate signed by it is required.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # Who may send: peer addresses or networks (CIDR), and "APPLICATION|FACILITY" patterns
+    # matched on MSH-3/MSH-4 (shell wildcards). Empty: everyone. Both are reloaded on SIGHUP.
+    allowed_peers: list[str] = []
+    allowed_senders: list[str] = []
+
+    @field_validator("allowed_peers")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        PeerFilter.parse(value)  # ValueError names the bad entry
+        return [v.strip() for v in value]
+
+    @field_validator("allowed_senders")
+    @classmethod
+    def _senders(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern.strip() or pattern.count("|") > 1:
+                raise ValueError(f"expected APPLICATION|FACILITY or APPLICATION, got {pattern!r}")
+        return [v.strip() for v in value]
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        return self
 
 
-class DatabaseSettings(BaseModel):
+class DatabaseSettings(_Section):
     url: str = DEFAULT_DATABASE_URL
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    # Seconds a SQLite writer waits for a lock held by another process before the messages
+    # of its batch are answered AR 207 (resend later). None: the URL's ?timeout=, else 30.
+    sqlite_busy_timeout: float | None = Field(None, gt=0)
     migrate_on_start: bool = True
 
 
-class ReceiverSettings(BaseModel):
+class ReceiverSettings(_Section):
     processing_ids: list[str] = ["P", "D", "T"]
     batch_max: int = Field(64, ge=1)  # messages committed together at most (group commit)
     # Processes that parse messages (hl7apy is CPU-bound); 0 parses in threads of the daemon.
     parse_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)
 
 
-class FiledropSettings(BaseModel):
+class FiledropSettings(_Section):
     dirs: list[str] = []
     quiet_period: float = Field(2.0, ge=0)
     poll_interval: float = Field(1.0, gt=0)
@@ -54,7 +99,7 @@ class FiledropSettings(BaseModel):
     error_dir: str = "error"
 
 
-class LoggingSettings(BaseModel):
+class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
 
@@ -117,4 +162,18 @@ def load_settings(
     try:
         return Settings(**init)
     except ValidationError as exc:
-        raise ConfigError(f"invalid configuration ({path or 'defaults'}):\n{exc}") from None
+        raise ConfigError(
+            f"invalid configuration ({path or 'environment'}): {_explain(exc)}"
+        ) from None
+    except ValueError as exc:  # a TOML syntax error
+        raise ConfigError(f"invalid configuration ({path}): {exc}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    """One line per error, naming the key: "server.allowed_peers: invalid peer address ..."."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        key = ".".join(str(part) for part in error["loc"]) or "configuration"
+        text = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {text}")
+    return "; ".join(lines)

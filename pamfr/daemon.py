@@ -1,10 +1,16 @@
-"""`pamfr serve`: the MLLP server (and the file-drop watcher when configured) until a signal."""
+"""`pamfr serve`: the MLLP server (and the file-drop watcher when configured) until a signal.
+
+SIGTERM/SIGINT: stop accepting, answer the messages already received, exit 0 within
+[server] shutdown_grace. SIGHUP: reload the allow-lists and the log level (pamfr.reload).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import threading
+from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
@@ -12,25 +18,51 @@ from pamfr.config import Settings
 from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.pipeline import AsyncReceiver
 from pamfr.receiver import Receiver
+from pamfr.reload import Reloader
+from pamfr.security import SecurityConfigError, describe_access, listener_tls, peer_filter
 from pamfr.store.db import make_engine, upgrade
 from pamfr.transport.server import MLLPServer, ServerLimits
 
 log = logging.getLogger("pamfr.daemon")
 
+# Left to the writer to finish its transaction once the grace period is over.
+_WRITER_MIN_WAIT = 0.5
 
-async def run_daemon(settings: Settings) -> int:
-    url = settings.database.url
+
+async def run_daemon(
+    settings: Settings, reload: Callable[[], Settings] | None = None, source: str = ""
+) -> int:
+    """Serve until SIGTERM/SIGINT; `reload` loads the configuration again on SIGHUP."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    hup = asyncio.Event()  # a SIGHUP before the listener is up is applied once it is
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
+    s = settings.server
+    try:
+        tls = listener_tls(s)
+    except SecurityConfigError as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    db = settings.database
+    url = db.url
     shown = make_url(url).render_as_string(hide_password=True)
-    if settings.database.migrate_on_start:
+    if db.migrate_on_start:
         upgrade(url)
-    engine = make_engine(url, synchronous=settings.database.sqlite_synchronous)
-    receiver = Receiver(engine, processing_ids=settings.receiver.processing_ids)
+    engine = make_engine(
+        url, synchronous=db.sqlite_synchronous, busy_timeout=db.sqlite_busy_timeout
+    )
+    receiver = Receiver(
+        engine,
+        processing_ids=settings.receiver.processing_ids,
+        allowed_senders=s.allowed_senders,
+    )
     handler = AsyncReceiver(
         receiver,
         batch_max=settings.receiver.batch_max,
         parse_workers=settings.receiver.parse_workers,
     )
-    s = settings.server
     server = MLLPServer(
         handler,
         host=s.host,
@@ -42,11 +74,9 @@ async def run_daemon(settings: Settings) -> int:
             max_connections=s.max_connections,
             shutdown_grace=s.shutdown_grace,
         ),
+        ssl=tls,
+        peer_filter=peer_filter(s),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await handler.start()
     try:
         await server.start()
@@ -55,19 +85,59 @@ async def run_daemon(settings: Settings) -> int:
         handler.close()
         return 2
     log.info("pamfr listening on %s:%d (MLLP), database %s", s.host, server.port, shown)
+    log.info("access: %s", describe_access(s, tls))
     watcher, watching = None, None
     if settings.filedrop.dirs:  # the file door shares the receiver and its writer
         watcher = FileDropWatcher(handler, settings.filedrop)
         watching = asyncio.create_task(watcher.run())
         log.info("watching %s for dropped files", ", ".join(settings.filedrop.dirs))
+    reloader = Reloader(reload or (lambda: settings), settings, server, receiver, source)
+    hup_task = asyncio.create_task(_on_hup(hup, reloader))
     await stop.wait()
+    hup_task.cancel()
+    deadline = loop.time() + s.shutdown_grace
     log.info("stopping: no new connections, answering the messages in flight")
     if watcher is not None and watching is not None:
         watcher.stop()  # finishes the message in hand; the file stays in its inbox
-        await asyncio.gather(server.close(), watching)
+        await asyncio.gather(server.close(), _finish(watching, deadline))
     else:
         await server.close()
-    await asyncio.to_thread(handler.close)
-    engine.dispose()
+    if await _close_writer(handler, deadline):
+        engine.dispose()
     log.info("stopped")
     return 0
+
+
+async def _on_hup(hup: asyncio.Event, reloader: Reloader) -> None:
+    while True:
+        await hup.wait()
+        hup.clear()
+        reloader.reload()
+
+
+async def _finish(task: asyncio.Task, deadline: float) -> None:
+    """Wait for the file-drop watcher until the deadline, then cancel it (its file stays)."""
+    loop = asyncio.get_running_loop()
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - loop.time()))
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})
+
+
+async def _close_writer(handler: AsyncReceiver, deadline: float) -> bool:
+    """Let the writer commit what it holds, until the deadline. Past it, the transaction in
+    progress is abandoned: the process exit rolls it back and its senders, never ACKed,
+    will resend. True when the writer stopped cleanly."""
+    loop = asyncio.get_running_loop()
+    closing = threading.Thread(target=handler.close, name="pamfr-close", daemon=True)
+    closing.start()
+    wait_until = max(deadline, loop.time() + _WRITER_MIN_WAIT)
+    while closing.is_alive() and loop.time() < wait_until:
+        await asyncio.sleep(0.02)
+    if closing.is_alive():
+        log.warning(
+            "shutdown grace expired while the database was busy: the transaction in progress "
+            "is abandoned (rolled back), its messages were not acknowledged"
+        )
+        return False
+    return True

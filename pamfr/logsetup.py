@@ -21,3 +21,8 @@ def setup_logging(level: str = "info") -> None:
     # Library chatter that says nothing to an operator.
     for noisy in ("alembic.runtime.plugins", "hl7apy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def set_level(level: str) -> None:
+    """Change the level of a running process (SIGHUP reload); handlers stay as they are."""
+    logging.getLogger().setLevel(level.upper())

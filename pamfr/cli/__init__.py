@@ -17,6 +17,7 @@ from pamfr.cli.common import (
     parse_host_port,
     safe_url,
 )
+from pamfr.cli.tlsopts import client_tls, tls_options
 from pamfr.logsetup import setup_logging
 
 
@@ -60,21 +61,26 @@ def serve(
 
     Point the GAM's HL7 v2 ADT feed at HOST:PORT (MLLP). Every message is logged, applied and
     committed before its ACK is sent. On SIGTERM/SIGINT the daemon stops accepting, answers
-    the messages already received, and exits 0.
+    the messages already received, and exits 0 within [server] shutdown_grace. On SIGHUP it
+    reads the configuration again and applies the allow-lists and the log level.
+    TLS, mutual TLS and the allow-lists are set in [server] (see conf/pamfr.toml).
     """
-    settings = obj.settings(
-        **{
-            "server.host": host,
-            "server.port": port,
-            "database.url": db_url,
-            "database.migrate_on_start": False if no_migrate else None,
-            "logging.level": log_level,
-        }
-    )
+    overrides = {
+        "server.host": host,
+        "server.port": port,
+        "database.url": db_url,
+        "database.migrate_on_start": False if no_migrate else None,
+        "logging.level": log_level,
+    }
+    settings = obj.settings(**overrides)
     setup_logging(settings.logging.level)
+    from pamfr.config import load_settings
     from pamfr.daemon import run_daemon
 
-    sys.exit(asyncio.run(run_daemon(settings)))
+    def reload():  # SIGHUP: the same sources again; the flags above still win
+        return load_settings(obj.config_file, overrides)
+
+    sys.exit(asyncio.run(run_daemon(settings, reload, obj.config_file or "")))
 
 
 # -- db ----------------------------------------------------------------------------------
@@ -165,7 +171,16 @@ def messages(
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--to", "target", required=True, metavar="HOST:PORT", help="MLLP receiver.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per ACK.")
-def send(files: tuple[str, ...], target: str, timeout: float) -> None:
+@tls_options
+def send(
+    files: tuple[str, ...],
+    target: str,
+    timeout: float,
+    tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+) -> None:
     """Send the messages of FILES over MLLP, one by one, and print each ACK.
 
     A file may hold one message, several, an HL7 batch or MLLP frames; LF, CR or CRLF.
@@ -173,8 +188,10 @@ def send(files: tuple[str, ...], target: str, timeout: float) -> None:
     """
     from pamfr.ingest.files import UnreadableFile, split_messages
     from pamfr.ingest.sender import ack_summary, send_messages
+    from pamfr.transport.client import MLLPError
 
     host, port = parse_host_port(target)
+    context = client_tls(tls, tls_ca, tls_cert, tls_key)
     batches: list[tuple[str, list[bytes]]] = []
     for f in files:
         try:
@@ -184,9 +201,9 @@ def send(files: tuple[str, ...], target: str, timeout: float) -> None:
     all_ok = True
     for name, msgs in batches:
         try:
-            acks = asyncio.run(send_messages(host, port, msgs, timeout=timeout))
-        except OSError as exc:
-            raise click.ClickException(f"cannot reach {host}:{port}: {exc}") from None
+            acks = asyncio.run(send_messages(host, port, msgs, timeout=timeout, ssl=context))
+        except (OSError, MLLPError) as exc:
+            raise click.ClickException(f"no ACK from {host}:{port}: {exc}") from None
         for i, ack in enumerate(acks, 1):
             code, errors = ack_summary(ack)
             all_ok &= code in ("AA", "CA")

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from pamfr.cli.common import LOG_LEVELS, Context, db_option, open_engine, parse_host_port, safe_url
+from pamfr.cli.tlsopts import client_tls, tls_options
 from pamfr.config import Settings
 from pamfr.logsetup import setup_logging
 
@@ -155,6 +156,7 @@ async def _watch(settings: Settings, once: bool) -> int:
 @click.option("--rewrite-control-ids", is_flag=True, help="A fresh MSH-10 for every message.")
 @click.option("--no-migrate", is_flag=True, help="--local: do not upgrade the schema first.")
 @click.option("--log-level", type=LOG_LEVELS, help="Default warning (info: a line per message).")
+@tls_options
 @click.pass_obj
 def replay(
     obj: Context,
@@ -172,6 +174,10 @@ def replay(
     rewrite_control_ids: bool,
     no_migrate: bool,
     log_level: str | None,
+    tls: bool,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
 ) -> None:
     """Replay message files: PATHS are files or folders (walked recursively, sorted; inside
     folders, dot-files and the .ack/.error files of the file drop are skipped).
@@ -179,8 +185,8 @@ def replay(
     Same file formats as the file drop. --to sends each message over MLLP and waits for its
     ACK (no ACK in time or a lost connection: resent once on a new connection, then the rest
     of that file is not sent); --local applies them to the store through the receiver (the
-    fast path). --expect and --write-expect read the store given by --db (with --to: the
-    receiver's store).
+    fast path). --tls and --tls-* make --to use MLLP over TLS. --expect and --write-expect
+    read the store given by --db (with --to: the receiver's store).
     Prints a summary (counts by ACK code, event and ERR code, rate, the messages not AA).
     Exit 0 when every message got AA (or --allow-errors) and the --expect state matches,
     1 otherwise.
@@ -189,6 +195,9 @@ def replay(
 
     if local == (target is not None):
         raise click.UsageError("give exactly one of --to HOST:PORT or --local")
+    context = client_tls(tls, tls_ca, tls_cert, tls_key)
+    if local and context is not None:
+        raise click.UsageError("--tls and --tls-* go with --to, not --local")
     settings = obj.settings(
         **{
             "database.url": db_url,
@@ -235,9 +244,10 @@ def replay(
                     timeout=timeout,
                     rewrite=rewrite,
                     progress=progress,
+                    ssl=context,
                 )
             )
-            mode, shown = "mllp", f"{host}:{port}"
+            mode, shown = "mllp", f"{host}:{port}" + (" over TLS" if context else "")
         elapsed = time.perf_counter() - started
     finally:
         progress.close()

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 from sqlalchemy import Engine
@@ -416,6 +417,7 @@ async def _send_file(
     timeout: float,
     rewrite: ControlIdRewriter | None,
     progress: Progress | None,
+    ssl: SSLContext | None = None,
 ) -> Tally:
     tally = Tally()
     try:
@@ -436,7 +438,7 @@ async def _send_file(
             )
         else:
             try:
-                ack = await _send_one(client_box, host, port, raw, timeout)
+                ack = await _send_one(client_box, host, port, raw, timeout, ssl)
             except (MLLPError, OSError) as exc:
                 failed = f"message #{i} got no ACK"
                 result = MessageResult(
@@ -454,7 +456,12 @@ async def _send_file(
 
 
 async def _send_one(
-    client_box: list[MLLPClient | None], host: str, port: int, raw: bytes, timeout: float
+    client_box: list[MLLPClient | None],
+    host: str,
+    port: int,
+    raw: bytes,
+    timeout: float,
+    ssl: SSLContext | None = None,
 ) -> bytes:
     """Send and wait for the ACK; on a lost connection or a timeout, reconnect and resend once
     (the receiver's duplicate control makes the resend safe)."""
@@ -463,7 +470,7 @@ async def _send_one(
         client = client_box[0]
         try:
             if client is None:
-                client = await MLLPClient.connect(host, port, timeout=timeout)
+                client = await MLLPClient.connect(host, port, timeout=timeout, ssl=ssl)
                 client_box[0] = client
             return await client.send(payload, timeout=timeout)
         except (MLLPError, OSError) as exc:
@@ -485,9 +492,10 @@ async def replay_mllp(
     timeout: float = 30.0,
     rewrite: ControlIdRewriter | None = None,
     progress: Progress | None = None,
+    ssl: SSLContext | None = None,
 ) -> Tally:
-    """Send every file over MLLP; `connections` files at a time, a file's messages in order
-    on one connection, each waiting for its ACK."""
+    """Send every file over MLLP (over TLS with `ssl`); `connections` files at a time, a file's
+    messages in order on one connection, each waiting for its ACK."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(len(files)):
         queue.put_nowait(n)
@@ -499,7 +507,7 @@ async def replay_mllp(
             while not queue.empty():
                 n = queue.get_nowait()
                 per_file[n] = await _send_file(
-                    box, host, port, files[n], timeout, rewrite, progress
+                    box, host, port, files[n], timeout, rewrite, progress, ssl
                 )
         finally:
             if box[0] is not None:

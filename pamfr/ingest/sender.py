@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl as ssl_module
+
 from pamfr.transport.client import MLLPClient
 
 _SEGMENT_SEP = ("\r\n", "\n")
@@ -31,11 +33,16 @@ def to_cr_segments(message: bytes) -> bytes:
 
 
 async def send_messages(
-    host: str, port: int, messages: list[bytes], *, timeout: float = 30.0
+    host: str,
+    port: int,
+    messages: list[bytes],
+    *,
+    timeout: float = 30.0,
+    ssl: ssl_module.SSLContext | None = None,
 ) -> list[bytes]:
-    """Send messages in order over one connection, each waiting for its ACK."""
+    """Send messages in order over one connection (TLS with `ssl`), each waiting for its ACK."""
     acks = []
-    async with await MLLPClient.connect(host, port, timeout=timeout) as client:
+    async with await MLLPClient.connect(host, port, timeout=timeout, ssl=ssl) as client:
         for message in messages:
             acks.append(await client.send(to_cr_segments(message), timeout=timeout))
     return acks

@@ -1,0 +1,98 @@
+"""SIGHUP: read the configuration again and apply what can change while connections stay open.
+
+Applied at once: `server.allowed_peers` (checked at each new connection; open connections are
+kept), `server.allowed_senders` (checked on each message) and `logging.level`. Any other key
+needs a restart: a change to it is logged as a warning and not applied. A configuration that
+does not load (syntax, bad CIDR...) is refused with an ERROR and the running one is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pamfr.config import Settings
+from pamfr.logsetup import set_level
+from pamfr.receiver import Receiver
+from pamfr.transport.access import PeerFilter
+from pamfr.transport.server import MLLPServer
+
+log = logging.getLogger("pamfr.reload")
+
+RELOADABLE = ("server.allowed_peers", "server.allowed_senders", "logging.level")
+_SECTIONS = ("server", "database", "receiver", "filedrop", "logging")
+
+
+def _flat(settings: Settings) -> dict[str, Any]:
+    return {
+        f"{section}.{key}": value
+        for section in _SECTIONS
+        for key, value in getattr(settings, section).model_dump().items()
+    }
+
+
+def _verbosity(level: str) -> int:
+    return logging.getLevelName(level.upper())
+
+
+class Reloader:
+    def __init__(
+        self,
+        load: Callable[[], Settings],
+        running: Settings,
+        server: MLLPServer,
+        receiver: Receiver,
+        source: str = "",
+    ) -> None:
+        self._load = load
+        self.running = running
+        self._server = server
+        self._receiver = receiver
+        self._source = source or "environment and defaults"
+
+    def reload(self) -> bool:
+        """Apply the reloadable keys of the configuration as it is now; False when refused."""
+        try:
+            new = self._load()
+        except Exception as exc:  # ConfigError, or a file that vanished or became unreadable
+            log.error("configuration not reloaded, the running one is kept: %s", exc)
+            return False
+        old_flat, new_flat = _flat(self.running), _flat(new)
+        changed = [k for k in old_flat if old_flat[k] != new_flat[k]]
+        applied = [k for k in changed if k in RELOADABLE]
+        ignored = [k for k in changed if k not in RELOADABLE]
+        if ignored:
+            log.warning(
+                "configuration reload: %s changed, applied at the next restart only",
+                ", ".join(ignored),
+            )
+        server, logging_ = self.running.server, self.running.logging
+        if "server.allowed_peers" in applied:
+            self._server.peer_filter = PeerFilter.parse(new.server.allowed_peers)
+            server = server.model_copy(update={"allowed_peers": new.server.allowed_peers})
+        if "server.allowed_senders" in applied:
+            self._receiver.allowed_senders = tuple(new.server.allowed_senders)
+            server = server.model_copy(update={"allowed_senders": new.server.allowed_senders})
+        self.running = self.running.model_copy(update={"server": server})
+        summary = "; ".join(f"{k}: {_show(old_flat[k])} -> {_show(new_flat[k])}" for k in applied)
+        line = f"configuration reloaded from {self._source}: {summary or 'nothing to apply'}"
+        if "logging.level" in applied:
+            level = new.logging.level
+            louder = _verbosity(level) < _verbosity(logging_.level)
+            if louder:
+                set_level(level)
+            log.info(line)
+            if not louder:
+                set_level(level)
+            logging_ = logging_.model_copy(update={"level": level})
+            self.running = self.running.model_copy(update={"logging": logging_})
+        else:
+            log.info(line)
+        return True
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]" if value else "[] (any)"
+    return str(value)

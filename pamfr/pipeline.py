@@ -7,8 +7,10 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import os
 import queue
 import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -62,7 +64,8 @@ class GroupCommitWriter:
             try:
                 outcomes = self.receiver.commit([p.prepared for p in pending])
             except BaseException as exc:  # never leave a sender waiting for an ACK
-                log.exception("writer failed on a batch of %d", len(pending))
+                log.error("writer failed on a batch of %d: %s", len(pending), type(exc).__name__)
+                log.debug("writer failure", exc_info=True)
                 for p in pending:
                     p.loop.call_soon_threadsafe(_fail, p.future, exc)
                 continue
@@ -84,10 +87,27 @@ def _fail(future: asyncio.Future[Outcome], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-def _warm_worker() -> None:
-    """Parse worker start-up: load hl7apy's tables once, then keep them out of the GC's way."""
+def _exit_with(owner: int) -> None:
+    """A worker's watch on the process that owns the pool: a killed daemon (SIGKILL) cannot
+    stop its workers, whose parent is the forkserver, so they stop themselves."""
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # the pid now belongs to another user's process
+            os._exit(0)
+
+
+def _start_worker(owner: int, log_level: int) -> None:
+    """Parse worker start-up: logging like the daemon's, a watch on the daemon, hl7apy's
+    tables loaded once and kept out of the GC's way."""
+    from pamfr.logsetup import setup_logging
     from pamfr.samples import Person, message
 
+    setup_logging(logging.getLevelName(log_level).lower())
+    threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
     prepare(Inbound(message("A28", Person(ipp="WARMUP"), "WARMUP").encode()))
     gc.collect()
     gc.freeze()
@@ -99,7 +119,12 @@ def parse_pool(workers: int) -> Executor:
         return ThreadPoolExecutor(2, "pamfr-parse")
     # forkserver: the daemon has threads running, which fork() must not copy.
     context = multiprocessing.get_context("forkserver")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_warm_worker)
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(os.getpid(), logging.getLogger().getEffectiveLevel()),
+    )
 
 
 class AsyncReceiver:

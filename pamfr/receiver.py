@@ -117,7 +117,9 @@ def prepare(
     except MessageRejected as rejected:
         return Prepared(inbound, header, None, rejected.ack_code, tuple(rejected.problems))
     except Exception as exc:  # a parser bug must not lose the frame: log it, answer AE
-        log.exception("unexpected error while parsing a frame from %s", inbound.peer)
+        # The exception's text may quote field values: the traceback only at DEBUG.
+        log.error("unexpected %s while parsing a frame from %s", type(exc).__name__, inbound.peer)
+        log.debug("parser failure", exc_info=True)
         problem = Problem(207, "", f"message could not be interpreted: {type(exc).__name__}")
         return Prepared(inbound, header, None, "AE", (problem,))
 
@@ -268,7 +270,8 @@ class Receiver:
                 raise
             except Exception as exc:
                 savepoint.rollback()
-                log.exception("unexpected error while applying a message")
+                log.error("unexpected %s while applying a message", type(exc).__name__)
+                log.debug("apply failure", exc_info=True)
                 problem = Problem(207, "", f"application internal error: {type(exc).__name__}")
                 return self._log_only(conn, p, "AR", (problem,))
         problem = Problem(206, "", "the record stayed locked by concurrent writers; resend")

@@ -43,7 +43,11 @@ def safe_url(url: str) -> str:
 def open_engine(settings: Settings):
     from pamfr.store.db import make_engine
 
-    return make_engine(settings.database.url, synchronous=settings.database.sqlite_synchronous)
+    return make_engine(
+        settings.database.url,
+        synchronous=settings.database.sqlite_synchronous,
+        busy_timeout=settings.database.sqlite_busy_timeout,
+    )
 
 
 def parse_host_port(value: str) -> tuple[str, int]:

@@ -135,3 +135,45 @@ def test_database_unavailable_gets_ar_207_then_recovers(pg_server_url, tmp_path)
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def _descendants(pid: int) -> set[int]:
+    from pathlib import Path
+
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = [int(c) for c in (task / "children").read_text().split()]
+                found.update(children)
+                todo += children
+        except OSError:
+            continue
+    return found
+
+
+def test_parse_workers_do_not_outlive_a_killed_daemon(sqlite_url, tmp_path):
+    """SIGKILL leaves no orphan: the parse workers watch the daemon and stop themselves."""
+    import os
+    import time
+
+    daemon = start_daemon(sqlite_url, tmp_path / "serve.log")
+    workers = _descendants(daemon.proc.pid)
+    assert len(workers) >= 3  # forkserver and its two parse workers, at least
+    daemon.proc.kill()
+    daemon.proc.wait(10)
+    deadline = time.monotonic() + 10
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = {p for p in alive if os.path.exists(f"/proc/{p}") and _not_zombie(p)}
+    assert not alive, f"processes left behind: {sorted(alive)}"
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

@@ -8,10 +8,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import create_engine, text
 
 from pamfr.receiver import Receiver
 from pamfr.store.db import make_engine, upgrade
+
+# CI explores the same inputs on every run (a gate must not flip on luck); a developer's run
+# draws new ones, and anything it finds is a real bug to fix.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 PG_ADMIN_URL = os.environ.get(
     "PAMFR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

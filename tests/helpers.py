@@ -36,7 +36,10 @@ class Ack:
 
 
 def parse_ack(raw: bytes, encoding: str = "utf-8") -> Ack:
-    segments = [s.split("|") for s in raw.decode(encoding).split("\r") if s]
+    """Fields of an ACK, split on its own field separator (MSH-1 echoes the sender's)."""
+    text = raw.decode(encoding)
+    sep = text[3] if text.startswith("MSH") and len(text) > 3 else "|"
+    segments = [s.split(sep) for s in text.split("\r") if s]
     msh = next(s for s in segments if s[0] == "MSH")
     msa = next(s for s in segments if s[0] == "MSA")
     errs = [s for s in segments if s[0] == "ERR"]

@@ -155,9 +155,9 @@ def test_partial_files_are_ignored_until_quiet(sqlite_url, tmp_path):
             for i in range(0, len(content), step):
                 f.write(content[i : i + step])
                 f.flush()
+                last_write = time.monotonic()
                 time.sleep(0.1)
                 assert not done.exists(), "a file still being written was taken"
-        last_write = time.monotonic()
         wait_for(lambda: (done / "b.hl7.ack").exists(), 10, "b.hl7 to be processed")
         assert time.monotonic() - last_write >= quiet
         acks = acks_of(done / "b.hl7.ack")

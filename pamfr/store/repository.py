@@ -24,26 +24,6 @@ from pamfr.identity.model import (
 )
 from pamfr.store.schema import history, identifier, patient, patient_link
 
-# Patient columns that a PID sets, in the order history shows them.
-DEMOGRAPHIC_COLUMNS = (
-    "birth_name",
-    "first_given_name",
-    "birth_given_names",
-    "used_name",
-    "used_given_name",
-    "birth_date",
-    "sex",
-    "birth_place_insee",
-    "ins_value",
-    "ins_oid",
-    "status",
-    "attributes",
-    "other_status_codes",
-    "identity_mode",
-    "insi_query_date",
-    "identity_document",
-)
-
 
 class ConcurrentChange(Exception):
     """What was looked up changed under a concurrent writer: the caller runs the message again."""

@@ -101,7 +101,8 @@ def wait_port(proc: subprocess.Popen, log: Path) -> int:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {log.read_text()}")
         time.sleep(0.05)
-    raise SystemExit("server did not start")
+    proc.kill()
+    raise SystemExit(f"server did not start: {log.read_text()}")
 
 
 def drive(port: int, messages: Path, connections: int, rate: float | None = None) -> dict:

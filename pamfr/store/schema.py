@@ -72,6 +72,7 @@ patient = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_patient_ins_value", patient.c.ins_value)
+Index("ix_patient_merged_into", patient.c.merged_into)  # a merge re-points earlier merges
 Index("ix_patient_birth_name", patient.c.birth_name)
 
 identifier = Table(

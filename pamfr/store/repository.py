@@ -136,12 +136,16 @@ class IdentityRepository:
             self.changes.append(Change(patient_id, operation, changes))
 
     def _insert_patient(self, identity: PatientIdentity, operation: str) -> int:
+        """A new patient, whose IPPs the caller has just found free (a concurrent writer that
+        takes one first makes the unique index refuse ours, and the message runs again)."""
         columns = identity_columns(identity)
         patient_id = self.conn.execute(
             _INSERT_PATIENT,
             {"active": True, "created_at": self.now, "updated_at": self.now, **columns},
         ).scalar_one()
-        new_ids = self._add_identifiers(patient_id, identity.identifiers, known=[])
+        new_ids = self._add_identifiers(
+            patient_id, identity.identifiers, known=[], ipps_checked=True
+        )
         changes = {k: [None, v] for k, v in columns.items() if v not in (None, "")}
         changes["active"] = [None, True]
         if new_ids:
@@ -150,7 +154,11 @@ class IdentityRepository:
         return patient_id
 
     def _add_identifiers(
-        self, patient_id: int, identifiers: tuple[Identifier, ...], known: list[dict]
+        self,
+        patient_id: int,
+        identifiers: tuple[Identifier, ...],
+        known: list[dict],
+        ipps_checked: bool = False,
     ) -> list[str]:
         """Add the PID-3 identifiers the patient lacks (the INS lives on the patient row)."""
         have = {(k["authority_key"], k["value"], k["type"]) for k in known}
@@ -159,7 +167,11 @@ class IdentityRepository:
             key = (ident.authority_key, ident.value, ident.type)
             if ident.type == INS_TYPE or key in have:
                 continue
-            if ident.type == IPP_TYPE and self.find_patient_id(ident) not in (None, patient_id):
+            if (
+                ident.type == IPP_TYPE
+                and not ipps_checked
+                and self.find_patient_id(ident) not in (None, patient_id)
+            ):
                 raise MessageRejected(
                     Problem(
                         205,

@@ -140,3 +140,18 @@ def start_daemon(db_url: str, log_path, *args: str, env: dict | None = None) -> 
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError("pamfr serve did not start listening in time")
+
+
+def stored_outcomes(db_url: str) -> list[tuple[str, str]]:
+    """(control id, outcome) of every row of the message log, oldest first."""
+    from sqlalchemy import select
+
+    from pamfr.store.schema import message as message_table
+
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(message_table.c.control_id, message_table.c.outcome).order_by(message_table.c.id)
+        ).all()
+    engine.dispose()
+    return [tuple(r) for r in rows]

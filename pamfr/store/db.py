@@ -93,10 +93,3 @@ def upgrade(url: str, revision: str = "head") -> None:
     if make_url(url).get_backend_name() == "sqlite":
         _prepare_sqlite_folder(url)
     command.upgrade(alembic_config(url), revision)
-
-
-def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
-
-    with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()

@@ -12,7 +12,7 @@ from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from pamfr.store.schema import patient
 from pamfr.transport.client import MLLPClient, MLLPError
-from tests.helpers import parse_ack, start_daemon
+from tests.helpers import parse_ack, start_daemon, stored_outcomes
 
 
 def _a28(tag: str, n: int) -> bytes:
@@ -125,13 +125,7 @@ def test_database_unavailable_gets_ar_207_then_recovers(pg_server_url, tmp_path)
     assert before.code == "AA"
     assert (during.code, during.err_codes) == ("AR", ["207"])
     assert after.code == "AA"
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        outcomes = conn.execute(
-            select(message_table.c.control_id, message_table.c.outcome).order_by(message_table.c.id)
-        ).all()
-    engine.dispose()
-    assert [tuple(o) for o in outcomes] == [("OUT-1", "AA"), ("OUT-2", "AA")]
+    assert stored_outcomes(url) == [("OUT-1", "AA"), ("OUT-2", "AA")]
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()

@@ -11,14 +11,11 @@ import ssl
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from pamfr.samples import Person, message
-from pamfr.store.db import make_engine
-from pamfr.store.schema import message as message_table
 from pamfr.transport.access import client_tls_context
 from pamfr.transport.client import MLLPError
-from tests.helpers import parse_ack, run_cli
+from tests.helpers import parse_ack, run_cli, stored_outcomes
 from tests.reliability.pki import Pki, make_pki
 from tests.reliability.serving import connect, serve
 
@@ -32,16 +29,6 @@ def _write(folder: Path, name: str, control_id: str) -> Path:
     path = folder / name
     path.write_text(message("A28", Person(ipp=f"P{control_id}"), control_id))
     return path
-
-
-def _stored(db_url: str) -> list[tuple[str, str]]:
-    engine = make_engine(db_url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(message_table.c.control_id, message_table.c.outcome).order_by(message_table.c.id)
-        ).all()
-    engine.dispose()
-    return [tuple(r) for r in rows]
 
 
 def _tls_env(pki: Pki, mutual: bool = False) -> dict[str, str]:
@@ -102,7 +89,7 @@ def test_mllp_over_tls(sqlite_url, tmp_path, pki):
         daemon.signal(15)
         assert daemon.proc.wait(30) == 0
         daemon.kill_group()
-    assert _stored(sqlite_url) == [("TLS-1", "AA"), ("TLS-2", "AA"), ("TLS-3", "AA")]
+    assert stored_outcomes(sqlite_url) == [("TLS-1", "AA"), ("TLS-2", "AA"), ("TLS-3", "AA")]
 
 
 def test_mutual_tls_requires_a_certificate_from_the_configured_ca(sqlite_url, tmp_path, pki):
@@ -150,7 +137,7 @@ def test_mutual_tls_requires_a_certificate_from_the_configured_ca(sqlite_url, tm
         daemon.signal(15)
         assert daemon.proc.wait(30) == 0
         daemon.kill_group()
-    assert _stored(sqlite_url) == [("MTLS-X", "AA")]
+    assert stored_outcomes(sqlite_url) == [("MTLS-X", "AA")]
 
 
 @pytest.mark.parametrize(

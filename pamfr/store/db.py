@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from importlib import resources
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one's lock before failing
+PING_AFTER_IDLE = 1.0  # seconds a pooled PostgreSQL connection may sit unused before a check
 
 
 def _prepare_sqlite_folder(url: str) -> None:
@@ -71,9 +74,29 @@ def make_engine(
     }
     connect_args = {k: v for k, v in connect_args.items() if k not in parsed.query}
     # hide_parameters: an error's text never carries the values (identifiers, names).
-    return create_engine(
-        parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args
-    )
+    engine = create_engine(parsed, hide_parameters=True, connect_args=connect_args)
+    _ping_after_idle(engine)
+    return engine
+
+
+def _ping_after_idle(engine: Engine, idle: float = PING_AFTER_IDLE) -> None:
+    """Check a pooled connection before use when it sat idle (the server may have restarted
+    or dropped it meanwhile): a dead one is replaced instead of failing a batch. Unlike
+    pool_pre_ping, a busy writer's connection is not pinged before every batch."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since < idle:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError("connection lost while idle") from exc
 
 
 def alembic_config(url: str):

@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine
@@ -24,14 +24,25 @@ from pamfr.hl7.er7 import Header, read_header
 from pamfr.hl7.events import Operation
 from pamfr.hl7.parse import AdtMessage, check_header, decode, parse_adt
 from pamfr.identity.errors import MessageRejected, Problem
+from pamfr.identity.model import Identifier
+from pamfr.store import pgpipeline
 from pamfr.store.messagelog import (
     LoggedMessage,
     dedup_key,
     find_processed,
     find_processed_many,
-    insert_message,
+    insert_messages,
+    message_writes,
 )
-from pamfr.store.repository import ConcurrentChange, IdentityRepository
+from pamfr.store.repository import (
+    ConcurrentChange,
+    HeldWrites,
+    IdentityRepository,
+    Prefetched,
+    history_writes,
+    prefetch,
+    write_histories,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +158,58 @@ def _apply(repo: IdentityRepository, message: AdtMessage) -> None:
             repo.unlink(first, message.patients[1])
 
 
+def _prefetch(
+    conn: Connection, batch: list[Prepared], known: list
+) -> tuple[Prefetched | None, int]:
+    """PostgreSQL: the patients of the batch's leading creates and updates, looked up and
+    locked together, and how many messages of the batch use that look-up and hold back their
+    writes until the flush: those before the first message that could change what a later one
+    finds (a merge, an identifier change, a repeated IPP, a patient designated twice)."""
+    ipps: list[Identifier] = []
+    positions: list[int] = []  # of the message each IPP comes from
+    seen: set[tuple[str, str]] = set()
+    count = len(batch)
+    for i, (p, existing) in enumerate(zip(batch, known, strict=True)):
+        m = p.message
+        if p.code != "AA" or m is None or existing:
+            continue  # refused or already processed: no look-up
+        own = m.patients[0].ipps
+        key = (own[0].authority_key, own[0].value) if len(own) == 1 else None
+        if m.operation not in (Operation.CREATE, Operation.UPDATE) or not key or key in seen:
+            count = i
+            break
+        seen.add(key)
+        ipps.append(own[0])
+        positions.append(i)
+    if len(ipps) < 2:
+        return None, 0
+    prefetched = prefetch(conn, ipps)
+    if prefetched is None:
+        return None, 0
+    if prefetched.covered < len(ipps):
+        count = positions[prefetched.covered]
+    return prefetched, count
+
+
 class _NeedsSavepoints(Exception):
     pass
+
+
+def _flush(conn: Connection, prefetched: Prefetched) -> None:
+    try:
+        prefetched.held.flush(conn)
+    except IntegrityError as exc:  # another receiver took one of the new IPPs meanwhile
+        raise _NeedsSavepoints from exc
+
+
+@dataclass(slots=True)
+class _Entry:
+    """A message ready to be logged: its log row, its outcome (message_id not known yet) and
+    the identity changes to record against the log row once it exists."""
+
+    row: LoggedMessage
+    outcome: Outcome
+    repo: IdentityRepository | None = None
 
 
 _NOT_PROCESSED = object()
@@ -209,10 +270,18 @@ class Receiver:
             try:
                 with self.engine.begin() as conn:
                     processed = find_processed_many(conn, [k for k in keys if k])
-                    return [
-                        self._fast(conn, p, processed.get(k) if k else None)
-                        for p, k in zip(batch, keys, strict=True)
-                    ]
+                    known = [processed.get(k) if k else None for k in keys]
+                    ahead, ahead_count = _prefetch(conn, batch, known)
+                    entries = []
+                    for i, (p, existing) in enumerate(zip(batch, known, strict=True)):
+                        if ahead is not None and i == ahead_count:
+                            _flush(conn, ahead)  # what comes next reads the store again
+                        prefetched = ahead if i < ahead_count else None
+                        entries.append(self._fast(conn, p, existing, prefetched))
+                    try:
+                        return self._store(conn, entries, ahead.held if ahead else None)
+                    except IntegrityError as exc:  # e.g. another receiver logged the same key
+                        raise _NeedsSavepoints from exc
             except _NeedsSavepoints:
                 pass
             except SQLAlchemyError as exc:
@@ -240,10 +309,12 @@ class Receiver:
         h = p.header
         return dedup_key(h.sending_app, h.sending_facility, h.control_id) if h else None
 
-    def _fast(self, conn: Connection, p: Prepared, existing) -> Outcome:
+    def _fast(
+        self, conn: Connection, p: Prepared, existing, prefetched: Prefetched | None
+    ) -> _Entry:
         """One message of an optimistic batch: any refusal or conflict reruns the batch."""
         try:
-            return self._attempt(conn, p, existing if existing else _NOT_PROCESSED)
+            return self._attempt(conn, p, existing if existing else _NOT_PROCESSED, prefetched)
         except SQLAlchemyError as exc:
             if isinstance(exc, IntegrityError):
                 raise _NeedsSavepoints from exc
@@ -255,7 +326,7 @@ class Receiver:
         for attempt in range(_ATTEMPTS):
             savepoint = conn.begin_nested()
             try:
-                outcome = self._attempt(conn, p)
+                outcome = self._store(conn, [self._attempt(conn, p)])[0]
                 savepoint.commit()
                 return outcome
             except (IntegrityError, ConcurrentChange) as exc:
@@ -265,7 +336,8 @@ class Receiver:
                 log.info("write conflict on attempt %d, retrying: %s", attempt + 1, _brief(exc))
             except MessageRejected as rejected:
                 savepoint.rollback()
-                return self._log_only(conn, p, rejected.ack_code, tuple(rejected.problems))
+                entry = self._entry(p, rejected.ack_code, tuple(rejected.problems))
+                return self._store(conn, [entry])[0]
             except SQLAlchemyError:
                 raise
             except Exception as exc:
@@ -273,44 +345,74 @@ class Receiver:
                 log.error("unexpected %s while applying a message", type(exc).__name__)
                 log.debug("apply failure", exc_info=True)
                 problem = Problem(207, "", f"application internal error: {type(exc).__name__}")
-                return self._log_only(conn, p, "AR", (problem,))
+                return self._store(conn, [self._entry(p, "AR", (problem,))])[0]
         problem = Problem(206, "", "the record stayed locked by concurrent writers; resend")
-        return self._log_only(conn, p, "AR", (problem,))
+        return self._store(conn, [self._entry(p, "AR", (problem,))])[0]
 
-    def _attempt(self, conn: Connection, p: Prepared, known=None) -> Outcome:
-        """`known`: the batch's look-up of this message's key (None: look it up here)."""
-        header = p.header
+    def _attempt(
+        self, conn: Connection, p: Prepared, known=None, prefetched: Prefetched | None = None
+    ) -> _Entry:
+        """`known`: the batch's look-up of this message's key (None: look it up here);
+        `prefetched`: the batch's look-up of this message's patient, if it was done."""
         key = self._key(p)
         if key is not None:
             existing = find_processed(conn, key) if known is None else known
             if existing is not _NOT_PROCESSED and existing is not None:
-                return self._duplicate(conn, p, *existing)
+                return self._duplicate(p, *existing)
         if p.code != "AA" or p.message is None:
-            return self._log_only(conn, p, p.code, p.problems)
-        now = p.inbound.received_at
-        repo = IdentityRepository(conn, now)
+            return self._entry(p, p.code, p.problems)
+        repo = IdentityRepository(conn, p.inbound.received_at, prefetched)
         _apply(repo, p.message)
-        problems = (*p.problems, *repo.warnings)
-        message_id, ack = self._log(conn, p, "AA", problems, key)
-        repo.write_history(message_id, header.control_id, header.event)
-        return Outcome(ack, "AA", message_id, header.control_id, header.event)
+        entry = self._entry(p, "AA", (*p.problems, *repo.warnings))
+        entry.repo = repo
+        return entry
 
-    def _log(
+    @staticmethod
+    def _store(
+        conn: Connection, entries: list[_Entry], held: HeldWrites | None = None
+    ) -> list[Outcome]:
+        """Send the held identity writes, log the messages, then write their history.
+
+        PostgreSQL, with held writes: the rows get their ids first and everything travels in
+        one pipeline (two round trips in all); otherwise a few statements, one after another.
+        """
+        rows = [e.row for e in entries]
+
+        def histories(ids: list[int]) -> list:
+            return [
+                (e.repo, message_id, e.outcome.control_id, e.outcome.event)
+                for e, message_id in zip(entries, ids, strict=True)
+                if e.repo is not None
+            ]
+
+        if held is not None and held.pending and conn.dialect.name == "postgresql":
+            patient_ids, ids = pgpipeline.next_ids(conn, len(held.patients), len(rows))
+            held.assign_ids(patient_ids)
+            writes = [*held.writes(), *message_writes(rows, ids), *history_writes(histories(ids))]
+            pgpipeline.send(conn, writes)
+        else:
+            if held is not None:
+                held.flush(conn)
+            ids = insert_messages(conn, rows)
+            write_histories(conn, histories(ids))
+        return [replace(e.outcome, message_id=i) for e, i in zip(entries, ids, strict=True)]
+
+    def _entry(
         self,
-        conn: Connection,
         p: Prepared,
         code: str,
         problems: tuple[Problem, ...],
-        key: str | None,
+        *,
         duplicate_of: int | None = None,
         ack: bytes | None = None,
-    ) -> tuple[int, bytes]:
+    ) -> _Entry:
         h = p.header
         if ack is None:
             ack = encode_ack(build_ack(h, code, problems), h)
-        errors = "; ".join(
-            f"{x.code} {x.location}: {x.text}" for x in problems if x.severity == "E"
-        )
+        errors = [x for x in problems if x.severity == "E"]
+        # Only final outcomes are remembered: an AR invites the sender to resend; a duplicate
+        # is logged under no key (the original holds it).
+        key = self._key(p) if code in ("AA", "AE") and duplicate_of is None else None
         row = LoggedMessage(
             received_at=p.inbound.received_at,
             door=p.inbound.door,
@@ -325,33 +427,27 @@ class Receiver:
             message_type=h.message_type if h else "",
             event=h.event if h else "",
             charset=h.charset if h else "",
-            error_text=errors or None,
-            # Only final outcomes are remembered: an AR invites the sender to resend.
-            dedup_key=key if code in ("AA", "AE") else None,
+            error_text="; ".join(f"{x.code} {x.location}: {x.text}" for x in errors) or None,
+            dedup_key=key,
             duplicate_of=duplicate_of,
             duration_ms=(time.perf_counter() - p.inbound.started) * 1000,
         )
-        return insert_message(conn, row), ack
-
-    def _log_only(
-        self, conn: Connection, p: Prepared, code: str, problems: tuple[Problem, ...]
-    ) -> Outcome:
-        h = p.header
-        key = dedup_key(h.sending_app, h.sending_facility, h.control_id) if h else None
-        message_id, ack = self._log(conn, p, code, problems, key)
-        text = "; ".join(x.text for x in problems if x.severity == "E") or None
-        return Outcome(
-            ack, code, message_id, h.control_id if h else "", h.event if h else "", False, text
+        outcome = Outcome(
+            ack,
+            code,
+            None,
+            row.control_id,
+            row.event,
+            duplicate=duplicate_of is not None,
+            error_text=None if code == "AA" else "; ".join(x.text for x in errors) or None,
         )
+        return _Entry(row, outcome)
 
-    def _duplicate(
-        self, conn: Connection, p: Prepared, original_id: int, code: str, ack: bytes | None
-    ) -> Outcome:
+    def _duplicate(self, p: Prepared, original_id: int, code: str, ack: bytes | None) -> _Entry:
         h = p.header
         assert h is not None
         stored = ack or encode_ack(build_ack(h, code), h)
-        message_id, _ = self._log(conn, p, code, (), None, duplicate_of=original_id, ack=stored)
-        return Outcome(stored, code, message_id, h.control_id, h.event, True, None)
+        return self._entry(p, code, (), duplicate_of=original_id, ack=stored)
 
     def _unavailable(self, p: Prepared, problem: Problem | None = None) -> Outcome:
         h = p.header

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Executable,
+    String,
+    any_,
+    bindparam,
+    insert,
+    select,
+)
 
 from pamfr.store.schema import message
 
@@ -41,14 +50,39 @@ def dedup_key(sending_app: str, sending_facility: str, control_id: str) -> str |
 
 
 _INSERT = insert(message).returning(message.c.id)
+_INSERT_IDENTIFIED = insert(message)
+_INSERT_MANY = insert(message).returning(message.c.id, sort_by_parameter_order=True)
 _FIND_PROCESSED = select(message.c.id, message.c.outcome, message.c.ack).where(
     message.c.dedup_key == bindparam("key")
 )
 
 
-def insert_message(conn: Connection, row: LoggedMessage) -> int:
-    values = {k: getattr(row, k) for k in LoggedMessage.__dataclass_fields__}
-    return conn.execute(_INSERT, values).scalar_one()
+_PROCESSED_COLUMNS = (message.c.dedup_key, message.c.id, message.c.outcome, message.c.ack)
+_FIND_PROCESSED_IN = select(*_PROCESSED_COLUMNS).where(
+    message.c.dedup_key.in_(bindparam("keys", expanding=True))
+)
+_FIND_PROCESSED_ANY = select(*_PROCESSED_COLUMNS).where(
+    message.c.dedup_key == any_(bindparam("keys", type_=ARRAY(String)))
+)
+
+
+def message_writes(
+    rows: list[LoggedMessage], ids: list[int]
+) -> list[tuple[Executable, list[dict]]]:
+    """The insert of log rows whose ids are already known (see pgpipeline.next_ids)."""
+    values = [
+        {"id": i, **{k: getattr(row, k) for k in LoggedMessage.__dataclass_fields__}}
+        for row, i in zip(rows, ids, strict=True)
+    ]
+    return [(_INSERT_IDENTIFIED, values)]
+
+
+def insert_messages(conn: Connection, rows: list[LoggedMessage]) -> list[int]:
+    """Log rows in one statement; their ids, in the order of `rows`."""
+    values = [{k: getattr(row, k) for k in LoggedMessage.__dataclass_fields__} for row in rows]
+    if len(values) == 1:
+        return [conn.execute(_INSERT, values[0]).scalar_one()]
+    return list(conn.execute(_INSERT_MANY, values).scalars())
 
 
 def find_processed(conn: Connection, key: str) -> tuple[int, str, bytes | None] | None:
@@ -63,11 +97,10 @@ def find_processed_many(
     """find_processed for a batch, in one query."""
     if not keys:
         return {}
-    rows = conn.execute(
-        select(message.c.dedup_key, message.c.id, message.c.outcome, message.c.ack).where(
-            message.c.dedup_key.in_(keys)
-        )
-    )
+    # PostgreSQL: one array parameter, so the statement is the same whatever the batch size
+    # and the server can keep it prepared; IN (...) would be new SQL for every size.
+    query = _FIND_PROCESSED_ANY if conn.dialect.name == "postgresql" else _FIND_PROCESSED_IN
+    rows = conn.execute(query, {"keys": keys})
     return {r.dedup_key: (r.id, r.outcome, r.ack) for r in rows}
 
 

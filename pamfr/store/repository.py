@@ -10,7 +10,21 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, bindparam, delete, insert, or_, select, update
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    Executable,
+    Integer,
+    String,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
 
 from pamfr.identity.errors import MessageRejected, Problem
 from pamfr.identity.ins import Ins
@@ -29,11 +43,23 @@ class ConcurrentChange(Exception):
     """What was looked up changed under a concurrent writer: the caller runs the message again."""
 
 
+@dataclass(eq=False)
+class NewPatient:
+    """A patient row held back for a batch's flush, which gives it its id."""
+
+    columns: dict[str, object]
+    id: int | None = None
+
+
+def _patient_id(patient_id: int | NewPatient) -> int | None:
+    return patient_id.id if isinstance(patient_id, NewPatient) else patient_id
+
+
 @dataclass
 class Change:
     """One history row to write once the message row exists."""
 
-    patient_id: int
+    patient_id: int | NewPatient
     operation: str
     changes: dict[str, list] = field(default_factory=dict)
 
@@ -87,23 +113,140 @@ _FIND_PATIENT_ID = (
 )
 _LOAD_PATIENT = select(patient).where(patient.c.id == bindparam("pid"))
 _LOAD_PATIENT_FOR_UPDATE = _LOAD_PATIENT.with_for_update()
+# Look-up and load (and lock) in one round trip, for the usual PID-3 with a single IPP.
+_LOAD_BY_IPP = select(patient).where(patient.c.id == _FIND_PATIENT_ID.scalar_subquery())
+_LOAD_BY_IPP_FOR_UPDATE = _LOAD_BY_IPP.with_for_update()
 _PATIENT_IDENTIFIERS = (
     select(identifier).where(identifier.c.patient_id == bindparam("pid")).order_by(identifier.c.id)
 )
 _INSERT_PATIENT = insert(patient).returning(patient.c.id)
+_NULL_COLUMNS = dict.fromkeys(c.name for c in patient.c if c.nullable and not c.primary_key)
+_INSERT_IDENTIFIED_PATIENT = insert(patient)
+_INSERT_PATIENTS = insert(patient).returning(patient.c.id, sort_by_parameter_order=True)
 _INSERT_IDENTIFIER = insert(identifier)
 _UPDATE_PATIENT = update(patient).where(patient.c.id == bindparam("pid"))
 _INSERT_HISTORY = insert(history)
+_INSERT_LINK = insert(patient_link)
+
+
+# A batch's look-up of several IPPs at once (PostgreSQL): patients locked in id order, then
+# their identifiers read under those locks.
+_PREFETCH_PATIENTS = (
+    select(identifier.c.authority_key.label("ipp_key"), identifier.c.value.label("ipp_value"))
+    .add_columns(*patient.c)
+    .join(patient, patient.c.id == identifier.c.patient_id)
+    .where(
+        identifier.c.type == IPP_TYPE,
+        identifier.c.authority_key == any_(bindparam("keys", type_=ARRAY(String))),
+        identifier.c.value == any_(bindparam("values", type_=ARRAY(String))),
+    )
+    .order_by(patient.c.id)
+    .with_for_update(of=patient)
+)
+_PREFETCH_IDENTIFIERS = (
+    select(identifier)
+    .where(identifier.c.patient_id == any_(bindparam("pids", type_=ARRAY(Integer))))
+    .order_by(identifier.c.id)
+)
+
+
+@dataclass
+class HeldWrites:
+    """The writes of a batch's prefetched messages, sent together by `flush`: new patients and
+    updates in one statement per set of columns, identifiers in one."""
+
+    patients: list[NewPatient] = field(default_factory=list)
+    identifiers: list[dict] = field(default_factory=list)
+    updates: dict[tuple[str, ...], list[dict]] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.patients or self.identifiers or self.updates)
+
+    def assign_ids(self, ids: list[int]) -> None:
+        for new, patient_id in zip(self.patients, ids, strict=True):
+            new.id = patient_id
+
+    def flush(self, conn: Connection) -> None:
+        """Send the writes now, the new patients taking their ids from the database."""
+        if self.patients:
+            rows = [new.columns for new in self.patients]
+            ids = conn.execute(_INSERT_PATIENTS, rows).scalars().all()
+            for new, patient_id in zip(self.patients, ids, strict=True):
+                new.id = patient_id
+        for statement, rows in self.writes(with_patients=False):
+            conn.execute(statement, rows)
+        self.patients, self.identifiers, self.updates = [], [], {}
+
+    def writes(self, with_patients: bool = True) -> list[tuple[Executable, list[dict]]]:
+        """The statements and their rows, once every new patient has its id."""
+        writes: list[tuple[Executable, list[dict]]] = []
+        if with_patients and self.patients:
+            writes.append(
+                (_INSERT_IDENTIFIED_PATIENT, [{**n.columns, "id": n.id} for n in self.patients])
+            )
+        if self.identifiers:
+            rows = [{**r, "patient_id": _patient_id(r["patient_id"])} for r in self.identifiers]
+            writes.append((_INSERT_IDENTIFIER, rows))
+        writes += [(_UPDATE_PATIENT, rows) for rows in self.updates.values()]
+        return writes
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """What `prefetch` found for a batch: by IPP (authority key, value), the locked patient
+    row or None when no patient holds it; by patient id, its identifiers; and the count of
+    leading IPPs it covers (it stops before an IPP whose patient an earlier one designates,
+    so that message looks up again once the held writes are flushed)."""
+
+    patients: dict[tuple[str, str], dict | None]
+    identifiers: dict[int, list[dict]]
+    covered: int
+    held: HeldWrites = field(default_factory=HeldWrites)
+
+
+def prefetch(conn: Connection, ipps: list[Identifier]) -> Prefetched | None:
+    """Look up, lock and load in two statements the patients of several single-IPP messages.
+    The caller makes sure no message of the batch changes what another one's look-up finds:
+    distinct IPPs, and no merge or identifier change before them. None on SQLite, where a
+    look-up costs less than the batching (and there is no row lock to take)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    wanted = [(i.authority_key, i.value) for i in ipps]
+    rows = conn.execute(
+        _PREFETCH_PATIENTS,
+        {"keys": sorted({k for k, _ in wanted}), "values": sorted({v for _, v in wanted})},
+    ).mappings()
+    found = {(r["ipp_key"], r["ipp_value"]): {c.name: r[c.name] for c in patient.c} for r in rows}
+    patients: dict[tuple[str, str], dict | None] = {}
+    claimed: set[int] = set()
+    for key in wanted:
+        row = found.get(key)
+        if row is not None:
+            if row["id"] in claimed:
+                break
+            claimed.add(row["id"])
+        patients[key] = row
+    pids = sorted(claimed)
+    identifiers: dict[int, list[dict]] = {pid: [] for pid in pids}
+    if pids:
+        for r in conn.execute(_PREFETCH_IDENTIFIERS, {"pids": pids}).mappings():
+            identifiers[r["patient_id"]].append(dict(r))
+    return Prefetched(patients, identifiers, covered=len(patients))
 
 
 class IdentityRepository:
-    def __init__(self, conn: Connection, now: datetime) -> None:
+    def __init__(
+        self, conn: Connection, now: datetime, prefetched: Prefetched | None = None
+    ) -> None:
         self.conn = conn
         self.now = now
         self.changes: list[Change] = []
         self.warnings: list[Problem] = []
         self._lock = conn.dialect.name == "postgresql"
         self.pending_link: dict | None = None
+        self._prefetched = prefetched
+        self._held = prefetched.held if prefetched is not None else None
 
     # -- look-ups -----------------------------------------------------------
 
@@ -118,6 +261,31 @@ class IdentityRepository:
                 return found
         return None
 
+    def _find_and_load(self, identity: PatientIdentity) -> tuple[dict | None, Identifier | None]:
+        """The patient that PID-3's IPPs designate, loaded and (PostgreSQL) locked, and the IPP
+        whose ownership the caller must re-check once it reads the identifiers under the lock
+        (None: already re-checked, or no lock to re-check after)."""
+        ipps = identity.ipps
+        if len(ipps) == 1:
+            ipp = ipps[0]
+            key = (ipp.authority_key, ipp.value)
+            if self._prefetched is not None and key in self._prefetched.patients:
+                row = self._prefetched.patients[key]
+            else:
+                query = _LOAD_BY_IPP_FOR_UPDATE if self._lock else _LOAD_BY_IPP
+                params = {"k": ipp.authority_key, "v": ipp.value, "t": IPP_TYPE}
+                row = self.conn.execute(query, params).mappings().first()
+            if row is None:
+                return None, None
+            return dict(row), ipp if self._lock else None
+        patient_id = self._find_by_ipps(identity)
+        if patient_id is None:
+            return None, None
+        current = self._load(patient_id)
+        if self._lock:  # PostgreSQL: another receiver may have moved the IPP before our lock
+            self._still(self._find_by_ipps(identity) == patient_id)
+        return current, None
+
     def _load(self, patient_id: int) -> dict:
         query = _LOAD_PATIENT_FOR_UPDATE if self._lock else _LOAD_PATIENT
         return dict(self.conn.execute(query, {"pid": patient_id}).mappings().one())
@@ -126,23 +294,37 @@ class IdentityRepository:
         return {pid: self._load(pid) for pid in sorted(set(ids))}
 
     def _identifiers(self, patient_id: int) -> list[dict]:
+        if self._prefetched is not None and patient_id in self._prefetched.identifiers:
+            # Read once: a message changes its patient's identifiers after this call only.
+            return self._prefetched.identifiers.pop(patient_id)
         rows = self.conn.execute(_PATIENT_IDENTIFIERS, {"pid": patient_id})
         return [dict(r) for r in rows.mappings()]
 
     # -- writes -------------------------------------------------------------
 
-    def _record(self, patient_id: int, operation: str, changes: dict[str, list]) -> None:
+    def _record(
+        self, patient_id: int | NewPatient, operation: str, changes: dict[str, list]
+    ) -> None:
         if changes:
             self.changes.append(Change(patient_id, operation, changes))
 
-    def _insert_patient(self, identity: PatientIdentity, operation: str) -> int:
+    def _insert_patient(self, identity: PatientIdentity, operation: str) -> int | NewPatient:
         """A new patient, whose IPPs the caller has just found free (a concurrent writer that
         takes one first makes the unique index refuse ours, and the message runs again)."""
         columns = identity_columns(identity)
-        patient_id = self.conn.execute(
-            _INSERT_PATIENT,
-            {"active": True, "created_at": self.now, "updated_at": self.now, **columns},
-        ).scalar_one()
+        row = {
+            **_NULL_COLUMNS,  # spelled out, so that held rows share one INSERT statement
+            "active": True,
+            "created_at": self.now,
+            "updated_at": self.now,
+            **columns,
+        }
+        patient_id: int | NewPatient
+        if self._held is not None:
+            patient_id = NewPatient(row)
+            self._held.patients.append(patient_id)
+        else:
+            patient_id = self.conn.execute(_INSERT_PATIENT, row).scalar_one()
         new_ids = self._add_identifiers(
             patient_id, identity.identifiers, known=[], ipps_checked=True
         )
@@ -155,7 +337,7 @@ class IdentityRepository:
 
     def _add_identifiers(
         self,
-        patient_id: int,
+        patient_id: int | NewPatient,
         identifiers: tuple[Identifier, ...],
         known: list[dict],
         ipps_checked: bool = False,
@@ -190,7 +372,9 @@ class IdentityRepository:
                     authority_key=ident.authority_key,
                 )
             )
-        if rows:
+        if rows and self._held is not None:
+            self._held.identifiers += rows
+        elif rows:
             self.conn.execute(_INSERT_IDENTIFIER, rows)
         return [_ident_text(r) for r in rows]
 
@@ -201,12 +385,18 @@ class IdentityRepository:
         operation: str,
         extra: dict[str, list] | None = None,
         current: dict | None = None,
+        still_owned: Identifier | None = None,
     ) -> None:
+        """`still_owned`: an IPP looked up before the row lock, which must still be this
+        patient's now that the lock is held."""
         current = current if current is not None else self._load(patient_id)
         columns = identity_columns(identity)
         diff = {k: [current[k], v] for k, v in columns.items() if current[k] != v}
         diff.update(extra or {})
         known = self._identifiers(patient_id)
+        if still_owned is not None:
+            owned = (still_owned.authority_key, still_owned.value, IPP_TYPE)
+            self._still(any((k["authority_key"], k["value"], k["type"]) == owned for k in known))
         added = self._add_identifiers(patient_id, identity.identifiers, known)
         if added:
             before = diff["identifiers"][0] if "identifiers" in diff else None
@@ -216,22 +406,25 @@ class IdentityRepository:
             ]
         if diff:
             values = {k: v[1] for k, v in diff.items() if k in columns}
-            self.conn.execute(
-                _UPDATE_PATIENT, {"pid": patient_id, "updated_at": self.now, **values}
-            )
+            row = {"pid": patient_id, "updated_at": self.now, **values}
+            if self._held is not None:
+                self._held.updates.setdefault(tuple(sorted(values)), []).append(row)
+            else:
+                self.conn.execute(_UPDATE_PATIENT, row)
         self._record(patient_id, operation, diff)
 
     # -- operations (IHE ITI-30 expected actions) --------------------------------
 
-    def upsert(self, identity: PatientIdentity, operation: str) -> int:
+    def upsert(self, identity: PatientIdentity, operation: str) -> None:
         """A28 / A31 / ITI-31 events: create the patient, or update it when its IPP is known."""
-        patient_id = self._find_by_ipps(identity)
-        if patient_id is None:
-            return self._insert_patient(identity, operation)
-        current = self._load(patient_id)
-        if self._lock:  # PostgreSQL: another receiver may have moved the IPP before our lock
-            self._still(self._find_by_ipps(identity) == patient_id)
+        current, still_owned = self._find_and_load(identity)
+        if current is None:
+            self._insert_patient(identity, operation)
+            return
+        patient_id = current["id"]
         if not current["active"]:
+            if still_owned is not None:
+                self._still(self.find_patient_id(still_owned) == patient_id)
             self.warnings.append(
                 Problem(
                     204,
@@ -240,9 +433,10 @@ class IdentityRepository:
                     severity="W",
                 )
             )
-            return patient_id
-        self._update_patient(patient_id, identity, "update", current=current)
-        return patient_id
+            return
+        self._update_patient(
+            patient_id, identity, "update", current=current, still_owned=still_owned
+        )
 
     @staticmethod
     def _still(unchanged: bool) -> None:
@@ -410,30 +604,39 @@ class IdentityRepository:
             if pid is not None:
                 self._record(pid, operation, {f"link:{_ident_text(other)}": change})
 
-    # -- history --------------------------------------------------------------
 
-    def write_history(self, message_id: int, control_id: str, event: str) -> None:
-        if self.pending_link is not None:
-            self.conn.execute(
-                insert(patient_link).values(message_id=message_id, **self.pending_link)
+def write_histories(
+    conn: Connection, entries: list[tuple[IdentityRepository, int, str, str]]
+) -> None:
+    """The links and history rows that (repository, message id, control id, event) entries
+    collected, once their messages are logged: one statement for each table at most."""
+    for statement, rows in history_writes(entries):
+        conn.execute(statement, rows)
+
+
+def history_writes(
+    entries: list[tuple[IdentityRepository, int, str, str]],
+) -> list[tuple[Executable, list[dict]]]:
+    links: list[dict] = []
+    rows: list[dict] = []
+    for repo, message_id, control_id, event in entries:
+        if repo.pending_link is not None:
+            links.append({**repo.pending_link, "message_id": message_id})
+        rows += [
+            dict(
+                patient_id=_patient_id(c.patient_id),
+                at=repo.now,
+                message_id=message_id,
+                control_id=control_id,
+                event=event,
+                operation=c.operation,
+                changes=json.dumps(c.changes, ensure_ascii=False, default=str),
             )
-        if not self.changes:
-            return
-        self.conn.execute(
-            _INSERT_HISTORY,
-            [
-                dict(
-                    patient_id=c.patient_id,
-                    at=self.now,
-                    message_id=message_id,
-                    control_id=control_id,
-                    event=event,
-                    operation=c.operation,
-                    changes=json.dumps(c.changes, ensure_ascii=False, default=str),
-                )
-                for c in self.changes
-            ],
-        )
+            for c in repo.changes
+        ]
+    return [
+        (statement, r) for statement, r in ((_INSERT_LINK, links), (_INSERT_HISTORY, rows)) if r
+    ]
 
 
 def linked_patient_ids(conn: Connection, patient_id: int) -> list[int]:

@@ -33,10 +33,11 @@ from pamfr.store.messagelog import (
     find_processed_many,
     insert_messages,
     message_writes,
+    processed_from,
+    processed_query_pg,
 )
 from pamfr.store.repository import (
     ConcurrentChange,
-    HeldWrites,
     IdentityRepository,
     Prefetched,
     history_writes,
@@ -158,21 +159,22 @@ def _apply(repo: IdentityRepository, message: AdtMessage) -> None:
             repo.unlink(first, message.patients[1])
 
 
-def _prefetch(
-    conn: Connection, batch: list[Prepared], known: list
-) -> tuple[Prefetched | None, int]:
-    """PostgreSQL: the patients of the batch's leading creates and updates, looked up and
-    locked together, and how many messages of the batch use that look-up and hold back their
-    writes until the flush: those before the first message that could change what a later one
-    finds (a merge, an identifier change, a repeated IPP, a patient designated twice)."""
+def _look_ahead(
+    conn: Connection, batch: list[Prepared], keys: list[str]
+) -> tuple[dict, Prefetched | None, int]:
+    """The batch's messages already processed (by duplicate-control key) and, on PostgreSQL,
+    the patients of its leading creates and updates, looked up and locked together, and how
+    many messages of the batch use that look-up and hold back their writes until the flush:
+    those before the first message that could change what a later one finds (a merge, an
+    identifier change, a repeated IPP, a patient designated twice). All in one round trip."""
     ipps: list[Identifier] = []
     positions: list[int] = []  # of the message each IPP comes from
     seen: set[tuple[str, str]] = set()
     count = len(batch)
-    for i, (p, existing) in enumerate(zip(batch, known, strict=True)):
+    for i, p in enumerate(batch):
         m = p.message
-        if p.code != "AA" or m is None or existing:
-            continue  # refused or already processed: no look-up
+        if p.code != "AA" or m is None:
+            continue  # refused: no look-up
         own = m.patients[0].ipps
         key = (own[0].authority_key, own[0].value) if len(own) == 1 else None
         if m.operation not in (Operation.CREATE, Operation.UPDATE) or not key or key in seen:
@@ -181,14 +183,15 @@ def _prefetch(
         seen.add(key)
         ipps.append(own[0])
         positions.append(i)
-    if len(ipps) < 2:
-        return None, 0
-    prefetched = prefetch(conn, ipps)
-    if prefetched is None:
-        return None, 0
+    found = None
+    if len(ipps) >= 2:
+        found = prefetch(conn, ipps, len(batch), processed_query_pg(keys) if keys else None)
+    if found is None:
+        return find_processed_many(conn, keys), None, 0
+    prefetched, processed_rows = found
     if prefetched.covered < len(ipps):
         count = positions[prefetched.covered]
-    return prefetched, count
+    return processed_from(processed_rows), prefetched, count
 
 
 class _NeedsSavepoints(Exception):
@@ -269,9 +272,8 @@ class Receiver:
         if len(set(k for k in keys if k)) == len([k for k in keys if k]):
             try:
                 with self.engine.begin() as conn:
-                    processed = find_processed_many(conn, [k for k in keys if k])
+                    processed, ahead, ahead_count = _look_ahead(conn, batch, [k for k in keys if k])
                     known = [processed.get(k) if k else None for k in keys]
-                    ahead, ahead_count = _prefetch(conn, batch, known)
                     entries = []
                     for i, (p, existing) in enumerate(zip(batch, known, strict=True)):
                         if ahead is not None and i == ahead_count:
@@ -279,7 +281,7 @@ class Receiver:
                         prefetched = ahead if i < ahead_count else None
                         entries.append(self._fast(conn, p, existing, prefetched))
                     try:
-                        return self._store(conn, entries, ahead.held if ahead else None)
+                        return self._store(conn, entries, ahead)
                     except IntegrityError as exc:  # e.g. another receiver logged the same key
                         raise _NeedsSavepoints from exc
             except _NeedsSavepoints:
@@ -369,12 +371,13 @@ class Receiver:
 
     @staticmethod
     def _store(
-        conn: Connection, entries: list[_Entry], held: HeldWrites | None = None
+        conn: Connection, entries: list[_Entry], ahead: Prefetched | None = None
     ) -> list[Outcome]:
         """Send the held identity writes, log the messages, then write their history.
 
-        PostgreSQL, with held writes: the rows get their ids first and everything travels in
-        one pipeline (two round trips in all); otherwise a few statements, one after another.
+        After a PostgreSQL prefetch whose writes are still held, the rows take the ids it
+        reserved and everything travels with the COMMIT in one pipeline, which ends the
+        transaction; otherwise a few statements, one after another.
         """
         rows = [e.row for e in entries]
 
@@ -385,14 +388,12 @@ class Receiver:
                 if e.repo is not None
             ]
 
-        if held is not None and held.pending and conn.dialect.name == "postgresql":
-            patient_ids, ids = pgpipeline.next_ids(conn, len(held.patients), len(rows))
-            held.assign_ids(patient_ids)
+        if ahead is not None and ahead.held.pending:
+            held, ids = ahead.held, ahead.message_ids[: len(rows)]
+            held.assign_ids(ahead.new_patient_ids[: len(held.patients)])
             writes = [*held.writes(), *message_writes(rows, ids), *history_writes(histories(ids))]
-            pgpipeline.send(conn, writes)
+            pgpipeline.send_and_commit(conn, writes)
         else:
-            if held is not None:
-                held.flush(conn)
             ids = insert_messages(conn, rows)
             write_histories(conn, histories(ids))
         return [replace(e.outcome, message_id=i) for e, i in zip(entries, ids, strict=True)]

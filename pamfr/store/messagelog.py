@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -100,8 +101,16 @@ def find_processed_many(
     # PostgreSQL: one array parameter, so the statement is the same whatever the batch size
     # and the server can keep it prepared; IN (...) would be new SQL for every size.
     query = _FIND_PROCESSED_ANY if conn.dialect.name == "postgresql" else _FIND_PROCESSED_IN
-    rows = conn.execute(query, {"keys": keys})
-    return {r.dedup_key: (r.id, r.outcome, r.ack) for r in rows}
+    return processed_from(conn.execute(query, {"keys": keys}).mappings())
+
+
+def processed_query_pg(keys: list[str]) -> tuple[Executable, dict]:
+    """find_processed_many as a PostgreSQL statement to send along others; see processed_from."""
+    return _FIND_PROCESSED_ANY, {"keys": keys}
+
+
+def processed_from(rows: Iterable[Mapping]) -> dict[str, tuple[int, str, bytes | None]]:
+    return {r["dedup_key"]: (r["id"], r["outcome"], r["ack"]) for r in rows}
 
 
 def list_messages(conn: Connection, *, outcome: str | None = None, limit: int = 50) -> list[dict]:

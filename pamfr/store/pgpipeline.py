@@ -1,56 +1,83 @@
-"""PostgreSQL: the writes of a batch sent in one round trip (psycopg pipeline mode).
+"""PostgreSQL: a batch's statements sent together (psycopg pipeline mode).
 
 On a database over the network, or on a busy machine, each statement's round trip costs more
-than its execution; a batch's inserts and updates need no answer, so they travel together.
-The rows get their ids beforehand from the tables' sequences (one query for all of them).
+than its execution. A batch's look-ups go in one round trip (`read`) and its writes with the
+COMMIT in another (`send`): the rows get their ids beforehand from the tables' sequences, so
+no write waits for another's answer. The server still runs the statements one after another.
 """
 
 from __future__ import annotations
 
+from psycopg.rows import dict_row
 from sqlalchemy import Connection, Executable, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
-_NEXT_IDS = text(
+# Ids for new patient and message rows; one left unused is a gap, as after a rollback.
+NEXT_IDS = text(
     "SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('patient', 'id'))"
-    " FROM generate_series(1, :patients)),"
+    " FROM generate_series(1, :patients)) AS patient_ids,"
     " ARRAY(SELECT nextval(pg_get_serial_sequence('message', 'id'))"
-    " FROM generate_series(1, :messages))"
+    " FROM generate_series(1, :messages)) AS message_ids"
 ).bindparams(bindparam("patients"), bindparam("messages"))
 
-_compiled: dict[tuple[int, tuple[str, ...]], tuple[Executable, str]] = {}
+_compiled: dict[tuple[int, tuple[str, ...]], tuple[Executable, str, dict]] = {}
 
 
-def next_ids(conn: Connection, patients: int, messages: int) -> tuple[list[int], list[int]]:
-    """Ids for new patient and message rows; an id left unused is a gap, as after a rollback."""
-    row = conn.execute(_NEXT_IDS, {"patients": patients, "messages": messages}).one()
-    return list(row[0]), list(row[1])
+def read(conn: Connection, queries: list[tuple[Executable, dict]]) -> list[list[dict]]:
+    """The rows of each query, sent together inside the caller's transaction. Each statement
+    still sees what was committed before it started (READ COMMITTED), locks included."""
+    driver = conn.connection.driver_connection
+    cursors = []
+    compiled = [_sql(conn, stmt, tuple(params)) for stmt, params in queries]
+    sqls = [sql for sql, _ in compiled]
+    try:
+        with driver.pipeline():
+            for (sql, literals), (_, params) in zip(compiled, queries, strict=True):
+                cursor = driver.cursor(row_factory=dict_row)
+                cursor.execute(sql, {**literals, **params})
+                cursors.append(cursor)
+        return [cursor.fetchall() for cursor in cursors]
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise _wrapped(conn, sqls, exc) from exc
+    finally:
+        for cursor in cursors:
+            cursor.close()
 
 
-def _sql(conn: Connection, statement: Executable, keys: tuple[str, ...]) -> str:
+def _wrapped(conn: Connection, sqls: list[str], exc: Exception) -> DBAPIError:
+    return DBAPIError.instance(
+        ";\n".join(sqls),
+        None,
+        exc,
+        conn.dialect.loaded_dbapi.Error,
+        hide_parameters=True,
+        dialect=conn.dialect,
+        ismulti=True,
+    )
+
+
+def _sql(conn: Connection, statement: Executable, keys: tuple[str, ...]) -> tuple[str, dict]:
+    """The statement as psycopg takes it, and the values of the literals it binds."""
     cache_key = (id(statement), keys)
     cached = _compiled.get(cache_key)
     if cached is None or cached[0] is not statement:
         compiled = statement.compile(dialect=conn.dialect, column_keys=list(keys))
-        cached = _compiled[cache_key] = (statement, compiled.string)
-    return cached[1]
+        literals = {k: v for k, v in compiled.params.items() if k not in keys}
+        cached = _compiled[cache_key] = (statement, compiled.string, literals)
+    return cached[1], cached[2]
 
 
-def send(conn: Connection, writes: list[tuple[Executable, list[dict]]]) -> None:
-    """Run each statement over its rows, all in one pipeline, inside the caller's transaction.
-    A failure comes out as the SQLAlchemy exception the same statement would have raised."""
+def send_and_commit(conn: Connection, writes: list[tuple[Executable, list[dict]]]) -> None:
+    """Run each statement over its rows, then COMMIT, all in one pipeline: the caller's
+    transaction ends here (SQLAlchemy's own commit afterwards finds nothing left to do), so
+    this is the last thing the caller does in it. A failure comes out as the SQLAlchemy
+    exception the same statement would have raised, and the transaction is rolled back."""
     driver = conn.connection.driver_connection
     batches = [(_sql(conn, stmt, tuple(rows[0])), rows) for stmt, rows in writes if rows]
     try:
         with driver.pipeline(), driver.cursor() as cursor:
-            for sql, rows in batches:
-                cursor.executemany(sql, rows)
+            for (sql, literals), rows in batches:
+                cursor.executemany(sql, [{**literals, **row} for row in rows] if literals else rows)
+            driver.commit()
     except conn.dialect.loaded_dbapi.Error as exc:
-        raise DBAPIError.instance(
-            ";\n".join(sql for sql, _ in batches),
-            None,
-            exc,
-            conn.dialect.loaded_dbapi.Error,
-            hide_parameters=True,
-            dialect=conn.dialect,
-            ismulti=True,
-        ) from exc
+        raise _wrapped(conn, [sql for (sql, _), _ in batches], exc) from exc

@@ -14,7 +14,6 @@ from sqlalchemy import (
     ARRAY,
     Connection,
     Executable,
-    Integer,
     String,
     and_,
     any_,
@@ -36,6 +35,7 @@ from pamfr.identity.model import (
     Identifier,
     PatientIdentity,
 )
+from pamfr.store import pgpipeline
 from pamfr.store.schema import history, identifier, patient, patient_link
 
 
@@ -145,7 +145,15 @@ _PREFETCH_PATIENTS = (
 )
 _PREFETCH_IDENTIFIERS = (
     select(identifier)
-    .where(identifier.c.patient_id == any_(bindparam("pids", type_=ARRAY(Integer))))
+    .where(
+        identifier.c.patient_id.in_(
+            select(identifier.c.patient_id).where(
+                identifier.c.type == IPP_TYPE,
+                identifier.c.authority_key == any_(bindparam("keys", type_=ARRAY(String))),
+                identifier.c.value == any_(bindparam("values", type_=ARRAY(String))),
+            )
+        )
+    )
     .order_by(identifier.c.id)
 )
 
@@ -202,21 +210,37 @@ class Prefetched:
     patients: dict[tuple[str, str], dict | None]
     identifiers: dict[int, list[dict]]
     covered: int
+    new_patient_ids: list[int]  # enough for every covered IPP to be a new patient
+    message_ids: list[int]  # enough for the whole batch
     held: HeldWrites = field(default_factory=HeldWrites)
 
 
-def prefetch(conn: Connection, ipps: list[Identifier]) -> Prefetched | None:
-    """Look up, lock and load in two statements the patients of several single-IPP messages.
-    The caller makes sure no message of the batch changes what another one's look-up finds:
-    distinct IPPs, and no merge or identifier change before them. None on SQLite, where a
-    look-up costs less than the batching (and there is no row lock to take)."""
+def prefetch(
+    conn: Connection,
+    ipps: list[Identifier],
+    messages: int,
+    first: tuple[Executable, dict] | None = None,
+) -> tuple[Prefetched, list[dict]] | None:
+    """Look up, lock and load the patients of several single-IPP messages in one round trip,
+    with ids for the new rows of a batch of `messages`, and the rows of the `first` query sent
+    ahead of them. The caller makes sure no message of the batch changes what another one's
+    look-up finds: distinct IPPs, and no merge or identifier change before them. None on
+    SQLite, where a look-up costs less than the batching (and there is no row lock to take)."""
     if conn.dialect.name != "postgresql":
         return None
     wanted = [(i.authority_key, i.value) for i in ipps]
-    rows = conn.execute(
-        _PREFETCH_PATIENTS,
-        {"keys": sorted({k for k, _ in wanted}), "values": sorted({v for _, v in wanted})},
-    ).mappings()
+    keys = {"keys": sorted({k for k, _ in wanted}), "values": sorted({v for _, v in wanted})}
+    # The identifiers are read after the row locks are held (the statements run in order),
+    # so they are current; a patient whose IPP moved meanwhile fails its re-check later.
+    *first_rows, rows, identifier_rows, ids = pgpipeline.read(
+        conn,
+        [
+            *([first] if first else []),
+            (_PREFETCH_PATIENTS, keys),
+            (_PREFETCH_IDENTIFIERS, keys),
+            (pgpipeline.NEXT_IDS, {"patients": len(ipps), "messages": messages}),
+        ],
+    )
     found = {(r["ipp_key"], r["ipp_value"]): {c.name: r[c.name] for c in patient.c} for r in rows}
     patients: dict[tuple[str, str], dict | None] = {}
     claimed: set[int] = set()
@@ -227,12 +251,15 @@ def prefetch(conn: Connection, ipps: list[Identifier]) -> Prefetched | None:
                 break
             claimed.add(row["id"])
         patients[key] = row
-    pids = sorted(claimed)
-    identifiers: dict[int, list[dict]] = {pid: [] for pid in pids}
-    if pids:
-        for r in conn.execute(_PREFETCH_IDENTIFIERS, {"pids": pids}).mappings():
-            identifiers[r["patient_id"]].append(dict(r))
-    return Prefetched(patients, identifiers, covered=len(patients))
+    identifiers: dict[int, list[dict]] = {pid: [] for pid in claimed}
+    for r in identifier_rows:
+        if r["patient_id"] in identifiers:
+            identifiers[r["patient_id"]].append(r)
+    reserved = ids[0]
+    prefetched = Prefetched(
+        patients, identifiers, len(patients), reserved["patient_ids"], reserved["message_ids"]
+    )
+    return prefetched, first_rows[0] if first_rows else []
 
 
 class IdentityRepository:

@@ -184,7 +184,7 @@ def _look_ahead(
         ipps.append(own[0])
         positions.append(i)
     found = None
-    if len(ipps) >= 2:
+    if ipps:
         found = prefetch(conn, ipps, len(batch), processed_query_pg(keys) if keys else None)
     if found is None:
         return find_processed_many(conn, keys), None, 0

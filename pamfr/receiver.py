@@ -272,18 +272,7 @@ class Receiver:
         if len(set(k for k in keys if k)) == len([k for k in keys if k]):
             try:
                 with self.engine.begin() as conn:
-                    processed, ahead, ahead_count = _look_ahead(conn, batch, [k for k in keys if k])
-                    known = [processed.get(k) if k else None for k in keys]
-                    entries = []
-                    for i, (p, existing) in enumerate(zip(batch, known, strict=True)):
-                        if ahead is not None and i == ahead_count:
-                            _flush(conn, ahead)  # what comes next reads the store again
-                        prefetched = ahead if i < ahead_count else None
-                        entries.append(self._fast(conn, p, existing, prefetched))
-                    try:
-                        return self._store(conn, entries, ahead)
-                    except IntegrityError as exc:  # e.g. another receiver logged the same key
-                        raise _NeedsSavepoints from exc
+                    return self._optimistic(conn, batch, keys)
             except _NeedsSavepoints:
                 pass
             except SQLAlchemyError as exc:
@@ -293,6 +282,26 @@ class Receiver:
                 return [self._one(conn, p) for p in batch]
         except SQLAlchemyError as exc:
             return self._failed(batch, exc)
+
+    def _optimistic(
+        self, conn: Connection, batch: list[Prepared], keys: list[str | None]
+    ) -> list[Outcome]:
+        """The batch without savepoints; _NeedsSavepoints when that does not work out."""
+        processed, ahead, ahead_count = _look_ahead(conn, batch, [k for k in keys if k])
+        known = [processed.get(k) if k else None for k in keys]
+        done: list[Outcome] = []
+        entries: list[_Entry] = []
+        for i, (p, existing) in enumerate(zip(batch, known, strict=True)):
+            if ahead is not None and i == ahead_count:
+                _flush(conn, ahead)  # what comes next reads the store again
+            entry = self._fast(conn, p, existing, ahead if i < ahead_count else None)
+            entries.append(entry)
+            if entry.repo is not None and entry.repo.pending_link is not None:
+                # The link row is written with its message's; a later A37 may remove it.
+                done += self._store_optimistic(conn, entries)
+                entries = []
+        # Last statement of the transaction: after a prefetch it also commits (pgpipeline).
+        return done + self._store_optimistic(conn, entries, ahead)
 
     def _failed(self, batch: list[Prepared], exc: SQLAlchemyError) -> list[Outcome] | None:
         orig = exc.orig if isinstance(exc, DBAPIError) else None
@@ -369,6 +378,15 @@ class Receiver:
         entry.repo = repo
         return entry
 
+    @classmethod
+    def _store_optimistic(
+        cls, conn: Connection, entries: list[_Entry], ahead: Prefetched | None = None
+    ) -> list[Outcome]:
+        try:
+            return cls._store(conn, entries, ahead)
+        except IntegrityError as exc:  # e.g. another receiver logged the same key meanwhile
+            raise _NeedsSavepoints from exc
+
     @staticmethod
     def _store(
         conn: Connection, entries: list[_Entry], ahead: Prefetched | None = None
@@ -379,6 +397,8 @@ class Receiver:
         reserved and everything travels with the COMMIT in one pipeline, which ends the
         transaction; otherwise a few statements, one after another.
         """
+        if not entries:
+            return []
         rows = [e.row for e in entries]
 
         def histories(ids: list[int]) -> list:

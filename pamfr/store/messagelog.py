@@ -70,7 +70,7 @@ _FIND_PROCESSED_ANY = select(*_PROCESSED_COLUMNS).where(
 def message_writes(
     rows: list[LoggedMessage], ids: list[int]
 ) -> list[tuple[Executable, list[dict]]]:
-    """The insert of log rows whose ids are already known (see pgpipeline.next_ids)."""
+    """The insert of log rows whose ids are already known (see pgpipeline.NEXT_IDS)."""
     values = [
         {"id": i, **{k: getattr(row, k) for k in LoggedMessage.__dataclass_fields__}}
         for row, i in zip(rows, ids, strict=True)

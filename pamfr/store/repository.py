@@ -335,7 +335,7 @@ class IdentityRepository:
         if changes:
             self.changes.append(Change(patient_id, operation, changes))
 
-    def _insert_patient(self, identity: PatientIdentity, operation: str) -> int | NewPatient:
+    def _insert_patient(self, identity: PatientIdentity, operation: str) -> None:
         """A new patient, whose IPPs the caller has just found free (a concurrent writer that
         takes one first makes the unique index refuse ours, and the message runs again)."""
         columns = identity_columns(identity)
@@ -360,7 +360,6 @@ class IdentityRepository:
         if new_ids:
             changes["identifiers"] = [[], new_ids]
         self._record(patient_id, operation, changes)
-        return patient_id
 
     def _add_identifiers(
         self,

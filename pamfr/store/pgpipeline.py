@@ -8,6 +8,7 @@ no write waits for another's answer. The server still runs the statements one af
 
 from __future__ import annotations
 
+from psycopg import Pipeline
 from psycopg.rows import dict_row
 from sqlalchemy import Connection, Executable, bindparam, text
 from sqlalchemy.exc import DBAPIError
@@ -54,6 +55,12 @@ def _wrapped(conn: Connection, sqls: list[str], exc: Exception) -> DBAPIError:
         dialect=conn.dialect,
         ismulti=True,
     )
+
+
+def supported() -> bool:
+    """Pipeline mode needs libpq 14 or later (psycopg[binary] ships one; a system libpq may
+    be older): without it, batches take the one-statement-at-a-time path."""
+    return Pipeline.is_supported()
 
 
 def _sql(conn: Connection, statement: Executable, keys: tuple[str, ...]) -> tuple[str, dict]:

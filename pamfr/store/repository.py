@@ -16,9 +16,9 @@ from sqlalchemy import (
     Executable,
     String,
     and_,
-    any_,
     bindparam,
     delete,
+    func,
     insert,
     or_,
     select,
@@ -129,31 +129,38 @@ _INSERT_HISTORY = insert(history)
 _INSERT_LINK = insert(patient_link)
 
 
-# A batch's look-up of several IPPs at once (PostgreSQL): patients locked in id order, then
-# their identifiers read under those locks.
-_PREFETCH_PATIENTS = (
-    select(identifier.c.authority_key.label("ipp_key"), identifier.c.value.label("ipp_value"))
-    .add_columns(*patient.c)
-    .join(patient, patient.c.id == identifier.c.patient_id)
-    .where(
-        identifier.c.type == IPP_TYPE,
-        identifier.c.authority_key == any_(bindparam("keys", type_=ARRAY(String))),
-        identifier.c.value == any_(bindparam("values", type_=ARRAY(String))),
+# A batch's look-up of several IPPs at once (PostgreSQL): the (authority key, value) pairs
+# wanted, their patients locked in id order, then their identifiers read under those locks.
+_WANTED = (
+    func.unnest(bindparam("keys", type_=ARRAY(String)), bindparam("values", type_=ARRAY(String)))
+    .table_valued("k", "v")
+    .render_derived(name="wanted")
+)
+_WANTED_IPPS = (
+    select(identifier)
+    .select_from(_WANTED)
+    .join(
+        identifier,
+        and_(
+            identifier.c.authority_key == _WANTED.c.k,
+            identifier.c.value == _WANTED.c.v,
+            identifier.c.type == IPP_TYPE,
+        ),
     )
+)
+_PREFETCH_PATIENTS = (
+    _WANTED_IPPS.with_only_columns(
+        identifier.c.authority_key.label("ipp_key"),
+        identifier.c.value.label("ipp_value"),
+        *patient.c,
+    )
+    .join(patient, patient.c.id == identifier.c.patient_id)
     .order_by(patient.c.id)
     .with_for_update(of=patient)
 )
 _PREFETCH_IDENTIFIERS = (
     select(identifier)
-    .where(
-        identifier.c.patient_id.in_(
-            select(identifier.c.patient_id).where(
-                identifier.c.type == IPP_TYPE,
-                identifier.c.authority_key == any_(bindparam("keys", type_=ARRAY(String))),
-                identifier.c.value == any_(bindparam("values", type_=ARRAY(String))),
-            )
-        )
-    )
+    .where(identifier.c.patient_id.in_(_WANTED_IPPS.with_only_columns(identifier.c.patient_id)))
     .order_by(identifier.c.id)
 )
 
@@ -226,10 +233,10 @@ def prefetch(
     ahead of them. The caller makes sure no message of the batch changes what another one's
     look-up finds: distinct IPPs, and no merge or identifier change before them. None on
     SQLite, where a look-up costs less than the batching (and there is no row lock to take)."""
-    if conn.dialect.name != "postgresql":
+    if conn.dialect.name != "postgresql" or not pgpipeline.supported():
         return None
     wanted = [(i.authority_key, i.value) for i in ipps]
-    keys = {"keys": sorted({k for k, _ in wanted}), "values": sorted({v for _, v in wanted})}
+    keys = {"keys": [k for k, _ in wanted], "values": [v for _, v in wanted]}
     # The identifiers are read after the row locks are held (the statements run in order),
     # so they are current; a patient whose IPP moved meanwhile fails its re-check later.
     *first_rows, rows, identifier_rows, ids = pgpipeline.read(

@@ -11,14 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import (
-    ARRAY,
     Connection,
     Executable,
-    String,
     and_,
     bindparam,
     delete,
-    func,
     insert,
     or_,
     select,
@@ -129,38 +126,13 @@ _INSERT_HISTORY = insert(history)
 _INSERT_LINK = insert(patient_link)
 
 
-# A batch's look-up of several IPPs at once (PostgreSQL): the (authority key, value) pairs
-# wanted, their patients locked in id order, then their identifiers read under those locks.
-_WANTED = (
-    func.unnest(bindparam("keys", type_=ARRAY(String)), bindparam("values", type_=ARRAY(String)))
-    .table_valued("k", "v")
-    .render_derived(name="wanted")
-)
-_WANTED_IPPS = (
+# A batch's look-up of several IPPs at once (PostgreSQL) is one equality look-up per IPP, all
+# sent together: each uses the IPP index whatever the statistics say, where one statement for
+# all (a join on unnest, or ANY arrays) was planned as a scan of the whole index while the
+# tables were young. Their identifiers are read once all the rows are locked.
+_IDENTIFIERS_BY_IPP = (
     select(identifier)
-    .select_from(_WANTED)
-    .join(
-        identifier,
-        and_(
-            identifier.c.authority_key == _WANTED.c.k,
-            identifier.c.value == _WANTED.c.v,
-            identifier.c.type == IPP_TYPE,
-        ),
-    )
-)
-_PREFETCH_PATIENTS = (
-    _WANTED_IPPS.with_only_columns(
-        identifier.c.authority_key.label("ipp_key"),
-        identifier.c.value.label("ipp_value"),
-        *patient.c,
-    )
-    .join(patient, patient.c.id == identifier.c.patient_id)
-    .order_by(patient.c.id)
-    .with_for_update(of=patient)
-)
-_PREFETCH_IDENTIFIERS = (
-    select(identifier)
-    .where(identifier.c.patient_id.in_(_WANTED_IPPS.with_only_columns(identifier.c.patient_id)))
+    .where(identifier.c.patient_id == _FIND_PATIENT_ID.scalar_subquery())
     .order_by(identifier.c.id)
 )
 
@@ -236,19 +208,30 @@ def prefetch(
     if conn.dialect.name != "postgresql" or not pgpipeline.supported():
         return None
     wanted = [(i.authority_key, i.value) for i in ipps]
-    keys = {"keys": [k for k, _ in wanted], "values": [v for _, v in wanted]}
-    # The identifiers are read after the row locks are held (the statements run in order),
-    # so they are current; a patient whose IPP moved meanwhile fails its re-check later.
-    *first_rows, rows, identifier_rows, ids = pgpipeline.read(
+    # Locked in one order (by IPP) by every receiver's prefetch; a merge locks by id, and a
+    # deadlock between the two is retried. The identifiers are read once all the locks are
+    # held (the statements run in order), so they are current: a patient whose IPP moved
+    # meanwhile fails its re-check later.
+    order = sorted(set(wanted))
+    params = [{"k": k, "v": v, "t": IPP_TYPE} for k, v in order]
+    results = pgpipeline.read(
         conn,
         [
             *([first] if first else []),
-            (_PREFETCH_PATIENTS, keys),
-            (_PREFETCH_IDENTIFIERS, keys),
+            *((_LOAD_BY_IPP_FOR_UPDATE, p) for p in params),
+            *((_IDENTIFIERS_BY_IPP, p) for p in params),
             (pgpipeline.NEXT_IDS, {"patients": len(ipps), "messages": messages}),
         ],
     )
-    found = {(r["ipp_key"], r["ipp_value"]): {c.name: r[c.name] for c in patient.c} for r in rows}
+    first_rows = results.pop(0) if first else []
+    ids = results.pop()
+    found = {
+        key: rows[0] if rows else None
+        for key, rows in zip(order, results[: len(order)], strict=True)
+    }
+    # A patient two of the IPPs designate comes back twice: each identifier once, in id order.
+    by_id = {r["id"]: r for rows in results[len(order) :] for r in rows}
+    identifier_rows = [by_id[i] for i in sorted(by_id)]
     patients: dict[tuple[str, str], dict | None] = {}
     claimed: set[int] = set()
     for key in wanted:
@@ -266,7 +249,7 @@ def prefetch(
     prefetched = Prefetched(
         patients, identifiers, len(patients), reserved["patient_ids"], reserved["message_ids"]
     )
-    return prefetched, first_rows[0] if first_rows else []
+    return prefetched, first_rows
 
 
 class IdentityRepository:

@@ -1,0 +1,80 @@
+"""What committing costs, without the daemon: the receiver's commit of prepared messages, in
+batches of a given size, in this process, with every statement it sends counted and timed.
+
+    python -m bench.commit_cost [--pg] [--count 1000] [--batch 3]
+
+Prints milliseconds per message, statements per message and the statements that cost most.
+Statements sent in a psycopg pipeline (PostgreSQL batches) are not seen one by one: they show
+as the difference between the commit time and the time in statements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+from sqlalchemy import event
+
+from bench.__main__ import drop_pg, fresh_db
+from pamfr.receiver import Inbound, Receiver
+from pamfr.samples import generate_mix
+from pamfr.store.db import make_engine
+
+
+def measure(url: str, count: int, batch: int) -> dict:
+    engine = make_engine(url)
+    receiver = Receiver(engine)
+    texts = generate_mix(count, seed=3, prefix=f"C{uuid.uuid4().hex[:4].upper()}")
+    prepared = [receiver.prepare(Inbound(t.encode())) for t in texts]
+    statements: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn, _cursor, _statement, _params, _context, _many) -> None:
+        conn.info["started"] = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn, _cursor, statement, _params, _context, _many) -> None:
+        entry = statements[" ".join(statement.split())[:72]]
+        entry[0] += 1
+        entry[1] += time.perf_counter() - conn.info["started"]
+
+    started = time.perf_counter()
+    for i in range(0, count, batch):
+        receiver.commit(prepared[i : i + batch])
+    elapsed = time.perf_counter() - started
+    engine.dispose()
+    return {"elapsed": elapsed, "statements": dict(statements)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pg", action="store_true", help="PostgreSQL instead of SQLite")
+    parser.add_argument("--count", type=int, default=1000, help="messages (default 1000)")
+    parser.add_argument("--batch", type=int, default=3, help="messages per commit (default 3)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pamfr-commit-") as tmp:
+        url = fresh_db(Path(tmp), args.pg, "commit")
+        try:
+            result = measure(url, args.count, args.batch)
+        finally:
+            if args.pg:
+                drop_pg(url)
+    n = args.count
+    stats = result["statements"]
+    total = sum(c for c, _ in stats.values())
+    in_statements = sum(t for _, t in stats.values())
+    print(
+        f"{'PostgreSQL' if args.pg else 'SQLite'}, batches of {args.batch}: "
+        f"{result['elapsed'] / n * 1000:.2f} ms a message ({n / result['elapsed']:,.0f} msg/s), "
+        f"{total / n:.2f} statements a message, {in_statements / n * 1000:.2f} ms of it in them"
+    )
+    for text, (calls, seconds) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:12]:
+        print(f"  {calls:6d} x {seconds / calls * 1000:6.3f} ms  {text}")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,8 @@ batches of a given size, in this process, with every statement it sends counted 
 
     python -m bench.commit_cost [--pg] [--count 1000] [--batch 3]
 
-Prints milliseconds per message, statements per message and the statements that cost most.
+Prints milliseconds per message, overall and for each tenth of the run (a cost that grows with
+the tables shows there), statements per message and the statements that cost most.
 Statements sent in a psycopg pipeline (PostgreSQL batches) are not seen one by one: they show
 as the difference between the commit time and the time in statements.
 """
@@ -42,12 +43,19 @@ def measure(url: str, count: int, batch: int) -> dict:
         entry[0] += 1
         entry[1] += time.perf_counter() - conn.info["started"]
 
-    started = time.perf_counter()
+    slices: list[float] = []  # seconds for each tenth of the messages
+    started = slice_started = time.perf_counter()
+    slice_size = max(batch, count // 10)
     for i in range(0, count, batch):
         receiver.commit(prepared[i : i + batch])
+        if (i + batch) % slice_size < batch:
+            now = time.perf_counter()
+            slices.append(now - slice_started)
+            slice_started = now
     elapsed = time.perf_counter() - started
     engine.dispose()
-    return {"elapsed": elapsed, "statements": dict(statements)}
+    per_slice = [s / slice_size * 1000 for s in slices]
+    return {"elapsed": elapsed, "statements": dict(statements), "slices_ms": per_slice}
 
 
 def main() -> None:
@@ -71,6 +79,9 @@ def main() -> None:
         f"{'PostgreSQL' if args.pg else 'SQLite'}, batches of {args.batch}: "
         f"{result['elapsed'] / n * 1000:.2f} ms a message ({n / result['elapsed']:,.0f} msg/s), "
         f"{total / n:.2f} statements a message, {in_statements / n * 1000:.2f} ms of it in them"
+    )
+    print(
+        "  ms a message, by tenth of the run: " + " ".join(f"{m:.2f}" for m in result["slices_ms"])
     )
     for text, (calls, seconds) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:12]:
         print(f"  {calls:6d} x {seconds / calls * 1000:6.3f} ms  {text}")

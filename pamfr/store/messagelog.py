@@ -79,7 +79,8 @@ def message_writes(
 
 
 def insert_messages(conn: Connection, rows: list[LoggedMessage]) -> list[int]:
-    """Log rows in one statement; their ids, in the order of `rows`."""
+    """Log rows; their ids, in the order of `rows`. One statement on PostgreSQL; one per row
+    on SQLite, where SQLAlchemy cannot keep RETURNING in the order of the rows."""
     values = [{k: getattr(row, k) for k in LoggedMessage.__dataclass_fields__} for row in rows]
     if len(values) == 1:
         return [conn.execute(_INSERT, values[0]).scalar_one()]

@@ -2,11 +2,14 @@
 
 On a database over the network, or on a busy machine, each statement's round trip costs more
 than its execution. A batch's look-ups go in one round trip (`read`) and its writes with the
-COMMIT in another (`send`): the rows get their ids beforehand from the tables' sequences, so
-no write waits for another's answer. The server still runs the statements one after another.
+COMMIT in another (`send_and_commit`): the rows get their ids beforehand from the tables'
+sequences, so no write waits for another's answer. The server still runs the statements one
+after another.
 """
 
 from __future__ import annotations
+
+from functools import cache
 
 from psycopg import Pipeline
 from psycopg.rows import dict_row
@@ -57,6 +60,7 @@ def _wrapped(conn: Connection, sqls: list[str], exc: Exception) -> DBAPIError:
     )
 
 
+@cache
 def supported() -> bool:
     """Pipeline mode needs libpq 14 or later (psycopg[binary] ships one; a system libpq may
     be older): without it, batches take the one-statement-at-a-time path."""

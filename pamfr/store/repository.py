@@ -139,8 +139,8 @@ _IDENTIFIERS_BY_IPP = (
 
 @dataclass
 class HeldWrites:
-    """The writes of a batch's prefetched messages, sent together by `flush`: new patients and
-    updates in one statement per set of columns, identifiers in one."""
+    """The writes of a batch's prefetched messages, sent together: new patients in one
+    statement, their identifiers in another, updates in one per set of changed columns."""
 
     patients: list[NewPatient] = field(default_factory=list)
     identifiers: list[dict] = field(default_factory=list)
@@ -158,9 +158,7 @@ class HeldWrites:
         """Send the writes now, the new patients taking their ids from the database."""
         if self.patients:
             rows = [new.columns for new in self.patients]
-            ids = conn.execute(_INSERT_PATIENTS, rows).scalars().all()
-            for new, patient_id in zip(self.patients, ids, strict=True):
-                new.id = patient_id
+            self.assign_ids(conn.execute(_INSERT_PATIENTS, rows).scalars().all())
         for statement, rows in self.writes(with_patients=False):
             conn.execute(statement, rows)
         self.patients, self.identifiers, self.updates = [], [], {}
@@ -231,7 +229,6 @@ def prefetch(
     }
     # A patient two of the IPPs designate comes back twice: each identifier once, in id order.
     by_id = {r["id"]: r for rows in results[len(order) :] for r in rows}
-    identifier_rows = [by_id[i] for i in sorted(by_id)]
     patients: dict[tuple[str, str], dict | None] = {}
     claimed: set[int] = set()
     for key in wanted:
@@ -242,9 +239,9 @@ def prefetch(
             claimed.add(row["id"])
         patients[key] = row
     identifiers: dict[int, list[dict]] = {pid: [] for pid in claimed}
-    for r in identifier_rows:
-        if r["patient_id"] in identifiers:
-            identifiers[r["patient_id"]].append(r)
+    for i in sorted(by_id):
+        if by_id[i]["patient_id"] in identifiers:
+            identifiers[by_id[i]["patient_id"]].append(by_id[i])
     reserved = ids[0]
     prefetched = Prefetched(
         patients, identifiers, len(patients), reserved["patient_ids"], reserved["message_ids"]

@@ -12,9 +12,9 @@ import queue
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
+from pamfr.parse_workers import ParseWorkers, WorkerDied
 from pamfr.receiver import Inbound, Outcome, Prepared, Receiver, prepare
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,9 @@ def _start_worker(owner: int, log_level: int) -> None:
 
 
 def parse_pool(workers: int) -> Executor:
-    """Worker processes for the CPU-bound parse (hl7apy holds the GIL); 0 means threads."""
-    if workers <= 0:
-        return ThreadPoolExecutor(2, "pamfr-parse")
+    """Worker processes for `replay --local`, which parses chunks of messages while it
+    commits earlier ones: a chunk's round trip through the executor's threads costs little
+    next to its parse. The daemon, which parses one message at a time, uses ParseWorkers."""
     # forkserver: the daemon has threads running, which fork() must not copy.
     context = multiprocessing.get_context("forkserver")
     return ProcessPoolExecutor(
@@ -141,29 +141,37 @@ class AsyncReceiver:
         self.receiver = receiver
         self.door = door
         self.writer = GroupCommitWriter(receiver, batch_max)
+        # Worker processes for the CPU-bound parse (hl7apy holds the GIL); 0 means threads.
         self.parse_workers = parse_workers
-        self.parse_executor = parse_pool(parse_workers)
+        self._threads = ThreadPoolExecutor(2, "pamfr-parse") if parse_workers <= 0 else None
+        self._processes = (
+            ParseWorkers(
+                parse_workers,
+                _start_worker,
+                (os.getpid(), logging.getLogger().getEffectiveLevel()),
+            )
+            if parse_workers > 0
+            else None
+        )
 
     async def start(self) -> None:
         """Start the parse workers now rather than on the first message (its ACK would wait)."""
-        if self.parse_workers > 0:
-            loop = asyncio.get_running_loop()
-            await asyncio.gather(
-                *(loop.run_in_executor(self.parse_executor, gc.collect) for _ in range(8))
-            )
+        if self._processes is not None:
+            await self._processes.start()
 
     async def receive(self, inbound: Inbound) -> Outcome:
-        loop = asyncio.get_running_loop()
         r = self.receiver
-        args = (prepare, inbound, r.processing_ids, r.allowed_senders)
-        try:
-            prepared = await loop.run_in_executor(self.parse_executor, *args)
-        except BrokenProcessPool:
-            # A worker died (killed, out of memory): start a new pool and parse once more.
-            log.error("a parse worker died; restarting the pool")
-            self.parse_executor.shutdown(wait=False, cancel_futures=False)
-            self.parse_executor = parse_pool(self.parse_workers)
-            prepared = await loop.run_in_executor(self.parse_executor, *args)
+        args = (inbound, r.processing_ids, r.allowed_senders)
+        if self._processes is None:
+            loop = asyncio.get_running_loop()
+            prepared = await loop.run_in_executor(self._threads, prepare, *args)
+        else:
+            try:
+                prepared = await self._processes.run(prepare, *args)
+            except WorkerDied:
+                # Killed, out of memory: a new worker takes it, once.
+                log.error("a parse worker died; starting another")
+                prepared = await self._processes.run(prepare, *args)
         return await self.writer.submit(prepared)
 
     # FrameHandler of pamfr.transport.server
@@ -177,4 +185,7 @@ class AsyncReceiver:
 
     def close(self) -> None:
         self.writer.close()
-        self.parse_executor.shutdown(wait=True)
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+        if self._processes is not None:
+            self._processes.close()

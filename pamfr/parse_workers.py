@@ -1,0 +1,184 @@
+"""Parse worker processes that the event loop talks to directly, over one socket each.
+
+A ProcessPoolExecutor moves every request and result through two helper threads of the
+daemon (its queue manager and its queue feeder), each waiting for the GIL that the event loop
+and the writer thread hold in turn: a message's parse took about four times its CPU time in
+wall time. Here the loop writes the request to the worker's socket and reads the result when
+the socket is readable, with no thread in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import pickle
+import socket
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct("!I")
+
+
+class WorkerDied(Exception):
+    """The worker parsing a request stopped (killed, out of memory) before answering."""
+
+
+def _read_exact(sock: socket.socket, size: int) -> bytes | None:
+    chunks, missing = [], size
+    while missing:
+        chunk = sock.recv(missing)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        missing -= len(chunk)
+    return b"".join(chunks)
+
+
+def _serve_requests(sock: socket.socket, start: Callable[..., None], start_args: tuple) -> None:
+    """A worker's life: start-up, then (function, args) in, (ok, result or exception) out, in
+    order, until the daemon closes the socket."""
+    start(*start_args)
+    while True:
+        header = _read_exact(sock, _LENGTH.size)
+        if header is None:
+            return
+        body = _read_exact(sock, _LENGTH.unpack(header)[0])
+        if body is None:
+            return
+        function, args = pickle.loads(body)
+        try:
+            data = pickle.dumps((True, function(*args)), pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            try:
+                data = pickle.dumps((False, exc), pickle.HIGHEST_PROTOCOL)
+            except Exception:  # an exception that does not pickle still gets an answer
+                data = pickle.dumps((False, RuntimeError(repr(exc))), pickle.HIGHEST_PROTOCOL)
+        sock.sendall(_LENGTH.pack(len(data)) + data)
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    sock: socket.socket
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    waiting: deque[asyncio.Future] = field(default_factory=deque)
+    listener: asyncio.Task | None = None
+
+
+def _stopped(worker: _Worker) -> bool:
+    return worker.listener is None or worker.listener.done()
+
+
+def _reap(worker: _Worker) -> None:
+    if worker.process.is_alive():
+        worker.process.terminate()
+    worker.process.join(5)
+
+
+class ParseWorkers:
+    """`workers` processes (forkserver: the daemon has threads, which fork() must not copy),
+    each started with start(*start_args); a request goes to the worker with the fewest
+    requests in hand, and a worker that dies is replaced for the next request."""
+
+    def __init__(self, workers: int, start: Callable[..., None], start_args: tuple) -> None:
+        self.size = workers
+        self._start = start
+        self._start_args = start_args
+        self._context = multiprocessing.get_context("forkserver")
+        self._workers: list[_Worker] = []
+        self._replacing = asyncio.Lock()
+        self._closing = False
+
+    async def start(self) -> None:
+        """Start the workers and wait until each has finished its start-up."""
+        self._workers = [await self._spawn() for _ in range(self.size)]
+        await asyncio.gather(*(self._call(w, os.getpid, ()) for w in self._workers))
+
+    async def _spawn(self) -> _Worker:
+        ours, theirs = socket.socketpair()
+        process = self._context.Process(
+            target=_serve_requests,
+            args=(theirs, self._start, self._start_args),
+            name="pamfr-parse",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        worker = _Worker(process, ours, reader, writer)
+        worker.listener = asyncio.create_task(self._listen(worker))
+        return worker
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        """function(*args) in a worker; WorkerDied when its worker stops before answering."""
+        if not self._workers:
+            await self.start()
+        index, worker = min(enumerate(self._workers), key=lambda iw: len(iw[1].waiting))
+        if _stopped(worker):
+            async with self._replacing:  # one replacement, whoever else picked this worker
+                worker = self._workers[index]
+                if _stopped(worker):
+                    _reap(worker)
+                    worker = self._workers[index] = await self._spawn()
+        return await self._call(worker, function, args)
+
+    async def _call(self, worker: _Worker, function: Callable[..., Any], args: tuple) -> Any:
+        answer: asyncio.Future = asyncio.get_running_loop().create_future()
+        worker.waiting.append(answer)
+        data = pickle.dumps((function, args), pickle.HIGHEST_PROTOCOL)
+        worker.writer.write(_LENGTH.pack(len(data)) + data)
+        try:
+            await worker.writer.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            self._fail_waiting(worker)
+            raise WorkerDied(str(exc)) from exc
+        ok, result = await answer
+        if not ok:
+            raise result
+        return result
+
+    async def _listen(self, worker: _Worker) -> None:
+        try:
+            while True:
+                header = await worker.reader.readexactly(_LENGTH.size)
+                body = await worker.reader.readexactly(_LENGTH.unpack(header)[0])
+                answer = worker.waiting.popleft()
+                if not answer.done():
+                    answer.set_result(pickle.loads(body))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not self._closing:
+                worker.process.join(1)
+                log.error("a parse worker stopped (exit code %s)", worker.process.exitcode)
+        except Exception:  # an answer that does not unpickle: this worker is not trusted again
+            log.exception("a parse worker sent an unreadable answer; it will be replaced")
+        finally:
+            self._fail_waiting(worker)
+            worker.writer.close()
+
+    @staticmethod
+    def _fail_waiting(worker: _Worker) -> None:
+        while worker.waiting:
+            answer = worker.waiting.popleft()
+            if not answer.done():
+                answer.set_exception(WorkerDied("the parse worker stopped before answering"))
+
+    def close(self) -> None:
+        """Shut the sockets down (each worker then ends its loop) and wait for the workers.
+        Callable from any thread: it touches only the sockets and the processes."""
+        self._closing = True
+        for worker in self._workers:
+            with contextlib.suppress(OSError):  # already closed: the worker stopped
+                worker.sock.shutdown(socket.SHUT_RDWR)
+        for worker in self._workers:
+            worker.process.join(5)
+            _reap(worker)
+        self._workers = []

@@ -1,0 +1,106 @@
+"""The daemon's parse worker processes: real processes, real sockets, real kills."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from pamfr.parse_workers import ParseWorkers, WorkerDied
+from pamfr.pipeline import AsyncReceiver
+from pamfr.receiver import Inbound, Receiver
+from pamfr.samples import Person, message
+from pamfr.store.db import make_engine
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _workers(pool: ParseWorkers) -> list[int]:
+    return [w.process.pid for w in pool._workers]
+
+
+async def _with_pool(test, size: int = 2):
+    pool = ParseWorkers(size, time.sleep, (0,))
+    await pool.start()
+    try:
+        return await test(pool)
+    finally:
+        pool.close()
+
+
+def test_requests_ready_together_go_to_different_workers():
+    async def test(pool):
+        # The second request goes to the worker with nothing in hand, not behind the first.
+        pids = await asyncio.gather(*(pool.run(_sleep_then_pid, 0.5) for _ in range(2)))
+        return pids, _workers(pool)
+
+    pids, workers = asyncio.run(_with_pool(test))
+    assert sorted(pids) == sorted(workers)
+
+
+def test_an_exception_in_the_worker_is_raised_to_the_caller():
+    async def test(pool):
+        with pytest.raises(ValueError, match="invalid literal"):
+            await pool.run(int, "not a number")
+        return await pool.run(int, "42")
+
+    assert asyncio.run(_with_pool(test)) == 42
+
+
+def test_a_worker_killed_mid_request_fails_that_request_and_is_replaced():
+    async def test(pool):
+        pending = asyncio.ensure_future(pool.run(_sleep_then_pid, 5))
+        await asyncio.sleep(0.3)
+        busy = [w for w in pool._workers if w.waiting]
+        assert len(busy) == 1
+        os.kill(busy[0].process.pid, signal.SIGKILL)
+        with pytest.raises(WorkerDied):
+            await asyncio.wait_for(pending, 5)
+        answers = await asyncio.gather(*(pool.run(_sleep_then_pid, 0.2) for _ in range(2)))
+        workers = _workers(pool)
+        return busy[0].process.pid, answers, workers, [_alive(p) for p in workers]
+
+    killed, answers, workers, alive = asyncio.run(_with_pool(test))
+    assert killed not in workers
+    assert len(set(workers)) == 2 and all(alive)
+    assert set(answers) <= set(workers)
+
+
+def test_close_stops_every_worker():
+    async def test(pool):
+        return _workers(pool)
+
+    workers = asyncio.run(_with_pool(test))
+    assert workers and not any(_alive(p) for p in workers)
+
+
+def test_the_receiver_answers_after_its_parse_workers_were_killed(sqlite_url):
+    async def test():
+        handler = AsyncReceiver(Receiver(make_engine(sqlite_url)), parse_workers=2)
+        await handler.start()
+        try:
+            for w in handler._processes._workers:
+                os.kill(w.process.pid, signal.SIGKILL)
+            await asyncio.sleep(0.3)  # both listeners see the end of their socket
+            raw = message("A28", Person(ipp="KILLED1"), "CTRL-KILLED-1").encode()
+            return await handler.receive(Inbound(raw, "test", "mllp"))
+        finally:
+            handler.close()
+
+    outcome = asyncio.run(test())
+    assert outcome.code == "AA"
+    assert outcome.message_id is not None
+
+
+def _sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()

@@ -121,7 +121,9 @@ class ParseWorkers:
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         """function(*args) in a worker; WorkerDied when its worker stops before answering."""
         if not self._workers:
-            await self.start()
+            async with self._replacing:  # callers that come before start() share one start
+                if not self._workers:
+                    await self.start()
         index, worker = min(enumerate(self._workers), key=lambda iw: len(iw[1].waiting))
         if _stopped(worker):
             async with self._replacing:  # one replacement, whoever else picked this worker

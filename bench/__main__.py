@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,10 +37,11 @@ class Profile:
     big_store: int  # patients prefilled for the "big store" figure
     small_store: int
     reference_count: int
+    rounds: int  # of alternated runs (A, B, B, A) where two figures are compared
 
 
-QUICK = Profile(600, 500, 3000, 200_000, 10_000, 150)
-FULL = Profile(4000, 3000, 100_000, 1_000_000, 10_000, 500)
+QUICK = Profile(600, 500, 3000, 200_000, 10_000, 150, 1)
+FULL = Profile(4000, 3000, 100_000, 1_000_000, 10_000, 500, 3)
 
 
 def write_messages(path: Path, count: int, prefix: str, seed: int = 2575) -> list[str]:
@@ -186,6 +188,35 @@ def replay_local(url: str, path: Path, work: Path) -> dict:
     }
 
 
+def big_store(work: Path, msgs: Path, profile: Profile) -> dict:
+    """Throughput on a store prefilled with few and with many patients: each store is filled
+    once, then copied for each run, in rounds of small, big, big, small (the drift again)."""
+    templates = {}
+    for label, size in (("store_small", profile.small_store), ("store_big", profile.big_store)):
+        step(f"prefilling a store with {size:,} patients")
+        url = fresh_db(work, False, label)
+        prefill(url, size)
+        templates[label] = (size, Path(url.removeprefix("sqlite:///")))
+    runs: dict[str, list[dict]] = {"store_small": [], "store_big": []}
+    order = [label for _ in range(profile.rounds) for label in _SMALL_BIG_BIG_SMALL]
+    for n, label in enumerate(order):
+        size, template = templates[label]
+        step(f"store of {size:,} patients, 8 connections ({n + 1} of {len(order)})")
+        copy = work / f"{label}-{n}.db"
+        for suffix in ("", "-wal"):  # the WAL is empty once prefill's engine is closed
+            if Path(f"{template}{suffix}").exists():
+                shutil.copyfile(f"{template}{suffix}", f"{copy}{suffix}")
+        runs[label].append(serve_and_drive(work, f"sqlite:///{copy}", msgs, 8))
+        for leftover in work.glob(f"{copy.name}*"):
+            leftover.unlink()
+    return {
+        label: {"patients": templates[label][0], **mean_run(each)} for label, each in runs.items()
+    }
+
+
+_SMALL_BIG_BIG_SMALL = ("store_small", "store_big", "store_big", "store_small")
+
+
 def memory_run(work: Path, url: str, count: int, prefix: str) -> dict:
     msgs = work / "rss.txt"
     write_messages(msgs, count, prefix, seed=7)
@@ -242,20 +273,21 @@ def main() -> None:
             step("pamfr serve, SQLite durable, 8 connections")
             results["sqlite_8"] = serve_and_drive(work, fresh_db(work, False, "s8"), msgs, 8)
         else:
-            # SQLite, PostgreSQL, PostgreSQL, SQLite: the machine's speed drifts over minutes,
-            # and this order gives both the same average moment; each figure is the mean.
+            # SQLite, PostgreSQL, PostgreSQL, SQLite, in rounds: the machine's speed drifts
+            # over minutes, and this order gives both the same average moment.
             runs: dict[str, list[dict]] = {"sqlite_8": [], "pg_8": []}
-            for n, pg in enumerate((False, True, True, False)):
+            order = [pg for _ in range(profile.rounds) for pg in (False, True, True, False)]
+            for n, pg in enumerate(order):
                 engine_name = "PostgreSQL" if pg else "SQLite durable"
-                step(f"pamfr serve, {engine_name}, 8 connections ({n + 1} of 4, alternated)")
+                step(f"pamfr serve, {engine_name}, 8 connections ({n + 1} of {len(order)})")
                 url = fresh_db(work, pg, f"{'p' if pg else 's'}8{n}")
                 try:
                     runs["pg_8" if pg else "sqlite_8"].append(serve_and_drive(work, url, msgs, 8))
                 finally:
                     if pg:
                         drop_pg(url)
-            for key, pair in runs.items():
-                results[key] = mean_run(pair)
+            for key, each in runs.items():
+                results[key] = mean_run(each)
         step("ACK latency at 50 messages/second, 1 connection")
         lat_msgs = work / "latency.txt"
         write_messages(lat_msgs, profile.latency_count, f"L{run_id}", seed=11)
@@ -263,14 +295,7 @@ def main() -> None:
         step("replay --local")
         results["replay_local"] = replay_local(fresh_db(work, False, "rep"), msgs, work)
         if not args.skip_big_store:
-            for label, size in (
-                ("store_small", profile.small_store),
-                ("store_big", profile.big_store),
-            ):
-                step(f"store prefilled with {size:,} patients, 8 connections")
-                url = fresh_db(work, False, label)
-                prefill(url, size)
-                results[label] = {"patients": size, **serve_and_drive(work, url, msgs, 8)}
+            results.update(big_store(work, msgs, profile))
         if not args.skip_memory:
             step(f"memory: {profile.rss_count:,} messages over 8 connections")
             results["memory"] = memory_run(
@@ -283,7 +308,7 @@ def main() -> None:
 
 
 def mean_run(runs: list[dict]) -> dict:
-    """Two runs of the same figure as one: mean throughput, the ACK codes added, both kept."""
+    """Runs of the same figure as one: mean throughput, the ACK codes added, each run kept."""
     codes: dict[str, int] = {}
     for r in runs:
         for code, n in r["codes"].items():
@@ -334,6 +359,9 @@ def print_table(r: dict) -> None:
         add(f"store of {big['patients']:,} vs {small['patients']:,} patients",
             f"{big['msgs_per_s']:,.0f} vs {small['msgs_per_s']:,.0f} msg/s",
             f"{big['msgs_per_s'] / small['msgs_per_s']:.0%}", ">= 90%")  # fmt: skip
+        for key, name in (("store_small", "small store"), ("store_big", "big store")):
+            each = " / ".join(f"{run['msgs_per_s']:,.0f}" for run in r[key]["runs"])
+            add(f"  ({name}: each run)", f"{each} msg/s")
     if "memory" in r:
         m = r["memory"]
         add(f"peak RSS after {m['count']:,} messages (daemon + workers)",

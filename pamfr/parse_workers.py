@@ -59,8 +59,9 @@ def _serve_requests(sock: socket.socket, start: Callable[..., None], start_args:
         except Exception as exc:
             try:
                 data = pickle.dumps((False, exc), pickle.HIGHEST_PROTOCOL)
-            except Exception:  # an exception that does not pickle still gets an answer
-                data = pickle.dumps((False, RuntimeError(repr(exc))), pickle.HIGHEST_PROTOCOL)
+            except Exception:  # one that does not pickle still gets an answer (no values)
+                failure = RuntimeError(f"{type(exc).__name__} in the parse worker")
+                data = pickle.dumps((False, failure), pickle.HIGHEST_PROTOCOL)
         sock.sendall(_LENGTH.pack(len(data)) + data)
 
 
@@ -72,15 +73,16 @@ class _Worker:
     writer: asyncio.StreamWriter
     waiting: deque[asyncio.Future] = field(default_factory=deque)
     listener: asyncio.Task | None = None
+    broken: bool = False  # a write failed: the listener may not have seen the end yet
 
 
 def _stopped(worker: _Worker) -> bool:
-    return worker.listener is None or worker.listener.done()
+    return worker.broken or worker.listener is None or worker.listener.done()
 
 
 def _reap(worker: _Worker) -> None:
     if worker.process.is_alive():
-        worker.process.terminate()
+        worker.process.kill()  # workers ignore SIGTERM (see pipeline._start_worker)
     worker.process.join(5)
 
 
@@ -120,6 +122,8 @@ class ParseWorkers:
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         """function(*args) in a worker; WorkerDied when its worker stops before answering."""
+        if self._closing:
+            raise RuntimeError("the parse workers are closed")
         if not self._workers:
             async with self._replacing:  # callers that come before start() share one start
                 if not self._workers:
@@ -134,15 +138,17 @@ class ParseWorkers:
         return await self._call(worker, function, args)
 
     async def _call(self, worker: _Worker, function: Callable[..., Any], args: tuple) -> Any:
+        # The frame first: a request that does not pickle must not leave an answer expected.
+        data = pickle.dumps((function, args), pickle.HIGHEST_PROTOCOL)
         answer: asyncio.Future = asyncio.get_running_loop().create_future()
         worker.waiting.append(answer)
-        data = pickle.dumps((function, args), pickle.HIGHEST_PROTOCOL)
-        worker.writer.write(_LENGTH.pack(len(data)) + data)
         try:
+            worker.writer.write(_LENGTH.pack(len(data)) + data)
             await worker.writer.drain()
-        except (ConnectionError, RuntimeError) as exc:
+        except (OSError, RuntimeError) as exc:  # the worker is gone; its listener may not know
+            worker.broken = True
             self._fail_waiting(worker)
-            raise WorkerDied(str(exc)) from exc
+            raise WorkerDied(type(exc).__name__) from exc
         ok, result = await answer
         if not ok:
             raise result
@@ -153,15 +159,16 @@ class ParseWorkers:
             while True:
                 header = await worker.reader.readexactly(_LENGTH.size)
                 body = await worker.reader.readexactly(_LENGTH.unpack(header)[0])
+                result = pickle.loads(body)  # before popleft: a failure leaves it expected
                 answer = worker.waiting.popleft()
                 if not answer.done():
-                    answer.set_result(pickle.loads(body))
-        except (asyncio.IncompleteReadError, ConnectionError):
+                    answer.set_result(result)
+        except (asyncio.IncompleteReadError, OSError):
             if not self._closing:
-                worker.process.join(1)
+                worker.process.join(0)  # reaps it if it is gone, without waiting
                 log.error("a parse worker stopped (exit code %s)", worker.process.exitcode)
-        except Exception:  # an answer that does not unpickle: this worker is not trusted again
-            log.exception("a parse worker sent an unreadable answer; it will be replaced")
+        except Exception as exc:  # an answer that does not unpickle: not trusted again
+            log.error("a parse worker sent an unreadable answer (%s)", type(exc).__name__)
         finally:
             self._fail_waiting(worker)
             worker.writer.close()

@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -107,6 +108,10 @@ def _start_worker(owner: int, log_level: int) -> None:
     from pamfr.samples import Person, message
 
     setup_logging(logging.getLevelName(log_level).lower())
+    # A stop signal sent to the whole process group (Ctrl-C, systemd's default KillMode) is
+    # the daemon's to handle: it answers what is in flight, then closes the workers' sockets.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
     prepare(Inbound(message("A28", Person(ipp="WARMUP"), "WARMUP").encode()))
     gc.collect()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import time
 
@@ -75,6 +76,43 @@ def test_a_worker_killed_mid_request_fails_that_request_and_is_replaced():
     assert set(answers) <= set(workers)
 
 
+def test_an_answer_that_does_not_unpickle_fails_its_caller_and_the_worker_is_replaced(caplog):
+    async def test(pool):
+        first = _workers(pool)
+        with pytest.raises(WorkerDied):
+            await asyncio.wait_for(pool.run(_unloadable_answer), 5)
+        answers = await asyncio.gather(*(pool.run(_sleep_then_pid, 0.1) for _ in range(3)))
+        return first, answers, _workers(pool)
+
+    first, answers, workers = asyncio.run(_with_pool(test))
+    assert len(set(first) - set(workers)) == 1  # the one that sent it was replaced
+    assert set(answers) <= set(workers)
+    assert "unreadable answer (TypeError)" in caplog.text
+
+
+def test_a_request_that_does_not_pickle_leaves_later_answers_with_their_callers():
+    async def test(pool):
+        with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
+            await pool.run(_sleep_then_pid, lambda: 0)
+        return await asyncio.gather(*(pool.run(abs, -n) for n in range(6)))
+
+    assert asyncio.run(_with_pool(test)) == list(range(6))
+
+
+def test_close_from_another_thread_stops_the_workers_quietly(caplog):
+    async def test(pool):
+        workers = _workers(pool)
+        await asyncio.to_thread(pool.close)
+        await asyncio.sleep(0.2)  # the listeners see the end of their sockets
+        with pytest.raises(RuntimeError, match="closed"):
+            await pool.run(abs, -1)
+        return workers
+
+    workers = asyncio.run(_with_pool(test))
+    assert workers and not any(_alive(p) for p in workers)
+    assert "ERROR" not in [r.levelname for r in caplog.records]
+
+
 def test_close_stops_every_worker():
     async def test(pool):
         return _workers(pool)
@@ -90,7 +128,7 @@ def test_the_receiver_answers_after_its_parse_workers_were_killed(sqlite_url):
         try:
             for w in handler._processes._workers:
                 os.kill(w.process.pid, signal.SIGKILL)
-            await asyncio.sleep(0.3)  # both listeners see the end of their socket
+                w.process.join(5)  # dead, and the event loop has not read the end yet
             raw = message("A28", Person(ipp="KILLED1"), "CTRL-KILLED-1").encode()
             return await handler.receive(Inbound(raw, "test", "mllp"))
         finally:
@@ -99,6 +137,15 @@ def test_the_receiver_answers_after_its_parse_workers_were_killed(sqlite_url):
     outcome = asyncio.run(test())
     assert outcome.code == "AA"
     assert outcome.message_id is not None
+
+
+class _NeedsTwoArguments(Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(a)  # pickled with one argument: unpickling it fails
+
+
+def _unloadable_answer() -> Exception:
+    return _NeedsTwoArguments(1, 2)
 
 
 def _sleep_then_pid(seconds: float) -> int:

@@ -155,3 +155,12 @@ def stored_outcomes(db_url: str) -> list[tuple[str, str]]:
         ).all()
     engine.dispose()
     return [tuple(r) for r in rows]
+
+
+def process_alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

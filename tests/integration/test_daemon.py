@@ -12,7 +12,7 @@ from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from pamfr.store.schema import patient
 from pamfr.transport.client import MLLPClient, MLLPError
-from tests.helpers import parse_ack, start_daemon, stored_outcomes
+from tests.helpers import parse_ack, process_alive, start_daemon, stored_outcomes
 
 
 def _a28(tag: str, n: int) -> bytes:
@@ -149,7 +149,6 @@ def _descendants(pid: int) -> set[int]:
 
 def test_parse_workers_do_not_outlive_a_killed_daemon(sqlite_url, tmp_path):
     """SIGKILL leaves no orphan: the parse workers watch the daemon and stop themselves."""
-    import os
     import time
 
     daemon = start_daemon(sqlite_url, tmp_path / "serve.log")
@@ -161,13 +160,5 @@ def test_parse_workers_do_not_outlive_a_killed_daemon(sqlite_url, tmp_path):
     alive = workers
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
-        alive = {p for p in alive if os.path.exists(f"/proc/{p}") and _not_zombie(p)}
+        alive = {p for p in alive if process_alive(p)}
     assert not alive, f"processes left behind: {sorted(alive)}"
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False

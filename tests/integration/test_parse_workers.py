@@ -15,14 +15,7 @@ from pamfr.pipeline import AsyncReceiver
 from pamfr.receiver import Inbound, Receiver
 from pamfr.samples import Person, message
 from pamfr.store.db import make_engine
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
+from tests.helpers import process_alive
 
 
 def _workers(pool: ParseWorkers) -> list[int]:
@@ -68,7 +61,7 @@ def test_a_worker_killed_mid_request_fails_that_request_and_is_replaced():
             await asyncio.wait_for(pending, 5)
         answers = await asyncio.gather(*(pool.run(_sleep_then_pid, 0.2) for _ in range(2)))
         workers = _workers(pool)
-        return busy[0].process.pid, answers, workers, [_alive(p) for p in workers]
+        return busy[0].process.pid, answers, workers, [process_alive(p) for p in workers]
 
     killed, answers, workers, alive = asyncio.run(_with_pool(test))
     assert killed not in workers
@@ -109,7 +102,7 @@ def test_close_from_another_thread_stops_the_workers_quietly(caplog):
         return workers
 
     workers = asyncio.run(_with_pool(test))
-    assert workers and not any(_alive(p) for p in workers)
+    assert workers and not any(process_alive(p) for p in workers)
     assert "ERROR" not in [r.levelname for r in caplog.records]
 
 
@@ -118,7 +111,7 @@ def test_close_stops_every_worker():
         return _workers(pool)
 
     workers = asyncio.run(_with_pool(test))
-    assert workers and not any(_alive(p) for p in workers)
+    assert workers and not any(process_alive(p) for p in workers)
 
 
 def test_the_receiver_answers_after_its_parse_workers_were_killed(sqlite_url):

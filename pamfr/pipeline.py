@@ -147,7 +147,6 @@ class AsyncReceiver:
         self.door = door
         self.writer = GroupCommitWriter(receiver, batch_max)
         # Worker processes for the CPU-bound parse (hl7apy holds the GIL); 0 means threads.
-        self.parse_workers = parse_workers
         self._threads = ThreadPoolExecutor(2, "pamfr-parse") if parse_workers <= 0 else None
         self._processes = (
             ParseWorkers(
@@ -173,9 +172,8 @@ class AsyncReceiver:
         else:
             try:
                 prepared = await self._processes.run(prepare, *args)
-            except WorkerDied:
-                # Killed, out of memory: a new worker takes it, once.
-                log.error("a parse worker died; starting another")
+            except WorkerDied:  # killed, out of memory (logged by ParseWorkers): once more
+                log.warning("a message whose parse worker died is parsed again")
                 prepared = await self._processes.run(prepare, *args)
         return await self.writer.submit(prepared)
 

@@ -190,7 +190,7 @@ def replay_local(url: str, path: Path, work: Path) -> dict:
 
 def big_store(work: Path, msgs: Path, profile: Profile) -> dict:
     """Throughput on a store prefilled with few and with many patients: each store is filled
-    once, then copied for each run, in rounds of small, big, big, small (the drift again)."""
+    once, then copied for each run, in alternated rounds."""
     templates = {}
     for label, size in (("store_small", profile.small_store), ("store_big", profile.big_store)):
         step(f"prefilling a store with {size:,} patients")
@@ -198,7 +198,7 @@ def big_store(work: Path, msgs: Path, profile: Profile) -> dict:
         prefill(url, size)
         templates[label] = (size, Path(url.removeprefix("sqlite:///")))
     runs: dict[str, list[dict]] = {"store_small": [], "store_big": []}
-    order = [label for _ in range(profile.rounds) for label in _SMALL_BIG_BIG_SMALL]
+    order = alternated("store_small", "store_big", profile.rounds)
     for n, label in enumerate(order):
         size, template = templates[label]
         step(f"store of {size:,} patients, 8 connections ({n + 1} of {len(order)})")
@@ -214,7 +214,10 @@ def big_store(work: Path, msgs: Path, profile: Profile) -> dict:
     }
 
 
-_SMALL_BIG_BIG_SMALL = ("store_small", "store_big", "store_big", "store_small")
+def alternated(a: str | bool, b: str | bool, rounds: int) -> list:
+    """a, b, b, a, once per round: the machine's speed drifts over minutes, and this order
+    gives both figures the same average moment."""
+    return [x for _ in range(rounds) for x in (a, b, b, a)]
 
 
 def memory_run(work: Path, url: str, count: int, prefix: str) -> dict:
@@ -273,10 +276,8 @@ def main() -> None:
             step("pamfr serve, SQLite durable, 8 connections")
             results["sqlite_8"] = serve_and_drive(work, fresh_db(work, False, "s8"), msgs, 8)
         else:
-            # SQLite, PostgreSQL, PostgreSQL, SQLite, in rounds: the machine's speed drifts
-            # over minutes, and this order gives both the same average moment.
             runs: dict[str, list[dict]] = {"sqlite_8": [], "pg_8": []}
-            order = [pg for _ in range(profile.rounds) for pg in (False, True, True, False)]
+            order = alternated(False, True, profile.rounds)  # SQLite, PostgreSQL, ...
             for n, pg in enumerate(order):
                 engine_name = "PostgreSQL" if pg else "SQLite durable"
                 step(f"pamfr serve, {engine_name}, 8 connections ({n + 1} of {len(order)})")

@@ -106,14 +106,6 @@ def test_close_from_another_thread_stops_the_workers_quietly(caplog):
     assert "ERROR" not in [r.levelname for r in caplog.records]
 
 
-def test_close_stops_every_worker():
-    async def test(pool):
-        return _workers(pool)
-
-    workers = asyncio.run(_with_pool(test))
-    assert workers and not any(process_alive(p) for p in workers)
-
-
 def test_the_receiver_answers_after_its_parse_workers_were_killed(sqlite_url):
     async def test():
         handler = AsyncReceiver(Receiver(make_engine(sqlite_url)), parse_workers=2)

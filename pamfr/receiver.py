@@ -34,7 +34,7 @@ from pamfr.store.messagelog import (
     insert_messages,
     message_writes,
     processed_from,
-    processed_query_pg,
+    processed_queries_pg,
 )
 from pamfr.store.repository import (
     ConcurrentChange,
@@ -185,7 +185,7 @@ def _look_ahead(
         positions.append(i)
     found = None
     if ipps:
-        found = prefetch(conn, ipps, len(batch), processed_query_pg(keys) if keys else None)
+        found = prefetch(conn, ipps, len(batch), processed_queries_pg(keys))
     if found is None:
         return find_processed_many(conn, keys), None, 0
     prefetched, processed_rows = found

@@ -6,17 +6,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import (
-    ARRAY,
-    Connection,
-    Executable,
-    String,
-    any_,
-    bindparam,
-    insert,
-    select,
-)
+from sqlalchemy import Connection, Executable, bindparam, insert, select
 
+from pamfr.store import pgpipeline
 from pamfr.store.schema import message
 
 
@@ -62,9 +54,7 @@ _PROCESSED_COLUMNS = (message.c.dedup_key, message.c.id, message.c.outcome, mess
 _FIND_PROCESSED_IN = select(*_PROCESSED_COLUMNS).where(
     message.c.dedup_key.in_(bindparam("keys", expanding=True))
 )
-_FIND_PROCESSED_ANY = select(*_PROCESSED_COLUMNS).where(
-    message.c.dedup_key == any_(bindparam("keys", type_=ARRAY(String)))
-)
+_FIND_PROCESSED_KEY = select(*_PROCESSED_COLUMNS).where(message.c.dedup_key == bindparam("key"))
 
 
 def message_writes(
@@ -96,18 +86,28 @@ def find_processed(conn: Connection, key: str) -> tuple[int, str, bytes | None] 
 def find_processed_many(
     conn: Connection, keys: list[str]
 ) -> dict[str, tuple[int, str, bytes | None]]:
-    """find_processed for a batch, in one query."""
+    """find_processed for a batch: one query on SQLite, one round trip on PostgreSQL."""
     if not keys:
         return {}
-    # PostgreSQL: one array parameter, so the statement is the same whatever the batch size
-    # and the server can keep it prepared; IN (...) would be new SQL for every size.
-    query = _FIND_PROCESSED_ANY if conn.dialect.name == "postgresql" else _FIND_PROCESSED_IN
-    return processed_from(conn.execute(query, {"keys": keys}).mappings())
+    if conn.dialect.name != "postgresql":
+        return processed_from(conn.execute(_FIND_PROCESSED_IN, {"keys": keys}).mappings())
+    if pgpipeline.supported():
+        found = pgpipeline.read(conn, processed_queries_pg(keys))
+    else:
+        found = [
+            conn.execute(stmt, params).mappings().all()
+            for stmt, params in processed_queries_pg(keys)
+        ]
+    return processed_from(row for rows in found for row in rows)
 
 
-def processed_query_pg(keys: list[str]) -> tuple[Executable, dict]:
-    """find_processed_many as a PostgreSQL statement to send along others; see processed_from."""
-    return _FIND_PROCESSED_ANY, {"keys": keys}
+def processed_queries_pg(keys: list[str]) -> list[tuple[Executable, dict]]:
+    """find_processed_many as PostgreSQL statements to send together, one equality look-up a
+    key; see processed_from. The server plans a statement it keeps prepared once, maybe while
+    the log is young and has no statistics, and keeps that plan until the next ANALYZE: for
+    "IN ($1, $2, $3)" or "= ANY($1)" that was a scan of the whole table, where each equality
+    look-up uses the unique index."""
+    return [(_FIND_PROCESSED_KEY, {"key": key}) for key in keys]
 
 
 def processed_from(rows: Iterable[Mapping]) -> dict[str, tuple[int, str, bytes | None]]:

@@ -196,11 +196,11 @@ def prefetch(
     conn: Connection,
     ipps: list[Identifier],
     messages: int,
-    first: tuple[Executable, dict] | None = None,
+    first: list[tuple[Executable, dict]] | None = None,
 ) -> tuple[Prefetched, list[dict]] | None:
     """Look up, lock and load the patients of several single-IPP messages in one round trip,
-    with ids for the new rows of a batch of `messages`, and the rows of the `first` query sent
-    ahead of them. The caller makes sure no message of the batch changes what another one's
+    with ids for the new rows of a batch of `messages`, and the rows of the `first` queries
+    sent ahead of them. The caller makes sure no message of the batch changes what another's
     look-up finds: distinct IPPs, and no merge or identifier change before them. None on
     SQLite, where a look-up costs less than the batching (and there is no row lock to take)."""
     if conn.dialect.name != "postgresql" or not pgpipeline.supported():
@@ -212,16 +212,18 @@ def prefetch(
     # meanwhile fails its re-check later.
     order = sorted(set(wanted))
     params = [{"k": k, "v": v, "t": IPP_TYPE} for k, v in order]
+    first = first or []
     results = pgpipeline.read(
         conn,
         [
-            *([first] if first else []),
+            *first,
             *((_LOAD_BY_IPP_FOR_UPDATE, p) for p in params),
             *((_IDENTIFIERS_BY_IPP, p) for p in params),
             (pgpipeline.NEXT_IDS, {"patients": len(ipps), "messages": messages}),
         ],
     )
-    first_rows = results.pop(0) if first else []
+    first_rows = [row for rows in results[: len(first)] for row in rows]
+    del results[: len(first)]
     ids = results.pop()
     found = {
         key: rows[0] if rows else None

@@ -7,6 +7,7 @@ and on row locks (SELECT ... FOR UPDATE, taken in id order), never on in-process
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -196,7 +197,7 @@ def prefetch(
     conn: Connection,
     ipps: list[Identifier],
     messages: int,
-    first: list[tuple[Executable, dict]] | None = None,
+    first: Sequence[tuple[Executable, dict]] = (),
 ) -> tuple[Prefetched, list[dict]] | None:
     """Look up, lock and load the patients of several single-IPP messages in one round trip,
     with ids for the new rows of a batch of `messages`, and the rows of the `first` queries
@@ -212,7 +213,6 @@ def prefetch(
     # meanwhile fails its re-check later.
     order = sorted(set(wanted))
     params = [{"k": k, "v": v, "t": IPP_TYPE} for k, v in order]
-    first = first or []
     results = pgpipeline.read(
         conn,
         [

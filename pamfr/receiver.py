@@ -89,6 +89,11 @@ class Outcome:
     event: str = ""
     duplicate: bool = False
     error_text: str | None = None
+    problems: tuple[Problem, ...] = ()  # every ERR of the ACK, warnings (severity W) included
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.severity == "W")
 
 
 def sender_allowed(header: Header, patterns: Iterable[str]) -> bool:
@@ -461,6 +466,7 @@ class Receiver:
             row.event,
             duplicate=duplicate_of is not None,
             error_text=None if code == "AA" else "; ".join(x.text for x in errors) or None,
+            problems=problems,
         )
         return _Entry(row, outcome)
 

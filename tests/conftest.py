@@ -24,7 +24,7 @@ PG_ADMIN_URL = os.environ.get(
     "PAMFR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REPO = Path(__file__).resolve().parent.parent
-PUBLIC_CORPUS = REPO.parent / "shared" / "corpus" / "public"
+PUBLIC_CORPUS = REPO / "tests" / "corpus" / "public"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The public PAM FR examples (../shared/corpus/public) sent with `pamfr send` to a real server:
+"""The public PAM FR examples (tests/corpus/public) sent with `pamfr send` to a real server:
 each gets its ACK and its log row, and the store holds the status and INS their content implies."""
 
 from __future__ import annotations

@@ -43,8 +43,14 @@ message = Table(
     Column("dedup_key", String(800), nullable=True, unique=True),
     Column("duplicate_of", Integer, ForeignKey("message.id"), nullable=True),
     Column("duration_ms", Float, nullable=True),
+    Column("warnings", Text, nullable=True),  # the ERRs of severity W, as error_text says errors
+    Column("err_codes", String(255), nullable=True),  # every ERR code, space separated
+    Column("content_sha256", String(64), nullable=True),  # tells a resend from a reused id
+    Column("reprocess_of", Integer, ForeignKey("message.id"), nullable=True),
+    Column("raw_purged_at", DateTime(timezone=True), nullable=True),  # raw emptied by retention
 )
 Index("ix_message_outcome_id", message.c.outcome, message.c.id)
+Index("ix_message_received_at", message.c.received_at)
 
 patient = Table(
     "patient",
@@ -68,6 +74,8 @@ patient = Table(
     Column("identity_mode", String(16)),  # ZFD-5
     Column("insi_query_date", String(32)),  # ZFD-6
     Column("identity_document", String(16)),  # ZFD-7
+    # The INS is also held by another active patient: usable on neither until resolved.
+    Column("ins_collision", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -129,4 +137,16 @@ history = Table(
     Column("event", String(16), nullable=False, server_default=""),
     Column("operation", String(16), nullable=False),
     Column("changes", Text, nullable=False),  # JSON {field: [old, new]}
+    Column("notes", Text, nullable=True),  # JSON [{"code", "text"}]: what was dropped and why
+)
+
+# Assigning authorities named with both namespace (CX-4.1) and OID (CX-4.2): a later message
+# naming one by namespace only designates the same authority.
+authority = Table(
+    "authority",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("namespace", String(255), nullable=False, unique=True),
+    Column("oid", String(255), nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -1,0 +1,71 @@
+"""identity rules of PAM FR 2.11.1 and operating the message log
+
+* message: the warnings an AA carried (ERR severity W), every ERR code (for filtering), a hash
+  of the content (a reused control id with other content is told apart from a resend), the
+  message a reprocessed one repeats, and when its raw bytes were purged;
+* patient: an INS held by two active patients is flagged, usable on neither;
+* patient_history: the notes of a change (what was dropped or kept, and why);
+* authority: assigning authorities seen with both namespace and OID, so that a GAM naming one
+  by namespace only is the same authority;
+* merge chains flattened: a merged record points at its final survivor.
+
+Revision ID: 0003
+Revises: 0002
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("message") as batch:
+        batch.add_column(sa.Column("warnings", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("err_codes", sa.String(255), nullable=True))
+        batch.add_column(sa.Column("content_sha256", sa.String(64), nullable=True))
+        batch.add_column(sa.Column("reprocess_of", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("raw_purged_at", sa.DateTime(timezone=True), nullable=True))
+        batch.create_foreign_key("fk_message_reprocess_of", "message", ["reprocess_of"], ["id"])
+    op.create_index("ix_message_received_at", "message", ["received_at"])
+    with op.batch_alter_table("patient") as batch:
+        batch.add_column(
+            sa.Column("ins_collision", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+    with op.batch_alter_table("patient_history") as batch:
+        batch.add_column(sa.Column("notes", sa.Text(), nullable=True))
+    op.create_table(
+        "authority",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("namespace", sa.String(255), nullable=False, unique=True),
+        sa.Column("oid", sa.String(255), nullable=False, unique=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    # Flatten merge chains: A -> B -> C becomes A -> C (a chain is short; loop until stable).
+    conn = op.get_bind()
+    for _ in range(100):
+        moved = conn.execute(
+            sa.text(
+                "UPDATE patient SET merged_into = (SELECT p2.merged_into FROM patient p2 "
+                "WHERE p2.id = patient.merged_into) "
+                "WHERE merged_into IN (SELECT id FROM patient WHERE merged_into IS NOT NULL)"
+            )
+        ).rowcount
+        if not moved:
+            break
+
+
+def downgrade() -> None:
+    op.drop_table("authority")
+    with op.batch_alter_table("patient_history") as batch:
+        batch.drop_column("notes")
+    with op.batch_alter_table("patient") as batch:
+        batch.drop_column("ins_collision")
+    op.drop_index("ix_message_received_at", table_name="message")
+    with op.batch_alter_table("message") as batch:
+        batch.drop_constraint("fk_message_reprocess_of", type_="foreignkey")
+        for column in ("raw_purged_at", "reprocess_of", "content_sha256", "err_codes", "warnings"):
+            batch.drop_column(column)

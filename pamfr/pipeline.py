@@ -165,7 +165,7 @@ class AsyncReceiver:
 
     async def receive(self, inbound: Inbound) -> Outcome:
         r = self.receiver
-        args = (inbound, r.processing_ids, r.allowed_senders)
+        args = (inbound, *r.parse_args())
         if self._processes is None:
             loop = asyncio.get_running_loop()
             prepared = await loop.run_in_executor(self._threads, prepare, *args)

@@ -9,25 +9,32 @@ batch of prepared messages in one transaction (one savepoint each), then the ACK
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import logging
 import random
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from pamfr.hl7.ack import build_ack, encode_ack
-from pamfr.hl7.er7 import Header, read_header
-from pamfr.hl7.events import Operation
-from pamfr.hl7.parse import AdtMessage, check_header, decode, parse_adt
-from pamfr.identity.errors import MessageRejected, Problem
+from pamfr.hl7.er7 import SEGMENT_SPLIT, Header, read_header, strip_leading
+from pamfr.hl7.errors import MessageRejected, Problem
+from pamfr.hl7.events import Operation, is_iti30
+from pamfr.hl7.parse import DEFAULT_CHARSET, AdtMessage, check_header, decode, parse_adt
+from pamfr.hl7.problems import refusal_problem, warning_problems
+from pamfr.identity.findings import IdentityRefused
 from pamfr.identity.model import Identifier
+from pamfr.identity.rules import Policy
 from pamfr.store import pgpipeline
+from pamfr.store.authorities import AuthorityBook
 from pamfr.store.messagelog import (
     LoggedMessage,
+    Processed,
     dedup_key,
     find_processed,
     find_processed_many,
@@ -76,6 +83,14 @@ class Prepared:
     message: AdtMessage | None
     code: str  # AA when the message is to be applied, else AE / AR
     problems: tuple[Problem, ...] = ()
+    content_sha256: str | None = None  # tells a resend from a reused control id
+
+
+def content_digest(raw: bytes) -> str:
+    """SHA-256 of the message with its segment separators and blank lines normalised: the
+    same message resent through another door (file, MLLP) has the same digest."""
+    segments = (s for s in SEGMENT_SPLIT.split(strip_leading(raw).decode("latin-1")) if s.strip())
+    return hashlib.sha256("\r".join(segments).encode("latin-1")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +126,10 @@ def prepare(
     inbound: Inbound,
     processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS,
     allowed_senders: Iterable[str] = (),
+    default_charset: str = DEFAULT_CHARSET,
 ) -> Prepared:
     header: Header | None = None
+    digest = content_digest(inbound.raw)
     try:
         header = read_header(inbound.raw)
         if not sender_allowed(header, allowed_senders):
@@ -129,16 +146,16 @@ def prepare(
                 Problem(100, "", f"frame of {inbound.size} bytes is over the size limit"), "AR"
             )
         check_header(header, processing_ids)
-        message = parse_adt(decode(inbound.raw, header), header)
-        return Prepared(inbound, header, message, "AA", message.warnings)
+        message = parse_adt(decode(inbound.raw, header, default_charset), header)
+        return Prepared(inbound, header, message, "AA", message.warnings, digest)
     except MessageRejected as rejected:
-        return Prepared(inbound, header, None, rejected.ack_code, tuple(rejected.problems))
+        return Prepared(inbound, header, None, rejected.ack_code, tuple(rejected.problems), digest)
     except Exception as exc:  # a parser bug must not lose the frame: log it, answer AE
         # The exception's text may quote field values: the traceback only at DEBUG.
         log.error("unexpected %s while parsing a frame from %s", type(exc).__name__, inbound.peer)
         log.debug("parser failure", exc_info=True)
         problem = Problem(207, "", f"message could not be interpreted: {type(exc).__name__}")
-        return Prepared(inbound, header, None, "AE", (problem,))
+        return Prepared(inbound, header, None, "AE", (problem,), digest)
 
 
 def _brief(exc: BaseException) -> str:
@@ -149,15 +166,19 @@ def _brief(exc: BaseException) -> str:
     return f"{type(orig).__name__}: {lines[0] if lines else ''}"
 
 
-def _apply(repo: IdentityRepository, message: AdtMessage) -> None:
+def _apply(repo: IdentityRepository, message: AdtMessage, iti31_updates_identity: bool) -> None:
     first = message.patients[0]
+    policy = Policy(
+        production=message.production,
+        rewrites_identity=is_iti30(message.header.event) or iti31_updates_identity,
+    )
     match message.operation:
         case Operation.CREATE | Operation.UPDATE:
-            repo.upsert(first, message.operation.value)
+            repo.upsert(first, message.operation.value, policy)
         case Operation.MERGE:
             repo.merge(first, message.prior_identifiers)
         case Operation.CHANGE_ID:
-            repo.change_identifier(first, message.prior_identifiers)
+            repo.change_identifier(first, message.prior_identifiers, message.prior_ins, policy)
         case Operation.LINK:
             repo.link(first, message.patients[1])
         case Operation.UNLINK:
@@ -223,6 +244,13 @@ class _Entry:
 _NOT_PROCESSED = object()
 
 
+class ReusedControlId(StrEnum):
+    """What a message gets whose (MSH-3, MSH-4, MSH-10) was processed with other content."""
+
+    REFUSE = "refuse"  # AE 205, not applied, kept in the log
+    APPLY = "apply"  # applied as a new message, with a warning
+
+
 class Receiver:
     def __init__(
         self,
@@ -230,14 +258,25 @@ class Receiver:
         *,
         processing_ids: Iterable[str] = DEFAULT_PROCESSING_IDS,
         allowed_senders: Iterable[str] = (),
+        default_charset: str = DEFAULT_CHARSET,
+        iti31_updates_identity: bool = False,
+        reused_control_id: ReusedControlId | str = ReusedControlId.REFUSE,
     ) -> None:
         self.engine = engine
         self.processing_ids = tuple(processing_ids)
         # Replaced as a whole on a configuration reload (SIGHUP).
         self.allowed_senders = tuple(allowed_senders)
+        self.default_charset = default_charset
+        self.iti31_updates_identity = iti31_updates_identity
+        self.reused_control_id = ReusedControlId(reused_control_id)
+        self.authorities = AuthorityBook()
+
+    def parse_args(self) -> tuple[tuple[str, ...], tuple[str, ...], str]:
+        """The arguments of `prepare` after the inbound frame (picklable, for the workers)."""
+        return self.processing_ids, self.allowed_senders, self.default_charset
 
     def prepare(self, inbound: Inbound) -> Prepared:
-        return prepare(inbound, self.processing_ids, self.allowed_senders)
+        return prepare(inbound, *self.parse_args())
 
     def handle(self, raw: bytes, peer: str = "", door: str = "local") -> Outcome:
         """The whole path for one message, synchronously (replay --local, tests)."""
@@ -277,15 +316,21 @@ class Receiver:
         if len(set(k for k in keys if k)) == len([k for k in keys if k]):
             try:
                 with self.engine.begin() as conn:
-                    return self._optimistic(conn, batch, keys)
+                    outcomes = self._optimistic(conn, batch, keys)
+                self.authorities.commit()
+                return outcomes
             except _NeedsSavepoints:
-                pass
+                self.authorities.rollback()
             except SQLAlchemyError as exc:
+                self.authorities.rollback()
                 return self._failed(batch, exc)
         try:
             with self.engine.begin() as conn:
-                return [self._one(conn, p) for p in batch]
+                outcomes = [self._one(conn, p) for p in batch]
+            self.authorities.commit()
+            return outcomes
         except SQLAlchemyError as exc:
+            self.authorities.rollback()
             return self._failed(batch, exc)
 
     def _optimistic(
@@ -349,15 +394,18 @@ class Receiver:
                 # Another receiver created the same IPP, logged the same control id or renamed
                 # an identifier at the same time: look again, the next attempt sees its commit.
                 savepoint.rollback()
+                self.authorities.rollback()
                 log.info("write conflict on attempt %d, retrying: %s", attempt + 1, _brief(exc))
             except MessageRejected as rejected:
                 savepoint.rollback()
+                self.authorities.rollback()
                 entry = self._entry(p, rejected.ack_code, tuple(rejected.problems))
                 return self._store(conn, [entry])[0]
             except SQLAlchemyError:
                 raise
             except Exception as exc:
                 savepoint.rollback()
+                self.authorities.rollback()
                 log.error("unexpected %s while applying a message", type(exc).__name__)
                 log.debug("apply failure", exc_info=True)
                 problem = Problem(207, "", f"application internal error: {type(exc).__name__}")
@@ -371,17 +419,43 @@ class Receiver:
         """`known`: the batch's look-up of this message's key (None: look it up here);
         `prefetched`: the batch's look-up of this message's patient, if it was done."""
         key = self._key(p)
+        reused: Problem | None = None
         if key is not None:
             existing = find_processed(conn, key) if known is None else known
             if existing is not _NOT_PROCESSED and existing is not None:
-                return self._duplicate(p, *existing)
+                if existing.same_content(p.content_sha256):
+                    return self._duplicate(p, existing)
+                reused = self._reused(p, existing)
+                if self.reused_control_id is ReusedControlId.REFUSE:
+                    return self._entry(p, "AE", (reused,), keyed=False)
+                reused = replace(reused, severity="W")
         if p.code != "AA" or p.message is None:
-            return self._entry(p, p.code, p.problems)
-        repo = IdentityRepository(conn, p.inbound.received_at, prefetched)
-        _apply(repo, p.message)
-        entry = self._entry(p, "AA", (*p.problems, *repo.warnings))
+            return self._entry(p, p.code, p.problems, keyed=reused is None)
+        repo = IdentityRepository(conn, p.inbound.received_at, prefetched, self.authorities)
+        try:
+            _apply(repo, p.message, self.iti31_updates_identity)
+        except IdentityRefused as refused:
+            raise MessageRejected(refusal_problem(refused)) from None
+        problems = (*p.problems, *warning_problems(repo.notes), *((reused,) if reused else ()))
+        entry = self._entry(p, "AA", problems, keyed=reused is None)
         entry.repo = repo
         return entry
+
+    @staticmethod
+    def _reused(p: Prepared, original: Processed) -> Problem:
+        """A control id this sender already used for another message (a GAM whose counter
+        restarted): never answered with the first message's ACK and silently dropped."""
+        log.warning(
+            "control_id=%s from %s was already used by message %d with other content",
+            p.header.control_id if p.header else "-",
+            p.inbound.peer or "-",
+            original.id,
+        )
+        return Problem(
+            205,
+            "MSH^1^10",
+            f"control id already used by this sender for another message (log id {original.id})",
+        )
 
     @classmethod
     def _store_optimistic(
@@ -431,14 +505,17 @@ class Receiver:
         *,
         duplicate_of: int | None = None,
         ack: bytes | None = None,
+        keyed: bool = True,
     ) -> _Entry:
         h = p.header
         if ack is None:
             ack = encode_ack(build_ack(h, code, problems), h)
         errors = [x for x in problems if x.severity == "E"]
-        # Only final outcomes are remembered: an AR invites the sender to resend; a duplicate
-        # is logged under no key (the original holds it).
-        key = self._key(p) if code in ("AA", "AE") and duplicate_of is None else None
+        warnings = [x for x in problems if x.severity == "W"]
+        # Only final outcomes are remembered: an AR invites the sender to resend; a duplicate,
+        # or a reused control id, is logged under no key (the original holds it).
+        final = code in ("AA", "AE") and duplicate_of is None and keyed
+        key = self._key(p) if final else None
         row = LoggedMessage(
             received_at=p.inbound.received_at,
             door=p.inbound.door,
@@ -457,6 +534,9 @@ class Receiver:
             dedup_key=key,
             duplicate_of=duplicate_of,
             duration_ms=(time.perf_counter() - p.inbound.started) * 1000,
+            warnings="; ".join(f"{x.code} {x.location}: {x.text}" for x in warnings) or None,
+            err_codes=" ".join(dict.fromkeys(str(x.code) for x in problems)) or None,
+            content_sha256=p.content_sha256,
         )
         outcome = Outcome(
             ack,
@@ -470,11 +550,11 @@ class Receiver:
         )
         return _Entry(row, outcome)
 
-    def _duplicate(self, p: Prepared, original_id: int, code: str, ack: bytes | None) -> _Entry:
+    def _duplicate(self, p: Prepared, original: Processed) -> _Entry:
         h = p.header
         assert h is not None
-        stored = ack or encode_ack(build_ack(h, code), h)
-        return self._entry(p, code, (), duplicate_of=original_id, ack=stored)
+        stored = original.ack or encode_ack(build_ack(h, original.outcome), h)
+        return self._entry(p, original.outcome, (), duplicate_of=original.id, ack=stored)
 
     def _unavailable(self, p: Prepared, problem: Problem | None = None) -> Outcome:
         h = p.header
@@ -488,13 +568,15 @@ class Receiver:
 
     @staticmethod
     def _log_line(p: Prepared, o: Outcome) -> None:
+        warnings = o.warnings
         log.info(
-            "%s %s control_id=%s event=%s outcome=%s%s %.1fms",
+            "%s %s control_id=%s event=%s outcome=%s%s%s %.1fms",
             p.inbound.door,
             p.inbound.peer or "-",
             o.control_id or "-",
             o.event or "-",
             o.code,
             " (duplicate)" if o.duplicate else "",
+            f" warnings={','.join(f'{w.code}@{w.location}' for w in warnings)}" if warnings else "",
             (time.perf_counter() - p.inbound.started) * 1000,
         )

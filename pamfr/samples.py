@@ -64,9 +64,18 @@ class Person:
         return "|".join(fields)
 
 
-def msh(event: str, structure: str, control_id: str, charset: str = "UNICODE UTF-8") -> str:
+def msh(
+    event: str,
+    structure: str,
+    control_id: str,
+    charset: str = "UNICODE UTF-8",
+    processing_id: str = "T",
+) -> str:
+    """MSH of a synthetic message: MSH-11 T (test), since its INS carry the test OID, which a
+    production message (P) may not give a patient."""
     return (
-        f"MSH|^~\\&|GAM|CHU-X|DPI|CHU-X|20240306111154||ADT^{event}^{structure}|{control_id}|P|"
+        f"MSH|^~\\&|GAM|CHU-X|DPI|CHU-X|20240306111154||ADT^{event}^{structure}|{control_id}|"
+        f"{processing_id}|"
         f"2.5^FRA^2.11|||||FRA|{charset}|FR||2.11^IHE_FRANCE-2.11-PAM"
     )
 

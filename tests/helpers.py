@@ -47,10 +47,11 @@ def parse_ack(raw: bytes, encoding: str = "utf-8") -> Ack:
 
 
 @contextmanager
-def pamfr_server(db_url: str, limits: ServerLimits | None = None):
-    """The real receiver behind a real MLLP server, on a loop in a background thread."""
+def pamfr_server(db_url: str, limits: ServerLimits | None = None, **receiver_options):
+    """The real receiver behind a real MLLP server, on a loop in a background thread;
+    `receiver_options` are Receiver's (iti31_updates_identity=True...)."""
     engine = make_engine(db_url)
-    handler = AsyncReceiver(Receiver(engine))
+    handler = AsyncReceiver(Receiver(engine, **receiver_options))
     server = MLLPServer(handler, port=0, limits=limits)
     loop = asyncio.new_event_loop()
     started = threading.Event()

@@ -37,6 +37,7 @@ FIELDS = (
     "identity_mode",
     "identity_document",
     "identifiers",
+    "ins_collision",
 )
 
 
@@ -60,6 +61,7 @@ def as_history_fields(view: dict) -> dict:
         "attributes": " ".join(view["attributes"]) or None,
         "identity_mode": view["identity_mode"],
         "identity_document": view["identity_document"],
+        "ins_collision": view["ins_collision"] or None,
         "identifiers": sorted(
             f"{i['value']}^{i['type']}^{i['oid'] or i['authority']}"
             for i in view["identifiers"]

@@ -41,7 +41,7 @@ def upgrade() -> None:
         "authority",
         sa.Column("id", sa.Integer(), primary_key=True),
         sa.Column("namespace", sa.String(255), nullable=False, unique=True),
-        sa.Column("oid", sa.String(255), nullable=False, unique=True),
+        sa.Column("oid", sa.String(255), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     # Flatten merge chains: A -> B -> C becomes A -> C (a chain is short; loop until stable).

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from pamfr.hl7.charset import UnknownCharset, codec_for
 from pamfr.hl7.er7 import Header
-from pamfr.identity.errors import Problem
+from pamfr.hl7.errors import Problem
 
 _counter = itertools.count(1)
 _PREFIX = f"{os.getpid() % 10000:04d}"

@@ -6,13 +6,11 @@ its MSH-3/4/10 make the duplicate-control key.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
-from types import SimpleNamespace
 
-from hl7.util import unescape as _hl7_unescape
-
-from pamfr.identity.errors import MessageRejected, Problem
+from pamfr.hl7.errors import MessageRejected, Problem
 
 SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
 DEFAULT_ENCODING_CHARS = "^~\\&"
@@ -116,10 +114,30 @@ def read_header(raw: bytes) -> Header:
     )
 
 
-def unescape(text: str, field_sep: str, encoding_chars: str) -> str:
-    """Resolve HL7 escape sequences (\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\Xhh\\ ...) of one value."""
+def unescape(text: str, field_sep: str, encoding_chars: str, codec: str = "latin-1") -> str:
+    """Resolve the HL7 escape sequences of one value: \\F\\ \\S\\ \\T\\ \\R\\ \\E\\,
+    \\Xhh..\\ (bytes in the message's character set, `codec`); highlighting (\\H\\ \\N\\),
+    formatting and character-set switches are dropped.
+
+    python-hl7's unescape reads \\Xhh\\ as Latin-1 whatever the message's character set, and
+    logs the field's value when a sequence is malformed: values are patient data."""
     comp, rep, esc, sub = encoding_chars[:4]
     if esc not in text:
         return text
-    container = SimpleNamespace(esc=esc, separators="\r" + field_sep + rep + comp + sub)
-    return _hl7_unescape(container, text)
+    plain = {"F": field_sep, "S": comp, "T": sub, "R": rep, "E": esc}
+    out: list[str] = []
+    pos = 0
+    while True:
+        start = text.find(esc, pos)
+        end = text.find(esc, start + 1) if start != -1 else -1
+        if end == -1:
+            out.append(text[pos:])
+            return "".join(out)
+        out.append(text[pos:start])
+        sequence = text[start + 1 : end]
+        if sequence in plain:
+            out.append(plain[sequence])
+        elif sequence[:1] == "X" and len(sequence) > 1:
+            with contextlib.suppress(ValueError):  # not hex, or not in that set: dropped
+                out.append(bytes.fromhex(sequence[1:]).decode(codec))
+        pos = end + 1

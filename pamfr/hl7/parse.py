@@ -22,19 +22,21 @@ from hl7apy.parser import parse_field
 from pamfr.hl7 import hl7apy_tuning
 from pamfr.hl7.charset import UnknownCharset, codec_for
 from pamfr.hl7.er7 import Header, split_segments, unescape
-from pamfr.hl7.events import SUPPORTED_EVENTS, Operation, operation_for
-from pamfr.identity.errors import MessageRejected, Problem
-from pamfr.identity.ins import INS_OIDS, Ins, InvalidIns, check_ins
+from pamfr.hl7.errors import MessageRejected, Problem
+from pamfr.hl7.events import SUPPORTED_EVENTS, Operation, is_iti30, operation_for
+from pamfr.hl7.problems import refusal_problem
+from pamfr.identity.findings import IdentityRefused
 from pamfr.identity.model import (
     INS_TYPE,
     KEEP,
     BirthDate,
     Identifier,
     PatientIdentity,
+    StatedIns,
     TextField,
     _Keep,
 )
-from pamfr.identity.status import derive_status
+from pamfr.identity.rules import check_link, check_statement
 
 hl7apy_tuning.install()
 
@@ -48,8 +50,6 @@ _DATE = re.compile(
     r"^([0-9]{4})(?:([0-9]{2})(?:([0-9]{2})"
     r"(?:[0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:\.[0-9]{1,4})?)?)?)?)?)?(?:[+-][0-9]{4})?$"
 )
-# INS kinds in order of preference when a PID-3 carries several kinds.
-_INS_PREFERENCE = list(INS_OIDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +57,13 @@ class AdtMessage:
     header: Header
     operation: Operation
     patients: tuple[PatientIdentity, ...]  # one; two for A24 / A37
-    prior_identifiers: tuple[Identifier, ...] = ()  # MRG-1 of A40 / A47
+    prior_identifiers: tuple[Identifier, ...] = ()  # MRG-1 of A40 / A47 (IPPs)
+    prior_ins: tuple[StatedIns, ...] = ()  # MRG-1 of an A47 that changes the INS (§4.4)
     warnings: tuple[Problem, ...] = ()
+
+    @property
+    def production(self) -> bool:
+        return self.header.processing_id == "P"
 
 
 def check_header(header: Header, accepted_processing_ids: Iterable[str] = ("P", "D", "T")) -> None:
@@ -82,23 +87,46 @@ def check_header(header: Header, accepted_processing_ids: Iterable[str] = ("P", 
         )
 
 
-def decode(raw: bytes, header: Header) -> str:
-    """Decode the bytes in the MSH-18 character set; AE 103 when it is unknown or wrong."""
+DEFAULT_CHARSET = "8859/15"
+
+
+def decode(raw: bytes, header: Header, default_charset: str = DEFAULT_CHARSET) -> Decoded:
+    """Decode the bytes in the MSH-18 character set; AE 103 when it is unknown or wrong.
+
+    An empty MSH-18 with 8-bit bytes (common from French GAMs) is decoded in the configured
+    default character set, with a warning."""
+    charset = header.charset
+    warning: Problem | None = None
+    if not charset.strip() and not raw.isascii():
+        charset = default_charset
+        warning = Problem(
+            103,
+            "MSH^1^18",
+            f"MSH-18 is empty but the message has 8-bit bytes: decoded as {default_charset}",
+            severity="W",
+        )
     try:
-        codec = codec_for(header.charset)
+        codec = codec_for(charset)
     except UnknownCharset as exc:
         raise MessageRejected(Problem(103, "MSH^1^18", str(exc))) from None
     try:
-        return raw.decode(codec)
+        return Decoded(raw.decode(codec), codec, warning)
     except UnicodeDecodeError as exc:
         raise MessageRejected(
             Problem(
                 103,
                 "MSH^1^18",
-                f"bytes invalid in the declared character set {header.charset or 'ASCII'!r} "
+                f"bytes invalid in the declared character set {charset or 'ASCII'!r} "
                 f"at offset {exc.start}",
             )
         ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    text: str
+    codec: str  # the Python codec of the message's characters (\Xhh\ escapes decode in it)
+    warning: Problem | None = None
 
 
 def _child(element, name: str):
@@ -124,11 +152,12 @@ class _Separators:
     repetition: str
     escape: str
     subcomponent: str
+    codec: str = "ascii"
 
     @classmethod
-    def of(cls, header: Header) -> _Separators:
+    def of(cls, header: Header, codec: str = "ascii") -> _Separators:
         c, r, e, s = header.encoding_chars
-        return cls(header.field_sep, c, r, e, s)
+        return cls(header.field_sep, c, r, e, s, codec)
 
     def hl7apy(self) -> dict[str, str]:
         return {
@@ -143,7 +172,7 @@ class _Separators:
 
     def unescape(self, text: str) -> str:
         encoding_chars = self.component + self.repetition + self.escape + self.subcomponent
-        return unescape(text, self.field, encoding_chars)
+        return unescape(text, self.field, encoding_chars, self.codec)
 
 
 # One repetition of one field is parsed by hl7apy and read into plain values; the results are
@@ -175,12 +204,22 @@ def _text(seps: _Separators, element, *path: int) -> str:
         element = _child(element, "FN_1")
         if element is None:
             return ""
-    return seps.unescape(element.to_er7()).strip()
+    return seps.unescape(_er7(element)).strip()
 
 
-def _value(seps: _Separators, element, *path: int) -> str | None:
+def _er7(element) -> str:
+    """The text of an element as received: hl7apy's to_er7() re-escapes the escape character
+    of a sequence it does not know (\\Xhh\\ comes back as \\E\\Xhh\\E\\)."""
+    raw = getattr(getattr(element, "value", None), "value", None)
+    return raw if isinstance(raw, str) else element.to_er7()
+
+
+def _value(seps: _Separators, element, *path: int) -> TextField:
+    """A component with HL7 null semantics: KEEP when empty, None for `""`, else its text."""
     text = _text(seps, element, *path)
-    return None if text in ("", HL7_NULL) else text
+    if text == "":
+        return KEEP
+    return None if text == HL7_NULL else text
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
@@ -188,14 +227,14 @@ def _read_cx(name: str, rep: str, seps: _Separators) -> Identifier:
     cx = _parse(name, rep, seps)
     return Identifier(
         value=_text(seps, cx, 1),
-        type=_text(seps, cx, 5),
+        type=_text(seps, cx, 5).upper(),
         authority=_text(seps, cx, 4, 1),
         oid=_text(seps, cx, 4, 2),
     )
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
-def _read_xpn(rep: str, seps: _Separators) -> tuple[str, str | None, str | None, str | None]:
+def _read_xpn(rep: str, seps: _Separators) -> tuple[str, TextField, TextField, TextField]:
     """(name type, XPN-1 surname, XPN-2, XPN-3) of one PID-5 repetition."""
     xpn = _parse("PID_5", rep, seps)
     return (
@@ -207,15 +246,17 @@ def _read_xpn(rep: str, seps: _Separators) -> tuple[str, str | None, str | None,
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
-def _read_xad_bdl(rep: str, seps: _Separators) -> tuple[bool, str | None]:
+def _read_xad_bdl(rep: str, seps: _Separators) -> tuple[bool, TextField]:
     """(is the birth place, XAD-9 INSEE code) of one PID-11 repetition."""
     xad = _parse("PID_11", rep, seps)
     if _text(seps, xad, 7).upper() != "BDL":
-        return False, None
+        return False, KEEP
     code = _value(seps, xad, 9)
-    if code is not None and not _INSEE.match(code.upper()):
-        raise _FieldError(102, "birth place INSEE code (XAD-9) is not valid")
-    return True, code.upper() if code else None
+    if isinstance(code, str):
+        if not _INSEE.match(code.upper()):
+            raise _FieldError(102, "birth place INSEE code (XAD-9) is not valid")
+        code = code.upper()
+    return True, code
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
@@ -231,9 +272,9 @@ def _read_simple(name: str, rep: str, seps: _Separators) -> str:
 class _Reader:
     """Reads the fields of one message's PID / MRG / ZFD into domain values."""
 
-    def __init__(self, header: Header) -> None:
+    def __init__(self, header: Header, codec: str = "ascii") -> None:
         self.header = header
-        self.seps = _Separators.of(header)
+        self.seps = _Separators.of(header, codec)
         self.warnings: list[Problem] = []
 
     def fields(self, segment: str) -> list[str]:
@@ -274,10 +315,15 @@ class _Reader:
         f = self.fields(pid)
         f += [""] * (33 - len(f))
         identifiers = self.identifiers(f[3], "PID_3", f"{place}^3")
-        if not any(i.type == "PI" and i.value and i.value != HL7_NULL for i in identifiers):
-            raise MessageRejected(Problem(101, f"{place}^3", "PID-3 holds no IPP (CX-5 PI)"))
-        ins, ins_present = self.ins(identifiers, place)
-        kept = tuple(i for i in identifiers if i.value and i.value != HL7_NULL)
+        ins = tuple(
+            StatedIns(i.value, i.oid, i.authority)
+            for i in identifiers
+            if i.type == INS_TYPE and i.value != HL7_NULL
+        )
+        cleared = any(i.type == INS_TYPE and i.value == HL7_NULL for i in identifiers)
+        kept = tuple(
+            i for i in identifiers if i.type != INS_TYPE and i.value and i.value != HL7_NULL
+        )
 
         identity_mode: TextField = KEEP
         insi_date: TextField = KEEP
@@ -288,57 +334,29 @@ class _Reader:
             insi_date = self.optional(z, 6, "ZFD_6", "ZFD^1")
             document = self.optional(z, 7, "ZFD_7", "ZFD^1")
 
-        pid32 = [
-            code
-            for rep in self.reps(f[32], f"{place}^32")
-            if (code := self.at(f"{place}^32", _read_simple, "PID_32", rep, self.seps)) != HL7_NULL
-        ]
-        status = derive_status(
-            pid32,
-            has_ins=ins_present,
-            identity_mode=identity_mode if isinstance(identity_mode, str) else None,
-        )
+        status_codes: tuple[str, ...] | None = None
+        if f[32].strip() not in ("", HL7_NULL):
+            status_codes = tuple(
+                self.at(f"{place}^32", _read_simple, "PID_32", rep, self.seps)
+                for rep in self.reps(f[32], f"{place}^32")
+            )
         return PatientIdentity(
             identifiers=kept,
             ins=ins,
+            ins_cleared=cleared,
+            status_codes=status_codes,
             birth_date=self.birth_date(f[7], place),
             sex=self.sex(f[8], place),
             birth_place_insee=self.birth_place(f[11], place),
-            status=status,
             identity_mode=identity_mode,
             insi_query_date=insi_date,
             identity_document=document,
             **self.names(f[5], place),
         )
 
-    def ins(
-        self, identifiers: tuple[Identifier, ...], place: str
-    ) -> tuple[Ins | None | _Keep, bool]:
-        """The INS of PID-3 (KEEP when none is sent, None when sent as an explicit null)."""
-        found: dict[str, Ins] = {}
-        cleared = False
-        for ident in identifiers:
-            if ident.type != INS_TYPE:
-                continue
-            if ident.value == HL7_NULL:
-                cleared = True
-                continue
-            try:
-                ins = check_ins(ident.value, ident.oid)
-            except InvalidIns as exc:
-                raise MessageRejected(Problem(102, f"{place}^3", f"invalid INS: {exc}")) from None
-            previous = found.get(ins.oid)
-            if previous is not None and previous.value != ins.value:
-                raise MessageRejected(
-                    Problem(205, f"{place}^3", f"two different INS of kind {ins.kind} in PID-3")
-                )
-            found[ins.oid] = ins
-        if found:
-            best = min(found.values(), key=lambda i: _INS_PREFERENCE.index(i.oid))
-            return best, True
-        return (None if cleared else KEEP), False
-
     def names(self, field: str, place: str) -> dict:
+        """PID-5 with HL7 null semantics at the component level: an empty component keeps
+        the stored value, `""` clears it; no D repetition says nothing of the used name."""
         raw = field.strip()
         if raw == "":
             return {}
@@ -363,12 +381,14 @@ class _Reader:
             out.update(
                 birth_name=surname,
                 first_given_name=given,
-                birth_given_names=tuple(given_list.split()) if given_list else None,
+                birth_given_names=tuple(given_list.split())
+                if isinstance(given_list, str)
+                else given_list,
             )
         used = by_type.get("D")
         if used is not None:
             out.update(used_name=used[1], used_given_name=used[2])
-        return out
+        return {k: v for k, v in out.items() if v is not KEEP}
 
     def birth_date(self, field: str, place: str) -> BirthDate | None | _Keep:
         raw = field.strip()
@@ -403,7 +423,7 @@ class _Reader:
                 Problem(103, f"{place}^8", f"PID-8 {code!r} recorded as 'U'", severity="W")
             )
             return MAPPED_SEXES[code]
-        raise MessageRejected(Problem(103, f"{place}^8", f"PID-8 {raw!r} is not F, M or U"))
+        raise MessageRejected(Problem(103, f"{place}^8", "PID-8 is not F, M or U"))
 
     def birth_place(self, field: str, place: str) -> TextField:
         raw = field.strip()
@@ -417,11 +437,27 @@ class _Reader:
                 return code
         return KEEP
 
+    def prior(self, mrg_text: str) -> tuple[tuple[Identifier, ...], tuple[StatedIns, ...]]:
+        mrg = self.fields(mrg_text)
+        mrg1 = mrg[1] if len(mrg) > 1 else ""
+        prior = [
+            i for i in self.identifiers(mrg1, "MRG_1", "MRG^1^1") if i.value and i.value != HL7_NULL
+        ]
+        ins = tuple(StatedIns(i.value, i.oid, i.authority) for i in prior if i.type == INS_TYPE)
+        return tuple(i for i in prior if i.type != INS_TYPE), ins
 
-def parse_adt(text: str, header: Header) -> AdtMessage:
-    """Build the AdtMessage of one decoded message whose header was already checked."""
-    segments = split_segments(text)
-    reader = _Reader(header)
+
+def _refused(exc: IdentityRefused) -> MessageRejected:
+    return MessageRejected(refusal_problem(exc))
+
+
+def parse_adt(decoded: Decoded, header: Header) -> AdtMessage:
+    """Build the AdtMessage of one decoded message whose header was already checked, and
+    refuse what the identity rules refuse on the message alone."""
+    segments = split_segments(decoded.text)
+    reader = _Reader(header, decoded.codec)
+    if decoded.warning is not None:
+        reader.warnings.append(decoded.warning)
     pid_texts = [s for s in segments if s.startswith("PID")]
     operation = operation_for(header.event)
     if not pid_texts:
@@ -434,25 +470,31 @@ def parse_adt(text: str, header: Header) -> AdtMessage:
         reader.patient(pid_texts[i], zfd if i == 0 else None, f"PID^{i + 1}") for i in range(wanted)
     )
     prior: tuple[Identifier, ...] = ()
+    prior_ins: tuple[StatedIns, ...] = ()
     if operation in (Operation.MERGE, Operation.CHANGE_ID):
         mrg_text = next((s for s in segments if s.startswith("MRG")), None)
         if mrg_text is None:
             raise MessageRejected(
                 Problem(100, "MRG^1^1", f"ADT^{header.event} needs an MRG segment")
             )
-        mrg = reader.fields(mrg_text)
-        mrg1 = mrg[1] if len(mrg) > 1 else ""
-        prior = tuple(
-            i
-            for i in reader.identifiers(mrg1, "MRG_1", "MRG^1^1")
-            if i.value and i.value != HL7_NULL
-        )
-        if not prior:
-            raise MessageRejected(Problem(101, "MRG^1^1", "MRG-1 (prior identifier) is empty"))
+        prior, prior_ins = reader.prior(mrg_text)
+        if operation is Operation.MERGE:
+            prior_ins = ()  # an A40 merges records, found by their IPP
+        if not prior and not prior_ins:
+            raise MessageRejected(Problem(101, "MRG^1^1", "MRG-1 holds no IPP (CX-5 PI)"))
+    needs_birth_name = operation in (Operation.CREATE, Operation.UPDATE) and is_iti30(header.event)
+    try:
+        for n, identity in enumerate(patients, start=1):
+            check_statement(identity, needs_birth_name=needs_birth_name, patient=n)
+        if wanted == 2:
+            check_link(*patients)
+    except IdentityRefused as exc:
+        raise _refused(exc) from None
     return AdtMessage(
         header=header,
         operation=operation,
         patients=patients,
         prior_identifiers=prior,
+        prior_ins=prior_ins,
         warnings=tuple(reader.warnings),
     )

@@ -1,16 +1,14 @@
-"""The patient identity as a message states it: plain typed values, no I/O."""
+"""The patient identity as a message states it, and as the store holds it: plain typed values."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from pamfr.identity.ins import Ins
-
 
 class _Keep:
-    """An HL7 empty field: the receiver keeps what it has (an explicit null `""` clears)."""
+    """An HL7 empty field or component: the receiver keeps what it has (`""` clears it)."""
 
     _instance: _Keep | None = None
 
@@ -48,7 +46,7 @@ class Attribute(StrEnum):
 @dataclass(frozen=True, slots=True)
 class Identifier:
     value: str
-    type: str  # CX-5: PI (IPP), INS, NH, AN...
+    type: str  # CX-5: PI (IPP), NH, AN...
     authority: str = ""  # CX-4.1 namespace
     oid: str = ""  # CX-4.2 universal id
 
@@ -56,6 +54,19 @@ class Identifier:
     def authority_key(self) -> str:
         """The OID identifies the authority when present, else the namespace."""
         return self.oid or self.authority
+
+    @property
+    def has_authority(self) -> bool:
+        return bool(self.oid or self.authority)
+
+
+@dataclass(frozen=True, slots=True)
+class StatedIns:
+    """An INS matricule as PID-3 or MRG-1 states it, not yet checked."""
+
+    value: str
+    oid: str
+    namespace: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,25 +90,20 @@ class BirthDate:
         return cls(*parts)
 
 
-@dataclass(frozen=True, slots=True)
-class IdentityStatus:
-    status: Status
-    attributes: tuple[Attribute, ...] = ()
-    other_codes: tuple[str, ...] = ()  # table 0445 codes kept as received (DOUB, DPOT...)
-
-
 TextField = str | None | _Keep
 
 
 @dataclass(frozen=True, slots=True)
 class PatientIdentity:
-    """What one PID segment (with its ZFD) says of a patient.
+    """What one PID segment (with its ZFD) says of a patient, before any rule is applied.
 
-    Each demographic field is a value, None (explicit HL7 null: clear it) or KEEP (empty field).
+    Each demographic field is a value, None (explicit HL7 null: clear it) or KEEP (empty).
     """
 
-    identifiers: tuple[Identifier, ...]
-    ins: Ins | None = None
+    identifiers: tuple[Identifier, ...]  # PID-3 without the INS
+    ins: tuple[StatedIns, ...] = ()  # the INS matricules of PID-3, as sent
+    ins_cleared: bool = False  # PID-3 holds `""` under an INS authority (§4.4.3)
+    status_codes: tuple[str, ...] | None = None  # PID-32 codes; None: the field is empty
     birth_name: TextField = KEEP
     first_given_name: TextField = KEEP
     birth_given_names: tuple[str, ...] | None | _Keep = KEEP
@@ -106,7 +112,6 @@ class PatientIdentity:
     birth_date: BirthDate | None | _Keep = KEEP
     sex: TextField = KEEP
     birth_place_insee: TextField = KEEP
-    status: IdentityStatus = field(default_factory=lambda: IdentityStatus(Status.PROVISOIRE))
     identity_mode: TextField = KEEP  # ZFD-5: how the identity was obtained (INSI, CV, SM...)
     insi_query_date: TextField = KEEP  # ZFD-6
     identity_document: TextField = KEEP  # ZFD-7
@@ -118,3 +123,45 @@ class PatientIdentity:
     @property
     def ipps(self) -> tuple[Identifier, ...]:
         return tuple(i for i in self.identifiers if i.type == IPP_TYPE)
+
+    def stated_values(self) -> dict[str, object]:
+        """The demographic values this PID sets, in the store's terms; KEEP fields left out."""
+        values: dict[str, object] = {}
+        for name in DEMOGRAPHIC_FIELDS:
+            value = getattr(self, name)
+            if value is KEEP:
+                continue
+            if isinstance(value, tuple):
+                value = " ".join(value)
+            elif isinstance(value, BirthDate):
+                value = value.iso()
+            values[name] = value
+        return values
+
+
+# The fields of a stored identity that a PID may set, and those the rules decide.
+DEMOGRAPHIC_FIELDS = (
+    "birth_name",
+    "first_given_name",
+    "birth_given_names",
+    "used_name",
+    "used_given_name",
+    "birth_date",
+    "sex",
+    "birth_place_insee",
+    "identity_mode",
+    "insi_query_date",
+    "identity_document",
+)
+DECIDED_FIELDS = ("ins_value", "ins_oid", "status", "attributes", "other_status_codes")
+IDENTITY_FIELDS = DEMOGRAPHIC_FIELDS + DECIDED_FIELDS
+
+# The five INS traits (INS guide): the INS is kept only for an identity that has them all.
+INS_TRAITS = ("birth_name", "first_given_name", "birth_date", "sex", "birth_place_insee")
+
+
+def empty_identity() -> dict[str, object]:
+    """The stored values of a patient that no message has described yet."""
+    values: dict[str, object] = dict.fromkeys(IDENTITY_FIELDS)
+    values.update(status=Status.PROVISOIRE.value, attributes="", other_status_codes="")
+    return values

@@ -1,58 +1,73 @@
-"""The RNIV identity status and attributes, derived from PID-32, the INS and ZFD-5."""
+"""PID-32 read as the RNIV says: one status, the identity attributes, the other 0445 codes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
-from pamfr.identity.errors import MessageRejected, Problem
-from pamfr.identity.model import Attribute, IdentityStatus, Status
+from pamfr.identity.model import Attribute, Status
 
-_ATTRIBUTE_CODES: dict[str, Attribute] = {
+# PAM FR 2.11.1 §6.6.15: of table 0445 only HOMA, FICT and DOUT are RNIV identity attributes.
+ATTRIBUTE_CODES: dict[str, Attribute] = {
     "DOUT": Attribute.DOUTEUSE,
     "FICT": Attribute.FICTIVE,
     "HOMA": Attribute.HOMONYME,
-    "HOMD": Attribute.HOMONYME,
 }
-_STATUS_CODES = {"QUAL", "VALI", "RECUP", "PROV", "VIDE"}
+# The exclusive statuses and their rank (the lower one wins when two come together). QUAL and
+# RECUP are not in table 0445; they are read from senders that use them (QUAL as VALI).
+STATUS_CODES: dict[str, Status] = {
+    "VIDE": Status.PROVISOIRE,
+    "PROV": Status.PROVISOIRE,
+    "RECUP": Status.RECUPEREE,
+    "VALI": Status.VALIDEE,
+    "QUAL": Status.VALIDEE,
+}
+RANK = {Status.PROVISOIRE: 0, Status.RECUPEREE: 1, Status.VALIDEE: 2, Status.QUALIFIEE: 3}
+# Codes that bar the INS whatever the status (INS guide EXI ID 24/26: douteuse, fictive; and
+# an identity declared invalid or usurped).
+INS_BARRING_CODES = frozenset({"DOUT", "FICT", "INVA", "USUR"})
 
 
-def derive_status(
-    pid32: Iterable[str], has_ins: bool, identity_mode: str | None = None
-) -> IdentityStatus:
-    """Apply the status table of the PAM FR policy (docs: pamfr-fr.md sections 4 and 10).
+@dataclass(frozen=True, slots=True)
+class StatusReading:
+    """What one PID-32 says."""
 
-    Raises MessageRejected (101 at PID^1^3) for QUAL without an INS.
-    """
-    codes = [c.strip().upper() for c in pid32 if c and c.strip()]
-    present = set(codes)
-    attributes: list[Attribute] = []
-    for code in codes:
-        attribute = _ATTRIBUTE_CODES.get(code)
-        if attribute and attribute not in attributes:
-            attributes.append(attribute)
-    others = tuple(
-        dict.fromkeys(c for c in codes if c not in _ATTRIBUTE_CODES and c not in _STATUS_CODES)
-    )
+    status: Status  # provisoire, recuperee or validee: qualifiee also needs a kept INS
+    attributes: tuple[Attribute, ...] = ()
+    other_codes: tuple[str, ...] = ()  # table 0445 codes kept as received (DOUB, HOMD, INVA...)
+    validated: bool = False  # VALI (or QUAL) is among the codes
+    barring: tuple[str, ...] = ()  # DOUT, FICT, INVA, USUR present
+    conflict: tuple[str, ...] = ()  # two exclusive statuses of different rank (PROV~VALI)
 
-    if "QUAL" in present:
-        if not has_ins:
-            raise MessageRejected(
-                Problem(101, "PID^1^3", "PID-32 says QUAL but PID-3 carries no INS")
-            )
-        status = Status.QUALIFIEE
-    elif "VALI" in present:
-        status = Status.QUALIFIEE if has_ins else Status.VALIDEE
-    elif "RECUP" in present or (
-        "PROV" in present and (has_ins or (identity_mode or "").upper() == "INSI")
-    ):
-        status = Status.RECUPEREE
-    else:
-        status = Status.PROVISOIRE
+    @property
+    def claims_qualified(self) -> bool:
+        """The sender states a qualified identity: VALI, with nothing that bars the INS."""
+        return self.validated and not self.barring
 
+
+def read_status(pid32: Iterable[str]) -> StatusReading:
+    codes = list(dict.fromkeys(c.strip().upper() for c in pid32 if c and c.strip()))
+    statuses = [STATUS_CODES[c] for c in codes if c in STATUS_CODES]
+    attributes = tuple(dict.fromkeys(ATTRIBUTE_CODES[c] for c in codes if c in ATTRIBUTE_CODES))
+    others = tuple(c for c in codes if c not in ATTRIBUTE_CODES and c not in STATUS_CODES)
+    status = min(statuses, key=RANK.__getitem__, default=Status.PROVISOIRE)
+    conflict: tuple[str, ...] = ()
+    if len({RANK[s] for s in statuses}) > 1:
+        conflict = tuple(c for c in codes if c in STATUS_CODES)
+    barring = tuple(c for c in codes if c in INS_BARRING_CODES)
     if Attribute.DOUTEUSE in attributes or Attribute.FICTIVE in attributes:
         status = Status.PROVISOIRE
-    return IdentityStatus(status=status, attributes=tuple(attributes), other_codes=others)
+    return StatusReading(
+        status=status,
+        attributes=attributes,
+        other_codes=others,
+        validated=status is Status.VALIDEE,
+        barring=barring,
+        conflict=conflict,
+    )
 
 
-def ins_usable(status: Status | str) -> bool:
-    return status == Status.QUALIFIEE
+def ins_usable(status: Status | str, active: bool = True, collision: bool = False) -> bool:
+    """Only a qualified identity's INS may be used to reference data, and only on an active
+    record that does not share it with another active one."""
+    return status == Status.QUALIFIEE and active and not collision

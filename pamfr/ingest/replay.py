@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from pamfr.hl7.er7 import read_header
-from pamfr.identity.errors import MessageRejected
+from pamfr.hl7.errors import MessageRejected
 from pamfr.ingest.filedrop import file_messages
 from pamfr.ingest.files import UnreadableFile
 from pamfr.ingest.sender import ack_summary, to_cr_segments
@@ -336,9 +336,9 @@ def _chunks(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
         yield chunk
 
 
-def prepare_many(inbounds: list[Inbound], processing_ids: tuple[str, ...]) -> list[Prepared]:
+def prepare_many(inbounds: list[Inbound], parse_args: tuple) -> list[Prepared]:
     """Receiver.prepare for a chunk, in a worker process."""
-    return [prepare(i, processing_ids) for i in inbounds]
+    return [prepare(i, *parse_args) for i in inbounds]
 
 
 def _result(item: _Item, ack: bytes, control_id: str, event: str, duplicate: bool):
@@ -392,7 +392,7 @@ def replay_local(
             if chunk is None:
                 return False
             inbounds = [Inbound(it.raw, it.file, DOOR) for it in chunk]
-            in_flight.append((chunk, pool.submit(prepare_many, inbounds, receiver.processing_ids)))
+            in_flight.append((chunk, pool.submit(prepare_many, inbounds, receiver.parse_args())))
             return True
 
         while len(in_flight) < 2 * workers + 1 and submit():

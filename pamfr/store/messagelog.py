@@ -33,6 +33,9 @@ class LoggedMessage:
     dedup_key: str | None = None
     duplicate_of: int | None = None
     duration_ms: float | None = None
+    warnings: str | None = None  # the ERRs of severity W, "code place: text; ..."
+    err_codes: str | None = None  # every ERR code of the ACK, space separated
+    content_sha256: str | None = None
 
 
 def dedup_key(sending_app: str, sending_facility: str, control_id: str) -> str | None:
@@ -45,12 +48,18 @@ def dedup_key(sending_app: str, sending_facility: str, control_id: str) -> str |
 _INSERT = insert(message).returning(message.c.id)
 _INSERT_IDENTIFIED = insert(message)
 _INSERT_MANY = insert(message).returning(message.c.id, sort_by_parameter_order=True)
-_FIND_PROCESSED = select(message.c.id, message.c.outcome, message.c.ack).where(
-    message.c.dedup_key == bindparam("key")
+_FIND_PROCESSED = select(
+    message.c.id, message.c.outcome, message.c.ack, message.c.content_sha256
+).where(message.c.dedup_key == bindparam("key"))
+
+
+_PROCESSED_COLUMNS = (
+    message.c.dedup_key,
+    message.c.id,
+    message.c.outcome,
+    message.c.ack,
+    message.c.content_sha256,
 )
-
-
-_PROCESSED_COLUMNS = (message.c.dedup_key, message.c.id, message.c.outcome, message.c.ack)
 _FIND_PROCESSED_IN = select(*_PROCESSED_COLUMNS).where(
     message.c.dedup_key.in_(bindparam("keys", expanding=True))
 )
@@ -77,15 +86,25 @@ def insert_messages(conn: Connection, rows: list[LoggedMessage]) -> list[int]:
     return list(conn.execute(_INSERT_MANY, values).scalars())
 
 
-def find_processed(conn: Connection, key: str) -> tuple[int, str, bytes | None] | None:
-    """The (id, outcome, ack) of the message already processed under this key, if any."""
+@dataclass(frozen=True, slots=True)
+class Processed:
+    """The message already processed under a duplicate-control key."""
+
+    id: int
+    outcome: str
+    ack: bytes | None
+    content_sha256: str | None  # None for messages logged before it was recorded
+
+    def same_content(self, digest: str | None) -> bool:
+        return self.content_sha256 is None or digest is None or self.content_sha256 == digest
+
+
+def find_processed(conn: Connection, key: str) -> Processed | None:
     row = conn.execute(_FIND_PROCESSED, {"key": key}).first()
-    return (row.id, row.outcome, row.ack) if row else None
+    return Processed(row.id, row.outcome, row.ack, row.content_sha256) if row else None
 
 
-def find_processed_many(
-    conn: Connection, keys: list[str]
-) -> dict[str, tuple[int, str, bytes | None]]:
+def find_processed_many(conn: Connection, keys: list[str]) -> dict[str, Processed]:
     """find_processed for a batch: one query on SQLite, one round trip on PostgreSQL."""
     if not keys:
         return {}
@@ -110,8 +129,11 @@ def processed_queries_pg(keys: list[str]) -> list[tuple[Executable, dict]]:
     return [(_FIND_PROCESSED_KEY, {"key": key}) for key in keys]
 
 
-def processed_from(rows: Iterable[Mapping]) -> dict[str, tuple[int, str, bytes | None]]:
-    return {r["dedup_key"]: (r["id"], r["outcome"], r["ack"]) for r in rows}
+def processed_from(rows: Iterable[Mapping]) -> dict[str, Processed]:
+    return {
+        r["dedup_key"]: Processed(r["id"], r["outcome"], r["ack"], r["content_sha256"])
+        for r in rows
+    }
 
 
 def list_messages(conn: Connection, *, outcome: str | None = None, limit: int = 50) -> list[dict]:

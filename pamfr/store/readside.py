@@ -9,13 +9,12 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, and_, func, or_, select
 
 from pamfr.identity.ins import INS_OIDS
 from pamfr.identity.model import IPP_TYPE
 from pamfr.identity.status import ins_usable
-from pamfr.store.repository import linked_patient_ids
-from pamfr.store.schema import history, identifier, patient
+from pamfr.store.schema import history, identifier, patient, patient_link
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +35,7 @@ def select_patient_ids(conn: Connection, sel: Selector) -> list[int]:
         found = conn.execute(select(patient.c.id).where(patient.c.id == sel.id)).scalar()
         return [found] if found is not None else []
     if sel.ins is not None:
-        rows = conn.execute(
-            select(patient.c.id)
-            .where(patient.c.ins_value == sel.ins.upper())
-            .order_by(patient.c.id)
-        )
-        return [r[0] for r in rows]
+        return patients_with_ins(conn, sel.ins)
     if sel.ipp is not None:
         query = select(identifier.c.patient_id).where(
             identifier.c.value == sel.ipp, identifier.c.type == IPP_TYPE
@@ -53,6 +47,17 @@ def select_patient_ids(conn: Connection, sel: Selector) -> list[int]:
             )
         return sorted({r[0] for r in conn.execute(query)})
     return []
+
+
+def patients_with_ins(conn: Connection, ins: str) -> list[int]:
+    """The active patients holding this INS, a merged record standing for its survivor."""
+    rows = conn.execute(
+        select(patient.c.id, patient.c.active, patient.c.merged_into).where(
+            patient.c.ins_value == ins.strip().upper()
+        )
+    )
+    ids = {r.id if r.active or r.merged_into is None else r.merged_into for r in rows}
+    return sorted(ids)
 
 
 def patient_view(conn: Connection, patient_id: int) -> dict:
@@ -81,13 +86,15 @@ def patient_view(conn: Connection, patient_id: int) -> dict:
             {"value": row["ins_value"], "type": "INS", "authority": None, "oid": row["ins_oid"]}
         )
     names = row["birth_given_names"]
+    active, collision = bool(row["active"]), bool(row["ins_collision"])
     return {
         "id": row["id"],
-        "active": bool(row["active"]),
-        "merged_into": row["merged_into"],
+        "active": active,
+        "merged_into": row["merged_into"],  # the final survivor: merges keep chains flat
         "identifiers": identifiers,
         "ins": ins,
-        "ins_usable": bool(ins) and ins_usable(row["status"]),
+        "ins_usable": bool(ins) and ins_usable(row["status"], active, collision),
+        "ins_collision": collision,
         "birth_name": row["birth_name"],
         "first_given_name": row["first_given_name"],
         "birth_given_names": names.split(" ") if names else [],
@@ -122,6 +129,7 @@ def patient_history(conn: Connection, patient_id: int) -> list[dict]:
             "control_id": r["control_id"],
             "message_id": r["message_id"],
             "changes": json.loads(r["changes"]),
+            "notes": json.loads(r["notes"]) if r["notes"] else [],
         }
         for r in rows
     ]
@@ -144,9 +152,66 @@ def find_patients(
         )
     if birth_date:
         query = query.where(patient.c.birth_date == birth_date)
-    if ins:
-        query = query.where(patient.c.ins_value == ins.upper())
+    if ins:  # the active survivors holding it
+        query = query.where(patient.c.id.in_(patients_with_ins(conn, ins)))
     return [r[0] for r in conn.execute(query)]
+
+
+def ins_collisions(conn: Connection) -> list[tuple[str, list[int]]]:
+    """The INS held by more than one active patient, with those patients: the list the
+    identity-vigilance team works through until a merge or an INS deletion resolves it."""
+    rows = conn.execute(
+        select(patient.c.ins_value, patient.c.id)
+        .where(patient.c.ins_collision.is_(True), patient.c.active.is_(True))
+        .order_by(patient.c.ins_value, patient.c.id)
+    )
+    found: dict[str, list[int]] = {}
+    for value, pid in rows:
+        found.setdefault(value, []).append(pid)
+    return list(found.items())
+
+
+def linked_patient_ids(conn: Connection, patient_id: int) -> list[int]:
+    """The patients linked to this one (A24), each as its survivor. Links are kept by
+    identifier: those of the records merged into this patient are its links too."""
+    merged = [
+        r[0] for r in conn.execute(select(patient.c.id).where(patient.c.merged_into == patient_id))
+    ]
+    ipps = conn.execute(
+        select(identifier.c.authority_key, identifier.c.value).where(
+            identifier.c.patient_id.in_([patient_id, *merged]), identifier.c.type == IPP_TYPE
+        )
+    ).all()
+    others: list[tuple[str, str]] = []
+    for key, value in ipps:
+        rows = conn.execute(
+            select(patient_link).where(
+                or_(
+                    and_(patient_link.c.a_authority_key == key, patient_link.c.a_value == value),
+                    and_(patient_link.c.b_authority_key == key, patient_link.c.b_value == value),
+                )
+            )
+        ).mappings()
+        for r in rows:
+            if (r["a_authority_key"], r["a_value"]) == (key, value):
+                others.append((r["b_authority_key"], r["b_value"]))
+            else:
+                others.append((r["a_authority_key"], r["a_value"]))
+    ids: set[int] = set()
+    for key, value in others:
+        row = conn.execute(
+            select(patient.c.id, patient.c.merged_into)
+            .join(identifier, identifier.c.patient_id == patient.c.id)
+            .where(
+                identifier.c.authority_key == key,
+                identifier.c.value == value,
+                identifier.c.type == IPP_TYPE,
+            )
+        ).first()
+        if row is not None:
+            ids.add(row.merged_into if row.merged_into is not None else row.id)
+    ids.discard(patient_id)
+    return sorted(ids)
 
 
 def all_patient_ids(conn: Connection) -> list[int]:

@@ -17,23 +17,38 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    func,
     insert,
-    or_,
     select,
     update,
 )
 
-from pamfr.identity.errors import MessageRejected, Problem
-from pamfr.identity.ins import Ins
+from pamfr.identity.findings import Finding, IdentityRefused, Note, Refusal
 from pamfr.identity.model import (
-    INS_TYPE,
+    IDENTITY_FIELDS,
     IPP_TYPE,
-    KEEP,
-    BirthDate,
     Identifier,
     PatientIdentity,
+    StatedIns,
+)
+from pamfr.identity.rules import (
+    Decision,
+    MergeAction,
+    Policy,
+    Record,
+    collision_note,
+    collision_resolved_note,
+    decide_identity,
+    decide_ins_change,
+    identifiers_to_add,
+    matching_ipp,
+    plan_merge,
+    plan_rename,
+    prior_ipp,
+    rename_notes,
 )
 from pamfr.store import pgpipeline
+from pamfr.store.authorities import AuthorityBook
 from pamfr.store.schema import history, identifier, patient, patient_link
 
 
@@ -60,43 +75,21 @@ class Change:
     patient_id: int | NewPatient
     operation: str
     changes: dict[str, list] = field(default_factory=dict)
-
-
-def identity_columns(identity: PatientIdentity) -> dict[str, object]:
-    """The patient columns a PID sets; empty HL7 fields (KEEP) are left out."""
-    values: dict[str, object] = {}
-
-    def put(column: str, value: object) -> None:
-        if value is not KEEP:
-            values[column] = value
-
-    put("birth_name", identity.birth_name)
-    put("first_given_name", identity.first_given_name)
-    names = identity.birth_given_names
-    put("birth_given_names", " ".join(names) if isinstance(names, tuple) else names)
-    put("used_name", identity.used_name)
-    put("used_given_name", identity.used_given_name)
-    date = identity.birth_date
-    put("birth_date", date.iso() if isinstance(date, BirthDate) else date)
-    put("sex", identity.sex)
-    put("birth_place_insee", identity.birth_place_insee)
-    if isinstance(identity.ins, Ins):
-        values["ins_value"], values["ins_oid"] = identity.ins.value, identity.ins.oid
-    elif identity.ins is None:
-        values["ins_value"] = values["ins_oid"] = None
-    values["status"] = identity.status.status.value
-    values["attributes"] = " ".join(a.value for a in identity.status.attributes)
-    values["other_status_codes"] = " ".join(identity.status.other_codes)
-    put("identity_mode", identity.identity_mode)
-    put("insi_query_date", identity.insi_query_date)
-    put("identity_document", identity.identity_document)
-    return values
+    notes: list[Note] = field(default_factory=list)  # what was dropped or kept, and why
 
 
 def _ident_text(i: Identifier | dict) -> str:
     if isinstance(i, dict):
         return f"{i['value']}^{i['type']}^{i['authority_key']}"
     return f"{i.value}^{i.type}^{i.authority_key}"
+
+
+def _as_identifier(row: dict) -> Identifier:
+    return Identifier(row["value"], row["type"], row["authority"], row["oid"])
+
+
+def _as_record(row: dict | None) -> Record | None:
+    return None if row is None else Record(row["id"], bool(row["active"]), row["merged_into"])
 
 
 # Statements of the hot path, built once: building one costs twice what executing it does.
@@ -125,6 +118,31 @@ _INSERT_IDENTIFIER = insert(identifier)
 _UPDATE_PATIENT = update(patient).where(patient.c.id == bindparam("pid"))
 _INSERT_HISTORY = insert(history)
 _INSERT_LINK = insert(patient_link)
+_ACTIVE_HOLDERS = select(patient.c.id, patient.c.ins_collision).where(
+    patient.c.ins_value == bindparam("v"), patient.c.active.is_(True)
+)
+_LOCK_INS = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("v"))))
+_SET_COLLISION = (
+    update(patient).where(patient.c.id == bindparam("pid")).values(ins_collision=bindparam("flag"))
+)
+_MERGED_INTO = (
+    select(patient.c.id).where(patient.c.merged_into == bindparam("pid")).order_by(patient.c.id)
+)
+_SET_MERGED_INTO = (
+    update(patient).where(patient.c.id == bindparam("pid")).values(merged_into=bindparam("into"))
+)
+_DEACTIVATE = (
+    update(patient)
+    .where(patient.c.id == bindparam("pid"))
+    .values(active=False, merged_into=bindparam("into"), updated_at=bindparam("now"))
+)
+_SURVIVOR = select(patient.c.merged_into).where(patient.c.id == bindparam("pid"))
+
+
+def survivor_id(conn: Connection, patient_id: int) -> int:
+    """The patient a merged record points at (merges keep chains flat), or the patient."""
+    merged_into = conn.execute(_SURVIVOR, {"pid": patient_id}).scalar_one_or_none()
+    return merged_into if merged_into is not None else patient_id
 
 
 # A batch's look-up of several IPPs at once (PostgreSQL) is one equality look-up per IPP, all
@@ -252,17 +270,33 @@ def prefetch(
 
 
 class IdentityRepository:
+    """Loads what the identity rules need, asks them (pamfr.identity.rules), writes what they
+    decide. One per message; its changes and notes become history rows once the message is
+    logged."""
+
     def __init__(
-        self, conn: Connection, now: datetime, prefetched: Prefetched | None = None
+        self,
+        conn: Connection,
+        now: datetime,
+        prefetched: Prefetched | None = None,
+        authorities: AuthorityBook | None = None,
     ) -> None:
         self.conn = conn
         self.now = now
         self.changes: list[Change] = []
-        self.warnings: list[Problem] = []
+        self.notes: list[Note] = []
         self._lock = conn.dialect.name == "postgresql"
         self.pending_link: dict | None = None
         self._prefetched = prefetched
         self._held = prefetched.held if prefetched is not None else None
+        self._authorities = authorities if authorities is not None else AuthorityBook()
+
+    @property
+    def warnings(self) -> list[Note]:
+        return [n for n in self.notes if n.warning]
+
+    def _note(self, notes) -> None:
+        self.notes.extend(notes)
 
     # -- look-ups -----------------------------------------------------------
 
@@ -316,21 +350,39 @@ class IdentityRepository:
         rows = self.conn.execute(_PATIENT_IDENTIFIERS, {"pid": patient_id})
         return [dict(r) for r in rows.mappings()]
 
+    def _canonical(self, identity: PatientIdentity) -> PatientIdentity:
+        return self._authorities.canonical_identity(self.conn, identity, self.now)
+
     # -- writes -------------------------------------------------------------
 
     def _record(
-        self, patient_id: int | NewPatient, operation: str, changes: dict[str, list]
+        self,
+        patient_id: int | NewPatient,
+        operation: str,
+        changes: dict[str, list],
+        notes: Sequence[Note] = (),
     ) -> None:
-        if changes:
-            self.changes.append(Change(patient_id, operation, changes))
+        if changes or notes:
+            self.changes.append(Change(patient_id, operation, changes, list(notes)))
 
-    def _insert_patient(self, identity: PatientIdentity, operation: str) -> None:
+    def _insert_patient(
+        self, identity: PatientIdentity, decision: Decision, operation: str
+    ) -> None:
         """A new patient, whose IPPs the caller has just found free (a concurrent writer that
         takes one first makes the unique index refuse ours, and the message runs again)."""
-        columns = identity_columns(identity)
+        columns = {k: decision.values[k] for k in IDENTITY_FIELDS}
+        notes = list(decision.notes)
+        new_ins = decision.values["ins_value"]
+        if new_ins:
+            others = self._active_holders(str(new_ins), exclude=None)
+            if others:
+                columns["ins_collision"] = True
+                notes.append(collision_note())
+                self._flag_collision(others)
         row = {
             **_NULL_COLUMNS,  # spelled out, so that held rows share one INSERT statement
             "active": True,
+            "ins_collision": False,
             "created_at": self.now,
             "updated_at": self.now,
             **columns,
@@ -341,116 +393,160 @@ class IdentityRepository:
             self._held.patients.append(patient_id)
         else:
             patient_id = self.conn.execute(_INSERT_PATIENT, row).scalar_one()
-        new_ids = self._add_identifiers(
-            patient_id, identity.identifiers, known=[], ipps_checked=True
-        )
-        changes = {k: [None, v] for k, v in columns.items() if v not in (None, "")}
+        new_ids = self._write_identifiers(patient_id, identity.identifiers)
+        changes = {k: [None, v] for k, v in columns.items() if v not in (None, "", False)}
         changes["active"] = [None, True]
         if new_ids:
             changes["identifiers"] = [[], new_ids]
-        self._record(patient_id, operation, changes)
+        self._note(notes)
+        self._record(patient_id, operation, changes, notes)
 
-    def _add_identifiers(
-        self,
-        patient_id: int | NewPatient,
-        identifiers: tuple[Identifier, ...],
-        known: list[dict],
-        ipps_checked: bool = False,
+    def _write_identifiers(
+        self, patient_id: int | NewPatient, identifiers: Sequence[Identifier]
     ) -> list[str]:
-        """Add the PID-3 identifiers the patient lacks (the INS lives on the patient row)."""
-        have = {(k["authority_key"], k["value"], k["type"]) for k in known}
-        rows = []
-        for ident in identifiers:
-            key = (ident.authority_key, ident.value, ident.type)
-            if ident.type == INS_TYPE or key in have:
-                continue
-            if (
-                ident.type == IPP_TYPE
-                and not ipps_checked
-                and self.find_patient_id(ident) not in (None, patient_id)
-            ):
-                raise MessageRejected(
-                    Problem(
-                        205,
-                        "PID^1^3",
-                        "PID-3 holds IPPs of two different patients (send an A40 merge)",
-                    )
-                )
-            have.add(key)
-            rows.append(
-                dict(
-                    patient_id=patient_id,
-                    value=ident.value,
-                    type=ident.type,
-                    authority=ident.authority,
-                    oid=ident.oid,
-                    authority_key=ident.authority_key,
-                )
+        rows = [
+            dict(
+                patient_id=patient_id,
+                value=ident.value,
+                type=ident.type,
+                authority=ident.authority,
+                oid=ident.oid,
+                authority_key=ident.authority_key,
             )
+            for ident in identifiers
+        ]
         if rows and self._held is not None:
             self._held.identifiers += rows
         elif rows:
             self.conn.execute(_INSERT_IDENTIFIER, rows)
         return [_ident_text(r) for r in rows]
 
+    def _add_identifiers(
+        self, patient_id: int, identity: PatientIdentity, known: list[dict]
+    ) -> list[str]:
+        """Add the PID-3 identifiers the patient lacks: one IPP per authority, and never an
+        IPP of another patient (that is an A40)."""
+        added = identifiers_to_add(identity.identifiers, [_as_identifier(k) for k in known])
+        for ident in added:
+            if ident.type == IPP_TYPE and self.find_patient_id(ident) not in (None, patient_id):
+                raise IdentityRefused(
+                    Refusal.IPPS_OF_TWO_PATIENTS,
+                    "PID-3 holds IPPs of two different patients (send an A40 merge)",
+                )
+        return self._write_identifiers(patient_id, added)
+
     def _update_patient(
         self,
         patient_id: int,
-        identity: PatientIdentity,
+        decision: Decision,
         operation: str,
+        current: dict,
+        identity: PatientIdentity | None = None,
         extra: dict[str, list] | None = None,
-        current: dict | None = None,
         still_owned: Identifier | None = None,
     ) -> None:
-        """`still_owned`: an IPP looked up before the row lock, which must still be this
+        """Write what the rules decided. `identity`: the PID whose identifiers the patient
+        gets; `still_owned`: an IPP looked up before the row lock, which must still be this
         patient's now that the lock is held."""
-        current = current if current is not None else self._load(patient_id)
-        columns = identity_columns(identity)
-        diff = {k: [current[k], v] for k, v in columns.items() if current[k] != v}
+        values: dict[str, object] = {k: decision.values[k] for k in IDENTITY_FIELDS}
+        notes = list(decision.notes)
+        old_ins, new_ins = current["ins_value"], values["ins_value"]
+        if new_ins != old_ins or (new_ins and not current["active"]):
+            collision = False
+            if new_ins:
+                others = self._active_holders(str(new_ins), exclude=patient_id)
+                if others:
+                    collision = True
+                    notes.append(collision_note())
+                    self._flag_collision(others)
+            values["ins_collision"] = collision
+            if old_ins:
+                self._release_ins(str(old_ins), exclude=patient_id)
+        diff = {k: [current[k], v] for k, v in values.items() if current[k] != v}
         diff.update(extra or {})
-        known = self._identifiers(patient_id)
-        if still_owned is not None:
-            owned = (still_owned.authority_key, still_owned.value, IPP_TYPE)
-            self._still(any((k["authority_key"], k["value"], k["type"]) == owned for k in known))
-        added = self._add_identifiers(patient_id, identity.identifiers, known)
-        if added:
-            before = diff["identifiers"][0] if "identifiers" in diff else None
-            diff["identifiers"] = [
-                before if before is not None else [_ident_text(k) for k in known],
-                [*map(_ident_text, known), *added],
-            ]
-        if diff:
-            values = {k: v[1] for k, v in diff.items() if k in columns}
-            row = {"pid": patient_id, "updated_at": self.now, **values}
+        if identity is not None or still_owned is not None:
+            known = self._identifiers(patient_id)
+            if still_owned is not None:
+                owned = (still_owned.authority_key, still_owned.value, IPP_TYPE)
+                self._still(
+                    any((k["authority_key"], k["value"], k["type"]) == owned for k in known)
+                )
+            added = self._add_identifiers(patient_id, identity, known) if identity else []
+            if added:
+                before = diff["identifiers"][0] if "identifiers" in diff else None
+                diff["identifiers"] = [
+                    before if before is not None else [_ident_text(k) for k in known],
+                    [*map(_ident_text, known), *added],
+                ]
+        changed = {k: v[1] for k, v in diff.items() if k in values}
+        if changed:
+            row = {"pid": patient_id, "updated_at": self.now, **changed}
             if self._held is not None:
-                self._held.updates.setdefault(tuple(sorted(values)), []).append(row)
+                self._held.updates.setdefault(tuple(sorted(changed)), []).append(row)
             else:
                 self.conn.execute(_UPDATE_PATIENT, row)
-        self._record(patient_id, operation, diff)
+        self._note(notes)
+        self._record(patient_id, operation, diff, notes)
 
-    # -- operations (IHE ITI-30 expected actions) --------------------------------
+    # -- one INS, one active patient -------------------------------------------
 
-    def upsert(self, identity: PatientIdentity, operation: str) -> None:
+    def _active_holders(self, ins_value: str, exclude: int | None) -> list[dict]:
+        """The other active patients holding this INS; on PostgreSQL under a lock on the INS,
+        so that two receivers giving it to two patients at once see each other."""
+        if self._held is not None and self._held.pending:
+            self._held.flush(self.conn)  # earlier messages of the batch must be seen
+        if self._lock:
+            self.conn.execute(_LOCK_INS, {"v": ins_value})
+        rows = self.conn.execute(_ACTIVE_HOLDERS, {"v": ins_value}).mappings()
+        return [dict(r) for r in rows if r["id"] != exclude]
+
+    def _flag_collision(self, others: list[dict]) -> None:
+        for other in others:
+            if not other["ins_collision"]:
+                self.conn.execute(_SET_COLLISION, {"pid": other["id"], "flag": True})
+                self._record(
+                    other["id"], "collision", {"ins_collision": [False, True]}, [collision_note()]
+                )
+
+    def _release_ins(self, ins_value: str, exclude: int) -> None:
+        """A patient let go of this INS (removed, replaced, merged away): a holder left alone
+        with it is no longer in collision."""
+        remaining = self._active_holders(ins_value, exclude=exclude)
+        if len(remaining) == 1 and remaining[0]["ins_collision"]:
+            other = remaining[0]["id"]
+            self.conn.execute(_SET_COLLISION, {"pid": other, "flag": False})
+            self._record(
+                other, "collision", {"ins_collision": [True, False]}, [collision_resolved_note()]
+            )
+
+    # -- operations (PAM FR 2.11.1 and the IHE ITI-30 expected actions) -------------------
+
+    def upsert(self, identity: PatientIdentity, operation: str, policy: Policy) -> None:
         """A28 / A31 / ITI-31 events: create the patient, or update it when its IPP is known."""
+        identity = self._canonical(identity)
         current, still_owned = self._find_and_load(identity)
         if current is None:
-            self._insert_patient(identity, operation)
+            self._insert_patient(identity, decide_identity(identity, None, policy), operation)
             return
         patient_id = current["id"]
         if not current["active"]:
             if still_owned is not None:
                 self._still(self.find_patient_id(still_owned) == patient_id)
-            self.warnings.append(
-                Problem(
-                    204,
-                    "PID^1^3",
-                    "this IPP belongs to a patient merged into another: identity not updated",
-                    severity="W",
-                )
+            note = Note(
+                Finding.MERGED_AWAY,
+                "this IPP belongs to a patient merged into another: identity not updated",
             )
+            self._note([note])
+            self._record(patient_id, operation, {}, [note])
             return
+        decision = decide_identity(identity, current, policy)
         self._update_patient(
-            patient_id, identity, "update", current=current, still_owned=still_owned
+            patient_id,
+            decision,
+            "update",
+            current,
+            identity=identity if policy.rewrites_identity else None,
+            still_owned=still_owned,
         )
 
     @staticmethod
@@ -459,119 +555,137 @@ class IdentityRepository:
         if not unchanged:
             raise ConcurrentChange("identifiers changed by another writer; look up again")
 
-    def _prior_ipp(self, prior: tuple[Identifier, ...]) -> Identifier | None:
-        for ident in prior:
-            if ident.type in ("", IPP_TYPE):
-                return Identifier(ident.value, IPP_TYPE, ident.authority, ident.oid)
-        return None
+    def _prior_ipp(self, prior: Sequence[Identifier]) -> Identifier | None:
+        ipp = prior_ipp(prior)
+        return self._authorities.canonical(self.conn, ipp) if ipp is not None else None
 
-    @staticmethod
-    def _matching_ipp(identity: PatientIdentity, source: Identifier) -> Identifier | None:
-        same_authority = [i for i in identity.ipps if i.authority_key == source.authority_key]
-        return (same_authority or list(identity.ipps) or [None])[0]
-
-    def merge(self, identity: PatientIdentity, prior: tuple[Identifier, ...]) -> None:
-        """A40: the MRG-1 patient is merged into the PID-3 patient."""
+    def merge(self, identity: PatientIdentity, prior: Sequence[Identifier]) -> None:
+        """A40: the MRG-1 patient is merged into the PID-3 patient, which keeps its own
+        demographics, status and INS."""
+        identity = self._canonical(identity)
         source_ipp = self._prior_ipp(prior)
         if source_ipp is None:
-            raise MessageRejected(Problem(101, "MRG^1^1", "MRG-1 holds no IPP (CX-5 PI)"))
+            raise IdentityRefused(Refusal.PRIOR_MISSING, "MRG-1 holds no IPP (CX-5 PI)")
         source_id = self.find_patient_id(source_ipp)
-        if source_id is None:
-            return  # IHE: source unknown, nothing to do
         target_id = self._find_by_ipps(identity)
-        if target_id is None:
-            self._rename(source_id, source_ipp, identity, "merge")
-            return
-        if target_id == source_id:
-            raise MessageRejected(
-                Problem(205, "MRG^1^1", "MRG-1 and PID-3 designate the same patient")
-            )
-        rows = self._lock_in_order(source_id, target_id)
+        rows = self._lock_in_order(*(i for i in (source_id, target_id) if i is not None))
         self._still(
             self.find_patient_id(source_ipp) == source_id
             and self._find_by_ipps(identity) == target_id
         )
-        source, target = rows[source_id], rows[target_id]
-        if not source["active"]:
-            if source["merged_into"] == target_id:
-                return  # already merged into this survivor
-            raise MessageRejected(
-                Problem(205, "MRG^1^1", "the MRG-1 patient was already merged into another patient")
-            )
-        if not target["active"]:
-            raise MessageRejected(
-                Problem(205, "PID^1^3", "the PID-3 patient was itself merged into another patient")
-            )
-        merged_before = self._merged_ids(target_id)
-        self.conn.execute(
-            update(patient)
-            .where(patient.c.id == source_id)
-            .values(active=False, merged_into=target_id, updated_at=self.now)
-        )
-        self._record(
-            source_id, "merge", {"active": [True, False], "merged_into": [None, target_id]}
-        )
-        self._update_patient(
-            target_id,
-            identity,
-            "merge",
-            {"merged_patients": [merged_before, sorted([*merged_before, source_id])]},
-        )
+        plan = plan_merge(_as_record(rows.get(source_id)), _as_record(rows.get(target_id)))
+        self._note(plan.notes)
+        if plan.action is MergeAction.RENAME:
+            assert source_id is not None
+            self._rename(source_id, source_ipp, identity, "merge")
+            return
+        if plan.action is MergeAction.NOTHING or source_id is None:
+            return
+        survivor_id = plan.target
+        assert survivor_id is not None
+        survivor = rows.get(survivor_id) or self._load(survivor_id)
+        source = rows[source_id]
+        merged_before = self._merged_ids(survivor_id)
+        # A chain is never left behind: what was merged into the source now names the survivor.
+        for earlier in self._merged_ids(source_id):
+            self.conn.execute(_SET_MERGED_INTO, {"pid": earlier, "into": survivor_id})
+            self._record(earlier, "merge", {"merged_into": [source_id, survivor_id]})
+        self.conn.execute(_DEACTIVATE, {"pid": source_id, "into": survivor_id, "now": self.now})
+        source_changes: dict[str, list] = {
+            "active": [True, False],
+            "merged_into": [None, survivor_id],
+        }
+        if source["ins_collision"]:
+            self.conn.execute(_SET_COLLISION, {"pid": source_id, "flag": False})
+            source_changes["ins_collision"] = [True, False]
+        self._record(source_id, "merge", source_changes, plan.notes)
+        if source["ins_value"]:
+            self._release_ins(source["ins_value"], exclude=source_id)
+        after = sorted({*merged_before, *self._merged_ids(survivor_id)})
+        self._record(survivor["id"], "merge", {"merged_patients": [merged_before, after]})
 
     def _merged_ids(self, patient_id: int) -> list[int]:
-        rows = self.conn.execute(
-            select(patient.c.id).where(patient.c.merged_into == patient_id).order_by(patient.c.id)
-        )
+        rows = self.conn.execute(_MERGED_INTO, {"pid": patient_id})
         return [r[0] for r in rows]
 
-    def change_identifier(self, identity: PatientIdentity, prior: tuple[Identifier, ...]) -> None:
-        """A47: MRG-1's identifier becomes PID-3's on the same patient."""
+    def change_identifier(
+        self, identity: PatientIdentity, prior: Sequence[Identifier], prior_ins, policy: Policy
+    ) -> None:
+        """A47: MRG-1's IPP becomes PID-3's on the same patient; or, when MRG-1 is an INS,
+        the INS life cycle of §4.4 (replaced, deleted, downgraded)."""
+        identity = self._canonical(identity)
         source_ipp = self._prior_ipp(prior)
         if source_ipp is None:
-            raise MessageRejected(Problem(101, "MRG^1^1", "MRG-1 holds no IPP (CX-5 PI)"))
+            self._change_ins(identity, prior_ins, policy)
+            return
         source_id = self.find_patient_id(source_ipp)
-        if source_id is None:
-            return  # IHE: source unknown, nothing to do
+        source = self._lock_in_order(source_id)[source_id] if source_id is not None else None
+        record = _as_record(source)
+        notes = rename_notes(record)
+        if notes:
+            self._note(notes)
+            if source_id is not None:
+                self._record(source_id, "change_id", {}, notes)
+            return
+        assert source_id is not None
         self._rename(source_id, source_ipp, identity, "change_id")
 
     def _rename(
         self, patient_id: int, old: Identifier, identity: PatientIdentity, operation: str
     ) -> None:
-        new = self._matching_ipp(identity, old)
+        new = matching_ipp(identity, old)
         if new is None:
-            raise MessageRejected(Problem(101, "PID^1^3", "PID-3 holds no IPP (CX-5 PI)"))
+            raise IdentityRefused(Refusal.IPP_MISSING, "PID-3 holds no IPP (CX-5 PI)")
         self._lock_in_order(patient_id)
         self._still(self.find_patient_id(old) == patient_id)
         owner = self.find_patient_id(new)
-        if owner is not None and owner != patient_id:
-            raise MessageRejected(
-                Problem(
-                    205,
-                    "PID^1^3",
-                    "the new identifier already belongs to another patient (send an A40 merge)",
-                )
+        action = plan_rename(_as_record(self._load(patient_id)), owner)
+        if action is not MergeAction.RENAME:
+            return
+        before = [_ident_text(k) for k in self._identifiers(patient_id)]
+        self.conn.execute(
+            update(identifier)
+            .where(
+                identifier.c.patient_id == patient_id,
+                identifier.c.authority_key == old.authority_key,
+                identifier.c.value == old.value,
+                identifier.c.type == IPP_TYPE,
             )
-        renamed: dict[str, list] = {}
-        if owner is None:
-            before = [_ident_text(k) for k in self._identifiers(patient_id)]
-            self.conn.execute(
-                update(identifier)
-                .where(
-                    identifier.c.patient_id == patient_id,
-                    identifier.c.authority_key == old.authority_key,
-                    identifier.c.value == old.value,
-                    identifier.c.type == IPP_TYPE,
-                )
-                .values(
-                    value=new.value,
-                    authority=new.authority,
-                    oid=new.oid,
-                    authority_key=new.authority_key,
-                )
+            .values(
+                value=new.value,
+                authority=new.authority,
+                oid=new.oid,
+                authority_key=new.authority_key,
             )
-            after = [_ident_text(k) for k in self._identifiers(patient_id)]
-            renamed["identifiers"] = [before, after]
-        self._update_patient(patient_id, identity, operation, renamed)
+        )
+        after = [_ident_text(k) for k in self._identifiers(patient_id)]
+        self._record(patient_id, operation, {"identifiers": [before, after]})
+
+    def _change_ins(
+        self, identity: PatientIdentity, prior_ins: Sequence[StatedIns], policy: Policy
+    ) -> None:
+        """§4.4.2 to §4.4.4: the patient is found by MRG-1's INS (an active holder; the one
+        PID-3's IPP designates when several hold it)."""
+        values = sorted({s.value.upper() for s in prior_ins})
+        holders = {
+            r["id"] for v in values for r in self.conn.execute(_ACTIVE_HOLDERS, {"v": v}).mappings()
+        }
+        owner = self._find_by_ipps(identity)
+        if owner is not None and holders and owner not in holders:
+            raise IdentityRefused(
+                Refusal.INS_AND_IPP_DISAGREE,
+                "MRG-1's INS and PID-3's IPP designate two different patients",
+            )
+        target = owner if owner in holders else None
+        if target is None and len(holders) == 1:
+            target = next(iter(holders))
+        if target is None:
+            text = "MRG-1's INS designates no single active patient: nothing changed"
+            self._note([Note(Finding.PRIOR_UNKNOWN, text, field="prior")])
+            return
+        current = self._lock_in_order(target)[target]
+        decision = decide_ins_change(identity, current, policy)
+        self._update_patient(target, decision, "change_ins", current)
 
     # -- links ----------------------------------------------------------------
 
@@ -589,12 +703,18 @@ class IdentityRepository:
             patient_link.c.b_value == bv,
         )
 
+    def _link_ipps(
+        self, first: PatientIdentity, second: PatientIdentity
+    ) -> tuple[Identifier, Identifier]:
+        a, b = self._canonical(first).ipp, self._canonical(second).ipp
+        assert a is not None and b is not None  # the parser refuses a PID without an IPP
+        if (a.authority_key, a.value) == (b.authority_key, b.value):
+            raise IdentityRefused(Refusal.LINK_TO_SELF, "A24 links a patient to itself", 2)
+        return a, b
+
     def link(self, first: PatientIdentity, second: PatientIdentity) -> None:
         """A24: record a link between two identifiers (patients need not exist yet)."""
-        a, b = first.ipp, second.ipp
-        assert a is not None and b is not None
-        if a.authority_key == b.authority_key and a.value == b.value:
-            raise MessageRejected(Problem(205, "PID^2^3", "A24 links a patient to itself"))
+        a, b = self._link_ipps(first, second)
         exists = self.conn.execute(select(patient_link.c.id).where(self._link_where(a, b))).first()
         if exists:
             return
@@ -607,16 +727,17 @@ class IdentityRepository:
 
     def unlink(self, first: PatientIdentity, second: PatientIdentity) -> None:
         """A37: remove a link; an unknown link is not an error."""
-        a, b = first.ipp, second.ipp
-        assert a is not None and b is not None
+        a, b = self._link_ipps(first, second)
         removed = self.conn.execute(delete(patient_link).where(self._link_where(a, b))).rowcount
         if removed:
             self._record_link(a, b, "unlink", [True, None])
 
     def _record_link(self, a: Identifier, b: Identifier, operation: str, change: list) -> None:
+        """History on each known patient, or on its survivor when it was merged away."""
         for this, other in ((a, b), (b, a)):
             pid = self.find_patient_id(this)
             if pid is not None:
+                pid = survivor_id(self.conn, pid)
                 self._record(pid, operation, {f"link:{_ident_text(other)}": change})
 
 
@@ -646,45 +767,10 @@ def history_writes(
                 event=event,
                 operation=c.operation,
                 changes=json.dumps(c.changes, ensure_ascii=False, default=str),
+                notes=json.dumps([n.as_json() for n in c.notes]) if c.notes else None,
             )
             for c in repo.changes
         ]
     return [
         (statement, r) for statement, r in ((_INSERT_LINK, links), (_INSERT_HISTORY, rows)) if r
     ]
-
-
-def linked_patient_ids(conn: Connection, patient_id: int) -> list[int]:
-    """Ids of the patients linked to this one (links are kept by identifier)."""
-    ipps = conn.execute(
-        select(identifier.c.authority_key, identifier.c.value).where(
-            identifier.c.patient_id == patient_id, identifier.c.type == IPP_TYPE
-        )
-    ).all()
-    others: list[tuple[str, str]] = []
-    for key, value in ipps:
-        rows = conn.execute(
-            select(patient_link).where(
-                or_(
-                    and_(patient_link.c.a_authority_key == key, patient_link.c.a_value == value),
-                    and_(patient_link.c.b_authority_key == key, patient_link.c.b_value == value),
-                )
-            )
-        ).mappings()
-        for r in rows:
-            if (r["a_authority_key"], r["a_value"]) == (key, value):
-                others.append((r["b_authority_key"], r["b_value"]))
-            else:
-                others.append((r["a_authority_key"], r["a_value"]))
-    ids: list[int] = []
-    for key, value in others:
-        pid = conn.execute(
-            select(identifier.c.patient_id).where(
-                identifier.c.authority_key == key,
-                identifier.c.value == value,
-                identifier.c.type == IPP_TYPE,
-            )
-        ).scalar_one_or_none()
-        if pid is not None and pid not in ids:
-            ids.append(pid)
-    return sorted(ids)

@@ -147,6 +147,6 @@ authority = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("namespace", String(255), nullable=False, unique=True),
-    Column("oid", String(255), nullable=False, unique=True),
+    Column("oid", String(255), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )

@@ -155,15 +155,22 @@ def test_explicit_null_clears_and_empty_keeps(feed):
     kept = feed.show(*ipp("P3"))
     for key in ("birth_date", "sex", "birth_place_insee", "used_name", "identity_mode"):
         assert kept[key] == before[key] and kept[key] is not None
-    # Explicit nulls clear them; PID-5 "" clears every name.
-    feed.ok(with_pid(msg("A31", Person("P3")), f5='""', f7='""', f8='""', f11='""'))
+    # Explicit nulls clear them, at the component level too; the used name is cleared by a D
+    # repetition holding "".
+    cleared_names = '""^^^^^^D~PAT-TEST^""^""^^^^L'
+    feed.ok(with_pid(msg("A31", Person("P3")), f5=cleared_names, f7='""', f8='""', f11='""'))
     cleared = feed.show(*ipp("P3"))
-    for key in ("birth_date", "sex", "birth_place_insee", "birth_name", "used_name"):
+    for key in ("birth_date", "sex", "birth_place_insee", "first_given_name", "used_name"):
         assert cleared[key] is None
-    assert cleared["birth_given_names"] == []
+    assert cleared["birth_given_names"] == [] and cleared["birth_name"] == "PAT-TEST"
     last = feed.history(*ipp("P3"))[-1]["changes"]
     assert last["birth_date"] == ["1979-03-28", None] and last["sex"] == ["F", None]
     assert last["birth_place_insee"] == ["63220", None]
+    # An A31 without a birth name (PID-5 "" or only a used name) is refused: AE 101 at PID-5.
+    for pid5 in ('""', "MARTIN^Julie^^^^^D"):
+        (ack,) = feed(with_pid(msg("A31", Person("P3")), f5=pid5))
+        assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["101"], ["PID^1^5"])
+    assert feed.show(*ipp("P3"))["birth_name"] == "PAT-TEST"
 
 
 def test_second_ipp_is_added_but_ipps_of_two_patients_are_ae_205(feed):
@@ -182,56 +189,103 @@ def test_second_ipp_is_added_but_ipps_of_two_patients_are_ae_205(feed):
     assert feed.count(patient_history) == rows and feed.count(patient) == 2
 
 
-def test_iti31_events_create_or_update(feed):
+def test_iti31_events_create_but_do_not_rewrite_a_known_identity(feed):
     feed.ok(msg("A01", Person("P4", ins=INS)))
     created = feed.show(*ipp("P4"))
     assert created["status"] == "qualifiee" and created["identity_mode"] == "INSI"
-    feed.ok(msg("A01", Person("P4", ins=INS, used_name="Durand")))
-    feed.ok(msg("Z99", Person("P4", ins=INS, used_name="Durand", sex="M")))
-    feed.ok(msg("A08", Person("P4", ins=INS, used_name="Durand", sex="M", insee="2A004")))
-    view = feed.show(*ipp("P4"))
-    assert view["id"] == created["id"]
-    assert (view["used_name"], view["sex"], view["birth_place_insee"]) == ("Durand", "M", "2A004")
-    assert ops(feed.history(*ipp("P4"))) == [
-        ("A01", "update"),
-        ("A01", "update"),
-        ("Z99", "update"),
+    later = [
+        msg("A01", Person("P4", ins=INS, used_name="Durand")),
+        msg("Z99", Person("P4", ins=INS, used_name="Durand", sex="M")),
+        msg("A08", Person("P4", ins=INS, used_name="Durand", sex="M", insee="2A004")),
+    ]
+    for ack in feed(*later):
+        assert (ack.code, ack.err_codes, ack.err_locations, ack.errs[0][4]) == (
+            "AA",
+            ["0"],
+            ["PID^1"],
+            "W",
+        )
+    # An encounter event with PID-32 left empty used to downgrade the identity: it agrees with
+    # the store otherwise, so it changes nothing and says nothing.
+    (ack,) = feed(with_pid(msg("A01", Person("P4")), f32=""))
+    assert (ack.code, ack.errs) == ("AA", [])
+    assert feed.show(*ipp("P4")) == created
+    rows = feed.history(*ipp("P4"))
+    assert ops(rows) == [("A01", "update"), ("A01", "update"), ("Z99", "update")] + [
         ("A08", "update"),
     ]
+    assert all(r["changes"] == {} for r in rows[1:])
+    assert rows[1]["notes"][0]["finding"] == "iti31-not-applied"
 
 
-def test_status_downgrade_is_applied_and_in_history(feed):
+def test_iti31_events_update_with_the_operator_switch(db_url):
+    with pamfr_server(db_url, iti31_updates_identity=True) as server:
+        feed = Feed(server.port, db_url)
+        feed.ok(msg("A01", Person("P4", ins=INS)))
+        feed.ok(msg("Z99", Person("P4", ins=INS, used_name="Durand", sex="M")))
+        feed.ok(msg("A08", Person("P4", ins=INS, used_name="Durand", sex="M", insee="2A004")))
+        view = feed.show(*ipp("P4"))
+    assert (view["used_name"], view["sex"], view["birth_place_insee"]) == ("Durand", "M", "2A004")
+    assert view["status"] == "qualifiee"
+
+
+def test_status_downgrade_removes_the_ins_and_says_why(feed):
     feed.ok(msg("A28", Person("P5", ins=INS)))
     assert feed.show(*ipp("P5"))["ins_usable"] is True
-    # PROV without the INS and no ZFD: provisoire; the INS stays, no longer usable.
+    # PROV: provisoire, and the stored INS is removed (the identity is not qualifiable).
     feed.ok(msg("A31", Person("P5", pid32=("PROV",), zfd5=None)))
     view = feed.show(*ipp("P5"))
-    assert view["status"] == "provisoire" and view["ins"]["value"] == INS
-    assert view["ins_usable"] is False
-    assert feed.history(*ipp("P5"))[-1]["changes"] == {"status": ["qualifiee", "provisoire"]}
-    # Back to qualifiee, then douteuse: provisoire whatever PID-32 says.
+    assert (view["status"], view["ins"], view["ins_usable"]) == ("provisoire", None, False)
+    last = feed.history(*ipp("P5"))[-1]
+    assert last["changes"] == {
+        "status": ["qualifiee", "provisoire"],
+        "ins_value": [INS, None],
+        "ins_oid": [TEST_OID, None],
+    }
+    assert [n["finding"] for n in last["notes"]] == ["ins-removed"]
+    # Back to qualifiee, then douteuse: provisoire whatever PID-32 says, the INS dropped with a
+    # warning that names the reason and no patient data.
     feed.ok(msg("A31", Person("P5", ins=INS)))
-    feed.ok(msg("A31", Person("P5", ins=INS, pid32=("VALI", "DOUT"))))
+    assert feed.show(*ipp("P5"))["status"] == "qualifiee"
+    (ack,) = feed(msg("A31", Person("P5", ins=INS, pid32=("VALI", "DOUT"))))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AA", ["103"], ["PID^1^32"])
+    assert ack.errs[0][4] == "W" and "DOUT" in ack.errs[0][8] and INS not in ack.errs[0][8]
     view = feed.show(*ipp("P5"))
-    assert (view["status"], view["attributes"], view["ins_usable"]) == (
-        "provisoire",
-        ["douteuse"],
-        False,
-    )
-    # The sender deletes the INS with an explicit null (INSi source deactivated).
-    null_ins = f'""^^^ASIP-SANTE-INS-NIR&{TEST_OID}&ISO^INS'
-    feed.ok(msg("A31", Person("P5", pid32=("PROV",), zfd5=None, extra_ids=(null_ins,))))
-    view = feed.show(*ipp("P5"))
-    assert view["ins"] is None and view["status"] == "provisoire" and view["attributes"] == []
-    changes = feed.history(*ipp("P5"))[-1]["changes"]
-    assert changes["ins_value"] == [INS, None] and changes["ins_oid"] == [TEST_OID, None]
+    assert (view["status"], view["attributes"], view["ins"]) == ("provisoire", ["douteuse"], None)
+    notes = feed.history(*ipp("P5"))[-1]["notes"]
+    assert [n["finding"] for n in notes] == ["ins-disqualified", "ins-removed"]
+    # The message log counts the warning.
+    engine = make_engine(feed.db_url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(message_table.c.warnings, message_table.c.err_codes).order_by(
+                message_table.c.id.desc()
+            )
+        ).first()
+    engine.dispose()
+    assert row.err_codes == "103" and row.warnings.startswith("103 PID^1^32: INS not kept")
+
+
+def test_pid32_prov_with_an_ins_is_integrated_without_it(feed):
+    """The public Ségur test for identity consumers: PID-32 not VALI, the INS is not kept."""
+    (ack,) = feed(msg("A28", Person("SEG1", ins=INS, pid32=("PROV",))))
+    assert (ack.code, ack.err_codes, ack.errs[0][4]) == ("AA", ["103"], "W")
+    view = feed.show(*ipp("SEG1"))
+    assert (view["status"], view["ins"], view["birth_name"]) == ("provisoire", None, "PAT-TEST")
+    assert feed.history(*ipp("SEG1"))[0]["notes"][0]["finding"] == "ins-not-validated"
 
 
 def test_ae_rules_answer_the_err_and_apply_nothing(feed):
     second_ins = f"{nir_with_key('1850775123456')}^^^ASIP-SANTE-INS-NIR&{TEST_OID}&ISO^INS"
     cases = [
         (msg("A28", Person("E1", ins=INS[:13] + "00")), "102", "PID^1^3"),
-        (msg("A28", Person("E2", pid32=("QUAL",))), "101", "PID^1^3"),
+        (msg("A28", Person("E2", authority="")), "101", "PID^1^3"),  # IPP without CX-4
+        (
+            msg("A28", Person("E2", extra_ids=("E2B^^^CHU-X&1.2.250.1.999.1.1&ISO^PI",))),
+            "205",
+            "PID^1^3",
+        ),
+        (with_pid(msg("A28", Person("E2")), f5="MARTIN^Julie^^^^^D"), "101", "PID^1^5"),
         (msg("A28", Person("E3", ins=INS, extra_ids=(second_ins,))), "205", "PID^1^3"),
         (with_pid(msg("A28", Person("E4")), f3=f"{INS}^^^X&{TEST_OID}&ISO^INS"), "101", "PID^1^3"),
         (msg("A28", Person("E5", birth_date="19790231")), "102", "PID^1^7"),
@@ -271,19 +325,19 @@ def test_a40_merge(feed):
     assert merged["birth_name"] == "SOURCE"
     survivor = feed.show(*ipp("TGT1"))
     assert (survivor["active"], survivor["merged_into"]) == (True, None)
-    assert survivor["birth_name"] == "SURVIVOR" and survivor["status"] == "qualifiee"
+    # The survivor keeps its own demographics, status and INS: an A40 rewrites none of them.
+    assert survivor["birth_name"] == "TARGET" and survivor["status"] == "validee"
     assert [i["value"] for i in survivor["identifiers"] if i["type"] == "PI"] == ["TGT1"]
 
     source_rows, target_rows = feed.history(*ipp("SRC1")), feed.history(*ipp("TGT1"))
     assert ops(source_rows)[-1] == ("A40", "merge")
     assert source_rows[-1]["changes"] == {"active": [True, False], "merged_into": [None, target_id]}
     assert ops(target_rows)[-1] == ("A40", "merge")
-    assert target_rows[-1]["changes"]["birth_name"] == ["TARGET", "SURVIVOR"]
-    assert target_rows[-1]["changes"]["merged_patients"] == [[], [source_id]]
+    assert target_rows[-1]["changes"] == {"merged_patients": [[], [source_id]]}
 
     # The same merge again (a new message): AA, nothing more, even with other demographics.
     feed.ok(msg("A40", Person("TGT1", birth_name="AGAIN"), prior_ipp="SRC1"))
-    assert feed.show(*ipp("TGT1"))["birth_name"] == "SURVIVOR"
+    assert feed.show(*ipp("TGT1"))["birth_name"] == "TARGET"
     assert len(feed.history(*ipp("SRC1"))) == len(source_rows)
     assert len(feed.history(*ipp("TGT1"))) == len(target_rows)
     # An update sent to the merged IPP is not applied to it (warning 204 in an AA).
@@ -297,8 +351,9 @@ def test_a40_edge_cases(feed):
     m1 = feed.show(*ipp("M1"))["id"]
     patients, rows = feed.count(patient), feed.count(patient_history)
 
-    # Source unknown: nothing to do, AA; the PID's patient is not touched.
-    feed.ok(msg("A40", Person("M2", birth_name="CHANGED"), prior_ipp="NOSUCH"))
+    # Source unknown: nothing to do, AA with a warning; the PID's patient is not touched.
+    (ack,) = feed(msg("A40", Person("M2", birth_name="CHANGED"), prior_ipp="NOSUCH"))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AA", ["204"], ["MRG^1^1"])
     assert feed.show(*ipp("M2"))["birth_name"] == "PAT-TEST"
     assert feed.exit_code(*ipp("NOSUCH")) == 1
     assert (feed.count(patient), feed.count(patient_history)) == (patients, rows)
@@ -308,24 +363,27 @@ def test_a40_edge_cases(feed):
     assert ack.code == "AE" and ack.err_codes == ["205"]
     assert feed.show(*ipp("M2"))["active"] is True
 
-    # Target unknown: acts as A47, the MRG patient takes the new IPP and the PID's demographics.
+    # Target unknown: acts as A47, the MRG patient takes the new IPP (its demographics stay).
     feed.ok(msg("A40", Person("M9", birth_name="RENAMED"), prior_ipp="M1"))
     renamed = feed.show(*ipp("M9"))
-    assert (renamed["id"], renamed["active"], renamed["birth_name"]) == (m1, True, "RENAMED")
+    assert (renamed["id"], renamed["active"], renamed["birth_name"]) == (m1, True, "PAT-TEST")
     assert feed.exit_code(*ipp("M1")) == 1
     assert feed.count(patient) == patients
     last = feed.history("--id", str(m1))[-1]
     assert (last["event"], last["operation"]) == ("A40", "merge")
     assert last["changes"]["identifiers"] == [[f"M1^PI^{OID}"], [f"M9^PI^{OID}"]]
 
-    # A merged patient cannot be merged into another survivor, nor be a survivor itself.
+    # A merged patient cannot be merged into another survivor; a merge into a merged-away
+    # patient goes to its final survivor, with a warning (the inactive record is not touched).
     feed.ok(msg("A40", Person("M3"), prior_ipp="M2"))
+    m3 = feed.show(*ipp("M3"))["id"]
     (into_other,) = feed(msg("A40", Person("M9"), prior_ipp="M2"))
-    (into_merged,) = feed(msg("A40", Person("M2"), prior_ipp="M9"))
     assert (into_other.code, into_other.err_codes) == ("AE", ["205"])
-    assert (into_merged.code, into_merged.err_codes) == ("AE", ["205"])
-    assert feed.show(*ipp("M2"))["merged_into"] == feed.show(*ipp("M3"))["id"]
     assert feed.show(*ipp("M9"))["active"] is True
+    (into_merged,) = feed(msg("A40", Person("M2"), prior_ipp="M9"))
+    assert (into_merged.code, into_merged.err_codes, into_merged.errs[0][4]) == ("AA", ["0"], "W")
+    assert feed.show(*ipp("M2"))["merged_into"] == m3
+    assert feed.show(*ipp("M9"))["merged_into"] == m3
 
 
 # -- change of identifier (A47) ---------------------------------------------------------------

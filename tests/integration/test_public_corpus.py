@@ -31,12 +31,19 @@ def test_public_examples_through_pamfr_send(db_url):
     lines = re.findall(r"^(\S+) #1: (\S+)((?:\n    ERR .*)*)", result.stdout, re.M)
     codes = {name.rsplit("/", 1)[-1][:3]: (code, errs.strip()) for name, code, errs in lines}
     assert set(codes) == {f.name[:3] for f in FILES}, result.stdout + result.stderr
-    # 008 carries an INS whose key does not verify (170017510112313): AE 102 at PID^1^3.
+    # 003 reuses 001's MSH-10 (3975) for another message: refused, AE 205 at MSH-10.
     assert {k: c for k, (c, _) in codes.items()} == {
-        **{f"{n:03d}": "AA" for n in range(1, 8)},
-        "008": "AE",
+        **{f"{n:03d}": "AA" for n in range(1, 9)},
+        "003": "AE",
     }
-    assert codes["008"][1].startswith("ERR 102 PID^1^3 ")
+    assert codes["003"][1].startswith("ERR 205 MSH^1^10 ")
+    # 004-007 are encounter events of a known patient: its identity is not rewritten (W).
+    for n in range(4, 8):
+        assert codes[f"{n:03d}"][1].startswith("ERR 0 PID^1 "), codes
+    # 008 is PROV~FICT with an INS whose key does not verify (170017510112313): integrated
+    # without the INS, with warnings saying why.
+    assert codes["008"][1].startswith("ERR 102 PID^1^3 "), codes["008"]
+    assert "ERR 103 PID^1^32 " in codes["008"][1]
     assert result.returncode == 1  # not every ACK is AA
 
     def show(*selector: str):
@@ -47,10 +54,9 @@ def test_public_examples_through_pamfr_send(db_url):
         rows = conn.execute(select(message_table).order_by(message_table.c.id)).mappings().all()
     engine.dispose()
     assert [r["raw"] for r in rows] == [as_sent(f) for f in FILES]
-    assert [r["outcome"] for r in rows] == ["AA"] * 7 + ["AE"]
-    # 003 reuses 001's MSH-10 (3975): answered with 001's ACK, logged, not applied again.
-    assert rows[2]["duplicate_of"] == rows[0]["id"]
-    assert rows[7]["error_text"].startswith("102 PID^1^3")
+    assert [r["outcome"] for r in rows] == ["AA", "AA", "AE"] + ["AA"] * 5
+    assert rows[2]["duplicate_of"] is None and rows[2]["error_text"].startswith("205 MSH^1^10")
+    assert rows[7]["warnings"].startswith("102 PID^1^3")
 
     view = json.loads(show("--ipp", "000003", "--authority", "000897406").stdout)
     assert view["ins"] == {"value": ANS_TEST_INS, "oid": "1.2.250.1.213.1.4.10", "kind": "NIR-TEST"}
@@ -66,10 +72,16 @@ def test_public_examples_through_pamfr_send(db_url):
         "F",
         "63220",
     )
-    assert view["identity_mode"] == "INSI"  # ZFD-5 of 004-007
+    assert view["identity_mode"] is None  # ZFD-5 of 004-007 is not applied by an A01
     assert [(i["value"], i["type"]) for i in view["identifiers"]] == [
         ("000003", "PI"),
         (ANS_TEST_INS, "INS"),
     ]
-    # Nothing of 008 was applied.
-    assert show("--ipp", "123456789").exit_code == 1
+    # 008 was applied without its INS: provisoire, fictive.
+    fictive = json.loads(show("--ipp", "123456789").stdout)
+    assert (fictive["status"], fictive["attributes"], fictive["ins"]) == (
+        "provisoire",
+        ["fictive"],
+        None,
+    )
+    assert fictive["used_name"] == "Lastname"

@@ -47,7 +47,7 @@ def test_ack_shape_original_mode(db_url, engine):
 
 
 def test_enhanced_mode_commit_ack(db_url):
-    msg = a28(2).replace("|P|2.5^FRA^2.11|||", "|P|2.5^FRA^2.11|||AL|NE|")
+    msg = a28(2).replace("|T|2.5^FRA^2.11|||", "|T|2.5^FRA^2.11|||AL|NE|")
     with pamfr_server(db_url) as server:
         (ack,) = send(server.port, [msg])
     assert ack.code == "CA"
@@ -59,7 +59,7 @@ def test_unknown_type_event_version_processing_id(db_url, engine):
         "type": (base.replace("ADT^A28^ADT_A05", "ORU^R01^ORU_R01"), "200", "MSH^1^9^1^1"),
         "event": (base.replace("ADT^A28^ADT_A05", "ADT^A99^ADT_A01"), "201", "MSH^1^9^1^2"),
         "version": (base.replace("|2.5^FRA^2.11|", "|3.0|"), "203", "MSH^1^12"),
-        "processing": (base.replace("|P|2.5", "|X|2.5"), "202", "MSH^1^11"),
+        "processing": (base.replace("|T|2.5", "|X|2.5"), "202", "MSH^1^11"),
     }
     with pamfr_server(db_url) as server:
         acks = send(server.port, [m for m, _, _ in cases.values()])
@@ -124,15 +124,43 @@ def test_segment_separators_cr_lf_crlf(db_url, engine):
 
 def test_duplicate_control_id_answered_with_stored_ack(db_url, engine):
     first = a28(20, "DUP-1")
-    changed = a28(20, "DUP-1", birth_name="OTHER")
+    resent = first.replace("\r", "\n")  # the same message through another door's separators
     with pamfr_server(db_url) as server:
-        acks = send(server.port, [first, first, changed])
+        acks = send(server.port, [first, first, resent])
     assert [a.code for a in acks] == ["AA"] * 3
     assert acks[1].raw == acks[0].raw and acks[2].raw == acks[0].raw
+    rows = logged(engine)
+    assert [r["duplicate_of"] for r in rows] == [None, rows[0]["id"], rows[0]["id"]]
+
+
+def test_reused_control_id_with_other_content_is_refused_and_kept(db_url, engine, caplog):
+    """A GAM whose counter restarted: the second message must not get the first one's AA and
+    be silently dropped."""
+    first = a28(20, "DUP-1")
+    changed = a28(20, "DUP-1", birth_name="OTHER")
+    with pamfr_server(db_url) as server:
+        acks = send(server.port, [first, changed, changed])
+    assert [a.code for a in acks] == ["AA", "AE", "AE"]
+    assert (acks[1].err_codes, acks[1].err_locations) == (["205"], ["MSH^1^10"])
+    assert "already used" in acks[1].errs[0][8]
     with engine.connect() as conn:
         assert conn.execute(select(patient.c.birth_name)).scalars().all() == ["PAT-TEST"]
     rows = logged(engine)
-    assert [r["duplicate_of"] for r in rows] == [None, rows[0]["id"], rows[0]["id"]]
+    assert [r["outcome"] for r in rows] == ["AA", "AE", "AE"]
+    assert rows[1]["raw"] == changed.encode() and rows[1]["duplicate_of"] is None
+    assert [r["dedup_key"] is None for r in rows] == [False, True, True]
+    assert "already used by message" in caplog.text and "OTHER" not in caplog.text
+
+
+def test_reused_control_id_may_be_applied_by_choice(db_url, engine):
+    first = a28(20, "DUP-1")
+    changed = a28(20, "DUP-1", birth_name="OTHER")
+    with pamfr_server(db_url, reused_control_id="apply") as server:
+        acks = send(server.port, [first, changed])
+    assert [a.code for a in acks] == ["AA", "AA"]
+    assert (acks[1].err_codes, acks[1].errs[0][4]) == (["205"], "W")
+    with engine.connect() as conn:
+        assert conn.execute(select(patient.c.birth_name)).scalars().all() == ["OTHER"]
 
 
 def test_rejected_ar_is_not_remembered_as_processed(db_url):

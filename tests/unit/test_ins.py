@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from pamfr.hl7.er7 import read_header
+from pamfr.hl7.errors import MessageRejected
 from pamfr.hl7.parse import decode, parse_adt
-from pamfr.identity.errors import MessageRejected
 from pamfr.identity.ins import InsKind, InvalidIns, check_ins, nir_key
-from pamfr.identity.model import KEEP, Status
+from pamfr.identity.model import Status
+from pamfr.identity.rules import Decision, Policy, decide_identity
 from pamfr.samples import msh
 
 NIR_OID = "1.2.250.1.213.1.4.8"
@@ -135,12 +136,14 @@ def test_unknown_oid(oid):
 # -- through the PID ----------------------------------------------------------------------------
 
 
-def parse_pid3(pid3: str, pid32: str = "VALI"):
-    pid = f"PID|1||{pid3}||DOE^JEAN^JEAN^^^^L||19850701|M" + "|" * 24 + pid32
+def parse_pid3(pid3: str, pid32: str = "VALI") -> Decision:
+    """What a new identity becomes from an A28 with this PID-3 (and the five traits)."""
+    pid = f"PID|1||{pid3}||DOE^JEAN^JEAN^^^^L||19850701|M|||^^^^^^BDL^^75056" + "|" * 21 + pid32
     text = "\r".join([msh("A28", "ADT_A05", "C1"), "EVN||20240306111154", pid, "PV1||N"])
     raw = (text + "\r").encode()
     header = read_header(raw)
-    return parse_adt(decode(raw, header), header).patients[0]
+    identity = parse_adt(decode(raw, header), header).patients[0]
+    return decide_identity(identity, None, Policy())
 
 
 IPP = "IPP1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
@@ -148,40 +151,39 @@ IPP = "IPP1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
 
 def test_nh_is_never_the_ins():
     nss = with_key("1850775123456")
-    identity = parse_pid3(f"{IPP}~{nss}^^^ASIP-SANTE-NIR&{NIR_OID}&ISO^NH")
-    assert identity.ins is KEEP
-    assert identity.status.status is Status.VALIDEE  # VALI without an INS
-    assert [(i.value, i.type) for i in identity.identifiers] == [("IPP1", "PI"), (nss, "NH")]
+    decided = parse_pid3(f"{IPP}~{nss}^^^ASIP-SANTE-NIR&{NIR_OID}&ISO^NH")
+    assert decided.ins is None
+    assert decided.values["status"] == Status.VALIDEE  # VALI without an INS
 
 
 def test_nh_with_a_bad_key_is_not_checked_as_an_ins():
-    identity = parse_pid3(f"{IPP}~185077512345600^^^ASIP-SANTE-NIR&{NIR_OID}&ISO^NH")
-    assert identity.ins is KEEP
+    decided = parse_pid3(f"{IPP}~185077512345600^^^ASIP-SANTE-NIR&{NIR_OID}&ISO^NH")
+    assert decided.ins is None and decided.notes == []
 
 
 def test_ins_next_to_an_nh_of_the_parent():
     child, parent = with_key("2200175123456"), with_key("1850775123456")
-    identity = parse_pid3(
+    decided = parse_pid3(
         f"{IPP}~{parent}^^^ASIP-SANTE-NIR&{NIR_OID}&ISO^NH"
         f"~{child}^^^ASIP-SANTE-INS-NIR&{NIR_OID}&ISO^INS^^20101207"
     )
-    assert identity.ins.value == child and identity.ins.kind is InsKind.NIR
-    assert identity.status.status is Status.QUALIFIEE
+    assert decided.ins.value == child and decided.ins.kind is InsKind.NIR
+    assert decided.values["status"] == Status.QUALIFIEE
 
 
 def test_nia_with_nir_namespace_is_keyed_on_the_oid():
     nia = with_key("1850775123456")
-    identity = parse_pid3(f"{IPP}~{nia}^^^ASIP-SANTE-INS-NIR&{NIA_OID}&ISO^INS")
-    assert identity.ins.kind is InsKind.NIA
+    decided = parse_pid3(f"{IPP}~{nia}^^^ASIP-SANTE-INS-NIR&{NIA_OID}&ISO^INS")
+    assert decided.ins.kind is InsKind.NIA
 
 
 def test_nir_preferred_over_nia_when_both_are_sent():
     nir, nia = with_key("1850775123456"), with_key("1850775123457")
-    identity = parse_pid3(
+    decided = parse_pid3(
         f"{IPP}~{nia}^^^ASIP-SANTE-INS-NIA&{NIA_OID}&ISO^INS"
         f"~{nir}^^^ASIP-SANTE-INS-NIR&{NIR_OID}&ISO^INS"
     )
-    assert (identity.ins.value, identity.ins.kind) == (nir, InsKind.NIR)
+    assert (decided.ins.value, decided.ins.kind) == (nir, InsKind.NIR)
 
 
 @pytest.mark.parametrize(

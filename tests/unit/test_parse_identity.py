@@ -1,16 +1,18 @@
-"""PID / ZFD / MRG -> domain values: each INS trait, the status from PID-32 + PID-3 + ZFD-5,
-explicit null against empty, and every AE rule of issue 3 with its ERR code and place."""
+"""PID / ZFD / MRG -> what the message states: each INS trait, the INS and PID-32 as sent,
+explicit null against empty at the field and component level, and every refusal the message
+alone earns, with its ERR code and place. What the identity becomes is tests/unit/test_rules.py."""
 
 from __future__ import annotations
 
 import pytest
 
 from pamfr.hl7.er7 import read_header
+from pamfr.hl7.errors import MessageRejected
 from pamfr.hl7.events import Operation
 from pamfr.hl7.parse import AdtMessage, decode, parse_adt
-from pamfr.identity.errors import MessageRejected
-from pamfr.identity.ins import InsKind
-from pamfr.identity.model import KEEP, Attribute, BirthDate, Identifier, Status
+from pamfr.identity.model import KEEP, BirthDate, Identifier, StatedIns
+from pamfr.identity.rules import choose_ins
+from pamfr.identity.status import read_status
 from pamfr.samples import STRUCTURES, msh, nir_with_key
 
 IPP = "IPP1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
@@ -42,9 +44,10 @@ def parse(*segments: str, event: str = "A28") -> AdtMessage:
     return parse_adt(decode(raw, header), header)
 
 
-def identity(zfd: str | None = None, **fields: str):
+def identity(zfd: str | None = None, event: str = "A01", **fields: str):
+    """The PID as an encounter event states it (A28/A31 also require the birth name)."""
     segments = [pid(**fields), "PV1||N"] + ([zfd] if zfd else [])
-    return parse(*segments).patients[0]
+    return parse(*segments, event=event).patients[0]
 
 
 def rejected(*segments: str, event: str = "A28") -> tuple[str, int, str]:
@@ -62,10 +65,10 @@ def test_identifiers_of_pid3():
     assert got.identifiers == (
         Identifier("IPP1", "PI", "CHU-X", "1.2.250.1.999.1.1"),
         Identifier("24000006", "AN", "CHU-X", "000897406"),
-        Identifier(INS, "INS", "ASIP-SANTE-INS-NIR", "1.2.250.1.213.1.4.10"),
     )
     assert got.ipp == Identifier("IPP1", "PI", "CHU-X", "1.2.250.1.999.1.1")
-    assert got.ins.value == INS and got.ins.kind is InsKind.NIR_TEST
+    assert got.ins == (StatedIns(INS, "1.2.250.1.213.1.4.10", "ASIP-SANTE-INS-NIR"),)
+    assert got.ins_cleared is False
 
 
 def test_authority_key_is_the_oid_else_the_namespace():
@@ -75,9 +78,10 @@ def test_authority_key_is_the_oid_else_the_namespace():
 
 def test_ins_explicit_null_clears_and_absent_keeps():
     cleared = identity(f3=f'{IPP}~""^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS', f32="PROV")
-    assert cleared.ins is None
+    assert cleared.ins == () and cleared.ins_cleared is True
     assert [i.type for i in cleared.identifiers] == ["PI"]
-    assert identity(f32="PROV").ins is KEEP
+    absent = identity(f32="PROV")
+    assert absent.ins == () and absent.ins_cleared is False
 
 
 # -- the five traits and the used names ------------------------------------------------------
@@ -113,10 +117,47 @@ def test_l_and_d_names_in_either_order(pid5):
     assert (got.used_name, got.used_given_name) == ("MARTIN", "Julie")
 
 
-def test_used_name_only_keeps_the_birth_name():
+def test_used_name_only_keeps_the_birth_name():  # an encounter event: no birth name needed
     got = identity(f5="MARTIN^Julie^^^^^D")
     assert (got.used_name, got.used_given_name) == ("MARTIN", "Julie")
     assert got.birth_name is KEEP and got.birth_given_names is KEEP
+
+
+def test_empty_components_keep_and_null_components_clear():
+    """An A40 or A44 whose PID leaves XPN-3 or the birth place empty erased two INS traits."""
+    got = identity(f5="DUPONT^MARIE^^^^^L", f11="^^^^^^BDL^^")
+    assert (got.birth_name, got.first_given_name) == ("DUPONT", "MARIE")
+    assert got.birth_given_names is KEEP and got.birth_place_insee is KEEP
+    cleared = identity(f5='DUPONT^""^""^^^^L')
+    assert cleared.first_given_name is None and cleared.birth_given_names is None
+
+
+def test_used_name_is_cleared_only_by_a_d_repetition_holding_null():
+    got = identity(f5='""^Orianne^^^^^D~DES LAUMES^Orianne^^^^^L')
+    assert (got.used_name, got.used_given_name) == (None, "Orianne")
+    assert got.birth_name == "DES LAUMES"
+    assert identity(f5="DES LAUMES^Orianne^^^^^L").used_name is KEEP
+
+
+@pytest.mark.parametrize(
+    ("charset", "raw_name", "name"),
+    [
+        ("8859/15", "L\\XC9\\ON", "LÉON"),
+        ("8859/1", "L\\XC9\\ON", "LÉON"),
+        ("UNICODE UTF-8", "L\\XC389\\ON", "LÉON"),
+        ("UNICODE UTF-8", "A\\H\\B\\N\\C", "ABC"),
+    ],
+)
+def test_hex_escapes_decode_in_the_message_charset(charset, raw_name, name):
+    text = "\r".join(
+        [
+            msh("A01", "ADT_A01", "C1").replace("UNICODE UTF-8", charset),
+            pid(f5=f"{raw_name}^JEAN^JEAN^^^^L"),
+        ]
+    )
+    header = read_header(text.encode("latin-1"))
+    got = parse_adt(decode(text.encode("latin-1"), header), header).patients[0]
+    assert got.birth_name == name
 
 
 def test_names_are_unescaped_and_kept_as_received():
@@ -239,46 +280,34 @@ def test_zfd_empty_field_keeps_and_null_clears():
     assert (no_zfd.identity_mode, no_zfd.insi_query_date, no_zfd.identity_document) == (KEEP,) * 3
 
 
-# -- status through the whole PID -------------------------------------------------------------
-
-P, R, V, Q = Status.PROVISOIRE, Status.RECUPEREE, Status.VALIDEE, Status.QUALIFIEE
+# -- PID-32 as sent ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("pid32", "with_ins", "zfd5", "status"),
+    ("pid32", "codes"),
     [
-        ("QUAL", True, None, Q),
-        ("VALI", True, "INSI", Q),
-        ("VALI", False, None, V),
-        ("RECUP", False, None, R),
-        ("RECUP", True, None, R),
-        ("PROV", False, "INSI", R),
-        ("PROV", True, None, R),
-        ("PROV", False, "CV", P),
-        ("VIDE", False, None, P),
-        ('""', False, None, P),
-        ("", False, None, P),
+        ("VALI", ("VALI",)),
+        ("PROV~FICT", ("PROV", "FICT")),
+        ("VALI~FICT~DOUB~HOMA", ("VALI", "FICT", "DOUB", "HOMA")),
+        ("", None),
+        ('""', None),
     ],
 )
-def test_status_from_pid32_pid3_and_zfd5(pid32, with_ins, zfd5, status):
-    zfd = f"ZFD|||Y|N|{zfd5}|20211201||" if zfd5 else None
-    pid3 = f"{IPP}~{INS_REP}" if with_ins else IPP
-    got = identity(zfd, f3=pid3, f32=pid32)
-    assert got.status.status is status
-    assert (got.ins.value == INS) if with_ins else got.ins is KEEP
+def test_pid32_codes_as_sent_none_when_empty(pid32, codes):
+    assert identity(f32=pid32).status_codes == codes
 
 
-def test_status_with_repeated_pid32_and_attributes():
-    got = identity(f3=f"{IPP}~{INS_REP}", f32="VALI~FICT~DOUB~HOMA")
-    assert got.status.status is P  # fictive forces provisoire; the INS is still read
-    assert got.status.attributes == (Attribute.FICTIVE, Attribute.HOMONYME)
-    assert got.status.other_codes == ("DOUB",)
-    assert got.ins.value == INS
+def test_status_codes_read_as_the_rnivs_say():
+    reading = read_status(identity(f32="VALI~FICT~DOUB~HOMA").status_codes)
+    assert reading.status.value == "provisoire" and reading.barring == ("FICT",)
+    assert [a.value for a in reading.attributes] == ["fictive", "homonyme"]
+    assert reading.other_codes == ("DOUB",)
 
 
-def test_nh_does_not_make_the_status_qualifiee():
+def test_nh_is_not_an_ins():
     nh = f"{INS}^^^ASIP-SANTE-NIR&1.2.250.1.213.1.4.8&ISO^NH"
-    assert identity(f3=f"{IPP}~{nh}", f32="VALI").status.status is V
+    got = identity(f3=f"{IPP}~{nh}", f32="VALI")
+    assert got.ins == () and [i.type for i in got.identifiers] == ["PI", "NH"]
 
 
 def test_zfd_of_an_a01_is_read():
@@ -286,10 +315,10 @@ def test_zfd_of_an_a01_is_read():
     message = parse(*segments, "ZFD|||Y|N|INSI|20211201||", event="A01")
     assert message.operation is Operation.UPDATE
     assert message.patients[0].identity_mode == "INSI"
-    assert message.patients[0].status.status is R
+    assert message.patients[0].status_codes == ("PROV",)
 
 
-# -- AE rules -----------------------------------------------------------------------------------
+# -- refusals on the message alone ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -301,12 +330,18 @@ def test_zfd_of_an_a01_is_read():
     ],
     ids=["key", "length", "oid"],
 )
-def test_ae_102_bad_ins(ins_rep):
+def test_ae_102_bad_ins_on_a_vali_message(ins_rep):
     assert rejected(pid(f3=f"{IPP}~{ins_rep}")) == ("AE", 102, "PID^1^3")
 
 
-def test_ae_101_qual_without_ins():
-    assert rejected(pid(f32="QUAL")) == ("AE", 101, "PID^1^3")
+def test_a_bad_ins_on_a_prov_message_is_accepted():
+    bad = f"{INS[:13]}00^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
+    got = identity(f3=f"{IPP}~{bad}", f32="PROV")
+    assert got.ins == (StatedIns(f"{INS[:13]}00", "1.2.250.1.213.1.4.10", "ASIP-SANTE-INS-NIR"),)
+
+
+def test_qual_without_ins_is_read_as_vali():
+    assert read_status(identity(f32="QUAL").status_codes).validated
 
 
 def test_ae_205_two_ins_of_one_kind_that_disagree():
@@ -316,7 +351,9 @@ def test_ae_205_two_ins_of_one_kind_that_disagree():
 
 
 def test_the_same_ins_twice_is_fine():
-    assert identity(f3=f"{IPP}~{INS_REP}~{INS_REP}").ins.value == INS
+    got = identity(f3=f"{IPP}~{INS_REP}~{INS_REP}")
+    chosen, _ = choose_ins(got.ins, read_status(got.status_codes))
+    assert chosen is not None and chosen.value == INS
 
 
 @pytest.mark.parametrize(
@@ -330,6 +367,24 @@ def test_the_same_ins_twice_is_fine():
 )
 def test_ae_101_pid3_without_ipp(pid3):
     assert rejected(pid(f3=pid3)) == ("AE", 101, "PID^1^3")
+
+
+def test_ae_101_ipp_without_assigning_authority():
+    assert rejected(pid(f3="IPP1^^^^PI")) == ("AE", 101, "PID^1^3")
+
+
+def test_ae_205_two_ipps_of_one_authority():
+    assert rejected(pid(f3=f"{IPP}~IPP2^^^CHU-X&1.2.250.1.999.1.1&ISO^PI")) == (
+        "AE",
+        205,
+        "PID^1^3",
+    )
+
+
+@pytest.mark.parametrize("event", ["A28", "A31"])
+@pytest.mark.parametrize("pid5", ["MARTIN^Julie^^^^^D", '""', '""^MARIE^MARIE^^^^L'])
+def test_ae_101_a28_a31_without_birth_name(event, pid5):
+    assert rejected(pid(f5=pid5), event=event) == ("AE", 101, "PID^1^5")
 
 
 def test_ae_101_second_pid_of_a24_without_ipp():
@@ -353,6 +408,13 @@ def test_mrg_prior_identifiers():
     assert message.prior_identifiers == (Identifier("OLD7", "PI", "CHU-X", "1.2.250.1.999.1.1"),)
 
 
+def test_a47_mrg1_may_be_an_ins():
+    mrg = f"MRG|{INS}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS"
+    message = parse(pid(), mrg, event="A47")
+    assert message.prior_identifiers == ()
+    assert message.prior_ins == (StatedIns(INS, "1.2.250.1.213.1.4.8", "ASIP-SANTE-INS-NIR"),)
+
+
 def test_a24_reads_two_patients():
     message = parse(pid(), pid(2, f3="IPP2^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"), event="A24")
     assert message.operation is Operation.LINK
@@ -360,11 +422,11 @@ def test_a24_reads_two_patients():
 
 
 def test_too_many_repetitions_are_refused_before_hl7apy():
-    many = "~".join(f"ID{n}^^^CHU-X&1.2.250.1.999.1.1&ISO^PI" for n in range(51))
+    many = "~".join(f"ID{n}^^^CHU-X&1.2.250.1.999.1.1&ISO^AN" for n in range(51))
     with pytest.raises(MessageRejected) as caught:
-        parse(pid(f3=many))
+        parse(pid(f3=f"{IPP}~{many}"))
     (problem,) = caught.value.problems
     assert (problem.code, problem.location) == (102, "PID^1^3")
-    assert "51 repetitions" in problem.text
-    fifty = "~".join(f"ID{n}^^^CHU-X&1.2.250.1.999.1.1&ISO^PI" for n in range(50))
-    assert len(parse(pid(f3=fifty)).patients[0].identifiers) == 50
+    assert "52 repetitions" in problem.text
+    fifty = "~".join(f"ID{n}^^^CHU-X&1.2.250.1.999.1.1&ISO^AN" for n in range(49))
+    assert len(parse(pid(f3=f"{IPP}~{fifty}")).patients[0].identifiers) == 50

@@ -1,4 +1,4 @@
-"""The one error type of the domain: an HL7 table 0357 code, a place and a human text."""
+"""The HL7 error of a message: a table 0357 code, a place (`PID^1^3`) and a human text."""
 
 from __future__ import annotations
 

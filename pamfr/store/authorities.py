@@ -1,0 +1,88 @@
+"""Assigning authorities named by namespace and OID together, learnt from the messages.
+
+A GAM may name its authority `HOP&1.2.3` in one message and `HOP` in the next: both are one
+authority, keyed on its OID. The pairs live in the `authority` table; each process keeps those
+it has seen committed, so the usual message costs no query. A pair first seen re-keys the
+identifiers and links recorded under the namespace alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+
+from sqlalchemy import Connection, and_, bindparam, exists, insert, select, update
+from sqlalchemy.orm import aliased
+
+from pamfr.identity.authority import canonical, named_pairs
+from pamfr.identity.model import Identifier, PatientIdentity
+from pamfr.store.schema import authority, identifier, patient_link
+
+_FIND = select(authority.c.oid).where(authority.c.namespace == bindparam("ns"))
+_INSERT = insert(authority)
+_other = aliased(identifier)
+_REKEY_IDENTIFIERS = (
+    update(identifier)
+    .where(
+        identifier.c.authority_key == bindparam("ns"),
+        identifier.c.oid == "",
+        ~exists().where(
+            and_(
+                _other.c.authority_key == bindparam("oid"),
+                _other.c.value == identifier.c.value,
+                _other.c.type == identifier.c.type,
+            )
+        ),
+    )
+    .values(oid=bindparam("oid"), authority_key=bindparam("oid"))
+)
+
+
+class AuthorityBook:
+    """One per receiver. `commit()` after the transaction commits, `rollback()` after any
+    rollback: what a rolled-back transaction learnt is never taken as known."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, str] = {}
+        self._pending: dict[str, str] = {}
+
+    def commit(self) -> None:
+        self._known.update(self._pending)
+        self._pending.clear()
+
+    def rollback(self) -> None:
+        self._pending.clear()
+
+    def _oid(self, conn: Connection, namespace: str) -> str | None:
+        oid = self._known.get(namespace) or self._pending.get(namespace)
+        if oid is None:
+            oid = conn.execute(_FIND, {"ns": namespace}).scalar_one_or_none()
+            if oid is not None:
+                self._pending[namespace] = oid
+        return oid
+
+    def canonical(self, conn: Connection, ident: Identifier) -> Identifier:
+        if ident.oid or not ident.authority:
+            return ident
+        oid = self._oid(conn, ident.authority)
+        return canonical(ident, {ident.authority: oid}) if oid else ident
+
+    def canonical_identity(
+        self, conn: Connection, identity: PatientIdentity, now: datetime
+    ) -> PatientIdentity:
+        for namespace, oid in named_pairs(identity.identifiers).items():
+            self.learn(conn, namespace, oid, now)
+        idents = tuple(self.canonical(conn, i) for i in identity.identifiers)
+        return identity if idents == identity.identifiers else replace(identity, identifiers=idents)
+
+    def learn(self, conn: Connection, namespace: str, oid: str, now: datetime) -> None:
+        """Record a (namespace, OID) pair the first time it is seen. A namespace already
+        known with another OID keeps its first one."""
+        if self._oid(conn, namespace) is not None:
+            return
+        conn.execute(_INSERT, {"namespace": namespace, "oid": oid, "created_at": now})
+        conn.execute(_REKEY_IDENTIFIERS, {"ns": namespace, "oid": oid})
+        for side in ("a", "b"):
+            column = patient_link.c[f"{side}_authority_key"]
+            conn.execute(update(patient_link).where(column == namespace).values({column: oid}))
+        self._pending[namespace] = oid

@@ -89,6 +89,29 @@ class ReceiverSettings(_Section):
     parse_workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=0)
 
 
+class Hl7Settings(_Section):
+    # MSH-18 empty but 8-bit bytes (common from French GAMs): decoded in this set, with a warning.
+    default_charset: str = "8859/15"
+    # ITI-31 events (A01, A04, Z99...) create an unknown patient; they rewrite a known identity
+    # only when this is on (for feeds that send no A31).
+    iti31_updates_identity: bool = False
+    # A control id already processed with other content: refused (AE 205) or applied anyway.
+    reused_control_id: Literal["refuse", "apply"] = "refuse"
+
+    @field_validator("default_charset")
+    @classmethod
+    def _known_charset(cls, value: str) -> str:
+        from pamfr.hl7.charset import UnknownCharset, codec_for
+
+        try:
+            codec_for(value)
+        except UnknownCharset:
+            raise ValueError(
+                f"{value!r} is not one of 8859/1, 8859/15, UNICODE UTF-8, ASCII"
+            ) from None
+        return value
+
+
 class FiledropSettings(_Section):
     dirs: list[str] = []
     quiet_period: float = Field(2.0, ge=0)
@@ -114,6 +137,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
     receiver: ReceiverSettings = ReceiverSettings()
+    hl7: Hl7Settings = Hl7Settings()
     filedrop: FiledropSettings = FiledropSettings()
     logging: LoggingSettings = LoggingSettings()
 

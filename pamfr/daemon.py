@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
+from pamfr.assemble import build_receiver
 from pamfr.config import Settings
 from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.pipeline import AsyncReceiver
-from pamfr.receiver import Receiver
 from pamfr.reload import Reloader
 from pamfr.security import SecurityConfigError, describe_access, listener_tls, peer_filter
 from pamfr.store.db import make_engine, upgrade
@@ -59,11 +59,7 @@ async def run_daemon(
     engine = make_engine(
         url, synchronous=db.sqlite_synchronous, busy_timeout=db.sqlite_busy_timeout
     )
-    receiver = Receiver(
-        engine,
-        processing_ids=settings.receiver.processing_ids,
-        allowed_senders=s.allowed_senders,
-    )
+    receiver = build_receiver(engine, settings)
     handler = AsyncReceiver(
         receiver,
         batch_max=settings.receiver.batch_max,

@@ -77,16 +77,16 @@ def watch(
 
 
 async def _watch(settings: Settings, once: bool) -> int:
+    from pamfr.assemble import build_receiver
     from pamfr.ingest.filedrop import FileDropWatcher
     from pamfr.pipeline import AsyncReceiver
-    from pamfr.receiver import Receiver
 
     if settings.database.migrate_on_start:
         from pamfr.store.db import upgrade
 
         await asyncio.to_thread(upgrade, settings.database.url)
     engine = open_engine(settings)
-    receiver = Receiver(engine, processing_ids=settings.receiver.processing_ids)
+    receiver = build_receiver(engine, settings)
     # A folder's messages go one at a time: parse processes help only with several folders.
     folders = len(settings.filedrop.dirs)
     handler = AsyncReceiver(
@@ -225,9 +225,9 @@ def replay(
     started = time.perf_counter()
     try:
         if engine is not None:
-            from pamfr.receiver import Receiver
+            from pamfr.assemble import build_receiver
 
-            receiver = Receiver(engine, processing_ids=settings.receiver.processing_ids)
+            receiver = build_receiver(engine, settings)
             batch = settings.receiver.batch_max
             tally = rp.replay_local(
                 files, receiver, workers=workers, batch=batch, rewrite=rewrite, progress=progress

@@ -100,6 +100,7 @@ def render_card(v: dict) -> str:
         "  INS               "
         + (
             f"{ins['value']} {ins['kind']} ({'usable' if v['ins_usable'] else 'NOT usable'})"
+            + (" COLLISION: held by another active patient" if v["ins_collision"] else "")
             if ins
             else "-"
         ),
@@ -132,6 +133,8 @@ def history(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> N
         click.echo(f"{r['at']}  {r['event']} {r['operation']} (control id {r['control_id']})")
         for fld, (old, new) in r["changes"].items():
             click.echo(f"    {fld}: {old!r} -> {new!r}")
+        for note in r["notes"]:
+            click.echo(f"    note {note['finding']}: {note['text']}")
 
 
 @patient.command()
@@ -160,3 +163,24 @@ def find(obj: Context, name, birth_date, ins, limit, db_url, as_json) -> None:
             f"{v['birth_date'] or '-'} {v['sex'] or '-'}  {v['status']}"
             + ("" if v["active"] else f"  (merged into {v['merged_into']})")
         )
+
+
+@patient.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {ins, patients}.")
+@click.pass_obj
+def collisions(obj: Context, db_url, as_json) -> None:
+    """INS held by more than one active patient: usable on none of them until a merge (A40) or
+    an INS deletion (A47) resolves it. Exit 0 when there is none, 1 otherwise."""
+    from pamfr.store.readside import ins_collisions
+
+    with _connect(obj, db_url) as conn:
+        found = ins_collisions(conn)
+    if as_json:
+        click.echo(json.dumps([{"ins": v, "patients": ids} for v, ids in found]))
+    else:
+        for value, ids in found:
+            click.echo(f"{value}  patients {', '.join(map(str, ids))}")
+        if not found:
+            click.echo("no INS collision")
+    sys.exit(1 if found else 0)

@@ -1,0 +1,20 @@
+"""The one place that builds the receiver with the operator's policy, for every door."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from pamfr.config import Settings
+from pamfr.receiver import Receiver
+
+
+def build_receiver(engine: Engine, settings: Settings) -> Receiver:
+    """The receiver of `serve`, `watch` and `replay --local`: the same checks and rules."""
+    return Receiver(
+        engine,
+        processing_ids=settings.receiver.processing_ids,
+        allowed_senders=settings.server.allowed_senders,
+        default_charset=settings.hl7.default_charset,
+        iti31_updates_identity=settings.hl7.iti31_updates_identity,
+        reused_control_id=settings.hl7.reused_control_id,
+    )

@@ -1,0 +1,387 @@
+"""The identity rules of docs/identity-rules.md end to end: real messages over MLLP to a real
+receiver on SQLite and PostgreSQL, the ACK's ERR segments, the store through `pamfr patient`,
+the history notes and the message log."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from pamfr.cli import main
+from pamfr.samples import Person, message, nir_with_key
+from pamfr.store.db import make_engine
+from pamfr.store.schema import message as message_table
+from tests.helpers import Ack, pamfr_server, send
+
+SPEC = Path(__file__).resolve().parents[1] / "corpus" / "spec"
+INS = "279035121518989"  # the ANS test identity (test OID)
+TEST_OID = "1.2.250.1.213.1.4.10"
+NIR_OID, NIA_OID = "1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9"
+_ids = itertools.count(1)
+
+
+def msg(event: str, person: Person, **kw) -> str:
+    return message(event, person, f"R{next(_ids)}", **kw)
+
+
+def with_pid(text: str, **fields: str) -> str:
+    segments = text.split("\r")
+    for i, segment in enumerate(segments):
+        if segment.startswith("PID|"):
+            values = segment.split("|")
+            for key, value in fields.items():
+                n = int(key.lstrip("f"))
+                values += [""] * (n + 1 - len(values))
+                values[n] = value
+            segments[i] = "|".join(values)
+            break
+    return "\r".join(segments)
+
+
+def production(text: str) -> str:
+    return text.replace("|T|2.5^FRA", "|P|2.5^FRA", 1)
+
+
+def ins_rep(value: str, oid: str = TEST_OID, namespace: str = "ASIP-SANTE-INS-NIR") -> str:
+    return f"{value}^^^{namespace}&{oid}&ISO^INS"
+
+
+class Feed:
+    def __init__(self, port: int, db_url: str) -> None:
+        self.port, self.db_url = port, db_url
+
+    def __call__(self, *messages: str) -> list[Ack]:
+        return send(self.port, list(messages))
+
+    def one(self, text: str) -> Ack:
+        return self(text)[0]
+
+    def cli(self, *args: str):
+        return CliRunner().invoke(main, [*args, "--db", self.db_url])
+
+    def show(self, *selector: str) -> dict:
+        result = self.cli("patient", "show", *selector, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    def history(self, *selector: str) -> list[dict]:
+        result = self.cli("patient", "history", *selector, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    def last_logged(self) -> dict:
+        engine = make_engine(self.db_url)
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(message_table).order_by(message_table.c.id.desc()).limit(1)
+            ).mappings()
+            found = dict(row.one())
+        engine.dispose()
+        return found
+
+
+@pytest.fixture
+def feed(db_url):
+    with pamfr_server(db_url) as server:
+        yield Feed(server.port, db_url)
+
+
+def ipp(value: str) -> tuple[str, str]:
+    return ("--ipp", value)
+
+
+def warning(ack: Ack) -> list[tuple[str, str]]:
+    assert ack.code == "AA", ack.errs
+    assert all(e[4] == "W" for e in ack.errs)
+    return list(zip(ack.err_codes, ack.err_locations, strict=True))
+
+
+def findings(rows: list[dict]) -> list[str]:
+    return [n["finding"] for r in rows for n in r["notes"]]
+
+
+def a47_ins(who: str, prior_ins: str, pid3_ins: str) -> str:
+    """An A47 of §4.4: MRG-1 the previous INS, PID-3 the IPP and the new INS (or `""`)."""
+    pid3 = f"{who}^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{pid3_ins}"
+    text = with_pid(msg("A47", Person(who), prior_ipp=""), f3=pid3)
+    return text.replace("MRG|^^^CHU-X&1.2.250.1.999.1.1&ISO^PI", f"MRG|{prior_ins}")
+
+
+# -- S: status ------------------------------------------------------------------------------------
+
+
+def test_s2_two_statuses_the_lower_wins_with_a_warning(feed):
+    ack = feed.one(msg("A28", Person("S2", ins=INS, pid32=("PROV", "VALI"))))
+    assert ("103", "PID^1^32") in warning(ack)
+    view = feed.show(*ipp("S2"))
+    assert (view["status"], view["ins"]) == ("provisoire", None)
+    assert "status-conflict" in findings(feed.history(*ipp("S2")))
+
+
+def test_s3_homonyme_is_an_attribute_only(feed):
+    assert feed.one(msg("A28", Person("S3", ins=INS, pid32=("VALI", "HOMA")))).errs == []
+    view = feed.show(*ipp("S3"))
+    assert (view["status"], view["attributes"], view["ins_usable"]) == (
+        "qualifiee",
+        ["homonyme"],
+        True,
+    )
+
+
+# -- G: the INS gate ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["INVA", "USUR", "FICT", "DOUT"])
+def test_g1_a_barring_code_drops_the_ins(feed, code):
+    ack = feed.one(msg("A28", Person(f"G1{code}", ins=INS, pid32=("VALI", code))))
+    assert warning(ack) == [("103", "PID^1^32")]
+    assert code in ack.errs[0][8]
+    assert feed.show(*ipp(f"G1{code}"))["ins"] is None
+
+
+def test_g1_missing_trait_drops_the_ins(feed):
+    ack = feed.one(msg("A28", Person("G1T", ins=INS, insee=None)))
+    assert warning(ack) == [("101", "PID^1^11")]
+    view = feed.show(*ipp("G1T"))
+    assert (view["status"], view["ins"]) == ("validee", None)
+    # An A31 that leaves the birth place empty keeps the stored one, and the INS with it.
+    assert feed.one(msg("A31", Person("G1U", ins=INS))).errs == []
+    assert feed.one(msg("A31", Person("G1U", ins=INS, insee=None))).errs == []
+    assert feed.show(*ipp("G1U"))["ins"]["value"] == INS
+
+
+def test_g3_pid32_empty_keeps_a_qualified_identity(feed):
+    assert feed.one(msg("A28", Person("G3", ins=INS, pid32=("VALI", "HOMA")))).errs == []
+    before = feed.show(*ipp("G3"))
+    ack = feed.one(with_pid(msg("A31", Person("G3", ins=INS, used_name="DURAND")), f32=""))
+    assert set(warning(ack)) == {("101", "PID^1^32")}
+    after = feed.show(*ipp("G3"))
+    assert after["used_name"] == "DURAND"
+    for key in ("status", "attributes", "ins", "ins_usable"):
+        assert after[key] == before[key], key
+    # A new identity with PID-32 empty is provisoire, without its INS.
+    ack = feed.one(with_pid(msg("A28", Person("G3N", ins=INS)), f32=""))
+    assert warning(ack) == [("101", "PID^1^32"), ("101", "PID^1^32")]
+    assert (feed.show(*ipp("G3N"))["status"], feed.show(*ipp("G3N"))["ins"]) == ("provisoire", None)
+
+
+def test_g4_nia_with_a_bad_key_beside_a_valid_nir(feed):
+    nir, nia = nir_with_key("2790351215189"), nir_with_key("2790351215190")
+    bad_nia = nia[:13] + f"{(int(nia[13:]) % 97) + 1:02d}"
+    pid3 = (
+        f"G4^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{ins_rep(bad_nia, NIA_OID)}~{ins_rep(nir, NIR_OID)}"
+    )
+    ack = feed.one(production(with_pid(msg("A31", Person("G4")), f3=pid3)))
+    assert warning(ack) == [("102", "PID^1^3")]
+    view = feed.show(*ipp("G4"))
+    assert (view["ins"]["value"], view["ins"]["kind"], view["status"]) == (nir, "NIR", "qualifiee")
+
+
+def test_g5_a_later_nia_does_not_replace_the_nir(feed):
+    nir, nia = nir_with_key("2790351215189"), nir_with_key("2790351215190")
+    base = "G5^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
+    both = f"{base}~{ins_rep(nia, NIA_OID, 'ASIP-SANTE-INS-NIA')}~{ins_rep(nir, NIR_OID)}"
+    assert feed.one(production(with_pid(msg("A31", Person("G5")), f3=both))).errs == []
+    assert feed.show(*ipp("G5"))["ins"]["kind"] == "NIR"
+    only_nia = f"{base}~{ins_rep(nia, NIA_OID, 'ASIP-SANTE-INS-NIA')}"
+    ack = feed.one(production(with_pid(msg("A31", Person("G5")), f3=only_nia)))
+    assert warning(ack) == [("0", "PID^1^3")]
+    assert feed.show(*ipp("G5"))["ins"]["value"] == nir
+
+
+def test_g6_a_test_ins_in_a_production_message_is_not_kept(feed):
+    ack = feed.one(production(msg("A28", Person("G6", ins=INS))))
+    assert warning(ack) == [("103", "PID^1^3")]
+    assert (feed.show(*ipp("G6"))["ins"], feed.show(*ipp("G6"))["status"]) == (None, "validee")
+
+
+def test_g7_one_ins_one_active_patient(feed):
+    assert feed.one(msg("A28", Person("G7A", ins=INS))).errs == []
+    ack = feed.one(msg("A28", Person("G7B", ins=INS)))
+    assert warning(ack) == [("205", "PID^1^3")]
+    for who in ("G7A", "G7B"):
+        view = feed.show(*ipp(who))
+        assert (view["ins_collision"], view["ins_usable"]) == (True, False), who
+    listed = feed.cli("patient", "collisions", "--json")
+    assert listed.exit_code == 1
+    ids = sorted(feed.show(*ipp(w))["id"] for w in ("G7A", "G7B"))
+    assert json.loads(listed.stdout) == [{"ins": INS, "patients": ids}]
+    assert "ins-collision" in findings(feed.history(*ipp("G7A")))
+    # The INS deleted from one of them (A47, §4.4.3): the other is alone with it again.
+    deleted = a47_ins("G7B", ins_rep(INS), f'""^^^ASIP-SANTE-INS-NIR&{TEST_OID}&ISO^INS')
+    assert feed.one(deleted).code == "AA"
+    assert feed.show(*ipp("G7B"))["ins"] is None
+    survivor = feed.show(*ipp("G7A"))
+    assert (survivor["ins_collision"], survivor["ins_usable"]) == (False, True)
+    assert "ins-collision-resolved" in findings(feed.history(*ipp("G7A")))
+    assert feed.cli("patient", "collisions").exit_code == 0
+
+
+# -- L: the INS life cycle (§4.4) -----------------------------------------------------------------
+
+
+def spec(name: str, control_id: str | None = None) -> bytes:
+    raw = (SPEC / name).read_bytes()
+    return raw.replace(b"|SPEC-", f"|{control_id}-".encode()) if control_id else raw
+
+
+def test_l1_the_spec_examples_of_section_4_4(feed):
+    selector = ("--ipp", "1900068", "--authority", "350000121")
+    # §4.4.1: the NIA's key is wrong in the text; the NIR is kept, with a warning.
+    ack = feed.one(spec("441-a31-nia-and-nir.hl7"))
+    assert warning(ack) == [("102", "PID^1^3")]
+    view = feed.show(*selector)
+    assert (view["ins"]["value"], view["ins"]["kind"], view["status"]) == (
+        "260058815400233",
+        "NIR",
+        "qualifiee",
+    )
+    assert view["used_given_name"] == "MARIE-CECILE" and view["used_name"] is None
+    # §4.4.2: the new NIR's key is wrong in the text, on a VALI message: refused.
+    ack = feed.one(spec("442-a47-new-nir.hl7"))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["102"], ["PID^1^3"])
+    assert feed.show(*selector)["ins"]["value"] == "260058815400233"
+    # §4.4.3: INS deleted; VALI without an INS is validee.
+    assert feed.one(spec("443-a47-ins-deleted.hl7")).errs == []
+    view = feed.show(*selector)
+    assert (view["ins"], view["status"]) == (None, "validee")
+    assert "ins-deleted" in findings(feed.history(*selector))
+    # Qualified again, then §4.4.4: deleted and downgraded to provisoire.
+    assert feed.one(spec("441-a31-nia-and-nir.hl7", "AGAIN")).code == "AA"
+    assert feed.show(*selector)["status"] == "qualifiee"
+    assert feed.one(spec("444-a47-ins-downgraded-prov.hl7")).errs == []
+    view = feed.show(*selector)
+    assert (view["ins"], view["status"]) == (None, "provisoire")
+    # The same A47 again: no patient holds that INS any more; AA with a warning, nothing done.
+    ack = feed.one(spec("444-a47-ins-downgraded-prov.hl7", "LATE"))
+    assert warning(ack) == [("204", "MRG^1^1")]
+
+
+def test_l1_a47_new_nir_replaces_the_previous_one(feed):
+    old, new = nir_with_key("2790351215189"), nir_with_key("2790351215190")
+    pid3 = f"L1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{ins_rep(old, NIR_OID)}"
+    assert feed.one(production(with_pid(msg("A31", Person("L1")), f3=pid3))).errs == []
+    change = a47_ins("L1", ins_rep(old, NIR_OID), ins_rep(new, NIR_OID))
+    assert feed.one(production(change)).errs == []
+    view = feed.show(*ipp("L1"))
+    assert (view["ins"]["value"], view["status"], view["ins_usable"]) == (new, "qualifiee", True)
+    last = feed.history(*ipp("L1"))[-1]
+    assert last["operation"] == "change_ins" and last["changes"]["ins_value"] == [old, new]
+
+
+# -- E: events ------------------------------------------------------------------------------------
+
+
+def test_e3_a40_and_a47_do_not_downgrade_a_qualified_survivor(feed):
+    assert feed.one(msg("A28", Person("E3S", ins=INS, pid32=("VALI", "HOMA")))).errs == []
+    assert feed.one(msg("A28", Person("E3M"))).code == "AA"
+    bare = "E3S^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
+    merge = with_pid(
+        msg("A40", Person("E3S"), prior_ipp="E3M"), f3=bare, f7="", f8="", f11="", f32=""
+    )
+    merge = with_pid(merge, f5="E3S^^^^^^L")
+    assert feed.one(merge).code == "AA"
+    view = feed.show(*ipp("E3S"))
+    assert (view["status"], view["attributes"], view["ins_usable"]) == (
+        "qualifiee",
+        ["homonyme"],
+        True,
+    )
+    assert view["first_given_name"] == "DOMINIQUE" and view["birth_place_insee"] == "63220"
+
+
+def test_e5_a15_pending_transfer_is_accepted(feed):
+    ack = feed.one(msg("A15", Person("E5")))
+    assert (ack.code, ack.errs) == ("AA", [])
+    assert feed.one(msg("A26", Person("E5"))).code == "AA"
+
+
+# -- M: merges and the survivor -------------------------------------------------------------------
+
+
+def test_m1_a_merge_chain_points_at_the_final_survivor(feed):
+    for who in ("MA", "MB", "MC"):
+        assert feed.one(msg("A28", Person(who, ins=INS if who != "MC" else None))).code == "AA"
+    assert feed.one(msg("A24", Person("MA"), other=Person("LINKED"))).code == "AA"
+    assert feed.one(msg("A40", Person("MB"), prior_ipp="MA")).code == "AA"
+    assert feed.one(msg("A40", Person("MC"), prior_ipp="MB")).code == "AA"
+    c = feed.show(*ipp("MC"))
+    for who in ("MA", "MB"):
+        view = feed.show(*ipp(who))
+        assert (view["active"], view["merged_into"], view["ins_usable"]) == (False, c["id"], False)
+    # The INS shared by the merged records finds the survivor, not "ambiguous".
+    assert feed.show("--ins", INS)["id"] == c["id"]
+    found = feed.cli("patient", "find", "--ins", INS, "--json")
+    assert [v["id"] for v in json.loads(found.stdout)] == [c["id"]]
+    # The link recorded on MA's IPP belongs to the survivor now.
+    assert feed.one(msg("A28", Person("LINKED"))).code == "AA"
+    assert c["links"] == [] and feed.show(*ipp("MC"))["links"] == [feed.show(*ipp("LINKED"))["id"]]
+    # An A47 on a merged-away IPP is not applied to the inactive record.
+    ack = feed.one(msg("A47", Person("MNEW"), prior_ipp="MA"))
+    assert warning(ack) == [("204", "PID^1^3")]
+    assert feed.show(*ipp("MA"))["id"] != c["id"]
+    assert feed.cli("patient", "show", "--ipp", "MNEW").exit_code == 1
+
+
+# -- I: identifiers and authorities ---------------------------------------------------------------
+
+
+def test_i1_one_authority_whether_named_by_namespace_or_oid(feed):
+    assert feed.one(msg("A28", Person("I1", authority="HOP&1.2.3&ISO"))).code == "AA"
+    assert feed.one(msg("A31", Person("I1", authority="HOP", used_name="X"))).code == "AA"
+    view = feed.show(*ipp("I1"))
+    assert view["used_name"] == "X"
+    assert feed.cli("patient", "find", "--name", "PAT-TEST", "--json").stdout.count('"id"') == 1
+    # MRG-1 naming the authority by namespace only finds the patient.
+    assert feed.one(msg("A28", Person("I2", authority="HOP&1.2.3&ISO"))).code == "AA"
+    merge = msg("A40", Person("I1", authority="HOP&1.2.3&ISO"), prior_ipp="I2")
+    merge = merge.replace("MRG|I2^^^HOP&1.2.3&ISO^PI", "MRG|I2^^^HOP^PI")
+    assert feed.one(merge).errs == []
+    assert feed.show(*ipp("I2"))["merged_into"] == view["id"]
+
+
+def test_i1_identifiers_learnt_under_the_namespace_are_rekeyed(feed):
+    assert feed.one(msg("A28", Person("I3", authority="CLINIQUE"))).code == "AA"
+    assert feed.one(msg("A31", Person("I3", authority="CLINIQUE&1.2.9&ISO"))).code == "AA"
+    view = feed.show(*ipp("I3"))
+    assert [(i["value"], i["oid"]) for i in view["identifiers"] if i["type"] == "PI"] == [
+        ("I3", "1.2.9")
+    ]
+
+
+def test_i1_a_second_ipp_of_the_same_authority_is_refused(feed):
+    assert feed.one(msg("A28", Person("I4"))).code == "AA"
+    second = ("I5^^^CHU-X&1.2.250.1.999.1.1&ISO^PI",)
+    ack = feed.one(msg("A31", Person("I4", extra_ids=second)))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["205"], ["PID^1^3"])
+    assert feed.cli("patient", "show", "--ipp", "I5").exit_code == 1
+
+
+# -- T: transport and control ---------------------------------------------------------------------
+
+
+def test_t2_empty_msh18_with_8bit_bytes_uses_the_default_charset(feed):
+    text = msg("A28", Person("T2", birth_name="MÉNARD")).replace("|UNICODE UTF-8|", "||")
+    ack = feed.one(text.encode("iso-8859-15"))
+    assert warning(ack) == [("103", "MSH^1^18")]
+    assert feed.show(*ipp("T2"))["birth_name"] == "MÉNARD"
+    logged = feed.last_logged()
+    assert logged["err_codes"] == "103" and logged["warnings"].startswith("103 MSH^1^18")
+
+
+def test_t3_hex_escapes_are_decoded(feed):
+    text = msg("A28", Person("T3", birth_name="L\\XC389\\ON"))
+    assert feed.one(text).errs == []
+    assert feed.show(*ipp("T3"))["birth_name"] == "LÉON"
+
+
+def test_the_messages_command_lists_warnings_from_the_log(feed):
+    feed.one(msg("A28", Person("W1", ins=INS, pid32=("PROV",))))
+    logged = feed.last_logged()
+    assert (logged["outcome"], logged["err_codes"]) == ("AA", "103")
+    assert "INS not kept" in logged["warnings"] and INS not in logged["warnings"]

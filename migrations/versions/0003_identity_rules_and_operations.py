@@ -23,20 +23,22 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("message") as batch:
-        batch.add_column(sa.Column("warnings", sa.Text(), nullable=True))
-        batch.add_column(sa.Column("err_codes", sa.String(255), nullable=True))
-        batch.add_column(sa.Column("content_sha256", sa.String(64), nullable=True))
-        batch.add_column(sa.Column("reprocess_of", sa.Integer(), nullable=True))
-        batch.add_column(sa.Column("raw_purged_at", sa.DateTime(timezone=True), nullable=True))
-        batch.create_foreign_key("fk_message_reprocess_of", "message", ["reprocess_of"], ["id"])
+    # Plain ADD COLUMN, not batch mode: on SQLite a batch copies and drops the table, which the
+    # rows of other tables referencing it forbid.
+    op.add_column("message", sa.Column("warnings", sa.Text(), nullable=True))
+    op.add_column("message", sa.Column("err_codes", sa.String(255), nullable=True))
+    op.add_column("message", sa.Column("content_sha256", sa.String(64), nullable=True))
+    # The message a reprocessed one repeats (no foreign key: SQLite cannot add one in place).
+    op.add_column("message", sa.Column("reprocess_of", sa.Integer(), nullable=True))
+    op.add_column(
+        "message", sa.Column("raw_purged_at", sa.DateTime(timezone=True), nullable=True)
+    )
     op.create_index("ix_message_received_at", "message", ["received_at"])
-    with op.batch_alter_table("patient") as batch:
-        batch.add_column(
-            sa.Column("ins_collision", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-    with op.batch_alter_table("patient_history") as batch:
-        batch.add_column(sa.Column("notes", sa.Text(), nullable=True))
+    op.add_column(
+        "patient",
+        sa.Column("ins_collision", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.add_column("patient_history", sa.Column("notes", sa.Text(), nullable=True))
     op.create_table(
         "authority",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -66,6 +68,5 @@ def downgrade() -> None:
         batch.drop_column("ins_collision")
     op.drop_index("ix_message_received_at", table_name="message")
     with op.batch_alter_table("message") as batch:
-        batch.drop_constraint("fk_message_reprocess_of", type_="foreignkey")
         for column in ("raw_purged_at", "reprocess_of", "content_sha256", "err_codes", "warnings"):
             batch.drop_column(column)

@@ -46,7 +46,7 @@ message = Table(
     Column("warnings", Text, nullable=True),  # the ERRs of severity W, as error_text says errors
     Column("err_codes", String(255), nullable=True),  # every ERR code, space separated
     Column("content_sha256", String(64), nullable=True),  # tells a resend from a reused id
-    Column("reprocess_of", Integer, ForeignKey("message.id"), nullable=True),
+    Column("reprocess_of", Integer, nullable=True),  # the message a reprocessed one repeats
     Column("raw_purged_at", DateTime(timezone=True), nullable=True),  # raw emptied by retention
 )
 Index("ix_message_outcome_id", message.c.outcome, message.c.id)

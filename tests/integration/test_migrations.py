@@ -18,3 +18,38 @@ def test_migrated_schema_matches_the_declared_tables(db_url):
     engine.dispose()
     assert differences == []
     assert revision == "0003"
+
+
+def test_0003_flattens_merge_chains(tmp_path, pg_server_url):
+    """A→B→C stored before 0003 (merges left chains) becomes A→C and B→C, in a store with
+    rows that reference the patients."""
+    from sqlalchemy import text
+
+    from pamfr.store.db import upgrade
+    from tests.conftest import _fresh_pg_schema
+
+    for url in (f"sqlite:///{tmp_path / 'old.db'}", _fresh_pg_schema(pg_server_url)):
+        upgrade(url, "0002")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            for pid, into in ((3, None), (2, 3), (1, 2), (4, None)):
+                conn.execute(
+                    text(
+                        "INSERT INTO patient (id, active, merged_into, status, attributes, "
+                        "other_status_codes, created_at, updated_at) VALUES (:id, :active, :into, "
+                        "'provisoire', '', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                    ),
+                    {"id": pid, "active": into is None, "into": into},
+                )
+            # Rows referencing patient: a migration that rebuilds the table would fail on them.
+            conn.execute(
+                text(
+                    "INSERT INTO identifier (patient_id, value, type, authority, oid, "
+                    "authority_key) VALUES (3, 'IPP3', 'PI', 'CHU-X', '1.2.3', '1.2.3')"
+                )
+            )
+        upgrade(url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, merged_into FROM patient ORDER BY id")).all()
+        engine.dispose()
+        assert [tuple(r) for r in rows] == [(1, 3), (2, 3), (3, None), (4, None)], url

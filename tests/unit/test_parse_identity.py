@@ -430,3 +430,21 @@ def test_too_many_repetitions_are_refused_before_hl7apy():
     assert "52 repetitions" in problem.text
     fifty = "~".join(f"ID{n}^^^CHU-X&1.2.250.1.999.1.1&ISO^AN" for n in range(49))
     assert len(parse(pid(f3=f"{IPP}~{fifty}")).patients[0].identifiers) == 50
+
+
+def test_empty_msh18_with_8bit_bytes_is_decoded_in_the_default_charset():
+    text = "\r".join(
+        [msh("A01", "ADT_A01", "C1").replace("UNICODE UTF-8", ""), pid(f5="MÉNARD^JEAN^^^^^L")]
+    )
+    raw = text.encode("iso-8859-15")
+    header = read_header(raw)
+    decoded = decode(raw, header, "8859/15")
+    assert (decoded.warning.code, decoded.warning.location, decoded.warning.severity) == (
+        103,
+        "MSH^1^18",
+        "W",
+    )
+    message = parse_adt(decoded, header)
+    assert message.patients[0].birth_name == "MÉNARD"
+    assert message.warnings == (decoded.warning,)
+    assert decode(raw.replace("É".encode("iso-8859-15"), b"E"), header).warning is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from pamfr.identity.model import Attribute, Status
 
@@ -46,6 +47,11 @@ class StatusReading:
 
 
 def read_status(pid32: Iterable[str]) -> StatusReading:
+    return _read_status(tuple(pid32))
+
+
+@lru_cache(maxsize=256)  # a feed uses a handful of PID-32 combinations
+def _read_status(pid32: tuple[str, ...]) -> StatusReading:
     codes = list(dict.fromkeys(c.strip().upper() for c in pid32 if c and c.strip()))
     statuses = [STATUS_CODES[c] for c in codes if c in STATUS_CODES]
     attributes = tuple(dict.fromkeys(ATTRIBUTE_CODES[c] for c in codes if c in ATTRIBUTE_CODES))

@@ -13,6 +13,8 @@ from sqlalchemy import create_engine, text
 
 from pamfr.receiver import Receiver
 from pamfr.store.db import make_engine, upgrade
+from tests.feed import Feed
+from tests.helpers import pamfr_server
 
 # CI explores the same inputs on every run (a gate must not flip on luck); a developer's run
 # draws new ones, and anything it finds is a real bug to fix.
@@ -79,3 +81,10 @@ def engine(db_url: str):
 @pytest.fixture
 def receiver(engine) -> Receiver:
     return Receiver(engine)
+
+
+@pytest.fixture
+def feed(db_url: str) -> Iterator[Feed]:
+    """A real MLLP server on the test store, and `pamfr patient` reading it back."""
+    with pamfr_server(db_url) as server:
+        yield Feed(server.port, db_url)

@@ -3,23 +3,19 @@ case, the history rows behind them, and the `pamfr patient show / history` contr
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
-from collections.abc import Iterator
 from datetime import datetime
 
-import pytest
-from click.testing import CliRunner
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from pamfr.cli import main
 from pamfr.samples import Person, message, nir_with_key
 from pamfr.store.db import make_engine
 from pamfr.store.schema import history as patient_history
 from pamfr.store.schema import message as message_table
 from pamfr.store.schema import patient, patient_link
-from tests.helpers import Ack, pamfr_server, send
+from tests.feed import Feed, ipp, msg, with_pid, without
+from tests.helpers import pamfr_server
 from tests.historycheck import as_history_fields, rebuilt_view
 
 INS = "279035121518989"  # the ANS test identity (OID .10)
@@ -27,82 +23,6 @@ TEST_OID = "1.2.250.1.213.1.4.10"
 NIR_OID = "1.2.250.1.213.1.4.8"
 OID = "1.2.250.1.999.1.1"  # the authority of samples.Person
 OTHER_AUTHORITY = "CHU-Y&1.2.250.1.999.2.2&ISO"
-
-_control_ids = itertools.count(1)
-
-
-def msg(event: str, person: Person, **kw) -> str:
-    return message(event, person, f"ID{next(_control_ids)}", **kw)
-
-
-def with_pid(text: str, **fields: str) -> str:
-    """The message with PID fields replaced, e.g. with_pid(m, f7='""')."""
-    segments = text.split("\r")
-    for i, segment in enumerate(segments):
-        if segment.startswith("PID|"):
-            values = segment.split("|")
-            for key, value in fields.items():
-                n = int(key.lstrip("f"))
-                values += [""] * (n + 1 - len(values))
-                values[n] = value
-            segments[i] = "|".join(values)
-            break
-    return "\r".join(segments)
-
-
-def without(segment: str, text: str) -> str:
-    return "\r".join(s for s in text.split("\r") if not s.startswith(segment + "|"))
-
-
-class Feed:
-    """A real pamfr server on the test database, and the CLI read side on the same database."""
-
-    def __init__(self, port: int, db_url: str) -> None:
-        self.port = port
-        self.db_url = db_url
-        self.runner = CliRunner()
-
-    def __call__(self, *messages: str) -> list[Ack]:
-        return send(self.port, list(messages))
-
-    def ok(self, *messages: str) -> None:
-        acks = self(*messages)
-        assert [a.code for a in acks] == ["AA"] * len(messages), [a.errs for a in acks]
-
-    def cli(self, *args: str):
-        return self.runner.invoke(main, [*args, "--db", self.db_url])
-
-    def show(self, *selector: str) -> dict:
-        result = self.cli("patient", "show", *selector, "--json")
-        assert result.exit_code == 0, result.stderr
-        return json.loads(result.stdout)
-
-    def history(self, *selector: str) -> list[dict]:
-        result = self.cli("patient", "history", *selector, "--json")
-        assert result.exit_code == 0, result.stderr
-        return json.loads(result.stdout)
-
-    def exit_code(self, *selector: str) -> int:
-        return self.cli("patient", "show", *selector, "--json").exit_code
-
-    def count(self, table) -> int:
-        engine = make_engine(self.db_url)
-        try:
-            with engine.connect() as conn:
-                return conn.execute(select(func.count()).select_from(table)).scalar_one()
-        finally:
-            engine.dispose()
-
-
-@pytest.fixture
-def feed(db_url: str) -> Iterator[Feed]:
-    with pamfr_server(db_url) as server:
-        yield Feed(server.port, db_url)
-
-
-def ipp(value: str) -> tuple[str, str]:
-    return ("--ipp", value)
-
 
 def ops(rows: list[dict]) -> list[tuple[str, str]]:
     return [(r["event"], r["operation"]) for r in rows]

@@ -4,95 +4,25 @@ the history notes and the message log."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from sqlalchemy import select
 
-from pamfr.cli import main
-from pamfr.samples import Person, message, nir_with_key
-from pamfr.store.db import make_engine
-from pamfr.store.schema import message as message_table
-from tests.helpers import Ack, pamfr_server, send
+from pamfr.samples import Person, nir_with_key
+from tests.feed import ipp, msg, with_pid
+from tests.helpers import Ack
 
 SPEC = Path(__file__).resolve().parents[1] / "corpus" / "spec"
 INS = "279035121518989"  # the ANS test identity (test OID)
 TEST_OID = "1.2.250.1.213.1.4.10"
 NIR_OID, NIA_OID = "1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9"
-_ids = itertools.count(1)
-
-
-def msg(event: str, person: Person, **kw) -> str:
-    return message(event, person, f"R{next(_ids)}", **kw)
-
-
-def with_pid(text: str, **fields: str) -> str:
-    segments = text.split("\r")
-    for i, segment in enumerate(segments):
-        if segment.startswith("PID|"):
-            values = segment.split("|")
-            for key, value in fields.items():
-                n = int(key.lstrip("f"))
-                values += [""] * (n + 1 - len(values))
-                values[n] = value
-            segments[i] = "|".join(values)
-            break
-    return "\r".join(segments)
-
-
 def production(text: str) -> str:
     return text.replace("|T|2.5^FRA", "|P|2.5^FRA", 1)
 
 
 def ins_rep(value: str, oid: str = TEST_OID, namespace: str = "ASIP-SANTE-INS-NIR") -> str:
     return f"{value}^^^{namespace}&{oid}&ISO^INS"
-
-
-class Feed:
-    def __init__(self, port: int, db_url: str) -> None:
-        self.port, self.db_url = port, db_url
-
-    def __call__(self, *messages: str) -> list[Ack]:
-        return send(self.port, list(messages))
-
-    def one(self, text: str) -> Ack:
-        return self(text)[0]
-
-    def cli(self, *args: str):
-        return CliRunner().invoke(main, [*args, "--db", self.db_url])
-
-    def show(self, *selector: str) -> dict:
-        result = self.cli("patient", "show", *selector, "--json")
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
-
-    def history(self, *selector: str) -> list[dict]:
-        result = self.cli("patient", "history", *selector, "--json")
-        assert result.exit_code == 0, result.output
-        return json.loads(result.stdout)
-
-    def last_logged(self) -> dict:
-        engine = make_engine(self.db_url)
-        with engine.connect() as conn:
-            row = conn.execute(
-                select(message_table).order_by(message_table.c.id.desc()).limit(1)
-            ).mappings()
-            found = dict(row.one())
-        engine.dispose()
-        return found
-
-
-@pytest.fixture
-def feed(db_url):
-    with pamfr_server(db_url) as server:
-        yield Feed(server.port, db_url)
-
-
-def ipp(value: str) -> tuple[str, str]:
-    return ("--ipp", value)
 
 
 def warning(ack: Ack) -> list[tuple[str, str]]:

@@ -194,6 +194,7 @@ def _look_ahead(
     those before the first message that could change what a later one finds (a merge, an
     identifier change, a repeated IPP, a patient designated twice). All in one round trip."""
     ipps: list[Identifier] = []
+    ins_values: set[str] = set()  # whose holders the rules will ask for
     positions: list[int] = []  # of the message each IPP comes from
     seen: set[tuple[str, str]] = set()
     count = len(batch)
@@ -208,10 +209,11 @@ def _look_ahead(
             break
         seen.add(key)
         ipps.append(own[0])
+        ins_values.update(s.value.upper() for s in m.patients[0].ins)
         positions.append(i)
     found = None
     if ipps:
-        found = prefetch(conn, ipps, len(batch), processed_queries_pg(keys))
+        found = prefetch(conn, ipps, len(batch), processed_queries_pg(keys), sorted(ins_values))
     if found is None:
         return find_processed_many(conn, keys), None, 0
     prefetched, processed_rows = found

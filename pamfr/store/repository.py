@@ -209,6 +209,26 @@ class Prefetched:
     new_patient_ids: list[int]  # enough for every covered IPP to be a new patient
     message_ids: list[int]  # enough for the whole batch
     held: HeldWrites = field(default_factory=HeldWrites)
+    # By INS the messages state: the ids of the active patients holding it when the batch
+    # began (under a lock on the INS), and who took or let go of it since in the batch.
+    ins_holders: dict[str, set[int]] = field(default_factory=dict)
+    ins_changes: dict[str, dict[object, bool]] = field(default_factory=dict)
+
+    def others_may_hold(self, ins_value: str, exclude: object) -> bool:
+        """Whether a patient other than `exclude` may hold the INS; True when not known."""
+        if ins_value not in self.ins_holders:
+            return True
+        holders: set[object] = set(self.ins_holders[ins_value])
+        for who, holds in self.ins_changes.get(ins_value, {}).items():
+            (holders.add if holds else holders.discard)(who)
+        holders.discard(exclude)
+        return bool(holders)
+
+    def ins_moved(self, who: object, old: str | None, new: str | None) -> None:
+        if old:
+            self.ins_changes.setdefault(old, {})[who] = False
+        if new:
+            self.ins_changes.setdefault(new, {})[who] = True
 
 
 def prefetch(
@@ -216,10 +236,12 @@ def prefetch(
     ipps: list[Identifier],
     messages: int,
     first: Sequence[tuple[Executable, dict]] = (),
+    ins_values: Sequence[str] = (),
 ) -> tuple[Prefetched, list[dict]] | None:
     """Look up, lock and load the patients of several single-IPP messages in one round trip,
-    with ids for the new rows of a batch of `messages`, and the rows of the `first` queries
-    sent ahead of them. The caller makes sure no message of the batch changes what another's
+    with ids for the new rows of a batch of `messages`, the active holders of the INS the
+    messages state (each INS locked first), and the rows of the `first` queries sent ahead of
+    them. The caller makes sure no message of the batch changes what another's
     look-up finds: distinct IPPs, and no merge or identifier change before them. None on
     SQLite, where a look-up costs less than the batching (and there is no row lock to take)."""
     if conn.dialect.name != "postgresql" or not pgpipeline.supported():
@@ -231,18 +253,23 @@ def prefetch(
     # meanwhile fails its re-check later.
     order = sorted(set(wanted))
     params = [{"k": k, "v": v, "t": IPP_TYPE} for k, v in order]
+    inses = sorted(set(ins_values))
     results = pgpipeline.read(
         conn,
         [
             *first,
             *((_LOAD_BY_IPP_FOR_UPDATE, p) for p in params),
             *((_IDENTIFIERS_BY_IPP, p) for p in params),
+            *((statement, {"v": v}) for v in inses for statement in (_LOCK_INS, _ACTIVE_HOLDERS)),
             (pgpipeline.NEXT_IDS, {"patients": len(ipps), "messages": messages}),
         ],
     )
     first_rows = [row for rows in results[: len(first)] for row in rows]
     del results[: len(first)]
     ids = results.pop()
+    holders = results[len(results) - 2 * len(inses) :]
+    del results[len(results) - 2 * len(inses) :]
+    ins_holders = {v: {r["id"] for r in rows} for v, rows in zip(inses, holders[1::2], strict=True)}
     found = {
         key: rows[0] if rows else None
         for key, rows in zip(order, results[: len(order)], strict=True)
@@ -264,7 +291,12 @@ def prefetch(
             identifiers[by_id[i]["patient_id"]].append(by_id[i])
     reserved = ids[0]
     prefetched = Prefetched(
-        patients, identifiers, len(patients), reserved["patient_ids"], reserved["message_ids"]
+        patients,
+        identifiers,
+        len(patients),
+        reserved["patient_ids"],
+        reserved["message_ids"],
+        ins_holders=ins_holders,
     )
     return prefetched, first_rows
 
@@ -373,12 +405,6 @@ class IdentityRepository:
         columns = {k: decision.values[k] for k in IDENTITY_FIELDS}
         notes = list(decision.notes)
         new_ins = decision.values["ins_value"]
-        if new_ins:
-            others = self._active_holders(str(new_ins), exclude=None)
-            if others:
-                columns["ins_collision"] = True
-                notes.append(collision_note())
-                self._flag_collision(others)
         row = {
             **_NULL_COLUMNS,  # spelled out, so that held rows share one INSERT statement
             "active": True,
@@ -388,11 +414,19 @@ class IdentityRepository:
             **columns,
         }
         patient_id: int | NewPatient
+        if new_ins:
+            others = self._active_holders(str(new_ins), exclude=None)
+            if others:
+                row["ins_collision"] = columns["ins_collision"] = True
+                notes.append(collision_note())
+                self._flag_collision(others)
         if self._held is not None:
             patient_id = NewPatient(row)
             self._held.patients.append(patient_id)
         else:
             patient_id = self.conn.execute(_INSERT_PATIENT, row).scalar_one()
+        if self._prefetched is not None and new_ins:
+            self._prefetched.ins_moved(patient_id, None, str(new_ins))
         new_ids = self._write_identifiers(patient_id, identity.identifiers)
         changes = {k: [None, v] for k, v in columns.items() if v not in (None, "", False)}
         changes["active"] = [None, True]
@@ -460,6 +494,8 @@ class IdentityRepository:
                     notes.append(collision_note())
                     self._flag_collision(others)
             values["ins_collision"] = collision
+            if self._prefetched is not None:
+                self._prefetched.ins_moved(patient_id, old_ins, new_ins)
             if old_ins:
                 self._release_ins(str(old_ins), exclude=patient_id)
         diff = {k: [current[k], v] for k, v in values.items() if current[k] != v}
@@ -492,7 +528,11 @@ class IdentityRepository:
 
     def _active_holders(self, ins_value: str, exclude: int | None) -> list[dict]:
         """The other active patients holding this INS; on PostgreSQL under a lock on the INS,
-        so that two receivers giving it to two patients at once see each other."""
+        so that two receivers giving it to two patients at once see each other. The batch's
+        prefetch answers the usual case (nobody else holds it) without a round trip."""
+        pf = self._prefetched
+        if pf is not None and not pf.others_may_hold(ins_value, exclude):
+            return []
         if self._held is not None and self._held.pending:
             self._held.flush(self.conn)  # earlier messages of the batch must be seen
         if self._lock:
@@ -586,8 +626,9 @@ class IdentityRepository:
         survivor = rows.get(survivor_id) or self._load(survivor_id)
         source = rows[source_id]
         merged_before = self._merged_ids(survivor_id)
+        earlier_merges = self._merged_ids(source_id)
         # A chain is never left behind: what was merged into the source now names the survivor.
-        for earlier in self._merged_ids(source_id):
+        for earlier in earlier_merges:
             self.conn.execute(_SET_MERGED_INTO, {"pid": earlier, "into": survivor_id})
             self._record(earlier, "merge", {"merged_into": [source_id, survivor_id]})
         self.conn.execute(_DEACTIVATE, {"pid": source_id, "into": survivor_id, "now": self.now})
@@ -601,7 +642,7 @@ class IdentityRepository:
         self._record(source_id, "merge", source_changes, plan.notes)
         if source["ins_value"]:
             self._release_ins(source["ins_value"], exclude=source_id)
-        after = sorted({*merged_before, *self._merged_ids(survivor_id)})
+        after = sorted({*merged_before, source_id, *earlier_merges})
         self._record(survivor["id"], "merge", {"merged_patients": [merged_before, after]})
 
     def _merged_ids(self, patient_id: int) -> list[int]:

@@ -53,6 +53,7 @@ def batches() -> list[list[str]]:
     multi_by_other = Person(ipp="Y4", authority="CHU-Y&1.2.250.1.999.2.2&ISO", used_name="AUTRE")
     n1, n2, n3 = (Person(ipp=f"N{i}") for i in (1, 2, 3))
     ins = nir_with_key("2790351215189")
+    shared, alone = nir_with_key("2790351215200"), nir_with_key("2790351215201")
     setup = [b.msg("A28", p) for p in (p1, p2, p3, multi)]
     resent = b.msg("A31", Person(ipp="P1", used_name="RENVOI"))
     return [
@@ -92,6 +93,14 @@ def batches() -> list[list[str]]:
             b.msg("A28", Person(ipp="N5", ins="279035121518900")),  # INS key wrong: AE
             resent,
             b.msg("A28", Person(ipp="N6")),
+        ],
+        # one INS for two new patients in one batch, then the first lets it go, a third takes it
+        [
+            b.msg("A28", Person(ipp="C1", ins=shared)),
+            b.msg("A28", Person(ipp="C2", ins=shared)),
+            b.msg("A28", Person(ipp="C4", ins=alone)),
+            b.msg("A31", Person(ipp="C1", pid32=("PROV",))),
+            b.msg("A28", Person(ipp="C3", ins=shared)),
         ],
         # a link then its removal in one batch; then a link recorded twice
         [
@@ -171,3 +180,13 @@ def test_a_batch_leaves_the_store_as_its_messages_one_by_one(two_stores: list[st
     assert after["N9"][0]["birth_name"] == "RENOMME"
     assert "N5" not in after and after["N6"][0]["used_name"] == "LIEE"
     assert after["P1"][0]["links"] == [] and after["N6"][0]["links"] == ["N4"]
+    collisions = {
+        k: (after[k][0]["ins"] is not None, after[k][0]["ins_collision"])
+        for k in "C1 C2 C3 C4".split()
+    }
+    assert collisions == {
+        "C1": (False, False),
+        "C2": (True, True),
+        "C3": (True, True),
+        "C4": (True, False),
+    }

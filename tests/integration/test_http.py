@@ -13,12 +13,14 @@ import urllib.request
 import uuid
 from collections import Counter
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select, text
 
 from pamfr.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.schema import patient
+from tests.conftest import REPO
 from tests.helpers import Daemon, run_cli, send, start_daemon
 
 # One parse worker: the machine is shared, and the count shows in the readiness detail.
@@ -138,6 +140,17 @@ def test_health_readiness_and_metrics_of_a_real_daemon(db_url, tmp_path):
     assert sum(stored.values()) == 4
     assert {s: total(found, "pamfr_identities", status=s) for s in stored} == dict(stored)
     assert value(found, "pamfr_ins_collisions") == 0
+    # The sample alert rules read metrics that the daemon exposes.
+    rules = yaml.safe_load((REPO / "conf" / "pamfr-alerts.yml").read_text())["groups"][0]
+    assert [r["alert"] for r in rules["rules"]] == [
+        "PamfrNoMessage",
+        "PamfrRejectRateHigh",
+        "PamfrNotReady",
+    ]
+    exposed = {n for n, _ in found}
+    for rule in rules["rules"]:
+        names = set(re.findall(r"\bpamfr_\w+", rule["expr"]))
+        assert names and names <= exposed, (rule["alert"], names - exposed)
     # No patient data anywhere: not in the metrics, not in the log of the requests.
     for secret in ("SECRETNAME", "HTTP0001", "19790328"):
         assert secret not in metrics_text

@@ -94,6 +94,8 @@ class _Single:
     async def __call__(self, timeout: float) -> Any:
         if self._running is None or self._running.done():
             self._running = asyncio.ensure_future(asyncio.to_thread(self._function))
+            # Its failure may come after every caller gave up waiting: read, not logged.
+            self._running.add_done_callback(lambda f: f.cancelled() or f.exception())
         return await asyncio.wait_for(asyncio.shield(self._running), timeout)
 
 

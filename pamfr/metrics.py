@@ -148,10 +148,10 @@ class Metrics:
         """One message answered (whatever its ACK code), with its ERR segments."""
         problems = outcome.problems
         warning = "1" if any(p.severity == "W" for p in problems) else "0"
-        key = (door, outcome.event, outcome.code, warning)
+        key = (door, event_label(outcome.event), outcome.code, warning)
         child = self._message_children.get(key)
         if child is None:
-            child = self.messages.labels(door, event_label(outcome.event), outcome.code, warning)
+            child = self.messages.labels(*key)
             self._message_children[key] = child
         child.inc()
         for p in problems:

@@ -80,11 +80,6 @@ class GroupCommitWriter:
             for p, outcome in zip(pending, outcomes, strict=True):
                 p.loop.call_soon_threadsafe(_resolve, p.future, outcome)
 
-    @property
-    def queued(self) -> int:
-        """Messages waiting for the writer (the batch in progress not included)."""
-        return self._queue.qsize()
-
     def close(self) -> None:
         self._queue.put(_STOP)
         self._thread.join()

@@ -204,7 +204,7 @@ def render(address: str, readiness: dict[str, Any], figures: dict[str, Any]) -> 
 
 def _get(url: str, timeout: float) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 (http only)
+        with urllib.request.urlopen(url, timeout=timeout) as answer:
             return answer.status, answer.read().decode("utf-8")
     except urllib.error.HTTPError as exc:  # 503 from /readyz is an answer
         return exc.code, exc.read().decode("utf-8", errors="replace")
@@ -256,7 +256,13 @@ def _target(obj: Context, http: str | None) -> tuple[str, int]:
     metavar="HOST:PORT",
     help="The daemon's HTTP port (default: [http] listen of --config, or PAMFR_HTTP_LISTEN).",
 )
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for each answer.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Readiness and figures as one JSON object.")
 @click.pass_obj
 def status(obj: Context, http: str | None, timeout: float, as_json: bool) -> None:

@@ -1,6 +1,6 @@
 """pamfr benchmark: a real `pamfr serve` on a fresh store, driven over MLLP from another process.
 
-    python -m bench [--quick] [--pg] [--count N] [--out results.json]
+    python -m bench [--quick] [--pg] [--http] [--count N] [--out results.json]
 
 Prints one table; see bench/README.md for what each line means.
 """
@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,11 @@ class Profile:
     small_store: int
     reference_count: int
     rounds: int  # of alternated runs (A, B, B, A) where two figures are compared
+
+
+# --http: each daemon opens its HTTP port and is scraped (/metrics, /readyz) this often.
+SCRAPE_INTERVAL = 1.0
+HTTP = {"on": False}
 
 
 QUICK = Profile(600, 500, 3000, 200_000, 10_000, 150, 1)
@@ -73,17 +79,45 @@ class Daemon:
     proc: subprocess.Popen
     port: int
     samples: list[tuple[float, int]] = field(default_factory=list)
+    http_port: int | None = None
+    scrapes: int = 0
+    _stop_scraping: threading.Event = field(default_factory=threading.Event)
+    _scraper: threading.Thread | None = None
+
+    def start_scraping(self) -> None:
+        """As Prometheus and a health check would, but every SCRAPE_INTERVAL."""
+        if self.http_port is None:
+            return
+
+        def scrape() -> None:
+            while not self._stop_scraping.wait(SCRAPE_INTERVAL):
+                for path in ("/metrics", "/readyz"):
+                    url = f"http://127.0.0.1:{self.http_port}{path}"
+                    with urllib.request.urlopen(url, timeout=30) as answer:
+                        answer.read()
+                self.scrapes += 1
+
+        self._scraper = threading.Thread(target=scrape, daemon=True)
+        self._scraper.start()
+
+    def stop_scraping(self) -> None:
+        self._stop_scraping.set()
+        if self._scraper is not None:
+            self._scraper.join()
 
     def sample_rss(self, stop: threading.Event) -> None:
         while not stop.wait(0.5):
             self.samples.append((time.monotonic(), tree_rss_kb(self.proc.pid)))
 
     def stop(self) -> None:
+        self.stop_scraping()
         self.proc.terminate()
         self.proc.wait(120)
 
 
 def start_serve(url: str, log: Path, *extra: str) -> Daemon:
+    if HTTP["on"]:
+        extra = (*extra, "--http", "127.0.0.1:0")
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pamfr", "serve", "--port", "0", "--db", url, *extra],
@@ -91,7 +125,13 @@ def start_serve(url: str, log: Path, *extra: str) -> Daemon:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PAMFR_LOGGING_LEVEL": "info"},  # as in production
         )
-    return Daemon(proc, wait_port(proc, log))
+    daemon = Daemon(proc, wait_port(proc, log))
+    if HTTP["on"]:  # logged before the MLLP listener's line
+        found = re.search(r"HTTP port on [^ ]+:(\d+)", log.read_text(errors="replace"))
+        assert found, log.read_text()
+        daemon.http_port = int(found.group(1))
+        daemon.start_scraping()
+    return daemon
 
 
 def wait_port(proc: subprocess.Popen, log: Path) -> int:
@@ -253,12 +293,22 @@ def main() -> None:
         "--quick", action="store_true", help="small counts: runs in under 5 minutes"
     )
     parser.add_argument("--pg", action="store_true", help="also measure PostgreSQL (8 connections)")
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help=f"daemons open their HTTP port, scraped every {SCRAPE_INTERVAL:g} s during the runs",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-big-store", action="store_true")
     parser.add_argument("--out", help="also write the figures as JSON to this file")
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
-    results: dict = {"profile": "quick" if args.quick else "full", "cpus": os.cpu_count()}
+    HTTP["on"] = args.http
+    results: dict = {
+        "profile": "quick" if args.quick else "full",
+        "cpus": os.cpu_count(),
+        "http": args.http,
+    }
 
     with tempfile.TemporaryDirectory(prefix="pamfr-bench-") as tmp:
         work = Path(tmp)
@@ -380,7 +430,8 @@ def print_table(r: dict) -> None:
     print("-" * len(line))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    print(f"\nACK codes over the runs: {codes}   ({r['profile']} profile, {r['cpus']} CPUs)")
+    http = f", HTTP port on, scraped every {SCRAPE_INTERVAL:g} s" if r.get("http") else ""
+    print(f"\nACK codes over the runs: {codes}   ({r['profile']} profile, {r['cpus']} CPUs{http})")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,31 @@ class FiledropSettings(_Section):
     error_dir: str = "error"
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """Split "HOST:PORT" (IPv6: "[::1]:8090") into (host, port); ValueError says what is wrong."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT (for example 127.0.0.1:8090), got {value!r}")
+    return host, int(port)
+
+
+class HttpSettings(_Section):
+    # "HOST:PORT" of the HTTP port (/healthz, /readyz, /metrics); empty: no HTTP port.
+    listen: str = ""
+    # Seconds the database has to answer a readiness check or a scrape's identity counts.
+    check_timeout: float = Field(2.0, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value.strip():
+            split_listen(value)
+        return value.strip()
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -139,6 +164,7 @@ class Settings(BaseSettings):
     receiver: ReceiverSettings = ReceiverSettings()
     hl7: Hl7Settings = Hl7Settings()
     filedrop: FiledropSettings = FiledropSettings()
+    http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @classmethod

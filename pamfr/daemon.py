@@ -2,6 +2,7 @@
 
 SIGTERM/SIGINT: stop accepting, answer the messages already received, exit 0 within
 [server] shutdown_grace. SIGHUP: reload the allow-lists and the log level (pamfr.reload).
+With [http] listen, an HTTP port in the same event loop answers /healthz, /readyz, /metrics.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from collections.abc import Callable
 from sqlalchemy.engine import make_url
 
 from pamfr.assemble import build_receiver
-from pamfr.config import Settings
+from pamfr.config import Settings, split_listen
+from pamfr.health import Health
 from pamfr.ingest.filedrop import FileDropWatcher
+from pamfr.metrics import Metrics, watch_daemon
 from pamfr.pipeline import AsyncReceiver
 from pamfr.reload import Reloader
 from pamfr.security import SecurityConfigError, describe_access, listener_tls, peer_filter
@@ -59,11 +62,13 @@ async def run_daemon(
     engine = make_engine(
         url, synchronous=db.sqlite_synchronous, busy_timeout=db.sqlite_busy_timeout
     )
+    metrics = Metrics()
     receiver = build_receiver(engine, settings)
     handler = AsyncReceiver(
         receiver,
         batch_max=settings.receiver.batch_max,
         parse_workers=settings.receiver.parse_workers,
+        metrics=metrics,
     )
     server = MLLPServer(
         handler,
@@ -78,25 +83,46 @@ async def run_daemon(
         ),
         ssl=tls,
         peer_filter=peer_filter(s),
+        metrics=metrics,
     )
+    watcher = None
+    if settings.filedrop.dirs:  # the file door shares the receiver and its writer
+        watcher = FileDropWatcher(handler, settings.filedrop, metrics=metrics)
+    health = Health(server, handler, engine, settings.http.check_timeout)
     await handler.start()
+    http = None
+    if settings.http.listen:  # up first: /readyz says 503 until the listener accepts
+        from pamfr.http.app import build_app
+        from pamfr.http.server import HttpServer
+
+        watch_daemon(metrics, server, handler, watcher)
+        http = HttpServer(build_app(health, metrics), *split_listen(settings.http.listen))
+        try:
+            await http.start()
+        except OSError as exc:
+            log.error("cannot listen on %s (http.listen): %s", settings.http.listen, exc)
+            handler.close()
+            return 2
+        log.info("HTTP port on %s:%d (/healthz, /readyz, /metrics)", http.host, http.port)
     try:
         await server.start()
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", s.host, s.port, exc)
+        if http is not None:
+            await http.close()
         handler.close()
         return 2
     log.info("pamfr listening on %s:%d (MLLP), database %s", s.host, server.port, shown)
     log.info("access: %s", describe_access(s, tls))
-    watcher, watching = None, None
-    if settings.filedrop.dirs:  # the file door shares the receiver and its writer
-        watcher = FileDropWatcher(handler, settings.filedrop)
+    watching = None
+    if watcher is not None:
         watching = asyncio.create_task(watcher.run())
         log.info("watching %s for dropped files", ", ".join(settings.filedrop.dirs))
     reloader = Reloader(reload or (lambda: settings), settings, server, receiver, source)
     hup_task = asyncio.create_task(_on_hup(hup, reloader))
     await stop.wait()
     hup_task.cancel()
+    health.stopping = True  # /readyz answers 503 from now on
     deadline = loop.time() + s.shutdown_grace
     log.info("stopping: no new connections, answering the messages in flight")
     if watcher is not None and watching is not None:
@@ -104,7 +130,10 @@ async def run_daemon(
         await asyncio.gather(server.close(), _finish(watching, deadline))
     else:
         await server.close()
-    if await _close_writer(handler, deadline):
+    clean = await _close_writer(handler, deadline)
+    if http is not None:
+        await http.close()
+    if clean:
         engine.dispose()
     log.info("stopped")
     return 0

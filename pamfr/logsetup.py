@@ -19,7 +19,7 @@ def setup_logging(level: str = "info") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Library chatter that says nothing to an operator.
-    for noisy in ("alembic.runtime.plugins", "hl7apy"):
+    for noisy in ("alembic.runtime.plugins", "hl7apy", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

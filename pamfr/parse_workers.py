@@ -25,6 +25,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct("!I")
+# A worker that stopped is replaced at once (the next request would do it too, later), but not
+# sooner than this after its stop: one that dies as it starts must not spin the daemon.
+REPLACE_AFTER = 1.0
 
 
 class WorkerDied(Exception):
@@ -89,7 +92,8 @@ def _reap(worker: _Worker) -> None:
 class ParseWorkers:
     """`workers` processes (forkserver: the daemon has threads, which fork() must not copy),
     each started with start(*start_args); a request goes to the worker with the fewest
-    requests in hand, and a worker that dies is replaced for the next request."""
+    requests in hand, and a worker that dies is replaced (by the next request, or a second
+    after it stopped, whichever comes first)."""
 
     def __init__(self, workers: int, start: Callable[..., None], start_args: tuple) -> None:
         self.size = workers
@@ -99,6 +103,13 @@ class ParseWorkers:
         self._workers: list[_Worker] = []
         self._replacing = asyncio.Lock()
         self._closing = False
+        self.restarts = 0  # workers replaced after they stopped
+        self._replacements: set[asyncio.Task] = set()
+
+    @property
+    def alive(self) -> int:
+        """Workers running and answering (a stopped one counts again once replaced)."""
+        return sum(1 for w in self._workers if not _stopped(w) and w.process.is_alive())
 
     async def start(self) -> None:
         """Start the workers and wait until each has finished its start-up."""
@@ -130,12 +141,25 @@ class ParseWorkers:
                     await self.start()
         index, worker = min(enumerate(self._workers), key=lambda iw: len(iw[1].waiting))
         if _stopped(worker):
-            async with self._replacing:  # one replacement, whoever else picked this worker
-                worker = self._workers[index]
-                if _stopped(worker):
-                    _reap(worker)
-                    worker = self._workers[index] = await self._spawn()
+            worker = await self._replace(index)
         return await self._call(worker, function, args)
+
+    async def _replace(self, index: int) -> _Worker:
+        """The worker at `index`, replaced if it stopped (once, whoever else asks)."""
+        async with self._replacing:
+            worker = self._workers[index]
+            if _stopped(worker) and not self._closing:
+                _reap(worker)
+                worker = self._workers[index] = await self._spawn()
+                self.restarts += 1
+                log.warning("parse worker replaced (%d replaced since start)", self.restarts)
+            return worker
+
+    async def _replace_later(self, worker: _Worker) -> None:
+        await asyncio.sleep(REPLACE_AFTER)
+        for index, current in enumerate(self._workers):
+            if current is worker:
+                await self._replace(index)
 
     async def _call(self, worker: _Worker, function: Callable[..., Any], args: tuple) -> Any:
         # The frame first: a request that does not pickle must not leave an answer expected.
@@ -155,6 +179,7 @@ class ParseWorkers:
         return result
 
     async def _listen(self, worker: _Worker) -> None:
+        ended = True  # False when cancelled (the loop is closing): nothing to replace
         try:
             while True:
                 header = await worker.reader.readexactly(_LENGTH.size)
@@ -169,9 +194,16 @@ class ParseWorkers:
                 log.error("a parse worker stopped (exit code %s)", worker.process.exitcode)
         except Exception as exc:  # an answer that does not unpickle: not trusted again
             log.error("a parse worker sent an unreadable answer (%s)", type(exc).__name__)
+        except asyncio.CancelledError:
+            ended = False
+            raise
         finally:
             self._fail_waiting(worker)
             worker.writer.close()
+            if ended and not self._closing:
+                task = asyncio.get_running_loop().create_task(self._replace_later(worker))
+                self._replacements.add(task)
+                task.add_done_callback(self._replacements.discard)
 
     @staticmethod
     def _fail_waiting(worker: _Worker) -> None:

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from pamfr.metrics import Metrics
 from pamfr.parse_workers import ParseWorkers, WorkerDied
 from pamfr.receiver import Inbound, Outcome, Prepared, Receiver, prepare
 
@@ -33,9 +34,12 @@ class _Pending:
 class GroupCommitWriter:
     """One thread that owns every database write; messages ready together share a transaction."""
 
-    def __init__(self, receiver: Receiver, batch_max: int = 64) -> None:
+    def __init__(
+        self, receiver: Receiver, batch_max: int = 64, metrics: Metrics | None = None
+    ) -> None:
         self.receiver = receiver
         self.batch_max = batch_max
+        self.metrics = metrics if metrics is not None else Metrics()
         self._queue: queue.Queue[_Pending | object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="pamfr-writer", daemon=True)
         self._thread.start()
@@ -62,14 +66,17 @@ class GroupCommitWriter:
                     break
                 batch.append(more)
             pending = [p for p in batch if isinstance(p, _Pending)]
+            started = time.perf_counter()
             try:
                 outcomes = self.receiver.commit([p.prepared for p in pending])
             except BaseException as exc:  # never leave a sender waiting for an ACK
+                self.metrics.committed(len(pending), time.perf_counter() - started)
                 log.error("writer failed on a batch of %d: %s", len(pending), type(exc).__name__)
                 log.debug("writer failure", exc_info=True)
                 for p in pending:
                     p.loop.call_soon_threadsafe(_fail, p.future, exc)
                 continue
+            self.metrics.committed(len(pending), time.perf_counter() - started)
             for p, outcome in zip(pending, outcomes, strict=True):
                 p.loop.call_soon_threadsafe(_resolve, p.future, outcome)
 
@@ -142,10 +149,14 @@ class AsyncReceiver:
         batch_max: int = 64,
         parse_workers: int = 0,
         door: str = "mllp",
+        metrics: Metrics | None = None,
     ) -> None:
         self.receiver = receiver
         self.door = door
-        self.writer = GroupCommitWriter(receiver, batch_max)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.writer = GroupCommitWriter(receiver, batch_max, self.metrics)
+        self.parsing = 0  # messages handed to the parse workers, not back yet
+        self.committing = 0  # messages handed to the writer, not committed yet
         # Worker processes for the CPU-bound parse (hl7apy holds the GIL); 0 means threads.
         self._threads = ThreadPoolExecutor(2, "pamfr-parse") if parse_workers <= 0 else None
         self._processes = (
@@ -166,16 +177,31 @@ class AsyncReceiver:
     async def receive(self, inbound: Inbound) -> Outcome:
         r = self.receiver
         args = (inbound, *r.parse_args())
-        if self._processes is None:
-            loop = asyncio.get_running_loop()
-            prepared = await loop.run_in_executor(self._threads, prepare, *args)
-        else:
-            try:
-                prepared = await self._processes.run(prepare, *args)
-            except WorkerDied:  # killed, out of memory (logged by ParseWorkers): once more
-                log.warning("a message whose parse worker died is parsed again")
-                prepared = await self._processes.run(prepare, *args)
-        return await self.writer.submit(prepared)
+        self.parsing += 1
+        try:
+            if self._processes is None:
+                loop = asyncio.get_running_loop()
+                prepared = await loop.run_in_executor(self._threads, prepare, *args)
+            else:
+                try:
+                    prepared = await self._processes.run(prepare, *args)
+                except WorkerDied:  # killed, out of memory (logged by ParseWorkers): once more
+                    log.warning("a message whose parse worker died is parsed again")
+                    prepared = await self._processes.run(prepare, *args)
+        finally:
+            self.parsing -= 1
+        self.committing += 1
+        try:
+            outcome = await self.writer.submit(prepared)
+        finally:
+            self.committing -= 1
+        self.metrics.answered(inbound.door, outcome)
+        return outcome
+
+    @property
+    def parse_workers(self) -> ParseWorkers | None:
+        """The worker processes; None when messages are parsed in threads."""
+        return self._processes
 
     # FrameHandler of pamfr.transport.server
     async def on_frame(self, payload: bytes, peer) -> bytes:

@@ -48,6 +48,12 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 @db_option
 @click.option("--no-migrate", is_flag=True, help="Do not upgrade the database schema on start.")
 @click.option("--log-level", type=LOG_LEVELS, help="debug shows identifiers; info never does.")
+@click.option(
+    "--http",
+    "http_listen",
+    metavar="HOST:PORT",
+    help="HTTP port for /healthz, /readyz and /metrics (default: [http] listen, else none).",
+)
 @click.pass_obj
 def serve(
     obj: Context,
@@ -56,6 +62,7 @@ def serve(
     db_url: str | None,
     no_migrate: bool,
     log_level: str | None,
+    http_listen: str | None,
 ) -> None:
     """Run the MLLP receiver until SIGTERM or SIGINT.
 
@@ -63,7 +70,8 @@ def serve(
     committed before its ACK is sent. On SIGTERM/SIGINT the daemon stops accepting, answers
     the messages already received, and exits 0 within [server] shutdown_grace. On SIGHUP it
     reads the configuration again and applies the allow-lists and the log level.
-    TLS, mutual TLS and the allow-lists are set in [server] (see conf/pamfr.toml).
+    TLS, mutual TLS and the allow-lists are set in [server] (see conf/pamfr.toml). With
+    --http (or [http] listen), GET /healthz, /readyz and /metrics (Prometheus) answer there.
     """
     overrides = {
         "server.host": host,
@@ -71,6 +79,7 @@ def serve(
         "database.url": db_url,
         "database.migrate_on_start": False if no_migrate else None,
         "logging.level": log_level,
+        "http.listen": http_listen,
     }
     settings = obj.settings(**overrides)
     setup_logging(settings.logging.level)
@@ -213,6 +222,7 @@ def send(
 
 from pamfr.cli.ingest import generate, replay, watch  # noqa: E402
 from pamfr.cli.patient import patient  # noqa: E402
+from pamfr.cli.status import status  # noqa: E402
 
-for command in (patient, watch, replay, generate):
+for command in (patient, watch, replay, generate, status):
     main.add_command(command)

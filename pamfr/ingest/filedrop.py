@@ -26,6 +26,7 @@ from typing import Protocol
 
 from pamfr.config import FiledropSettings
 from pamfr.ingest.files import UnreadableFile, split_messages
+from pamfr.metrics import Metrics
 from pamfr.receiver import Inbound, Outcome
 
 log = logging.getLogger(__name__)
@@ -209,8 +210,10 @@ class FileDropWatcher:
         dirs: Sequence[str | os.PathLike[str]] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.handler = handler
+        self.metrics = metrics if metrics is not None else Metrics()
         self.settings = settings
         folders = settings.dirs if dirs is None else dirs
         self.inboxes = [Inbox(Path(d), settings) for d in folders]
@@ -225,6 +228,11 @@ class FileDropWatcher:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def backlog(self) -> int:
+        """Files seen in the inboxes at their last listing and not processed yet."""
+        return sum(len(inbox.seen) for inbox in self.inboxes)
 
     async def run(self) -> None:
         """Watch until stop()."""
@@ -325,6 +333,7 @@ class FileDropWatcher:
         ok = set(codes) <= {"AA"}
         folder = inbox.done_dir if ok else inbox.error_dir
         moved = await asyncio.to_thread(file_away, path, folder, ".ack", ack_file_content(acks))
+        self.metrics.file_done(ok)
         counts = " ".join(f"{code}={n}" for code, n in sorted(codes.items()))
         log.log(
             logging.INFO if ok else logging.WARNING,
@@ -339,6 +348,7 @@ class FileDropWatcher:
     async def _unreadable(self, path: Path, inbox: Inbox, reason: str) -> FileResult:
         text = f"{path.name}: {reason}\n".encode()
         moved = await asyncio.to_thread(file_away, path, inbox.error_dir, ".error", text)
+        self.metrics.file_done(False)
         log.warning("file %s: unreadable (%s) -> %s", path.name, reason, _shown(moved, inbox))
         return FileResult(path, moved, 0, {}, reason)
 

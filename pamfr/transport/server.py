@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as ssl_module
+import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from pamfr.metrics import Metrics
 from pamfr.transport.access import PeerFilter
 from pamfr.transport.codec import (
     DiscardedBytes,
@@ -81,8 +83,10 @@ class MLLPServer:
         limits: ServerLimits | None = None,
         ssl: ssl_module.SSLContext | None = None,
         peer_filter: PeerFilter | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._handler = handler
+        self.metrics = metrics if metrics is not None else Metrics()
         # Replaced as a whole on a configuration reload; read at each new connection.
         self.peer_filter = peer_filter or PeerFilter()
         self._host = host
@@ -100,8 +104,17 @@ class MLLPServer:
         return self._port
 
     @property
+    def host(self) -> str:
+        return self._host
+
+    @property
     def connection_count(self) -> int:
         return len(self._connections)
+
+    @property
+    def accepting(self) -> bool:
+        """The listener is open and takes new connections."""
+        return self._server is not None and self._server.is_serving() and not self._stopping
 
     async def start(self) -> None:
         if self._server is not None:
@@ -179,6 +192,7 @@ class MLLPServer:
             return
         if not self.peer_filter.allows(peer.host):
             logger.warning("connection from %s refused: address not in the allow-list", peer)
+            self.metrics.connection_refused("allow_list")
             await _close_writer(writer)
             return
         if len(self._connections) >= self._limits.max_connections:
@@ -188,6 +202,7 @@ class MLLPServer:
                 len(self._connections),
                 self._limits.max_connections,
             )
+            self.metrics.connection_refused("max_connections")
             await _close_writer(writer)
             return
         conn = _Connection(peer, reader, writer)
@@ -247,6 +262,7 @@ class MLLPServer:
                 return
             finally:
                 conn.reading = False
+            arrived = time.perf_counter()
             if not data:
                 if decoder.in_frame:
                     logger.warning(
@@ -267,7 +283,7 @@ class MLLPServer:
                     )
                 else:
                     completed = True
-                    await self._answer(conn, event)
+                    await self._answer(conn, event, arrived)
             if completed:
                 idle_deadline = loop.time() + limits.idle_timeout
             if not decoder.in_frame:
@@ -275,7 +291,9 @@ class MLLPServer:
             elif frame_deadline is None or completed:
                 frame_deadline = loop.time() + limits.frame_timeout
 
-    async def _answer(self, conn: _Connection, event: Frame | OversizedFrame) -> None:
+    async def _answer(
+        self, conn: _Connection, event: Frame | OversizedFrame, arrived: float
+    ) -> None:
         try:
             if isinstance(event, Frame):
                 logger.debug("%s: frame of %d bytes", conn.peer, len(event.payload))
@@ -295,6 +313,7 @@ class MLLPServer:
         if answer is None:
             return
         conn.writer.write(encode_frame(answer))
+        self.metrics.ack_sent(arrived)
         try:
             async with asyncio.timeout(self._limits.idle_timeout):
                 await conn.writer.drain()

@@ -442,3 +442,34 @@ def test_tls_round_trip(tmp_path: Path) -> None:
             assert handler.payloads == [b"MSH|secure", b"MSH|again"]
 
     run(scenario)
+
+
+def test_refused_connections_and_acks_are_counted_and_the_listener_says_when_it_accepts() -> None:
+    from pamfr.transport.access import PeerFilter
+
+    async def scenario() -> None:
+        handler = RecordingHandler()
+        server = MLLPServer(handler, port=0, limits=ServerLimits(max_connections=1))
+        assert not server.accepting  # not started
+        await server.start()
+        assert server.accepting
+        client = await MLLPClient.connect("127.0.0.1", server.port)
+        assert await client.send(b"one", timeout=2) == b"ACK:one"
+        extra_reader, extra_writer = await open_raw(server)  # over max_connections
+        assert await read_until_closed(extra_reader) == b""
+        await close_writer(extra_writer)
+        server.peer_filter = PeerFilter.parse(["10.9.9.9"])  # 127.0.0.1 no longer allowed
+        other_reader, other_writer = await open_raw(server)
+        assert await read_until_closed(other_reader) == b""
+        await close_writer(other_writer)
+        await client.close()
+        await server.close()
+        assert not server.accepting
+        refused = server.metrics.refused
+        assert refused.labels("max_connections")._value.get() == 1
+        assert refused.labels("allow_list")._value.get() == 1
+        latency = server.metrics.ack_latency.collect()[0].samples
+        count = next(s.value for s in latency if s.name == "pamfr_ack_latency_seconds_count")
+        assert count == 1
+
+    run(scenario)

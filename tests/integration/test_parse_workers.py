@@ -136,3 +136,24 @@ def _unloadable_answer() -> Exception:
 def _sleep_then_pid(seconds: float) -> int:
     time.sleep(seconds)
     return os.getpid()
+
+
+def test_a_worker_that_stops_between_requests_is_replaced_without_waiting_for_one():
+    async def test(pool):
+        victim = pool._workers[0].process
+        assert pool.alive == 2
+        os.kill(victim.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while pool.alive == 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        seen_down = pool.alive  # the loop has read the end of the dead worker's socket
+        while pool.restarts == 0 and time.monotonic() < deadline + 10:
+            await asyncio.sleep(0.05)  # no request comes: the replacement comes by itself
+        workers = _workers(pool)
+        running = [process_alive(p) for p in workers]
+        return victim.pid, seen_down, pool.restarts, pool.alive, workers, running
+
+    killed, seen_down, restarts, alive, workers, running = asyncio.run(_with_pool(test))
+    assert seen_down == 1
+    assert restarts == 1 and alive == 2
+    assert killed not in workers and all(running)

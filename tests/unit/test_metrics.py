@@ -3,11 +3,11 @@ of patient data, each daemon counts in its own registry, the summary reads the c
 
 from __future__ import annotations
 
-from pamfr.identity.errors import Problem
 from prometheus_client import REGISTRY
 
 from pamfr.cli.status import Samples, render, summary
 from pamfr.health import Check, Readiness
+from pamfr.hl7.errors import Problem
 from pamfr.metrics import Metrics, event_label
 from pamfr.receiver import Outcome
 

@@ -120,6 +120,12 @@ def db_upgrade(obj: Context, db_url: str | None, revision: str) -> None:
 @main.command()
 @db_option
 @click.option("--outcome", type=click.Choice(["AA", "AE", "AR"]), help="Only this outcome.")
+@click.option(
+    "--warnings",
+    "warnings_only",
+    is_flag=True,
+    help="Only messages answered with warnings (ERR severity W: applied, but not fully).",
+)
 @click.option("--limit", type=int, default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message, as a list.")
 @click.option("--show-content", is_flag=True, help="Include the raw message (patient data!).")
@@ -128,6 +134,7 @@ def messages(
     obj: Context,
     db_url: str | None,
     outcome: str | None,
+    warnings_only: bool,
     limit: int,
     as_json: bool,
     show_content: bool,
@@ -137,7 +144,7 @@ def messages(
     from pamfr.store.messagelog import list_messages
 
     with open_engine(settings).connect() as conn:
-        rows = list_messages(conn, outcome=outcome, limit=limit)
+        rows = list_messages(conn, outcome=outcome, limit=limit, warnings_only=warnings_only)
     out = []
     for r in rows:
         item = {
@@ -152,6 +159,7 @@ def messages(
             "outcome": r["outcome"],
             "duplicate_of": r["duplicate_of"],
             "error": r["error_text"],
+            "warnings": r["warnings"],
             "size": r["raw_size"],
         }
         if show_content:
@@ -164,6 +172,7 @@ def messages(
     for item in out:
         dup = f" duplicate of {item['duplicate_of']}" if item["duplicate_of"] else ""
         err = f"  {item['error']}" if item["error"] else ""
+        err += f"  warnings: {item['warnings']}" if item["warnings"] else ""
         click.echo(
             f"{item['id']:>7} {item['received_at']} {item['door']:<6} {item['peer'] or '-':<21} "
             f"{item['sending_app'] or '-'}/{item['sending_facility'] or '-'} "

@@ -311,7 +311,15 @@ def test_t3_hex_escapes_are_decoded(feed):
 
 
 def test_the_messages_command_lists_warnings_from_the_log(feed):
+    assert feed.one(msg("A28", Person("W0", ins=INS))).errs == []
     feed.one(msg("A28", Person("W1", ins=INS, pid32=("PROV",))))
     logged = feed.last_logged()
     assert (logged["outcome"], logged["err_codes"]) == ("AA", "103")
     assert "INS not kept" in logged["warnings"] and INS not in logged["warnings"]
+    listed = feed.cli("messages", "--outcome", "AA", "--warnings", "--json")
+    assert listed.exit_code == 0, listed.output
+    (only,) = json.loads(listed.stdout)
+    assert (only["id"], only["outcome"]) == (logged["id"], "AA")
+    assert only["warnings"].startswith("103 PID^1^32: INS not kept")
+    text = feed.cli("messages", "--outcome", "AA", "--warnings")
+    assert "warnings: 103 PID^1^32" in text.stdout and text.stdout.count("\n") == 1

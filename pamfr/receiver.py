@@ -35,6 +35,7 @@ from pamfr.store.messagelog import (
     message_writes,
     processed_from,
     processed_queries_pg,
+    release_keys,
 )
 from pamfr.store.repository import (
     ConcurrentChange,
@@ -63,6 +64,7 @@ class Inbound:
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     size: int | None = None  # the real size when `raw` is only the head of an oversized frame
     started: float = field(default_factory=time.perf_counter)
+    reprocess_of: int | None = None  # the log row whose stored raw this is, run again
 
     @property
     def oversized(self) -> bool:
@@ -218,6 +220,7 @@ class _Entry:
     row: LoggedMessage
     outcome: Outcome
     repo: IdentityRepository | None = None
+    releases_key_of: int | None = None  # the row whose duplicate-control key this one takes
 
 
 _NOT_PROCESSED = object()
@@ -371,16 +374,22 @@ class Receiver:
         """`known`: the batch's look-up of this message's key (None: look it up here);
         `prefetched`: the batch's look-up of this message's patient, if it was done."""
         key = self._key(p)
+        holder = None  # a reprocess passes a non-AA holder of its key, and may take the key
         if key is not None:
             existing = find_processed(conn, key) if known is None else known
             if existing is not _NOT_PROCESSED and existing is not None:
-                return self._duplicate(p, *existing)
+                if p.inbound.reprocess_of is None or existing[1] == "AA":
+                    return self._duplicate(p, *existing)
+                holder = existing[0]
         if p.code != "AA" or p.message is None:
-            return self._entry(p, p.code, p.problems)
-        repo = IdentityRepository(conn, p.inbound.received_at, prefetched)
-        _apply(repo, p.message)
-        entry = self._entry(p, "AA", (*p.problems, *repo.warnings))
-        entry.repo = repo
+            entry = self._entry(p, p.code, p.problems)
+        else:
+            repo = IdentityRepository(conn, p.inbound.received_at, prefetched)
+            _apply(repo, p.message)
+            entry = self._entry(p, "AA", (*p.problems, *repo.warnings))
+            entry.repo = repo
+        if entry.row.dedup_key is not None:
+            entry.releases_key_of = holder
         return entry
 
     @classmethod
@@ -405,6 +414,7 @@ class Receiver:
         if not entries:
             return []
         rows = [e.row for e in entries]
+        release_keys(conn, [e.releases_key_of for e in entries if e.releases_key_of])
 
         def histories(ids: list[int]) -> list:
             return [
@@ -456,6 +466,7 @@ class Receiver:
             error_text="; ".join(f"{x.code} {x.location}: {x.text}" for x in errors) or None,
             dedup_key=key,
             duplicate_of=duplicate_of,
+            reprocess_of=p.inbound.reprocess_of,
             duration_ms=(time.perf_counter() - p.inbound.started) * 1000,
         )
         outcome = Outcome(
@@ -488,13 +499,21 @@ class Receiver:
 
     @staticmethod
     def _log_line(p: Prepared, o: Outcome) -> None:
+        fields = {
+            "door": p.inbound.door,
+            "peer": p.inbound.peer or "-",
+            "control_id": o.control_id or "-",
+            "event": o.event or "-",
+            "outcome": o.code,
+            "duplicate": o.duplicate,
+            "duration_ms": round((time.perf_counter() - p.inbound.started) * 1000, 1),
+        }
+        if p.inbound.reprocess_of is not None:
+            fields["reprocess_of"] = p.inbound.reprocess_of
         log.info(
             "%s %s control_id=%s event=%s outcome=%s%s %.1fms",
-            p.inbound.door,
-            p.inbound.peer or "-",
-            o.control_id or "-",
-            o.event or "-",
-            o.code,
+            *(fields[k] for k in ("door", "peer", "control_id", "event", "outcome")),
             " (duplicate)" if o.duplicate else "",
-            (time.perf_counter() - p.inbound.started) * 1000,
+            fields["duration_ms"],
+            extra=fields,
         )

@@ -48,6 +48,11 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 @db_option
 @click.option("--no-migrate", is_flag=True, help="Do not upgrade the database schema on start.")
 @click.option("--log-level", type=LOG_LEVELS, help="debug shows identifiers; info never does.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object a line (default: [logging] format, else text).",
+)
 @click.pass_obj
 def serve(
     obj: Context,
@@ -56,6 +61,7 @@ def serve(
     db_url: str | None,
     no_migrate: bool,
     log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run the MLLP receiver until SIGTERM or SIGINT.
 
@@ -71,9 +77,10 @@ def serve(
         "database.url": db_url,
         "database.migrate_on_start": False if no_migrate else None,
         "logging.level": log_level,
+        "logging.format": log_format,
     }
     settings = obj.settings(**overrides)
-    setup_logging(settings.logging.level)
+    setup_logging(settings.logging.level, settings.logging.format)
     from pamfr.config import load_settings
     from pamfr.daemon import run_daemon
 
@@ -212,7 +219,9 @@ def send(
 
 
 from pamfr.cli.ingest import generate, replay, watch  # noqa: E402
+from pamfr.cli.keep import db_backup, purge, reprocess  # noqa: E402
 from pamfr.cli.patient import patient  # noqa: E402
 
-for command in (patient, watch, replay, generate):
+for command in (patient, watch, replay, generate, reprocess, purge):
     main.add_command(command)
+db.add_command(db_backup)

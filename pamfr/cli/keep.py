@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from pamfr.cli.common import Context, db_option, open_engine, safe_url
 from pamfr.config import Settings
@@ -26,7 +26,10 @@ def _store(settings: Settings):
     """The engine of an existing store: reading never creates a SQLite file; a database
     that cannot be reached is one line, not a traceback."""
     url = settings.database.url
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise Refused(f"--db / database.url: not a database URL: {url!r}") from None
     if parsed.get_backend_name() == "sqlite":
         path = Path(parsed.database or "").expanduser()
         if not parsed.database or not path.is_file():

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 
 class BackupRefused(Exception):
@@ -17,7 +18,10 @@ class BackupRefused(Exception):
 
 
 def sqlite_path(url: str) -> Path:
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise BackupRefused(f"--db / database.url: not a database URL: {url!r}") from None
     if parsed.get_backend_name() != "sqlite":
         raise BackupRefused(
             f"{parsed.get_backend_name()} store: back it up with pg_dump -Fc (see the README)"

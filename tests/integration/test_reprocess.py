@@ -127,3 +127,12 @@ def test_reprocess_bad_arguments_are_one_line_exit_2(tmp_path, sqlite_url):
     absent = run_cli("reprocess", "--outcome", "AE", "--db", f"sqlite:///{missing}")
     assert absent.returncode == 2 and "no SQLite store" in absent.stderr
     assert not missing.exists()  # reading never creates a store
+    for command in (["reprocess", "--outcome", "AE"], ["purge", "--older-than", "9"]):
+        garbled = run_cli(*command, "--db", "not a url")
+        assert garbled.returncode == 2 and "not a database URL" in garbled.stderr
+        assert "Traceback" not in garbled.stderr
+    unreachable = run_cli(
+        "reprocess", "--outcome", "AE", "--db", "postgresql+psycopg://nobody@127.0.0.1:9/none"
+    )
+    assert unreachable.returncode == 2 and "OperationalError" in unreachable.stderr
+    assert len(unreachable.stderr.strip().splitlines()) == 1

@@ -158,3 +158,5 @@ def test_backup_of_a_live_sqlite_store_is_consistent(sqlite_url, tmp_path):
     absent = run_cli("db", "backup", str(tmp_path / "c2.db"), "--db", f"sqlite:///{missing}")
     assert absent.returncode == 2 and "no SQLite store" in absent.stderr
     assert not missing.exists() and not (tmp_path / "c2.db").exists()
+    garbled = run_cli("db", "backup", str(tmp_path / "c3.db"), "--db", "not a url")
+    assert garbled.returncode == 2 and "not a database URL" in garbled.stderr

@@ -58,7 +58,7 @@ def purge_raw(
     freed = 0
     for start in range(0, len(ids), chunk):
         part = ids[start : start + chunk]
-        with engine.begin() as conn:
+        with engine.connect() if dry_run else engine.begin() as conn:
             freed += conn.execute(
                 select(func.coalesce(func.sum(func.length(message.c.raw)), 0)).where(
                     message.c.id.in_(part), message.c.raw_purged_at.is_(None)

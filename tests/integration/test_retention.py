@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from pamfr.daemon import purge_old_raw
-from pamfr.receiver import Receiver
+from pamfr.receiver import Inbound, Receiver
 from pamfr.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.schema import history, patient
@@ -79,6 +79,15 @@ def test_purge_empties_old_final_raws_and_keeps_rows_acks_history(db_url):
     # A purged message still answers its resend with the stored ACK.
     resend = receiver.handle(a28("P1", "OLD-AA"))
     assert resend.duplicate and resend.ack == before["OLD-AA"]["ack"]
+
+    # Once reprocessed to a final outcome, the old AR is final too; its new row is young.
+    ar = before["OLD-AR"]
+    again = receiver.commit([receiver.prepare(Inbound(ar["raw"], reprocess_of=ar["id"]))])[0]
+    assert again.code == "AA"
+    assert run_cli("purge", "--older-than", "30", "--db", db_url).returncode == 0
+    with engine.connect() as conn:
+        raws = dict(conn.execute(select(message_table.c.id, message_table.c.raw)).all())
+    assert raws[ar["id"]] == b"" and raws[again.message_id] == ar["raw"]
     engine.dispose()
 
 

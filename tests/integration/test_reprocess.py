@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from pamfr.receiver import Receiver
 from pamfr.samples import Person, message
 from pamfr.store.db import make_engine
+from pamfr.store.messagelog import LoggedMessage, insert_messages
 from pamfr.store.retention import purge_raw
 from pamfr.store.schema import history as patient_history
 from pamfr.store.schema import message as message_table
@@ -136,3 +137,44 @@ def test_reprocess_bad_arguments_are_one_line_exit_2(tmp_path, sqlite_url):
     )
     assert unreachable.returncode == 2 and "OperationalError" in unreachable.stderr
     assert len(unreachable.stderr.strip().splitlines()) == 1
+
+
+def test_ae_fixed_by_a_new_version_is_applied_and_takes_the_key(db_url):
+    """A message an earlier version of the rules answered AE (logged as it would have been),
+    run again by this version: applied, and the key moves to the new row in the same
+    transaction (on PostgreSQL, the pipelined batch path)."""
+    engine = make_engine(db_url)
+    raw = a28("F1", "CTL-F1")
+    with engine.begin() as conn:
+        (original,) = insert_messages(
+            conn,
+            [
+                LoggedMessage(
+                    received_at=datetime.now(UTC) - timedelta(hours=1),
+                    door="mllp",
+                    peer="10.0.0.9:4000",
+                    raw=raw,
+                    raw_size=len(raw),
+                    outcome="AE",
+                    ack=b"MSH|^~\\&|old ack\r",
+                    control_id="CTL-F1",
+                    event="A28",
+                    error_text="102 PID^1^3: refused by an earlier version",
+                    dedup_key="GAM|CHU-X|CTL-F1",
+                )
+            ],
+        )
+    receiver = Receiver(engine)
+    assert receiver.handle(raw).duplicate  # before: the GAM's resend gets the old AE
+
+    done = run_cli("reprocess", "--outcome", "AE", "--db", db_url)
+    assert done.returncode == 0, done.stderr
+    assert "answered AE: AA 1" in done.stdout
+    by_id = {r["id"]: r for r in rows(engine)}
+    new = next(r for r in by_id.values() if r["reprocess_of"] == original)
+    assert new["outcome"] == "AA" and new["peer"] == "10.0.0.9:4000"
+    assert by_id[original]["dedup_key"] is None and new["dedup_key"] == "GAM|CHU-X|CTL-F1"
+    assert count(engine, patient) == 1
+    resend = receiver.handle(raw)
+    assert resend.duplicate and resend.code == "AA"
+    engine.dispose()

@@ -102,8 +102,9 @@ def reprocess(
         if dry_run:
             for c in rows:
                 note = f"  cannot: {c.cannot}" if c.cannot else f"  {c.error_text or ''}"
+                at = c.received_at if c.received_at.tzinfo else c.received_at.replace(tzinfo=UTC)
                 click.echo(
-                    f"{c.id:>7} {c.received_at.isoformat()} {c.door:<6} "
+                    f"{c.id:>7} {at.isoformat(timespec='seconds')} {c.door:<6} "
                     f"{c.control_id or '-'} {c.event or '-'} {c.outcome}{note.rstrip()}"
                 )
             click.echo(

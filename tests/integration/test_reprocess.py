@@ -3,6 +3,7 @@ receiver again, linked to their original, with the duplicate control guarding wh
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
@@ -43,6 +44,7 @@ def test_ar_after_a_configuration_fix_is_applied_and_answers_later_resends(db_ur
     listed = run_cli("reprocess", "--outcome", "AR", "--dry-run", "--db", db_url)
     assert listed.returncode == 0, listed.stderr
     assert "CTL-R1" in listed.stdout and "1 message(s) would be reprocessed" in listed.stdout
+    assert re.search(r"^ +1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00 mllp ", listed.stdout, re.M)
     assert len(rows(engine)) == 1  # a dry run changes nothing
 
     done = run_cli("reprocess", "--outcome", "AR", "--db", db_url)

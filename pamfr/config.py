@@ -149,6 +149,13 @@ class HttpSettings(_Section):
 
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"  # json: one object a line, for a log collector
+
+
+class RetentionSettings(_Section):
+    # Days after which the raw bytes of a final message (AA/AE) are emptied by `pamfr purge`
+    # (and by the daemon, once a day); the log row, its ACK and the history stay. None: keep.
+    raw_messages_days: int | None = Field(None, ge=1)
 
 
 class Settings(BaseSettings):
@@ -166,6 +173,7 @@ class Settings(BaseSettings):
     filedrop: FiledropSettings = FiledropSettings()
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @classmethod
     def settings_customise_sources(

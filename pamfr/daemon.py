@@ -14,7 +14,9 @@ import sys
 import threading
 from collections.abc import Callable
 
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from pamfr.assemble import build_receiver
 from pamfr.config import Settings, split_listen
@@ -23,8 +25,10 @@ from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.metrics import Metrics, watch_daemon
 from pamfr.pipeline import AsyncReceiver
 from pamfr.reload import Reloader
+from pamfr.sdnotify import notify
 from pamfr.security import SecurityConfigError, describe_access, listener_tls, peer_filter
 from pamfr.store.db import make_engine, upgrade
+from pamfr.store.retention import PurgeResult, purge_raw
 from pamfr.transport.server import MLLPServer, ServerLimits
 
 log = logging.getLogger("pamfr.daemon")
@@ -35,6 +39,9 @@ _WRITER_MIN_WAIT = 0.5
 # writer thread waits on the database many times a batch and each time needs the GIL back from
 # the busy event loop: at 5 ms that wait was most of a SQLite batch.
 GIL_SWITCH_INTERVAL = 0.001
+# With [retention] raw_messages_days: a purge shortly after the start, then one a day.
+PURGE_FIRST_DELAY = 60.0
+PURGE_INTERVAL = 24 * 3600.0
 
 
 async def run_daemon(
@@ -120,9 +127,16 @@ async def run_daemon(
         log.info("watching %s for dropped files", ", ".join(settings.filedrop.dirs))
     reloader = Reloader(reload or (lambda: settings), settings, server, receiver, source)
     hup_task = asyncio.create_task(_on_hup(hup, reloader))
+    retention = None
+    if settings.retention.raw_messages_days is not None:
+        retention = asyncio.create_task(_purge_daily(engine, settings.retention.raw_messages_days))
+    notify("READY=1")  # systemd Type=notify: the listener accepts
     await stop.wait()
+    notify("STOPPING=1")
     hup_task.cancel()
     health.stopping = True  # /readyz answers 503 from now on
+    if retention is not None:
+        retention.cancel()
     deadline = loop.time() + s.shutdown_grace
     log.info("stopping: no new connections, answering the messages in flight")
     if watcher is not None and watching is not None:
@@ -137,6 +151,22 @@ async def run_daemon(
         engine.dispose()
     log.info("stopped")
     return 0
+
+
+def purge_old_raw(engine: Engine, days: int) -> PurgeResult | None:
+    """One retention pass (the daemon runs it daily): logs what it did, never raises."""
+    try:
+        return purge_raw(engine, days)
+    except SQLAlchemyError as exc:
+        log.error("retention: purge not done, the database failed: %s", type(exc).__name__)
+        return None
+
+
+async def _purge_daily(engine: Engine, days: int) -> None:
+    await asyncio.sleep(PURGE_FIRST_DELAY)
+    while True:
+        await asyncio.to_thread(purge_old_raw, engine, days)
+        await asyncio.sleep(PURGE_INTERVAL)
 
 
 async def _on_hup(hup: asyncio.Event, reloader: Reloader) -> None:

@@ -15,6 +15,7 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from pamfr.logsetup import current_format
 from pamfr.metrics import Metrics
 from pamfr.parse_workers import ParseWorkers, WorkerDied
 from pamfr.receiver import Inbound, Outcome, Prepared, Receiver, prepare
@@ -108,13 +109,13 @@ def _exit_with(owner: int) -> None:
             os._exit(0)
 
 
-def _start_worker(owner: int, log_level: int) -> None:
+def _start_worker(owner: int, log_level: int, log_format: str = "text") -> None:
     """Parse worker start-up: logging like the daemon's, a watch on the daemon, hl7apy's
     tables loaded once and kept out of the GC's way."""
     from pamfr.logsetup import setup_logging
     from pamfr.samples import Person, message
 
-    setup_logging(logging.getLevelName(log_level).lower())
+    setup_logging(logging.getLevelName(log_level).lower(), log_format)
     # A stop signal sent to the whole process group (Ctrl-C, systemd's default KillMode) is
     # the daemon's to handle: it answers what is in flight, then closes the workers' sockets.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -135,7 +136,7 @@ def parse_pool(workers: int) -> Executor:
         workers,
         mp_context=context,
         initializer=_start_worker,
-        initargs=(os.getpid(), logging.getLogger().getEffectiveLevel()),
+        initargs=(os.getpid(), logging.getLogger().getEffectiveLevel(), current_format()),
     )
 
 
@@ -163,7 +164,7 @@ class AsyncReceiver:
             ParseWorkers(
                 parse_workers,
                 _start_worker,
-                (os.getpid(), logging.getLogger().getEffectiveLevel()),
+                (os.getpid(), logging.getLogger().getEffectiveLevel(), current_format()),
             )
             if parse_workers > 0
             else None

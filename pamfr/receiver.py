@@ -42,6 +42,7 @@ from pamfr.store.messagelog import (
     message_writes,
     processed_from,
     processed_queries_pg,
+    release_keys,
 )
 from pamfr.store.repository import (
     ConcurrentChange,
@@ -70,6 +71,7 @@ class Inbound:
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     size: int | None = None  # the real size when `raw` is only the head of an oversized frame
     started: float = field(default_factory=time.perf_counter)
+    reprocess_of: int | None = None  # the log row whose stored raw this is, run again
 
     @property
     def oversized(self) -> bool:
@@ -241,6 +243,7 @@ class _Entry:
     row: LoggedMessage
     outcome: Outcome
     repo: IdentityRepository | None = None
+    releases_key_of: int | None = None  # the row whose duplicate-control key this one takes
 
 
 _NOT_PROCESSED = object()
@@ -422,25 +425,32 @@ class Receiver:
         `prefetched`: the batch's look-up of this message's patient, if it was done."""
         key = self._key(p)
         reused: Problem | None = None
+        holder = None  # a reprocess passes a non-AA holder of its key, and may take the key
         if key is not None:
             existing = find_processed(conn, key) if known is None else known
             if existing is not _NOT_PROCESSED and existing is not None:
-                if existing.same_content(p.content_sha256):
+                if p.inbound.reprocess_of is not None and existing.outcome != "AA":
+                    holder = existing.id
+                elif existing.same_content(p.content_sha256):
                     return self._duplicate(p, existing)
-                reused = self._reused(p, existing)
-                if self.reused_control_id is ReusedControlId.REFUSE:
-                    return self._entry(p, "AE", (reused,), keyed=False)
-                reused = replace(reused, severity="W")
+                else:
+                    reused = self._reused(p, existing)
+                    if self.reused_control_id is ReusedControlId.REFUSE:
+                        return self._entry(p, "AE", (reused,), keyed=False)
+                    reused = replace(reused, severity="W")
         if p.code != "AA" or p.message is None:
-            return self._entry(p, p.code, p.problems, keyed=reused is None)
-        repo = IdentityRepository(conn, p.inbound.received_at, prefetched, self.authorities)
-        try:
-            _apply(repo, p.message, self.iti31_updates_identity)
-        except IdentityRefused as refused:
-            raise MessageRejected(refusal_problem(refused)) from None
-        problems = (*p.problems, *warning_problems(repo.notes), *((reused,) if reused else ()))
-        entry = self._entry(p, "AA", problems, keyed=reused is None)
-        entry.repo = repo
+            entry = self._entry(p, p.code, p.problems, keyed=reused is None)
+        else:
+            repo = IdentityRepository(conn, p.inbound.received_at, prefetched, self.authorities)
+            try:
+                _apply(repo, p.message, self.iti31_updates_identity)
+            except IdentityRefused as refused:
+                raise MessageRejected(refusal_problem(refused)) from None
+            problems = (*p.problems, *warning_problems(repo.notes), *((reused,) if reused else ()))
+            entry = self._entry(p, "AA", problems, keyed=reused is None)
+            entry.repo = repo
+        if entry.row.dedup_key is not None:
+            entry.releases_key_of = holder
         return entry
 
     @staticmethod
@@ -481,6 +491,7 @@ class Receiver:
         if not entries:
             return []
         rows = [e.row for e in entries]
+        release_keys(conn, [e.releases_key_of for e in entries if e.releases_key_of])
 
         def histories(ids: list[int]) -> list:
             return [
@@ -535,6 +546,7 @@ class Receiver:
             error_text="; ".join(f"{x.code} {x.location}: {x.text}" for x in errors) or None,
             dedup_key=key,
             duplicate_of=duplicate_of,
+            reprocess_of=p.inbound.reprocess_of,
             duration_ms=(time.perf_counter() - p.inbound.started) * 1000,
             warnings="; ".join(f"{x.code} {x.location}: {x.text}" for x in warnings) or None,
             err_codes=" ".join(dict.fromkeys(str(x.code) for x in problems)) or None,
@@ -571,14 +583,24 @@ class Receiver:
     @staticmethod
     def _log_line(p: Prepared, o: Outcome) -> None:
         warnings = o.warnings
+        fields = {
+            "door": p.inbound.door,
+            "peer": p.inbound.peer or "-",
+            "control_id": o.control_id or "-",
+            "event": o.event or "-",
+            "outcome": o.code,
+            "duplicate": o.duplicate,
+            "duration_ms": round((time.perf_counter() - p.inbound.started) * 1000, 1),
+        }
+        if warnings:
+            fields["warnings"] = ",".join(f"{w.code}@{w.location}" for w in warnings)
+        if p.inbound.reprocess_of is not None:
+            fields["reprocess_of"] = p.inbound.reprocess_of
         log.info(
             "%s %s control_id=%s event=%s outcome=%s%s%s %.1fms",
-            p.inbound.door,
-            p.inbound.peer or "-",
-            o.control_id or "-",
-            o.event or "-",
-            o.code,
+            *(fields[k] for k in ("door", "peer", "control_id", "event", "outcome")),
             " (duplicate)" if o.duplicate else "",
-            f" warnings={','.join(f'{w.code}@{w.location}' for w in warnings)}" if warnings else "",
-            (time.perf_counter() - p.inbound.started) * 1000,
+            f" warnings={fields['warnings']}" if warnings else "",
+            fields["duration_ms"],
+            extra=fields,
         )

@@ -21,7 +21,7 @@ from pamfr.transport.server import MLLPServer
 log = logging.getLogger("pamfr.reload")
 
 RELOADABLE = ("server.allowed_peers", "server.allowed_senders", "logging.level")
-_SECTIONS = ("server", "database", "receiver", "filedrop", "logging")
+_SECTIONS = ("server", "database", "receiver", "filedrop", "logging", "retention")
 
 
 def _flat(settings: Settings) -> dict[str, Any]:

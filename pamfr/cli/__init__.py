@@ -54,6 +54,11 @@ def main(ctx: click.Context, config_file: str | None) -> None:
     metavar="HOST:PORT",
     help="HTTP port for /healthz, /readyz and /metrics (default: [http] listen, else none).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object a line (default: [logging] format, else text).",
+)
 @click.pass_obj
 def serve(
     obj: Context,
@@ -63,6 +68,7 @@ def serve(
     no_migrate: bool,
     log_level: str | None,
     http_listen: str | None,
+    log_format: str | None,
 ) -> None:
     """Run the MLLP receiver until SIGTERM or SIGINT.
 
@@ -80,9 +86,10 @@ def serve(
         "database.migrate_on_start": False if no_migrate else None,
         "logging.level": log_level,
         "http.listen": http_listen,
+        "logging.format": log_format,
     }
     settings = obj.settings(**overrides)
-    setup_logging(settings.logging.level)
+    setup_logging(settings.logging.level, settings.logging.format)
     from pamfr.config import load_settings
     from pamfr.daemon import run_daemon
 
@@ -230,8 +237,10 @@ def send(
 
 
 from pamfr.cli.ingest import generate, replay, watch  # noqa: E402
+from pamfr.cli.keep import db_backup, purge, reprocess  # noqa: E402
 from pamfr.cli.patient import patient  # noqa: E402
 from pamfr.cli.status import status  # noqa: E402
 
-for command in (patient, watch, replay, generate, status):
+for command in (patient, watch, replay, generate, status, reprocess, purge):
     main.add_command(command)
+db.add_command(db_backup)

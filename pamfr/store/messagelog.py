@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Executable, bindparam, insert, select
+from sqlalchemy import Connection, Executable, bindparam, insert, select, update
 
 from pamfr.store import pgpipeline
 from pamfr.store.schema import message
@@ -36,6 +36,7 @@ class LoggedMessage:
     warnings: str | None = None  # the ERRs of severity W, "code place: text; ..."
     err_codes: str | None = None  # every ERR code of the ACK, space separated
     content_sha256: str | None = None
+    reprocess_of: int | None = None
 
 
 def dedup_key(sending_app: str, sending_facility: str, control_id: str) -> str | None:
@@ -84,6 +85,12 @@ def insert_messages(conn: Connection, rows: list[LoggedMessage]) -> list[int]:
     if len(values) == 1:
         return [conn.execute(_INSERT, values[0]).scalar_one()]
     return list(conn.execute(_INSERT_MANY, values).scalars())
+
+
+def release_keys(conn: Connection, ids: list[int]) -> None:
+    """Take the duplicate-control key off these rows: a reprocess's final outcome holds it."""
+    if ids:
+        conn.execute(update(message).where(message.c.id.in_(ids)).values(dedup_key=None))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import click
 
-from pamfr.cli.common import LOG_LEVELS, Context, db_option, open_engine, parse_host_port, safe_url
+from pamfr.cli.common import (
+    LOG_LEVELS,
+    Context,
+    database_errors,
+    db_option,
+    open_engine,
+    parse_host_port,
+    safe_url,
+)
 from pamfr.cli.tlsopts import client_tls, tls_options
 from pamfr.config import Settings
 from pamfr.logsetup import setup_logging
@@ -73,7 +81,9 @@ def watch(
     if not settings.filedrop.dirs:
         raise click.UsageError("no folder to watch: give DIRS or set [filedrop] dirs")
     setup_logging(settings.logging.level)
-    sys.exit(asyncio.run(_watch(settings, once)))
+    with database_errors(settings):
+        code = asyncio.run(_watch(settings, once))
+    sys.exit(code)
 
 
 async def _watch(settings: Settings, once: bool) -> int:
@@ -219,7 +229,8 @@ def replay(
         if settings.database.migrate_on_start:
             from pamfr.store.db import upgrade
 
-            upgrade(settings.database.url)
+            with database_errors(settings):
+                upgrade(settings.database.url)
         engine = open_engine(settings)
     progress = rp.Progress(rp.count_messages(files))
     started = time.perf_counter()
@@ -253,8 +264,9 @@ def replay(
         progress.close()
     summary = rp.Summary(mode, shown, len(files), tally, elapsed)
     if expected is not None or write_expect is not None:
-        engine = engine or open_engine(settings)
-        state = rp.store_state(engine)
+        engine = engine or open_engine(settings, read_only=True)
+        with database_errors(settings):
+            state = rp.store_state(engine)
         if expected is not None:
             summary.differences = rp.compare_state(expected, state)
         if write_expect is not None:

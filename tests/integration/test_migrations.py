@@ -17,4 +17,4 @@ def test_migrated_schema_matches_the_declared_tables(db_url):
         revision = context.get_current_revision()
     engine.dispose()
     assert differences == []
-    assert revision == "0002"
+    assert revision == "0003"

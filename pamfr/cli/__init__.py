@@ -26,7 +26,7 @@ from pamfr.logsetup import setup_logging
 
 
 @click.group(cls=PamfrGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pamfr", message="%(prog)s %(version)s")
+@click.version_option(package_name="pamfr", message="pamfr %(version)s")
 @click.option(
     "--config",
     "config_file",

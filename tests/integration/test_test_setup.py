@@ -20,7 +20,13 @@ def test_without_postgresql_the_pg_tests_say_why_once_and_do_not_error() -> None
     url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/test"
     result = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
             "tests/integration/test_pg_connection_ping.py",
             "tests/integration/test_pg_pipelined_batch.py",
         ],
@@ -34,9 +40,7 @@ def test_without_postgresql_the_pg_tests_say_why_once_and_do_not_error() -> None
     assert result.returncode == 0, out
     assert "2 skipped" in out and "error" not in out.lower(), out
     assert "Traceback" not in out, out
-    reasons = {
-        line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("SKIPPED")
-    }
+    reasons = {line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("SKIPPED")}
     assert len(reasons) == 1, out  # both tests give the one reason found at session start
     (reason,) = reasons
     assert "PAMFR_TEST_PG_URL" in reason and url.split("@")[1].split("/")[0] in reason

@@ -14,6 +14,7 @@ import click
 
 from pamfr.cli.common import (
     LOG_LEVELS,
+    CommandError,
     Context,
     database_errors,
     db_option,
@@ -140,7 +141,9 @@ async def _watch(settings: Settings, once: bool) -> int:
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="--to: files sent in parallel (a file's messages always in order on one).",
+    help="--to: connections sending in parallel. The messages of one patient (same PID-3 or "
+    "MRG-1 identifier) keep the order of the files: each is sent after the ACK of the one "
+    "before it; other patients' messages go meanwhile.",
 )
 @click.option(
     "--workers",
@@ -194,9 +197,11 @@ def replay(
 
     Same file formats as the file drop. --to sends each message over MLLP and waits for its
     ACK (no ACK in time or a lost connection: resent once on a new connection, then the rest
-    of that file is not sent); --local applies them to the store through the receiver (the
-    fast path). --tls and --tls-* make --to use MLLP over TLS. --expect and --write-expect
-    read the store given by --db (with --to: the receiver's store).
+    of that file is not sent; a receiver that refuses the first connection: exit 2, nothing
+    sent); with --connections N, the messages of one patient keep their order across files.
+    --local applies them to the store through the receiver (the fast path). --tls and --tls-*
+    make --to use MLLP over TLS. --expect and --write-expect read the store given by --db
+    (with --to: the receiver's store).
     Prints a summary (counts by ACK code, event and ERR code, rate, the messages not AA).
     Exit 0 when every message got AA (or --allow-errors) and the --expect state matches,
     1 otherwise.
@@ -246,18 +251,21 @@ def replay(
             mode, shown = "local", safe_url(settings.database.url)
         else:
             host, port = parse_host_port(target or "")
-            tally = asyncio.run(
-                rp.replay_mllp(
-                    files,
-                    host,
-                    port,
-                    connections=connections,
-                    timeout=timeout,
-                    rewrite=rewrite,
-                    progress=progress,
-                    ssl=context,
+            try:
+                tally = asyncio.run(
+                    rp.replay_mllp(
+                        files,
+                        host,
+                        port,
+                        connections=connections,
+                        timeout=timeout,
+                        rewrite=rewrite,
+                        progress=progress,
+                        ssl=context,
+                    )
                 )
-            )
+            except rp.TargetUnreachable as exc:
+                raise CommandError(f"--to: {exc}; nothing sent") from None
             mode, shown = "mllp", f"{host}:{port}" + (" over TLS" if context else "")
         elapsed = time.perf_counter() - started
     finally:

@@ -1,14 +1,35 @@
 #!/usr/bin/env bash
-# Creates .venv and installs pamfr with its test tools (idempotent; re-run after pulling).
+# Creates .venv and installs pamfr (idempotent; re-run after pulling).
+#   scripts/setup.sh            pamfr with its test tools (what ./test.sh uses)
+#   scripts/setup.sh --daemon   the daemon only (what ./run.sh uses); PAMFR_EXTRAS=pg adds
+#                               psycopg for a PostgreSQL store
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+case "${1:-}" in
+  --daemon) extras=${PAMFR_EXTRAS:-} ;;
+  "") extras=test,pg ;;
+  *) echo "usage: scripts/setup.sh [--daemon]" >&2; exit 2 ;;
+esac
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# The stamp lists the extras installed; what is asked must be among them, and the stamp newer
+# than pyproject.toml. A test set-up therefore serves ./run.sh too.
 stamp=.venv/.pamfr-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+installed=""
+if [ -f "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ]; then
+  installed=",$(cat "$stamp"),"
+fi
+missing=0
+[ -n "$installed" ] || missing=1
+for extra in ${extras//,/ }; do
+  case "$installed" in *",$extra,"*) ;; *) missing=1 ;; esac
+done
+if [ "$missing" = 1 ]; then
+  # keep what an earlier set-up installed (./run.sh after ./test.sh keeps the test tools)
+  wanted=$(printf '%s\n' ${extras//,/ } ${installed//,/ } | sort -u | paste -sd, -)
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[test]"
-  touch "$stamp"
+  .venv/bin/python -m pip install --quiet -e ".${wanted:+[$wanted]}"
+  printf '%s\n' "$wanted" > "$stamp"
 fi

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import click
 
 from pamfr.cli.common import (
     LOG_LEVELS,
+    CommandError,
     Context,
+    PamfrGroup,
+    database_errors,
     db_option,
     open_engine,
     parse_host_port,
@@ -21,7 +25,8 @@ from pamfr.cli.tlsopts import client_tls, tls_options
 from pamfr.logsetup import setup_logging
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=PamfrGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pamfr", message="pamfr %(version)s")
 @click.option(
     "--config",
     "config_file",
@@ -36,7 +41,7 @@ def main(ctx: click.Context, config_file: str | None) -> None:
     It stores each patient's INS, the five INS traits and the identity status, with a full
     history, and answers every message with an HL7 ACK once it is durably committed.
     """
-    ctx.obj = Context(config_file)
+    ctx.ensure_object(Context).config_file = config_file
 
 
 # -- serve -------------------------------------------------------------------------------
@@ -92,11 +97,17 @@ def serve(
     setup_logging(settings.logging.level, settings.logging.format)
     from pamfr.config import load_settings
     from pamfr.daemon import run_daemon
+    from pamfr.store.db import database_url
 
     def reload():  # SIGHUP: the same sources again; the flags above still win
         return load_settings(obj.config_file, overrides)
 
-    sys.exit(asyncio.run(run_daemon(settings, reload, obj.config_file or "")))
+    # A URL pamfr cannot use, or a store that does not answer when the schema is upgraded at
+    # start, stops here in one line; once serving, an outage is answered AR 207 instead.
+    with database_errors(settings):
+        database_url(settings.database.url)
+        code = asyncio.run(run_daemon(settings, reload, obj.config_file or ""))
+    sys.exit(code)
 
 
 # -- db ----------------------------------------------------------------------------------
@@ -109,54 +120,163 @@ def db() -> None:
 
 @db.command("upgrade")
 @db_option
-@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.option(
+    "--revision",
+    default="head",
+    show_default=True,
+    help="Target revision (e.g. 0002); never below the current one (no downgrade).",
+)
 @click.pass_obj
 def db_upgrade(obj: Context, db_url: str | None, revision: str) -> None:
-    """Create or upgrade the schema of the database to the latest revision."""
+    """Create or upgrade the schema of the database to the latest revision (or --revision),
+    then print the revision the database is really at."""
     settings = obj.settings(**{"database.url": db_url})
     setup_logging("warning")
-    from pamfr.store.db import upgrade
+    from pamfr.store.db import SchemaError, current_revision, upgrade
 
-    upgrade(settings.database.url, revision)
-    click.echo(f"database schema at {revision}: {safe_url(settings.database.url)}")
+    url = settings.database.url
+    with database_errors(settings):
+        try:
+            upgrade(url, revision)
+        except SchemaError as exc:
+            raise CommandError(f"--revision: {exc}") from None
+        now = current_revision(url)
+    click.echo(f"database schema at {now}: {safe_url(url)}")
 
 
 # -- messages ----------------------------------------------------------------------------
 
 
+class Moment(click.ParamType):
+    """An ISO 8601 time (with its offset, else local time) or a date (local midnight; as an
+    upper bound, the end of that day)."""
+
+    name = "TIME"
+
+    def __init__(self, end_of_day: bool = False) -> None:
+        self.end_of_day = end_of_day
+
+    def convert(self, value, param, ctx) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            self.fail(
+                f"{value!r} is not an ISO time or date (2026-12-04, 2026-12-04T10:30, "
+                "2026-12-04T10:30+01:00)",
+                param,
+                ctx,
+            )
+        if self.end_of_day and len(value.strip()) == 10:
+            moment += timedelta(days=1)
+        return moment.astimezone()  # a time without an offset is local time
+
+
+def _sender(ctx, param, value: str | None) -> tuple[str, str | None] | None:
+    if value is None:
+        return None
+    app, sep, facility = value.partition("|")
+    if not app or "|" in facility or (sep and not facility):
+        raise click.BadParameter(f"expected APPLICATION or APPLICATION|FACILITY, got {value!r}")
+    return app, facility if sep else None
+
+
+def _err_code(ctx, param, value: str | None) -> str | None:
+    if value is not None and not value.isdigit():
+        raise click.BadParameter(f"expected an HL7 error code (table 0357: 204...), got {value!r}")
+    return value
+
+
+def _decoded(raw: bytes, charset: str) -> str:
+    """A stored message as text, in the character set its own MSH-18 names."""
+    from pamfr.hl7.charset import UnknownCharset, codec_for
+
+    try:
+        codec = codec_for(charset or "")
+    except UnknownCharset:
+        codec = "utf-8"
+    if codec == "ascii":  # MSH-18 empty: ASCII by the standard, UTF-8 read as what it is
+        codec = "utf-8"
+    return raw.decode(codec, errors="replace")
+
+
 @main.command()
 @db_option
 @click.option("--outcome", type=click.Choice(["AA", "AE", "AR"]), help="Only this outcome.")
+@click.option("--since", type=Moment(), help="Received at or after TIME (ISO time or date).")
 @click.option(
-    "--warnings",
-    "warnings_only",
-    is_flag=True,
-    help="Only messages answered with warnings (ERR severity W: applied, but not fully).",
+    "--until", type=Moment(end_of_day=True), help="Received before TIME (a date: that day too)."
 )
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option(
+    "--sender",
+    metavar="APP[|FACILITY]",
+    callback=_sender,
+    help="MSH-3 (and MSH-4) as received, first component.",
+)
+@click.option("--control-id", metavar="ID", help="MSH-10 as received.")
+@click.option(
+    "--ipp",
+    help="Messages that changed the patient holding this IPP (its history rows); "
+    "a message refused (AE/AR) changed nobody: find it by --control-id.",
+)
+@click.option(
+    "--err-code", metavar="N", callback=_err_code, help="Messages whose ACK carries ERR code N."
+)
+@click.option("--warnings", is_flag=True, help="Messages applied (AA) with warnings.")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message, as a list.")
-@click.option("--show-content", is_flag=True, help="Include the raw message (patient data!).")
+@click.option(
+    "--show-content",
+    is_flag=True,
+    help="Include the raw message and the ACK, decoded by MSH-18 (patient data!).",
+)
 @click.pass_obj
 def messages(
     obj: Context,
     db_url: str | None,
     outcome: str | None,
-    warnings_only: bool,
+    since: datetime | None,
+    until: datetime | None,
+    sender: tuple[str, str | None] | None,
+    control_id: str | None,
+    ipp: str | None,
+    err_code: str | None,
+    warnings: bool,
     limit: int,
     as_json: bool,
     show_content: bool,
 ) -> None:
-    """The message log, newest first, without patient data unless --show-content."""
-    settings = obj.settings(**{"database.url": db_url})
-    from pamfr.store.messagelog import list_messages
+    """The message log, newest first, without patient data unless --show-content.
 
-    with open_engine(settings).connect() as conn:
-        rows = list_messages(conn, outcome=outcome, limit=limit, warnings_only=warnings_only)
+    Times are UTC, with their offset. Filters combine (all must hold).
+    """
+    settings = obj.settings(**{"database.url": db_url})
+    from pamfr.store.readside import MessageFilter, iso, message_log
+
+    selected = MessageFilter(
+        outcome=outcome,
+        since=since,
+        until=until,
+        sending_app=sender[0] if sender else None,
+        sending_facility=sender[1] if sender else None,
+        control_id=control_id,
+        ipp=ipp,
+        err_code=err_code,
+        warnings=warnings,
+        limit=limit,
+    )
+    engine = open_engine(settings, read_only=True)
+    try:
+        with database_errors(settings), engine.connect() as conn:
+            rows = message_log(conn, selected)
+    finally:
+        engine.dispose()
     out = []
     for r in rows:
         item = {
             "id": r["id"],
-            "received_at": r["received_at"].isoformat() if r["received_at"] else None,
+            "received_at": iso(r["received_at"]) if r["received_at"] else None,
             "door": r["door"],
             "peer": r["peer"],
             "sending_app": r["sending_app"],
@@ -165,28 +285,37 @@ def messages(
             "event": r["event"],
             "outcome": r["outcome"],
             "duplicate_of": r["duplicate_of"],
+            "err_codes": r["err_codes"].split() if r["err_codes"] else [],
             "error": r["error_text"],
-            "warnings": r["warnings"],
+            "warnings": r["warnings"] or None,
             "size": r["raw_size"],
         }
         if show_content:
-            item["raw"] = r["raw"].decode("utf-8", errors="replace")
-            item["ack"] = (r["ack"] or b"").decode("utf-8", errors="replace")
+            item["charset"] = r["charset"]
+            item["raw"] = _decoded(r["raw"], r["charset"])
+            item["ack"] = _decoded(r["ack"] or b"", r["charset"])
         out.append(item)
     if as_json:
         click.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
+    click.echo(
+        f"{'ID':>7} {'RECEIVED':<32} {'DOOR':<6} {'PEER':<21} SENDER CONTROL-ID EVENT OUTCOME "
+        "[ERR] [DETAIL]"
+    )
     for item in out:
         dup = f" duplicate of {item['duplicate_of']}" if item["duplicate_of"] else ""
+        codes = f" ERR {','.join(item['err_codes'])}" if item["err_codes"] else ""
         err = f"  {item['error']}" if item["error"] else ""
-        err += f"  warnings: {item['warnings']}" if item["warnings"] else ""
+        warn = f"  warnings: {item['warnings']}" if item["warnings"] else ""
         click.echo(
-            f"{item['id']:>7} {item['received_at']} {item['door']:<6} {item['peer'] or '-':<21} "
-            f"{item['sending_app'] or '-'}/{item['sending_facility'] or '-'} "
-            f"{item['control_id'] or '-'} {item['event'] or '-'} {item['outcome']}{dup}{err}"
+            f"{item['id']:>7} {item['received_at']:<32} {item['door']:<6} "
+            f"{item['peer'] or '-':<21} "
+            f"{item['sending_app'] or '-'}|{item['sending_facility'] or '-'} "
+            f"{item['control_id'] or '-'} {item['event'] or '-'} {item['outcome']}"
+            f"{dup}{codes}{err}{warn}"
         )
         if show_content:
-            click.echo("    " + item["raw"].replace("\r", "\n    "))
+            click.echo("    " + item["raw"].replace("\r", "\n    ").rstrip())
 
 
 # -- send --------------------------------------------------------------------------------

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import click
 
-from pamfr.cli.common import LOG_LEVELS, Context, db_option, open_engine, parse_host_port, safe_url
+from pamfr.cli.common import (
+    LOG_LEVELS,
+    CommandError,
+    Context,
+    database_errors,
+    db_option,
+    open_engine,
+    parse_host_port,
+    safe_url,
+)
 from pamfr.cli.tlsopts import client_tls, tls_options
 from pamfr.config import Settings
 from pamfr.logsetup import setup_logging
@@ -73,7 +82,9 @@ def watch(
     if not settings.filedrop.dirs:
         raise click.UsageError("no folder to watch: give DIRS or set [filedrop] dirs")
     setup_logging(settings.logging.level)
-    sys.exit(asyncio.run(_watch(settings, once)))
+    with database_errors(settings):
+        code = asyncio.run(_watch(settings, once))
+    sys.exit(code)
 
 
 async def _watch(settings: Settings, once: bool) -> int:
@@ -130,7 +141,9 @@ async def _watch(settings: Settings, once: bool) -> int:
     type=click.IntRange(1, 64),
     default=1,
     show_default=True,
-    help="--to: files sent in parallel (a file's messages always in order on one).",
+    help="--to: connections sending in parallel. The messages of one patient (same PID-3 or "
+    "MRG-1 identifier) keep the order of the files: each is sent after the ACK of the one "
+    "before it; other patients' messages go meanwhile.",
 )
 @click.option(
     "--workers",
@@ -184,9 +197,11 @@ def replay(
 
     Same file formats as the file drop. --to sends each message over MLLP and waits for its
     ACK (no ACK in time or a lost connection: resent once on a new connection, then the rest
-    of that file is not sent); --local applies them to the store through the receiver (the
-    fast path). --tls and --tls-* make --to use MLLP over TLS. --expect and --write-expect
-    read the store given by --db (with --to: the receiver's store).
+    of that file is not sent; a receiver that refuses the first connection: exit 2, nothing
+    sent); with --connections N, the messages of one patient keep their order across files.
+    --local applies them to the store through the receiver (the fast path). --tls and --tls-*
+    make --to use MLLP over TLS. --expect and --write-expect read the store given by --db
+    (with --to: the receiver's store).
     Prints a summary (counts by ACK code, event and ERR code, rate, the messages not AA).
     Exit 0 when every message got AA (or --allow-errors) and the --expect state matches,
     1 otherwise.
@@ -219,7 +234,8 @@ def replay(
         if settings.database.migrate_on_start:
             from pamfr.store.db import upgrade
 
-            upgrade(settings.database.url)
+            with database_errors(settings):
+                upgrade(settings.database.url)
         engine = open_engine(settings)
     progress = rp.Progress(rp.count_messages(files))
     started = time.perf_counter()
@@ -235,26 +251,30 @@ def replay(
             mode, shown = "local", safe_url(settings.database.url)
         else:
             host, port = parse_host_port(target or "")
-            tally = asyncio.run(
-                rp.replay_mllp(
-                    files,
-                    host,
-                    port,
-                    connections=connections,
-                    timeout=timeout,
-                    rewrite=rewrite,
-                    progress=progress,
-                    ssl=context,
+            try:
+                tally = asyncio.run(
+                    rp.replay_mllp(
+                        files,
+                        host,
+                        port,
+                        connections=connections,
+                        timeout=timeout,
+                        rewrite=rewrite,
+                        progress=progress,
+                        ssl=context,
+                    )
                 )
-            )
+            except rp.TargetUnreachable as exc:
+                raise CommandError(f"--to: {exc}; nothing sent") from None
             mode, shown = "mllp", f"{host}:{port}" + (" over TLS" if context else "")
         elapsed = time.perf_counter() - started
     finally:
         progress.close()
     summary = rp.Summary(mode, shown, len(files), tally, elapsed)
     if expected is not None or write_expect is not None:
-        engine = engine or open_engine(settings)
-        state = rp.store_state(engine)
+        engine = engine or open_engine(settings, read_only=True)
+        with database_errors(settings):
+            state = rp.store_state(engine)
         if expected is not None:
             summary.differences = rp.compare_state(expected, state)
         if write_expect is not None:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from typing import TYPE_CHECKING
 
 import click
 
-from pamfr.cli.common import Context, db_option, open_engine
+from pamfr.cli.common import Context, database_errors, db_option, open_engine
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -18,12 +20,34 @@ if TYPE_CHECKING:
 
 @contextmanager
 def _connect(obj: Context, db_url: str | None) -> Iterator[Connection]:
-    engine = open_engine(obj.settings(**{"database.url": db_url}))
+    settings = obj.settings(**{"database.url": db_url})
+    engine = open_engine(settings, read_only=True)
     try:
-        with engine.connect() as conn:
+        with database_errors(settings), engine.connect() as conn:
             yield conn
     finally:
         engine.dispose()
+
+
+BIRTH_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
+
+
+def _birth_date(ctx, param, value: str | None) -> str | None:
+    """YYYY-MM-DD, YYYY-MM or YYYY (as stored), and a real date: anything else is refused
+    rather than matching nobody."""
+    if value is None:
+        return None
+    value = value.strip()
+    ok = BIRTH_DATE.fullmatch(value) is not None
+    if ok:
+        year, month, day = (value.split("-") + ["01", "01"])[:3]
+        try:
+            date(int(year), int(month), int(day))
+        except ValueError:
+            ok = False
+    if not ok:
+        raise click.BadParameter(f"expected YYYY-MM-DD, YYYY-MM or YYYY, got {value!r}")
+    return value
 
 
 def _selector_options(f):
@@ -139,9 +163,11 @@ def history(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> N
 
 @patient.command()
 @click.option("--name", help="Part of the birth or used name (case-insensitive).")
-@click.option("--birth-date", help="YYYY-MM-DD, YYYY-MM or YYYY, as stored.")
+@click.option(
+    "--birth-date", callback=_birth_date, help="YYYY-MM-DD, YYYY-MM or YYYY, as stored."
+)
 @click.option("--ins", help="INS matricule.")
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="A JSON list of patients.")
 @click.pass_obj

@@ -409,52 +409,6 @@ def replay_local(
 # -- over MLLP -----------------------------------------------------------------------------
 
 
-async def _send_file(
-    client_box: list[MLLPClient | None],
-    host: str,
-    port: int,
-    path: Path,
-    timeout: float,
-    rewrite: ControlIdRewriter | None,
-    progress: Progress | None,
-    ssl: SSLContext | None = None,
-) -> Tally:
-    tally = Tally()
-    try:
-        messages = await asyncio.to_thread(load_messages, path)
-    except UnreadableFile as exc:
-        tally.unreadable.append((str(path), str(exc)))
-        return tally
-    failed: str | None = None
-    for i, raw in enumerate(messages, 1):
-        original = None
-        if rewrite is not None:
-            original = _header_facts(raw)[0]
-            raw = rewrite(raw)
-        control_id, event = _header_facts(raw)
-        if failed is not None:
-            tally.add(
-                MessageResult(str(path), i, control_id, event, NOT_SENT, (failed,), original, False)
-            )
-        else:
-            try:
-                ack = await _send_one(client_box, host, port, raw, timeout, ssl)
-            except (MLLPError, OSError) as exc:
-                failed = f"message #{i} got no ACK"
-                result = MessageResult(
-                    str(path), i, control_id, event, NO_ACK, (str(exc),), original, False
-                )
-            else:
-                code, errors = ack_summary(ack)
-                result = MessageResult(
-                    str(path), i, control_id, event, code, tuple(errors), original, False
-                )
-            tally.add(result)
-        if progress is not None:
-            progress.update()
-    return tally
-
-
 async def _send_one(
     client_box: list[MLLPClient | None],
     host: str,
@@ -483,6 +437,50 @@ async def _send_one(
     raise AssertionError("unreachable")
 
 
+class TargetUnreachable(Exception):
+    """The receiver of --to does not accept a connection: nothing was sent."""
+
+
+def patient_keys(raw: bytes) -> frozenset[bytes]:
+    """The identifiers a message is about: every repetition of PID-3 (each PID: A24/A37 carry
+    two) and of MRG-1, as value and assigning authority. Empty when there is none to read."""
+    start = raw.find(b"MSH")
+    if start < 0 or len(raw) < start + 8:
+        return frozenset()
+    field_sep = raw[start + 3 : start + 4]
+    component, repetition = raw[start + 4 : start + 5], raw[start + 5 : start + 6]
+    keys: set[bytes] = set()
+    for segment in raw[start:].replace(b"\n", b"\r").split(b"\r"):
+        name = segment[:4]
+        if name == b"PID" + field_sep:
+            position = 3
+        elif name == b"MRG" + field_sep:
+            position = 1
+        else:
+            continue
+        fields = segment.split(field_sep)
+        if len(fields) <= position:
+            continue
+        for rep in fields[position].split(repetition):
+            parts = rep.split(component)
+            if parts[0]:
+                authority = parts[3] if len(parts) > 3 else b""
+                keys.add(parts[0] + b"^" + authority)
+    return frozenset(keys)
+
+
+@dataclass
+class _Pending:
+    file: int
+    index: int
+    raw: bytes
+    control_id: str
+    event: str
+    original: str | None
+    after: list[asyncio.Event]  # the messages before it about one of its patients
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 async def replay_mllp(
     files: Sequence[Path],
     host: str,
@@ -494,30 +492,107 @@ async def replay_mllp(
     progress: Progress | None = None,
     ssl: SSLContext | None = None,
 ) -> Tally:
-    """Send every file over MLLP (over TLS with `ssl`); `connections` files at a time, a file's
-    messages in order on one connection, each waiting for its ACK."""
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for n in range(len(files)):
-        queue.put_nowait(n)
-    per_file: dict[int, Tally] = {}
+    """Send every message over MLLP (over TLS with `ssl`) on up to `connections` connections,
+    each waiting for its ACK. The messages of one patient keep the order of the files: a
+    message is sent only once every earlier message sharing one of its identifiers (PID-3,
+    MRG-1; see patient_keys) has its ACK. Messages of different patients go in parallel.
+    A message without an ACK (after one resend) leaves the rest of its file not sent.
+    TargetUnreachable when the first connection is refused: nothing is sent."""
+    try:
+        first = await MLLPClient.connect(host, port, timeout=timeout, ssl=ssl)
+    except (OSError, MLLPError) as exc:
+        raise TargetUnreachable(f"cannot connect to {host}:{port}: {_reason(exc)}") from None
+    pool: asyncio.Queue[list[MLLPClient | None]] = asyncio.Queue()
+    boxes: list[list[MLLPClient | None]] = [[first]] + [[None] for _ in range(connections - 1)]
+    for box in boxes:
+        pool.put_nowait(box)
+    # Messages are read file by file and sent within a window: memory stays bounded, and the
+    # earliest message of the window never waits for one outside it.
+    window = asyncio.Semaphore(max(64, 16 * connections))
+    results: dict[tuple[int, int], MessageResult] = {}
+    tallies = [Tally() for _ in files]
+    failed: dict[int, str] = {}  # file -> why the rest of it is not sent
+    last_of: dict[bytes, asyncio.Event] = {}
+    tasks: set[asyncio.Task] = set()
 
-    async def worker() -> None:
-        box: list[MLLPClient | None] = [None]
+    async def send(item: _Pending) -> None:
         try:
-            while not queue.empty():
-                n = queue.get_nowait()
-                per_file[n] = await _send_file(
-                    box, host, port, files[n], timeout, rewrite, progress, ssl
-                )
+            for event in item.after:
+                await event.wait()
+            path = str(files[item.file])
+            box = await pool.get()
+            try:
+                why = failed.get(item.file)
+                if why is not None:
+                    result = MessageResult(
+                        path, item.index, item.control_id, item.event, NOT_SENT, (why,),
+                        item.original,
+                    )  # fmt: skip
+                else:
+                    ack = await _send_one(box, host, port, item.raw, timeout, ssl)
+                    code, errors = ack_summary(ack)
+                    result = MessageResult(
+                        path, item.index, item.control_id, item.event, code, tuple(errors),
+                        item.original,
+                    )  # fmt: skip
+            except (MLLPError, OSError) as exc:
+                failed.setdefault(item.file, f"message #{item.index} got no ACK")
+                result = MessageResult(
+                    path, item.index, item.control_id, item.event, NO_ACK, (str(exc),),
+                    item.original,
+                )  # fmt: skip
+            finally:
+                pool.put_nowait(box)
+            results[(item.file, item.index)] = result
+            if progress is not None:
+                progress.update()
         finally:
+            item.done.set()
+            window.release()
+
+    try:
+        for n, path in enumerate(files):
+            try:
+                messages = await asyncio.to_thread(load_messages, path)
+            except UnreadableFile as exc:
+                tallies[n].unreadable.append((str(path), str(exc)))
+                continue
+            for i, raw in enumerate(messages, 1):
+                original = None
+                if rewrite is not None:
+                    original = _header_facts(raw)[0]
+                    raw = rewrite(raw)
+                control_id, event = _header_facts(raw)
+                # one connection: every message after the one before it, as in the files
+                keys = patient_keys(raw) if connections > 1 else frozenset([b""])
+                item = _Pending(n, i, raw, control_id, event, original, [])
+                item.after = list(
+                    {id(last_of[k]): last_of[k] for k in keys if k in last_of}.values()
+                )
+                for key in keys:
+                    last_of[key] = item.done
+                await window.acquire()
+                task = asyncio.create_task(send(item))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for box in boxes:
             if box[0] is not None:
                 await box[0].close()
-
-    await asyncio.gather(*(worker() for _ in range(max(1, min(connections, len(files))))))
+    for (n, _), result in sorted(results.items()):
+        tallies[n].add(result)
     tally = Tally()
-    for n in range(len(files)):
-        tally.merge(per_file[n])
+    for part in tallies:
+        tally.merge(part)
     return tally
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 # -- expected state ------------------------------------------------------------------------

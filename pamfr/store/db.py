@@ -3,18 +3,62 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one's lock before failing
 PING_AFTER_IDLE = 1.0  # seconds a pooled PostgreSQL connection may sit unused before a check
+
+
+class DatabaseUrlError(ValueError):
+    """A database URL pamfr cannot use; the text says why in one line."""
+
+
+class DatabaseMissing(FileNotFoundError):
+    """A command that only reads was pointed at a SQLite file that does not exist."""
+
+
+def database_url(url: str) -> URL:
+    """The URL as pamfr opens it: sqlite, or postgresql through psycopg (postgres:// and
+    postgresql:// are taken as postgresql+psycopg://)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUrlError(
+            f"cannot read {url!r} as a database URL "
+            "(sqlite:///path.db or postgresql+psycopg://user@host/db)"
+        ) from None
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+            raise DatabaseUrlError(f"unsupported SQLite driver {parsed.drivername!r}: sqlite:///")
+        return parsed
+    if backend != "postgresql":
+        raise DatabaseUrlError(
+            f"unsupported database {parsed.drivername!r}: pamfr stores into sqlite:/// or "
+            "postgresql+psycopg://"
+        )
+    if parsed.drivername != "postgresql+psycopg":
+        raise DatabaseUrlError(
+            f"unsupported PostgreSQL driver {parsed.drivername!r}: write postgresql+psycopg://"
+        )
+    if find_spec("psycopg") is None:
+        raise DatabaseUrlError(
+            "a PostgreSQL store needs psycopg, which is not installed: pip install 'pamfr[pg]'"
+        )
+    return parsed
 
 
 def _prepare_sqlite_folder(url: str) -> None:
@@ -24,7 +68,11 @@ def _prepare_sqlite_folder(url: str) -> None:
 
 
 def make_engine(
-    url: str, *, synchronous: str = "FULL", busy_timeout: float | None = None
+    url: str,
+    *,
+    synchronous: str = "FULL",
+    busy_timeout: float | None = None,
+    read_only: bool = False,
 ) -> Engine:
     """An engine with the durability settings pamfr relies on.
 
@@ -33,24 +81,31 @@ def make_engine(
     `busy_timeout` (seconds) is how long a writer waits for a lock held by another connection
     before the transaction fails (the messages then get AR 207); by default the URL's
     ``?timeout=`` (the pysqlite option), else SQLITE_BUSY_TIMEOUT.
+    With `read_only` (the commands that only read), a SQLite file is opened in read-only mode
+    and must exist (DatabaseMissing): reading never creates a database.
+    A URL pamfr cannot use raises DatabaseUrlError.
     """
-    parsed = make_url(url)
+    parsed = database_url(url)
     if parsed.get_backend_name() == "sqlite":
-        _prepare_sqlite_folder(url)
         if busy_timeout is None:
             busy_timeout = float(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT))
         busy_timeout_ms = int(busy_timeout * 1000)
-        engine = create_engine(
-            url,
-            connect_args={"timeout": busy_timeout, "check_same_thread": False},
-            hide_parameters=True,
-        )
+        if read_only:
+            engine = _read_only_sqlite(parsed, busy_timeout)
+        else:
+            _prepare_sqlite_folder(url)
+            engine = create_engine(
+                url,
+                connect_args={"timeout": busy_timeout, "check_same_thread": False},
+                hide_parameters=True,
+            )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record) -> None:
             dbapi_conn.isolation_level = None  # let SQLAlchemy's events drive BEGIN
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            if not read_only:  # a read-only connection finds the file's mode as it is
+                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")
@@ -61,8 +116,6 @@ def make_engine(
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
     # A server that stops answering (rather than refusing) must fail fast too, so that the
     # messages get AR 207 instead of waiting for the kernel's TCP timeouts; the URL may override.
     connect_args = {
@@ -77,6 +130,21 @@ def make_engine(
     engine = create_engine(parsed, hide_parameters=True, connect_args=connect_args)
     _ping_after_idle(engine)
     return engine
+
+
+def _read_only_sqlite(parsed: URL, busy_timeout: float) -> Engine:
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        raise DatabaseUrlError(f"a command that reads needs a SQLite file, not {database!r}")
+    path = Path(database).expanduser()
+    if not path.is_file():
+        raise DatabaseMissing(f"no SQLite database at {path}")
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=busy_timeout, check_same_thread=False)
+
+    return create_engine("sqlite://", creator=connect, hide_parameters=True)
 
 
 def _ping_after_idle(engine: Engine, idle: float = PING_AFTER_IDLE) -> None:
@@ -109,10 +177,48 @@ def alembic_config(url: str):
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema to `revision`: the only way pamfr creates or changes tables."""
-    from alembic import command
+class SchemaError(ValueError):
+    """A revision pamfr cannot upgrade to (unknown, or below the database's: a downgrade)."""
 
-    if make_url(url).get_backend_name() == "sqlite":
+
+def current_revision(url: str) -> str | None:
+    """The schema revision the database is at; None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the schema to `revision`: the only way pamfr creates or changes tables.
+    Never goes down: a revision below the database's raises SchemaError."""
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    parsed = database_url(url)
+    if parsed.get_backend_name() == "sqlite":
         _prepare_sqlite_folder(url)
-    command.upgrade(alembic_config(url), revision)
+    cfg = alembic_config(parsed.render_as_string(hide_password=False))
+    if revision != "head":
+        script = ScriptDirectory.from_config(cfg)
+        try:
+            target = script.get_revision(revision)
+        except CommandError:
+            target = None
+        if target is None:
+            known = ", ".join(sorted(r.revision for r in script.walk_revisions()))
+            raise SchemaError(f"unknown revision {revision!r} (known: {known}, head)")
+        current = current_revision(url)
+        if current is not None and current != target.revision:
+            below = {r.revision for r in script.iterate_revisions(current, "base")}
+            if target.revision in below:
+                raise SchemaError(
+                    f"the database is at {current}, above {target.revision}: "
+                    "pamfr upgrades, it never downgrades"
+                )
+    command.upgrade(cfg, revision)

@@ -141,14 +141,3 @@ def processed_from(rows: Iterable[Mapping]) -> dict[str, Processed]:
         r["dedup_key"]: Processed(r["id"], r["outcome"], r["ack"], r["content_sha256"])
         for r in rows
     }
-
-
-def list_messages(
-    conn: Connection, *, outcome: str | None = None, limit: int = 50, warnings_only: bool = False
-) -> list[dict]:
-    query = select(message).order_by(message.c.id.desc()).limit(limit)
-    if outcome:
-        query = query.where(message.c.outcome == outcome)
-    if warnings_only:
-        query = query.where(message.c.warnings.is_not(None))
-    return [dict(r) for r in conn.execute(query).mappings()]

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from functools import cache
 
-from psycopg import Pipeline
-from psycopg.rows import dict_row
 from sqlalchemy import Connection, Executable, bindparam, text
 from sqlalchemy.exc import DBAPIError
 
@@ -30,6 +28,8 @@ _compiled: dict[tuple[int, tuple[str, ...]], tuple[Executable, str, dict]] = {}
 def read(conn: Connection, queries: list[tuple[Executable, dict]]) -> list[list[dict]]:
     """The rows of each query, sent together inside the caller's transaction. Each statement
     still sees what was committed before it started (READ COMMITTED), locks included."""
+    from psycopg.rows import dict_row  # psycopg is the pg extra: imported when used
+
     driver = conn.connection.driver_connection
     cursors = []
     compiled = [_sql(conn, stmt, tuple(params)) for stmt, params in queries]
@@ -64,6 +64,8 @@ def _wrapped(conn: Connection, sqls: list[str], exc: Exception) -> DBAPIError:
 def supported() -> bool:
     """Pipeline mode needs libpq 14 or later (psycopg[binary] ships one; a system libpq may
     be older): without it, batches take the one-statement-at-a-time path."""
+    from psycopg import Pipeline
+
     return Pipeline.is_supported()
 
 

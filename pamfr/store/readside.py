@@ -9,12 +9,12 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, and_, func, or_, select
+from sqlalchemy import Connection, and_, func, literal, or_, select
 
 from pamfr.identity.ins import INS_OIDS
 from pamfr.identity.model import IPP_TYPE
 from pamfr.identity.status import ins_usable
-from pamfr.store.schema import history, identifier, patient, patient_link
+from pamfr.store.schema import history, identifier, message, patient, patient_link
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,3 +216,59 @@ def linked_patient_ids(conn: Connection, patient_id: int) -> list[int]:
 
 def all_patient_ids(conn: Connection) -> list[int]:
     return [r[0] for r in conn.execute(select(patient.c.id).order_by(patient.c.id))]
+
+
+# -- the message log -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """What `pamfr messages` selects; every criterion given must hold."""
+
+    outcome: str | None = None
+    since: datetime | None = None  # received at or after (aware)
+    until: datetime | None = None  # received before (aware)
+    sending_app: str | None = None
+    sending_facility: str | None = None
+    control_id: str | None = None
+    ipp: str | None = None  # messages with a history row of a patient holding this IPP
+    err_code: str | None = None
+    warnings: bool = False  # AA with warnings
+    limit: int = 20
+
+
+def _moment(conn: Connection, moment: datetime) -> datetime:
+    """A bound for received_at: SQLite keeps UTC times without their offset."""
+    utc = moment.astimezone(UTC)
+    return utc.replace(tzinfo=None) if conn.dialect.name == "sqlite" else utc
+
+
+def message_log(conn: Connection, f: MessageFilter) -> list[dict]:
+    """Rows of the message log, newest first."""
+    query = select(message).order_by(message.c.id.desc()).limit(f.limit)
+    if f.outcome:
+        query = query.where(message.c.outcome == f.outcome)
+    if f.since is not None:
+        query = query.where(message.c.received_at >= _moment(conn, f.since))
+    if f.until is not None:
+        query = query.where(message.c.received_at < _moment(conn, f.until))
+    if f.sending_app is not None:
+        query = query.where(message.c.sending_app == f.sending_app)
+    if f.sending_facility is not None:
+        query = query.where(message.c.sending_facility == f.sending_facility)
+    if f.control_id is not None:
+        query = query.where(message.c.control_id == f.control_id)
+    if f.ipp is not None:
+        holders = select(identifier.c.patient_id).where(
+            identifier.c.value == f.ipp, identifier.c.type == IPP_TYPE
+        )
+        touched = select(history.c.message_id).where(history.c.patient_id.in_(holders))
+        query = query.where(message.c.id.in_(touched))
+    if f.err_code is not None:
+        spaced = literal(" ") + message.c.err_codes + literal(" ")
+        query = query.where(spaced.like(f"% {f.err_code} %"))
+    if f.warnings:
+        query = query.where(
+            message.c.outcome == "AA", message.c.warnings.is_not(None), message.c.warnings != ""
+        )
+    return [dict(r) for r in conn.execute(query).mappings()]

@@ -322,4 +322,4 @@ def test_the_messages_command_lists_warnings_from_the_log(feed):
     assert (only["id"], only["outcome"]) == (logged["id"], "AA")
     assert only["warnings"].startswith("103 PID^1^32: INS not kept")
     text = feed.cli("messages", "--outcome", "AA", "--warnings")
-    assert "warnings: 103 PID^1^32" in text.stdout and text.stdout.count("\n") == 1
+    assert "warnings: 103 PID^1^32" in text.stdout and text.stdout.count("\n") == 2  # header, row

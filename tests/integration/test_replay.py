@@ -67,6 +67,22 @@ def events_of(folder: Path) -> Counter:
     )
 
 
+def control_ids_by_ipp(folder: Path) -> dict[str, list[str]]:
+    """For each IPP (PID-3, MRG-1), the control ids of its messages in the order of the files."""
+    found: dict[str, list[str]] = {}
+    for f in sorted(folder.rglob("*.hl7")):
+        for text in f.read_bytes().decode().split("MSH|")[1:]:
+            segments = ("MSH|" + text).replace("\n", "\r").split("\r")
+            control_id = segments[0].split("|")[9]
+            for seg in segments:
+                fields = seg.split("|")
+                ids = fields[3] if fields[0] == "PID" else fields[1] if fields[0] == "MRG" else ""
+                for rep in filter(None, ids.split("~")):
+                    if rep.split("^")[4:5] == ["PI"]:
+                        found.setdefault(rep.split("^")[0], []).append(control_id)
+    return found
+
+
 # -- generate ------------------------------------------------------------------------------
 
 
@@ -316,16 +332,10 @@ def test_replay_to_a_running_serve(sqlite_url, tmp_path):
         assert serve.wait(30) == 0
     rows = log_rows(sqlite_url)
     assert len(rows) == 17 and {r["door"] for r in rows} == {"mllp"}
-    # Two connections, but each file's messages in order on one of them.
-    for f in sorted(folder.iterdir()):
-        control_ids = [
-            line.split("|")[9]
-            for line in f.read_bytes().decode().split("\r")
-            if line.startswith("MSH")
-        ]
-        logged = [r for r in rows if r["control_id"] in control_ids]
-        assert [r["control_id"] for r in logged] == control_ids
-        assert len({r["peer"] for r in logged}) == 1
+    # Two connections, but each patient's messages in the order of the files.
+    logged = [r["control_id"] for r in rows]
+    for ipp, control_ids in control_ids_by_ipp(folder).items():
+        assert [c for c in logged if c in control_ids] == control_ids, ipp
     assert len({r["peer"] for r in rows}) == 2
 
 
@@ -367,7 +377,56 @@ def test_replay_to_without_answer_times_out_and_exits_1(tmp_path):
         silent.close()
         for conn in accepted:
             conn.close()
+
+
+def test_replay_to_a_port_that_refuses_says_so_in_one_line_and_exits_2(tmp_path):
+    folder = tmp_path / "set"
+    make_set(folder, 100, 50)
+    report = tmp_path / "r.json"
     refused_port = _free_port()
-    refused = cli("replay", str(folder), "--to", f"127.0.0.1:{refused_port}")
-    assert refused.exit_code == 1
-    assert "ACK codes: none 1, not-sent 1" in refused.stdout
+    for connections in ("1", "4"):
+        refused = cli(
+            "replay", str(folder), "--to", f"127.0.0.1:{refused_port}",
+            "--connections", connections, "--report", str(report),
+        )  # fmt: skip
+        assert refused.exit_code == 2
+        assert refused.stdout == ""  # no rate, no list of messages not sent
+        (line,) = refused.stderr.strip().splitlines()
+        assert line.startswith(f"Error: --to: cannot connect to 127.0.0.1:{refused_port}: ")
+        assert line.endswith("; nothing sent")
+        assert not report.exists()
+
+
+def test_parallel_replay_keeps_each_patients_order_across_files(sqlite_url, tmp_path):
+    """a.hl7 creates OLD and NEW, then (after other patients) updates OLD; b.hl7 merges OLD
+    into NEW. Sent file by file on two connections, the merge went first and the update of
+    OLD then hit a merged IPP (ERR 204); the merge must wait for the update."""
+    folder = tmp_path / "set"
+    folder.mkdir()
+    others = "".join(a28(f"F-{n}", f"F{n}") for n in range(30))
+    (folder / "a.hl7").write_text(
+        a28("OLD", "OLD-1") + a28("NEW", "NEW-1", birth_name="AUTRE") + others
+        + message("A31", Person(ipp="OLD", sex="M"), "OLD-2"),
+        newline="",
+    )  # fmt: skip
+    (folder / "b.hl7").write_text(
+        message("A40", Person(ipp="NEW", birth_name="AUTRE"), "MERGE", prior_ipp="OLD"),
+        newline="",
+    )
+    port = _free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "pamfr", "serve", "--db", sqlite_url, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port, serve)
+        result = cli("replay", str(folder), "--to", f"127.0.0.1:{port}", "--connections", "2")
+    finally:
+        serve.terminate()
+        assert serve.wait(30) == 0
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "ERR codes: -" in result.stdout
+    logged = [r["control_id"] for r in log_rows(sqlite_url)]
+    assert logged.index("OLD-2") < logged.index("MERGE")
+    assert logged.index("NEW-1") < logged.index("MERGE")

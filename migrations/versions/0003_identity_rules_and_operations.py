@@ -3,7 +3,8 @@
 * message: the warnings an AA carried (ERR severity W), every ERR code (for filtering), a hash
   of the content (a reused control id with other content is told apart from a resend), the
   message a reprocessed one repeats, and when its raw bytes were purged;
-* patient: an INS held by two active patients is flagged, usable on neither;
+* patient: an INS held by two active patients is flagged, usable on neither; an index counts
+  the active identities by status and collision (the /metrics scrape);
 * patient_history: the notes of a change (what was dropped or kept, and why);
 * authority: assigning authorities seen with both namespace and OID, so that a GAM naming one
   by namespace only is the same authority;
@@ -30,15 +31,15 @@ def upgrade() -> None:
     op.add_column("message", sa.Column("content_sha256", sa.String(64), nullable=True))
     # The message a reprocessed one repeats (no foreign key: SQLite cannot add one in place).
     op.add_column("message", sa.Column("reprocess_of", sa.Integer(), nullable=True))
-    op.add_column(
-        "message", sa.Column("raw_purged_at", sa.DateTime(timezone=True), nullable=True)
-    )
+    op.add_column("message", sa.Column("raw_purged_at", sa.DateTime(timezone=True), nullable=True))
     op.create_index("ix_message_received_at", "message", ["received_at"])
     op.add_column(
         "patient",
         sa.Column("ins_collision", sa.Boolean(), nullable=False, server_default=sa.false()),
     )
     op.add_column("patient_history", sa.Column("notes", sa.Text(), nullable=True))
+    # Identities by status and INS collisions, counted at each /metrics scrape from this index.
+    op.create_index("ix_patient_active_status", "patient", ["active", "status", "ins_collision"])
     op.create_table(
         "authority",
         sa.Column("id", sa.Integer(), primary_key=True),
@@ -64,6 +65,7 @@ def downgrade() -> None:
     op.drop_table("authority")
     with op.batch_alter_table("patient_history") as batch:
         batch.drop_column("notes")
+    op.drop_index("ix_patient_active_status", table_name="patient")
     with op.batch_alter_table("patient") as batch:
         batch.drop_column("ins_collision")
     op.drop_index("ix_message_received_at", table_name="message")

@@ -82,6 +82,8 @@ patient = Table(
 Index("ix_patient_ins_value", patient.c.ins_value)
 Index("ix_patient_merged_into", patient.c.merged_into)  # a merge re-points earlier merges
 Index("ix_patient_birth_name", patient.c.birth_name)
+# The /metrics scrape counts active identities by status and INS collision from it alone.
+Index("ix_patient_active_status", patient.c.active, patient.c.status, patient.c.ins_collision)
 
 identifier = Table(
     "identifier",

@@ -73,7 +73,8 @@ def config_option(f):
     )(f)
 
 
-def _db_and_config(f):
+def db_option(f):
+    """`--db URL`, and `--config FILE` with it: the commands that open the store."""
     f = click.option(
         "--db",
         "db_url",
@@ -83,8 +84,6 @@ def _db_and_config(f):
     )(f)
     return config_option(f)
 
-
-db_option = _db_and_config
 
 
 def safe_url(url: str) -> str:

@@ -85,7 +85,6 @@ def db_option(f):
     return config_option(f)
 
 
-
 def safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -125,9 +124,10 @@ def database_errors(settings: Settings) -> Iterator[None]:
         raise CommandError(f"{DB_KEY}: cannot use {safe_url(url)}: {first_line(exc)}") from None
 
 
-def open_engine(settings: Settings, *, read_only: bool = False):
+def open_engine(settings: Settings, *, read_only: bool = False, check: bool = False):
     """The engine of the configured store. With `read_only` (commands that only read), the
-    store must exist and hold pamfr's schema: CommandError otherwise, nothing created."""
+    store must exist and hold pamfr's schema: CommandError otherwise, nothing created.
+    With `check`, a store that does not answer is a CommandError too."""
     from sqlalchemy import inspect
 
     from pamfr.store.db import make_engine
@@ -139,6 +139,9 @@ def open_engine(settings: Settings, *, read_only: bool = False):
             busy_timeout=settings.database.sqlite_busy_timeout,
             read_only=read_only,
         )
+        if check and not read_only:
+            with engine.connect():
+                pass
         if read_only:
             with engine.connect() as conn:
                 has_schema = inspect(conn).has_table("message")

@@ -79,7 +79,8 @@ def db_option(f):
         "--db",
         "db_url",
         metavar="URL",
-        help="Database URL (sqlite:///path.db or postgresql+psycopg://user@host/db). "
+        help="Database URL (sqlite:///path.db, or postgresql+psycopg://user@host/db with "
+        "pamfr[pg] installed). "
         "Default: PAMFR_DATABASE_URL, else the configuration, else sqlite:///./var/pamfr.db.",
     )(f)
     return config_option(f)

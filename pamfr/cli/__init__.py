@@ -224,7 +224,9 @@ def _decoded(raw: bytes, charset: str) -> str:
     "--err-code", metavar="N", callback=_err_code, help="Messages whose ACK carries ERR code N."
 )
 @click.option("--warnings", is_flag=True, help="Messages applied (AA) with warnings.")
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=20, show_default=True, help="Rows at most."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message, as a list.")
 @click.option(
     "--show-content",

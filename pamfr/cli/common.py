@@ -73,18 +73,17 @@ def config_option(f):
     )(f)
 
 
-def _db_and_config(f):
+def db_option(f):
+    """`--db URL`, and `--config FILE` with it: the commands that open the store."""
     f = click.option(
         "--db",
         "db_url",
         metavar="URL",
-        help="Database URL (sqlite:///path.db or postgresql+psycopg://user@host/db). "
+        help="Database URL (sqlite:///path.db, or postgresql+psycopg://user@host/db with "
+        "pamfr[pg] installed). "
         "Default: PAMFR_DATABASE_URL, else the configuration, else sqlite:///./var/pamfr.db.",
     )(f)
     return config_option(f)
-
-
-db_option = _db_and_config
 
 
 def safe_url(url: str) -> str:
@@ -126,9 +125,10 @@ def database_errors(settings: Settings) -> Iterator[None]:
         raise CommandError(f"{DB_KEY}: cannot use {safe_url(url)}: {first_line(exc)}") from None
 
 
-def open_engine(settings: Settings, *, read_only: bool = False):
+def open_engine(settings: Settings, *, read_only: bool = False, check: bool = False):
     """The engine of the configured store. With `read_only` (commands that only read), the
-    store must exist and hold pamfr's schema: CommandError otherwise, nothing created."""
+    store must exist and hold pamfr's schema: CommandError otherwise, nothing created.
+    With `check`, a store that does not answer is a CommandError too."""
     from sqlalchemy import inspect
 
     from pamfr.store.db import make_engine
@@ -140,6 +140,9 @@ def open_engine(settings: Settings, *, read_only: bool = False):
             busy_timeout=settings.database.sqlite_busy_timeout,
             read_only=read_only,
         )
+        if check and not read_only:
+            with engine.connect():
+                pass
         if read_only:
             with engine.connect() as conn:
                 has_schema = inspect(conn).has_table("message")

@@ -236,7 +236,7 @@ def replay(
 
             with database_errors(settings):
                 upgrade(settings.database.url)
-        engine = open_engine(settings)
+        engine = open_engine(settings, check=True)
     progress = rp.Progress(rp.count_messages(files))
     started = time.perf_counter()
     try:

@@ -163,9 +163,7 @@ def history(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> N
 
 @patient.command()
 @click.option("--name", help="Part of the birth or used name (case-insensitive).")
-@click.option(
-    "--birth-date", callback=_birth_date, help="YYYY-MM-DD, YYYY-MM or YYYY, as stored."
-)
+@click.option("--birth-date", callback=_birth_date, help="YYYY-MM-DD, YYYY-MM or YYYY, as stored.")
 @click.option("--ins", help="INS matricule.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @db_option

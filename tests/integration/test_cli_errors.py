@@ -64,7 +64,11 @@ def test_reading_a_file_without_the_schema_says_so_and_leaves_it_empty(tmp_path)
 
 def test_an_unreachable_postgresql_is_one_line_not_a_traceback(tmp_path):
     url = f"postgresql+psycopg://postgres@127.0.0.1:{_closed_port()}/test"
-    for args in (["messages", "--db", url], ["db", "upgrade", "--db", url]):
+    for args in (
+        ["messages", "--db", url],
+        ["db", "upgrade", "--db", url],
+        ["replay", str(tmp_path), "--local", "--no-migrate", "--db", url],
+    ):
         result = run_cli(*args, timeout=60)
         assert result.returncode == 2, result.stderr
         line = one_line_error(result.stderr, "--db / database.url", "cannot use")

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -44,3 +50,75 @@ def test_without_postgresql_the_pg_tests_say_why_once_and_do_not_error() -> None
     assert len(reasons) == 1, out  # both tests give the one reason found at session start
     (reason,) = reasons
     assert "PAMFR_TEST_PG_URL" in reason and url.split("@")[1].split("/")[0] in reason
+
+
+# -- what ./run.sh and ./test.sh install ---------------------------------------------------
+
+TEST_TOOLS = ("pytest", "hypothesis", "ruff", "cryptography", "atheris")
+
+
+def _names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\[<>=;! ]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def test_the_daemon_dependencies_hold_no_test_tool_and_no_psycopg() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    runtime = _names(project["dependencies"])
+    assert not runtime & {*TEST_TOOLS, "psycopg"}, runtime
+    assert _names(project["optional-dependencies"]["pg"]) == {"psycopg"}
+    assert {*TEST_TOOLS, "psycopg"} <= _names(project["optional-dependencies"]["test"])
+
+
+@pytest.fixture
+def scripts_with_a_recording_python(tmp_path: Path) -> tuple[Path, Path]:
+    """run.sh and scripts/setup.sh in a copy of the repository whose .venv/bin/python and
+    .venv/bin/pamfr only record how they were called (no network, no install)."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("run.sh", "test.sh", "scripts/setup.sh", "pyproject.toml"):
+        shutil.copy2(REPO / name, repo / name)
+    calls = tmp_path / "calls"
+    bin_dir = repo / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for tool in ("python", "pamfr", "ruff", "pytest"):
+        script = bin_dir / tool
+        script.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\n')
+        script.chmod(0o755)
+    return repo, calls
+
+
+def _run(repo: Path, *cmd: str, env: dict | None = None) -> None:
+    result = subprocess.run(
+        list(cmd), cwd=repo, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _calls(calls: Path) -> list[str]:
+    lines = calls.read_text().splitlines() if calls.exists() else []
+    calls.unlink(missing_ok=True)
+    return lines
+
+
+def _installs(lines: list[str]) -> list[str]:
+    return [line.split(" -e ", 1)[1] for line in lines if " install " in line and " -e " in line]
+
+
+def test_run_sh_installs_the_daemon_only_and_test_sh_adds_the_rest(
+    scripts_with_a_recording_python,
+) -> None:
+    repo, calls = scripts_with_a_recording_python
+    _run(repo, "./run.sh", "--port", "0")
+    first = _calls(calls)
+    assert _installs(first) == ["."]
+    assert first[-1] == "pamfr serve --port 0"
+    _run(repo, "./run.sh")  # set up already: nothing installed again
+    assert _installs(_calls(calls)) == []
+    _run(repo, "./run.sh", env={"PAMFR_EXTRAS": "pg"})
+    assert _installs(_calls(calls)) == [".[pg]"]
+    _run(repo, "./test.sh", "-q")
+    tested = _calls(calls)
+    assert _installs(tested) == [".[pg,test]"]
+    assert tested[-2:] == ["ruff check .", "pytest -q"]
+    _run(repo, "./run.sh")  # the test set-up serves the daemon too
+    assert _installs(_calls(calls)) == []

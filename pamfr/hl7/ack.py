@@ -8,8 +8,8 @@ import time
 from datetime import datetime
 
 from pamfr.hl7.charset import UnknownCharset, codec_for
-from pamfr.hl7.er7 import Header
-from pamfr.hl7.errors import Problem
+from pamfr.hl7.er7 import Header, read_header, unescape
+from pamfr.hl7.errors import MessageRejected, Problem
 
 _counter = itertools.count(1)
 _PREFIX = f"{os.getpid() % 10000:04d}"
@@ -91,3 +91,31 @@ def encode_ack(text: str, header: Header | None) -> bytes:
         return text.encode(codec)
     except (UnknownCharset, UnicodeEncodeError):
         return text.encode("utf-8", errors="replace")
+
+
+def ack_summary(ack: bytes) -> tuple[str, list[str]]:
+    """MSA-1 and the ERR texts ("code place text") of an ACK, read with the ACK's own
+    separators (MSH-1, MSH-2) and character set (MSH-18): a receiver echoes the sender's."""
+    raw = ack.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    try:
+        header = read_header(raw)
+    except MessageRejected:
+        return "", []
+    try:
+        codec = codec_for(header.charset)
+        text = raw.decode(codec)
+    except (UnknownCharset, UnicodeDecodeError):
+        codec, text = "utf-8", raw.decode("utf-8", errors="replace")
+    fs, comp = header.field_sep, header.component_sep
+    code, errors = "", []
+    for segment in text.split("\r"):
+        fields = segment.split(fs)
+        if fields[0] == "MSA" and len(fields) > 1:
+            code = fields[1]
+        elif fields[0] == "ERR":
+            location = fields[2].replace(comp, "^") if len(fields) > 2 else ""  # as documented
+            err_code = fields[3].split(comp)[0] if len(fields) > 3 else ""
+            message = fields[8] if len(fields) > 8 else ""
+            message = unescape(message, fs, header.encoding_chars, codec)
+            errors.append(f"{err_code} {location} {message}".strip())
+    return code, errors

@@ -4,28 +4,10 @@ from __future__ import annotations
 
 import ssl as ssl_module
 
+from pamfr.hl7.ack import ack_summary
 from pamfr.transport.client import MLLPClient
 
-_SEGMENT_SEP = ("\r\n", "\n")
-
-
-def ack_summary(ack: bytes) -> tuple[str, list[str]]:
-    """MSA-1 and the ERR texts (code, location, text) of an ACK."""
-    text = ack.decode("utf-8", errors="replace")
-    for sep in _SEGMENT_SEP:
-        text = text.replace(sep, "\r")
-    code, errors = "", []
-    for segment in text.split("\r"):
-        fields = segment.split("|")
-        if fields[0] == "MSA" and len(fields) > 1:
-            code = fields[1]
-        elif fields[0] == "ERR":
-            location = fields[2] if len(fields) > 2 else ""
-            err_code = fields[3].split("^")[0] if len(fields) > 3 else ""
-            message = fields[8] if len(fields) > 8 else ""
-            errors.append(f"{err_code} {location} {message}".strip())
-    return code, errors
-
+__all__ = ["ack_summary", "send_messages", "to_cr_segments"]
 
 def to_cr_segments(message: bytes) -> bytes:
     """HL7 ends segments with CR; files often use LF or CRLF."""

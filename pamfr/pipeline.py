@@ -112,8 +112,8 @@ def _exit_with(owner: int) -> None:
 def _start_worker(owner: int, log_level: int, log_format: str = "text") -> None:
     """Parse worker start-up: logging like the daemon's, a watch on the daemon, hl7apy's
     tables loaded once and kept out of the GC's way."""
+    from pamfr.hl7.warmup import WARM_UP_MESSAGE
     from pamfr.logsetup import setup_logging
-    from pamfr.samples import Person, message
 
     setup_logging(logging.getLevelName(log_level).lower(), log_format)
     # A stop signal sent to the whole process group (Ctrl-C, systemd's default KillMode) is
@@ -121,7 +121,7 @@ def _start_worker(owner: int, log_level: int, log_format: str = "text") -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(owner,), daemon=True).start()
-    prepare(Inbound(message("A28", Person(ipp="WARMUP"), "WARMUP").encode()))
+    prepare(Inbound(WARM_UP_MESSAGE))
     gc.collect()
     gc.freeze()
 

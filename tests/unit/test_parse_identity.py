@@ -448,3 +448,14 @@ def test_empty_msh18_with_8bit_bytes_is_decoded_in_the_default_charset():
     assert message.patients[0].birth_name == "MÉNARD"
     assert message.warnings == (decoded.warning,)
     assert decode(raw.replace("É".encode("iso-8859-15"), b"E"), header).warning is None
+
+
+def test_the_parse_workers_warm_up_message_reads_every_field_the_rules_read():
+    from pamfr.hl7.warmup import WARM_UP_MESSAGE
+    from pamfr.receiver import Inbound, prepare
+
+    prepared = prepare(Inbound(WARM_UP_MESSAGE))
+    assert (prepared.code, prepared.problems) == ("AA", ())
+    got = prepared.message.patients[0]
+    assert got.status_codes == ("VALI",) and got.birth_place_insee == "63220"
+    assert got.ins and got.used_name == "USED" and got.identity_mode == "INSI"

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pamfr.config import FiledropSettings
-from pamfr.ingest.files import UnreadableFile, split_messages
+from pamfr.ingest.files import UnreadableFile, incomplete_reason, split_messages
 from pamfr.metrics import Metrics
 from pamfr.receiver import Inbound, Outcome
 
@@ -164,6 +164,45 @@ def read_settled(path: Path, expected: Signature) -> bytes:
     return data
 
 
+def unchanged(path: Path, expected: Signature) -> bool:
+    """The file is still as it was read (just before it is moved away)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return Signature(st.st_size, st.st_mtime_ns) == expected
+
+
+def open_for_writing(path: Path) -> bool:
+    """Whether a process holds the file open for writing, as /proc shows it (Linux). The
+    processes of other users may be hidden from pamfr: then the quiet period and the
+    completeness of the content are what protect a file being written."""
+    target = os.path.realpath(path)
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") != target:
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    flags = next(
+                        int(line.split()[1], 8) for line in info if line.startswith("flags:")
+                    )
+            except (OSError, StopIteration, ValueError):
+                continue
+            if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                return True
+    return False
+
+
 def free_name(folder: Path, name: str) -> str:
     """`name`, else `stem.1.ext`, `stem.2.ext`...: never overwrite a file or its .ack/.error."""
     stem, suffix = os.path.splitext(name)
@@ -220,6 +259,7 @@ class FileDropWatcher:
         self.clock = clock
         self.failures = 0  # files left in their inbox because the store or the disk failed
         self._stop = asyncio.Event()
+        self._waiting: dict[Path, str] = {}  # files left to finish, and why (logged once)
 
     def stop(self) -> None:
         """Finish the message in hand, then stop; the current file stays in its inbox."""
@@ -299,9 +339,30 @@ class FileDropWatcher:
                 results.append(result)
         return settling
 
+    def _wait(self, path: Path, why: str) -> None:
+        if self._waiting.get(path) != why:
+            log.info("file %s: not taken yet, %s", path.name, why)
+        self._waiting[path] = why
+
     async def _process(self, path: Path, sig: Signature, inbox: Inbox) -> FileResult | None:
+        """Apply a settled file's messages and file it away; None to look at it again later
+        (a writer still has it open, its content is not complete yet, or it changed)."""
         try:
+            if await asyncio.to_thread(open_for_writing, path):
+                self._wait(path, "a process still has it open for writing")
+                return None
             data = await asyncio.to_thread(read_settled, path, sig)
+            reason = incomplete_reason(data) if b"MSH" in data else None  # else not HL7
+            if reason is not None:
+                seen = inbox.seen.get(path)
+                waited = self.clock() - seen.since if seen else 0.0
+                if waited < self.settings.incomplete_timeout:
+                    self._wait(path, f"{reason} (a writer may not be done)")
+                    return None
+                self._waiting.pop(path, None)
+                why = f"incomplete, unchanged for {waited:.0f} s: {reason}"
+                return await self._unreadable(path, inbox, why, sig)
+            self._waiting.pop(path, None)
             messages = file_messages(data)
         except _Changed:
             return None
@@ -332,6 +393,11 @@ class FileDropWatcher:
             codes[outcome.code] += 1
         ok = set(codes) <= {"AA"}
         folder = inbox.done_dir if ok else inbox.error_dir
+        if not await asyncio.to_thread(unchanged, path, sig):
+            # Written to while it was applied: taken again later; what was applied is answered
+            # from the log (same control ids), what was added is applied then.
+            self._wait(path, "it changed while its messages were applied")
+            return None
         moved = await asyncio.to_thread(file_away, path, folder, ".ack", ack_file_content(acks))
         self.metrics.file_done(ok)
         counts = " ".join(f"{code}={n}" for code, n in sorted(codes.items()))
@@ -345,7 +411,11 @@ class FileDropWatcher:
         )
         return FileResult(path, moved, len(messages), dict(codes))
 
-    async def _unreadable(self, path: Path, inbox: Inbox, reason: str) -> FileResult:
+    async def _unreadable(
+        self, path: Path, inbox: Inbox, reason: str, sig: Signature | None = None
+    ) -> FileResult | None:
+        if sig is not None and not await asyncio.to_thread(unchanged, path, sig):
+            return None  # it grew meanwhile: look again
         text = f"{path.name}: {reason}\n".encode()
         moved = await asyncio.to_thread(file_away, path, inbox.error_dir, ".error", text)
         self.metrics.file_done(False)

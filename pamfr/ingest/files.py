@@ -48,3 +48,63 @@ def _frame_messages(frame: bytes) -> list[bytes]:
         return split_messages(frame)
     except UnreadableFile:
         return [frame]
+
+
+_SEGMENT = re.compile(rb"[^\r\n]+")
+
+
+def incomplete_reason(data: bytes) -> str | None:
+    """Why a file's content may still be being written, or None when it is complete: it is
+    not empty, its last segment ends with a terminator (CR or LF; an MLLP file with its end
+    marker), and an HL7 batch has its BTS (and FTS) trailers with counts that match."""
+    body = data.rstrip(b"\t \x00\x1a")
+    if not body.strip():
+        return "the file is empty"
+    if b"\x0b" in body:
+        if not body.rstrip(b"\r\n").endswith(b"\x1c"):
+            return "the last MLLP frame has no end marker"
+        return None
+    if not body.endswith((b"\r", b"\n")):
+        return "the last segment has no terminator (CR or LF)"
+    segments = [s.lstrip(b"\xef\xbb\xbf \t") for s in _SEGMENT.findall(body)]
+    kinds = [s[:3] for s in segments if s.strip()]
+    if not kinds or kinds[0] not in (b"FHS", b"BHS"):
+        return None
+    return _batch_reason(segments)
+
+
+def _batch_reason(segments: list[bytes]) -> str | None:
+    file_header = segments[0].startswith(b"FHS")
+    batches = messages = 0
+    in_batch = False
+    for segment in segments:
+        kind = segment[:3]
+        if kind == b"BHS":
+            batches, messages, in_batch = batches + 1, 0, True
+        elif kind == b"MSH":
+            messages += 1
+        elif kind == b"BTS":
+            if not in_batch:
+                return "a BTS without its BHS"
+            count = _count(segment)
+            if count is not None and count != messages:
+                return f"BTS-1 says {count} message(s), the batch holds {messages}"
+            in_batch = False
+        elif kind == b"FTS":
+            if in_batch:
+                return "the last batch has no BTS trailer"
+            count = _count(segment)
+            if count is not None and count != batches:
+                return f"FTS-1 says {count} batch(es), the file holds {batches}"
+            return None
+    if in_batch:
+        return "the last batch has no BTS trailer"
+    if file_header:
+        return "the file has no FTS trailer"
+    return None
+
+
+def _count(segment: bytes) -> int | None:
+    fields = segment.split(segment[3:4]) if len(segment) > 3 else []
+    value = fields[1].strip() if len(fields) > 1 else b""
+    return int(value) if value.isdigit() else None

@@ -129,7 +129,9 @@ async def run_daemon(
     hup_task = asyncio.create_task(_on_hup(hup, reloader))
     retention = None
     if settings.retention.raw_messages_days is not None:
-        retention = asyncio.create_task(_purge_daily(engine, settings.retention.raw_messages_days))
+        retention = asyncio.create_task(
+            _purge_daily(engine, settings.retention.raw_messages_days, metrics)
+        )
     notify("READY=1")  # systemd Type=notify: the listener accepts
     await stop.wait()
     notify("STOPPING=1")
@@ -153,19 +155,23 @@ async def run_daemon(
     return 0
 
 
-def purge_old_raw(engine: Engine, days: int) -> PurgeResult | None:
-    """One retention pass (the daemon runs it daily): logs what it did, never raises."""
+def purge_old_raw(engine: Engine, days: int, metrics: Metrics | None = None) -> PurgeResult | None:
+    """One retention pass (the daemon runs it daily): logs and counts what it did, never
+    raises."""
     try:
-        return purge_raw(engine, days)
+        result = purge_raw(engine, days)
     except SQLAlchemyError as exc:
         log.error("retention: purge not done, the database failed: %s", type(exc).__name__)
-        return None
+        result = None
+    if metrics is not None:
+        metrics.purge_done(result.purged if result is not None else None)
+    return result
 
 
-async def _purge_daily(engine: Engine, days: int) -> None:
+async def _purge_daily(engine: Engine, days: int, metrics: Metrics) -> None:
     await asyncio.sleep(PURGE_FIRST_DELAY)
     while True:
-        await asyncio.to_thread(purge_old_raw, engine, days)
+        await asyncio.to_thread(purge_old_raw, engine, days, metrics)
         await asyncio.sleep(PURGE_INTERVAL)
 
 

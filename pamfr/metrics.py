@@ -104,6 +104,16 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.purged = Counter(
+            "pamfr_raw_messages_purged",
+            "Raw messages emptied by the daemon's retention pass ([retention] raw_messages_days)",
+            registry=r,
+        )
+        self.purge_failures = Counter(
+            "pamfr_purge_failures",
+            "Retention passes that the database failed (the raw messages stay until the next)",
+            registry=r,
+        )
         self.ready = Gauge(
             "pamfr_ready",
             "1 when the last readiness check passed (MLLP listener, database, parse workers)",
@@ -176,6 +186,13 @@ class Metrics:
 
     def file_done(self, ok: bool) -> None:
         self.files.labels("done" if ok else "error").inc()
+
+    def purge_done(self, purged: int | None) -> None:
+        """A retention pass: how many raw messages it emptied, None when it failed."""
+        if purged is None:
+            self.purge_failures.inc()
+        else:
+            self.purged.inc(purged)
 
     # -- read at scrape time ----------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from pamfr.daemon import purge_old_raw
+from pamfr.metrics import Metrics
 from pamfr.receiver import Inbound, Receiver
 from pamfr.samples import Person, message
 from pamfr.store.db import make_engine
@@ -96,14 +97,19 @@ def test_daemon_retention_pass_purges_and_never_raises(sqlite_url, tmp_path):
     Receiver(engine).handle(a28("D1", "DAY-OLD"))
     Receiver(engine).handle(a28("D2", "DAY-NEW"))
     age(engine, "DAY-OLD", 8)
-    result = purge_old_raw(engine, 7)
+    metrics = Metrics()
+    result = purge_old_raw(engine, 7, metrics)
     assert result is not None and result.purged == 1
     assert rows(engine)["DAY-OLD"]["raw"] == b"" and rows(engine)["DAY-NEW"]["raw"] != b""
-    assert purge_old_raw(engine, 7).purged == 0  # done once
+    assert purge_old_raw(engine, 7, metrics).purged == 0  # done once
     engine.dispose()
     broken = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")  # no schema: the query fails
-    assert purge_old_raw(broken, 7) is None
+    assert purge_old_raw(broken, 7, metrics) is None
     broken.dispose()
+    # Counted in /metrics: what was purged, and the pass that failed.
+    sample = metrics.registry.get_sample_value
+    assert sample("pamfr_raw_messages_purged_total") == 1
+    assert sample("pamfr_purge_failures_total") == 1
 
 
 def test_purge_takes_the_configured_age_and_refuses_without_one(sqlite_url, tmp_path):

@@ -168,11 +168,12 @@ class _DiskFull:
     def fill(self) -> None:
         if self.mode == "tmpfs":
             chunk = b"\0" * 65536
-            with open(self.filler, "wb") as f:
+            # Unbuffered: a buffered file would flush its unwritten tail again on close and
+            # raise ENOSPC out of the `with`.
+            with open(self.filler, "wb", buffering=0) as f:
                 try:
                     while True:
                         f.write(chunk)
-                        f.flush()
                 except OSError as exc:
                     assert exc.errno == errno.ENOSPC
         else:

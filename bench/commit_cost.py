@@ -21,7 +21,8 @@ from pathlib import Path
 from sqlalchemy import event
 
 from bench.__main__ import drop_pg, fresh_db
-from pamfr.receiver import Inbound, Receiver
+from pamfr.hl7.frame import Inbound
+from pamfr.receiver import Receiver
 from pamfr.samples import generate_mix
 from pamfr.store.db import make_engine
 

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from pamfr.pipeline import AsyncReceiver
+from pamfr.store.db import brief_error
 from pamfr.transport.server import MLLPServer
 
 _PROBE = "SELECT version_num FROM alembic_version"
@@ -58,13 +59,6 @@ class Readiness:
 class IdentityCounts:
     by_status: dict[str, int]
     ins_collisions: int
-
-
-def _brief(exc: BaseException) -> str:
-    """The driver's first line, without SQL or parameters."""
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__
 
 
 def _read(engine: Engine, sql: str) -> list[tuple]:
@@ -137,7 +131,7 @@ class Health:
         except TimeoutError:
             return Check("database", False, f"no answer within {self.timeout:g} s")
         except Exception as exc:
-            return Check("database", False, _brief(exc))
+            return Check("database", False, brief_error(exc))
         elapsed = (time.perf_counter() - started) * 1000
         return Check("database", True, f"answered in {elapsed:.1f} ms")
 

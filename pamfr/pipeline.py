@@ -15,10 +15,12 @@ import time
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from pamfr.hl7.frame import Door, Inbound, Outcome, Prepared
+from pamfr.hl7.prepare import prepare
 from pamfr.logsetup import current_format
 from pamfr.metrics import Metrics
 from pamfr.parse_workers import ParseWorkers, WorkerDied
-from pamfr.receiver import Inbound, Outcome, Prepared, Receiver, prepare
+from pamfr.receiver import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +151,7 @@ class AsyncReceiver:
         *,
         batch_max: int = 64,
         parse_workers: int = 0,
-        door: str = "mllp",
+        door: Door = Door.MLLP,
         metrics: Metrics | None = None,
     ) -> None:
         self.receiver = receiver
@@ -176,28 +178,37 @@ class AsyncReceiver:
             await self._processes.start()
 
     async def receive(self, inbound: Inbound) -> Outcome:
-        r = self.receiver
-        args = (inbound, *r.parse_args())
+        """The whole path: parse, then commit; the outcome once committed."""
+        return await self.submit(await self.parse(inbound))
+
+    async def parse(self, inbound: Inbound) -> Prepared:
+        """The CPU step, off the event loop (a parse worker, else a thread)."""
+        args = (inbound, *self.receiver.parse_args())
         self.parsing += 1
         try:
             if self._processes is None:
                 loop = asyncio.get_running_loop()
-                prepared = await loop.run_in_executor(self._threads, prepare, *args)
-            else:
-                try:
-                    prepared = await self._processes.run(prepare, *args)
-                except WorkerDied:  # killed, out of memory (logged by ParseWorkers): once more
-                    log.warning("a message whose parse worker died is parsed again")
-                    prepared = await self._processes.run(prepare, *args)
+                return await loop.run_in_executor(self._threads, prepare, *args)
+            try:
+                return await self._processes.run(prepare, *args)
+            except WorkerDied:  # killed, out of memory (logged by ParseWorkers): once more
+                log.warning("a message whose parse worker died is parsed again")
+                return await self._processes.run(prepare, *args)
         finally:
             self.parsing -= 1
+
+    def submit(self, prepared: Prepared) -> asyncio.Future[Outcome]:
+        """Hand a parsed message to the writer; messages are committed in the order they are
+        submitted. The future holds its outcome once committed."""
         self.committing += 1
-        try:
-            outcome = await self.writer.submit(prepared)
-        finally:
-            self.committing -= 1
-        self.metrics.answered(inbound.door, outcome)
-        return outcome
+        future = self.writer.submit(prepared)
+        future.add_done_callback(lambda f: self._answered(prepared, f))
+        return future
+
+    def _answered(self, prepared: Prepared, future: asyncio.Future[Outcome]) -> None:
+        self.committing -= 1
+        if not future.cancelled() and future.exception() is None:
+            self.metrics.answered(prepared.inbound.door, future.result())
 
     @property
     def parse_workers(self) -> ParseWorkers | None:

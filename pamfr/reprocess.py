@@ -17,7 +17,8 @@ from datetime import datetime
 from sqlalchemy import Connection, and_, exists, select
 from sqlalchemy.orm import aliased
 
-from pamfr.receiver import Inbound, Receiver
+from pamfr.hl7.frame import Door, Inbound
+from pamfr.receiver import Receiver
 from pamfr.store.schema import message
 
 _later = aliased(message)
@@ -93,7 +94,7 @@ def reprocess(receiver: Receiver, rows: list[Candidate]) -> ReprocessResult:
         if c.cannot:
             result.cannot.append(c)
             continue
-        inbound = Inbound(c.raw, c.peer, "reprocess", reprocess_of=c.id)
+        inbound = Inbound(c.raw, c.peer, Door.REPROCESS, reprocess_of=c.id)
         outcome = receiver.commit([receiver.prepare(inbound)])[0]
         code = f"{outcome.code} (duplicate)" if outcome.duplicate else outcome.code
         result.by_outcome[code] += 1

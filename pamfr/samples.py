@@ -7,13 +7,14 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from pamfr.identity.ins import nir_key
+
 AUTHORITY = "CHU-X&1.2.250.1.999.1.1&ISO"
 INS_TEST_OID = "1.2.250.1.213.1.4.10"
 
 
 def nir_with_key(body13: str) -> str:
-    digits = body13.upper().replace("2A", "19").replace("2B", "18")
-    return f"{body13}{97 - int(digits) % 97:02d}"
+    return f"{body13}{nir_key(body13):02d}"
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pamfr.cli.common import (
 )
 from pamfr.cli.tlsopts import client_tls, tls_options
 from pamfr.config import Settings
+from pamfr.hl7.frame import Door
 from pamfr.logsetup import setup_logging
 
 log = logging.getLogger("pamfr.watch")
@@ -104,7 +105,7 @@ async def _watch(settings: Settings, once: bool) -> int:
         receiver,
         batch_max=settings.receiver.batch_max,
         parse_workers=min(settings.receiver.parse_workers, folders) if folders > 1 else 0,
-        door="file",
+        door=Door.FILE,
     )
     await handler.start()
     watcher = FileDropWatcher(handler, settings.filedrop)

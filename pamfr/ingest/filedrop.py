@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Protocol
 
 from pamfr.config import FiledropSettings
+from pamfr.hl7.frame import Door, Inbound, Outcome
 from pamfr.ingest.files import UnreadableFile, incomplete_reason, split_messages
 from pamfr.metrics import Metrics
-from pamfr.receiver import Inbound, Outcome
 
 log = logging.getLogger(__name__)
 
-DOOR = "file"
+DOOR = Door.FILE
 _MAX_BACKOFF = 60.0
 
 

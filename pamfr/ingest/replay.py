@@ -26,17 +26,19 @@ from sqlalchemy import Engine
 
 from pamfr.hl7.er7 import read_header
 from pamfr.hl7.errors import MessageRejected
+from pamfr.hl7.frame import Door, Inbound, Prepared
+from pamfr.hl7.prepare import prepare
 from pamfr.ingest.filedrop import file_messages
 from pamfr.ingest.files import UnreadableFile
 from pamfr.ingest.sender import ack_summary, to_cr_segments
 from pamfr.pipeline import parse_pool
-from pamfr.receiver import Inbound, Prepared, Receiver, prepare
+from pamfr.receiver import Receiver
 from pamfr.store.readside import all_patient_ids, patient_view
 from pamfr.transport.client import MLLPClient, MLLPError
 
 log = logging.getLogger(__name__)
 
-DOOR = "replay"
+DOOR = Door.REPLAY
 POSITIVE = ("AA", "CA")
 NO_ACK = "none"  # the receiver did not answer (timeout, connection lost)
 NOT_SENT = "not-sent"  # an earlier message of the same file got no answer

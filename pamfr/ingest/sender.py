@@ -9,6 +9,7 @@ from pamfr.transport.client import MLLPClient
 
 __all__ = ["ack_summary", "send_messages", "to_cr_segments"]
 
+
 def to_cr_segments(message: bytes) -> bytes:
     """HL7 ends segments with CR; files often use LF or CRLF."""
     return message.replace(b"\r\n", b"\r").replace(b"\n", b"\r")

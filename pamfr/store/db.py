@@ -222,3 +222,11 @@ def upgrade(url: str, revision: str = "head") -> None:
                     "pamfr upgrades, it never downgrades"
                 )
     command.upgrade(cfg, revision)
+
+
+def brief_error(exc: BaseException) -> str:
+    """The first line of the driver's error: no SQL, no parameters, no DETAIL with key values
+    (they hold identifiers and names, which INFO and ERROR lines never show)."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__

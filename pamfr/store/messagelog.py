@@ -49,9 +49,6 @@ def dedup_key(sending_app: str, sending_facility: str, control_id: str) -> str |
 _INSERT = insert(message).returning(message.c.id)
 _INSERT_IDENTIFIED = insert(message)
 _INSERT_MANY = insert(message).returning(message.c.id, sort_by_parameter_order=True)
-_FIND_PROCESSED = select(
-    message.c.id, message.c.outcome, message.c.ack, message.c.content_sha256
-).where(message.c.dedup_key == bindparam("key"))
 
 
 _PROCESSED_COLUMNS = (
@@ -106,29 +103,24 @@ class Processed:
         return self.content_sha256 is None or digest is None or self.content_sha256 == digest
 
 
-def find_processed(conn: Connection, key: str) -> Processed | None:
-    row = conn.execute(_FIND_PROCESSED, {"key": key}).first()
-    return Processed(row.id, row.outcome, row.ack, row.content_sha256) if row else None
-
-
-def find_processed_many(conn: Connection, keys: list[str]) -> dict[str, Processed]:
-    """find_processed for a batch: one query on SQLite, one round trip on PostgreSQL."""
+def find_processed(conn: Connection, keys: list[str]) -> dict[str, Processed]:
+    """The messages already processed under these duplicate-control keys: one query on
+    SQLite, one round trip on PostgreSQL."""
     if not keys:
         return {}
     if conn.dialect.name != "postgresql":
         return processed_from(conn.execute(_FIND_PROCESSED_IN, {"keys": keys}).mappings())
     if pgpipeline.supported():
-        found = pgpipeline.read(conn, processed_queries_pg(keys))
+        found = pgpipeline.read(conn, processed_queries(keys))
     else:
         found = [
-            conn.execute(stmt, params).mappings().all()
-            for stmt, params in processed_queries_pg(keys)
+            conn.execute(stmt, params).mappings().all() for stmt, params in processed_queries(keys)
         ]
     return processed_from(row for rows in found for row in rows)
 
 
-def processed_queries_pg(keys: list[str]) -> list[tuple[Executable, dict]]:
-    """find_processed_many as PostgreSQL statements to send together, one equality look-up a
+def processed_queries(keys: list[str]) -> list[tuple[Executable, dict]]:
+    """find_processed as PostgreSQL statements to send together, one equality look-up a
     key; see processed_from. The server plans a statement it keeps prepared once, maybe while
     the log is young and has no statistics, and keeps that plan until the next ANALYZE: for
     "IN ($1, $2, $3)" or "= ANY($1)" that was a scan of the whole table, where each equality

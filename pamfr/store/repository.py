@@ -6,19 +6,13 @@ and on row locks (SELECT ... FOR UPDATE, taken in id order), never on in-process
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import (
     Connection,
-    Executable,
     and_,
-    bindparam,
     delete,
-    func,
-    insert,
     select,
     update,
 )
@@ -47,35 +41,15 @@ from pamfr.identity.rules import (
     prior_ipp,
     rename_notes,
 )
-from pamfr.store import pgpipeline
+from pamfr.store import statements as sql
 from pamfr.store.authorities import AuthorityBook
-from pamfr.store.schema import history, identifier, patient, patient_link
+from pamfr.store.history import Change, NewPatient
+from pamfr.store.pgbatch import Prefetched
+from pamfr.store.schema import identifier, patient_link
 
 
 class ConcurrentChange(Exception):
     """What was looked up changed under a concurrent writer: the caller runs the message again."""
-
-
-@dataclass(eq=False)
-class NewPatient:
-    """A patient row held back for a batch's flush, which gives it its id."""
-
-    columns: dict[str, object]
-    id: int | None = None
-
-
-def _patient_id(patient_id: int | NewPatient) -> int | None:
-    return patient_id.id if isinstance(patient_id, NewPatient) else patient_id
-
-
-@dataclass
-class Change:
-    """One history row to write once the message row exists."""
-
-    patient_id: int | NewPatient
-    operation: str
-    changes: dict[str, list] = field(default_factory=dict)
-    notes: list[Note] = field(default_factory=list)  # what was dropped or kept, and why
 
 
 def _ident_text(i: Identifier | dict) -> str:
@@ -92,213 +66,10 @@ def _as_record(row: dict | None) -> Record | None:
     return None if row is None else Record(row["id"], bool(row["active"]), row["merged_into"])
 
 
-# Statements of the hot path, built once: building one costs twice what executing it does.
-_FIND_PATIENT_ID = (
-    select(identifier.c.patient_id)
-    .where(
-        identifier.c.authority_key == bindparam("k"),
-        identifier.c.value == bindparam("v"),
-        identifier.c.type == bindparam("t"),
-    )
-    .limit(1)
-)
-_LOAD_PATIENT = select(patient).where(patient.c.id == bindparam("pid"))
-_LOAD_PATIENT_FOR_UPDATE = _LOAD_PATIENT.with_for_update()
-# Look-up and load (and lock) in one round trip, for the usual PID-3 with a single IPP.
-_LOAD_BY_IPP = select(patient).where(patient.c.id == _FIND_PATIENT_ID.scalar_subquery())
-_LOAD_BY_IPP_FOR_UPDATE = _LOAD_BY_IPP.with_for_update()
-_PATIENT_IDENTIFIERS = (
-    select(identifier).where(identifier.c.patient_id == bindparam("pid")).order_by(identifier.c.id)
-)
-_INSERT_PATIENT = insert(patient).returning(patient.c.id)
-_NULL_COLUMNS = dict.fromkeys(c.name for c in patient.c if c.nullable and not c.primary_key)
-_INSERT_IDENTIFIED_PATIENT = insert(patient)
-_INSERT_PATIENTS = insert(patient).returning(patient.c.id, sort_by_parameter_order=True)
-_INSERT_IDENTIFIER = insert(identifier)
-_UPDATE_PATIENT = update(patient).where(patient.c.id == bindparam("pid"))
-_INSERT_HISTORY = insert(history)
-_INSERT_LINK = insert(patient_link)
-_ACTIVE_HOLDERS = select(patient.c.id, patient.c.ins_collision).where(
-    patient.c.ins_value == bindparam("v"), patient.c.active.is_(True)
-)
-_LOCK_INS = select(func.pg_advisory_xact_lock(func.hashtext(bindparam("v"))))
-_SET_COLLISION = (
-    update(patient).where(patient.c.id == bindparam("pid")).values(ins_collision=bindparam("flag"))
-)
-_MERGED_INTO = (
-    select(patient.c.id).where(patient.c.merged_into == bindparam("pid")).order_by(patient.c.id)
-)
-_SET_MERGED_INTO = (
-    update(patient).where(patient.c.id == bindparam("pid")).values(merged_into=bindparam("into"))
-)
-_DEACTIVATE = (
-    update(patient)
-    .where(patient.c.id == bindparam("pid"))
-    .values(active=False, merged_into=bindparam("into"), updated_at=bindparam("now"))
-)
-_SURVIVOR = select(patient.c.merged_into).where(patient.c.id == bindparam("pid"))
-
-
 def survivor_id(conn: Connection, patient_id: int) -> int:
     """The patient a merged record points at (merges keep chains flat), or the patient."""
-    merged_into = conn.execute(_SURVIVOR, {"pid": patient_id}).scalar_one_or_none()
+    merged_into = conn.execute(sql.SURVIVOR, {"pid": patient_id}).scalar_one_or_none()
     return merged_into if merged_into is not None else patient_id
-
-
-# A batch's look-up of several IPPs at once (PostgreSQL) is one equality look-up per IPP, all
-# sent together: each uses the IPP index whatever the statistics say, where one statement for
-# all (a join on unnest, or ANY arrays) was planned as a scan of the whole index while the
-# tables were young. Their identifiers are read once all the rows are locked.
-_IDENTIFIERS_BY_IPP = (
-    select(identifier)
-    .where(identifier.c.patient_id == _FIND_PATIENT_ID.scalar_subquery())
-    .order_by(identifier.c.id)
-)
-
-
-@dataclass
-class HeldWrites:
-    """The writes of a batch's prefetched messages, sent together: new patients in one
-    statement, their identifiers in another, updates in one per set of changed columns."""
-
-    patients: list[NewPatient] = field(default_factory=list)
-    identifiers: list[dict] = field(default_factory=list)
-    updates: dict[tuple[str, ...], list[dict]] = field(default_factory=dict)
-
-    @property
-    def pending(self) -> bool:
-        return bool(self.patients or self.identifiers or self.updates)
-
-    def assign_ids(self, ids: list[int]) -> None:
-        for new, patient_id in zip(self.patients, ids, strict=True):
-            new.id = patient_id
-
-    def flush(self, conn: Connection) -> None:
-        """Send the writes now, the new patients taking their ids from the database."""
-        if self.patients:
-            rows = [new.columns for new in self.patients]
-            self.assign_ids(conn.execute(_INSERT_PATIENTS, rows).scalars().all())
-        for statement, rows in self.writes(with_patients=False):
-            conn.execute(statement, rows)
-        self.patients, self.identifiers, self.updates = [], [], {}
-
-    def writes(self, with_patients: bool = True) -> list[tuple[Executable, list[dict]]]:
-        """The statements and their rows, once every new patient has its id."""
-        writes: list[tuple[Executable, list[dict]]] = []
-        if with_patients and self.patients:
-            writes.append(
-                (_INSERT_IDENTIFIED_PATIENT, [{**n.columns, "id": n.id} for n in self.patients])
-            )
-        if self.identifiers:
-            rows = [{**r, "patient_id": _patient_id(r["patient_id"])} for r in self.identifiers]
-            writes.append((_INSERT_IDENTIFIER, rows))
-        writes += [(_UPDATE_PATIENT, rows) for rows in self.updates.values()]
-        return writes
-
-
-@dataclass(frozen=True)
-class Prefetched:
-    """What `prefetch` found for a batch: by IPP (authority key, value), the locked patient
-    row or None when no patient holds it; by patient id, its identifiers; and the count of
-    leading IPPs it covers (it stops before an IPP whose patient an earlier one designates,
-    so that message looks up again once the held writes are flushed)."""
-
-    patients: dict[tuple[str, str], dict | None]
-    identifiers: dict[int, list[dict]]
-    covered: int
-    new_patient_ids: list[int]  # enough for every covered IPP to be a new patient
-    message_ids: list[int]  # enough for the whole batch
-    held: HeldWrites = field(default_factory=HeldWrites)
-    # By INS the messages state: the ids of the active patients holding it when the batch
-    # began (under a lock on the INS), and who took or let go of it since in the batch.
-    ins_holders: dict[str, set[int]] = field(default_factory=dict)
-    ins_changes: dict[str, dict[object, bool]] = field(default_factory=dict)
-
-    def others_may_hold(self, ins_value: str, exclude: object) -> bool:
-        """Whether a patient other than `exclude` may hold the INS; True when not known."""
-        if ins_value not in self.ins_holders:
-            return True
-        holders: set[object] = set(self.ins_holders[ins_value])
-        for who, holds in self.ins_changes.get(ins_value, {}).items():
-            (holders.add if holds else holders.discard)(who)
-        holders.discard(exclude)
-        return bool(holders)
-
-    def ins_moved(self, who: object, old: str | None, new: str | None) -> None:
-        if old:
-            self.ins_changes.setdefault(old, {})[who] = False
-        if new:
-            self.ins_changes.setdefault(new, {})[who] = True
-
-
-def prefetch(
-    conn: Connection,
-    ipps: list[Identifier],
-    messages: int,
-    first: Sequence[tuple[Executable, dict]] = (),
-    ins_values: Sequence[str] = (),
-) -> tuple[Prefetched, list[dict]] | None:
-    """Look up, lock and load the patients of several single-IPP messages in one round trip,
-    with ids for the new rows of a batch of `messages`, the active holders of the INS the
-    messages state (each INS locked first), and the rows of the `first` queries sent ahead of
-    them. The caller makes sure no message of the batch changes what another's
-    look-up finds: distinct IPPs, and no merge or identifier change before them. None on
-    SQLite, where a look-up costs less than the batching (and there is no row lock to take)."""
-    if conn.dialect.name != "postgresql" or not pgpipeline.supported():
-        return None
-    wanted = [(i.authority_key, i.value) for i in ipps]
-    # Locked in one order (by IPP) by every receiver's prefetch; a merge locks by id, and a
-    # deadlock between the two is retried. The identifiers are read once all the locks are
-    # held (the statements run in order), so they are current: a patient whose IPP moved
-    # meanwhile fails its re-check later.
-    order = sorted(set(wanted))
-    params = [{"k": k, "v": v, "t": IPP_TYPE} for k, v in order]
-    inses = sorted(set(ins_values))
-    results = pgpipeline.read(
-        conn,
-        [
-            *first,
-            *((_LOAD_BY_IPP_FOR_UPDATE, p) for p in params),
-            *((_IDENTIFIERS_BY_IPP, p) for p in params),
-            *((statement, {"v": v}) for v in inses for statement in (_LOCK_INS, _ACTIVE_HOLDERS)),
-            (pgpipeline.NEXT_IDS, {"patients": len(ipps), "messages": messages}),
-        ],
-    )
-    first_rows = [row for rows in results[: len(first)] for row in rows]
-    del results[: len(first)]
-    ids = results.pop()
-    holders = results[len(results) - 2 * len(inses) :]
-    del results[len(results) - 2 * len(inses) :]
-    ins_holders = {v: {r["id"] for r in rows} for v, rows in zip(inses, holders[1::2], strict=True)}
-    found = {
-        key: rows[0] if rows else None
-        for key, rows in zip(order, results[: len(order)], strict=True)
-    }
-    # A patient two of the IPPs designate comes back twice: each identifier once, in id order.
-    by_id = {r["id"]: r for rows in results[len(order) :] for r in rows}
-    patients: dict[tuple[str, str], dict | None] = {}
-    claimed: set[int] = set()
-    for key in wanted:
-        row = found.get(key)
-        if row is not None:
-            if row["id"] in claimed:
-                break
-            claimed.add(row["id"])
-        patients[key] = row
-    identifiers: dict[int, list[dict]] = {pid: [] for pid in claimed}
-    for i in sorted(by_id):
-        if by_id[i]["patient_id"] in identifiers:
-            identifiers[by_id[i]["patient_id"]].append(by_id[i])
-    reserved = ids[0]
-    prefetched = Prefetched(
-        patients,
-        identifiers,
-        len(patients),
-        reserved["patient_ids"],
-        reserved["message_ids"],
-        ins_holders=ins_holders,
-    )
-    return prefetched, first_rows
 
 
 class IdentityRepository:
@@ -332,13 +103,13 @@ class IdentityRepository:
 
     # -- look-ups -----------------------------------------------------------
 
-    def find_patient_id(self, ident: Identifier) -> int | None:
+    def findpatient_id_of(self, ident: Identifier) -> int | None:
         params = {"k": ident.authority_key, "v": ident.value, "t": ident.type or IPP_TYPE}
-        return self.conn.execute(_FIND_PATIENT_ID, params).scalar_one_or_none()
+        return self.conn.execute(sql.FIND_PATIENT_ID, params).scalar_one_or_none()
 
     def _find_by_ipps(self, identity: PatientIdentity) -> int | None:
         for ipp in identity.ipps:
-            found = self.find_patient_id(ipp)
+            found = self.findpatient_id_of(ipp)
             if found is not None:
                 return found
         return None
@@ -354,7 +125,7 @@ class IdentityRepository:
             if self._prefetched is not None and key in self._prefetched.patients:
                 row = self._prefetched.patients[key]
             else:
-                query = _LOAD_BY_IPP_FOR_UPDATE if self._lock else _LOAD_BY_IPP
+                query = sql.LOAD_BY_IPP_FOR_UPDATE if self._lock else sql.LOAD_BY_IPP
                 params = {"k": ipp.authority_key, "v": ipp.value, "t": IPP_TYPE}
                 row = self.conn.execute(query, params).mappings().first()
             if row is None:
@@ -369,7 +140,7 @@ class IdentityRepository:
         return current, None
 
     def _load(self, patient_id: int) -> dict:
-        query = _LOAD_PATIENT_FOR_UPDATE if self._lock else _LOAD_PATIENT
+        query = sql.LOAD_PATIENT_FOR_UPDATE if self._lock else sql.LOAD_PATIENT
         return dict(self.conn.execute(query, {"pid": patient_id}).mappings().one())
 
     def _lock_in_order(self, *ids: int) -> dict[int, dict]:
@@ -379,7 +150,7 @@ class IdentityRepository:
         if self._prefetched is not None and patient_id in self._prefetched.identifiers:
             # Read once: a message changes its patient's identifiers after this call only.
             return self._prefetched.identifiers.pop(patient_id)
-        rows = self.conn.execute(_PATIENT_IDENTIFIERS, {"pid": patient_id})
+        rows = self.conn.execute(sql.PATIENT_IDENTIFIERS, {"pid": patient_id})
         return [dict(r) for r in rows.mappings()]
 
     def _canonical(self, identity: PatientIdentity) -> PatientIdentity:
@@ -406,7 +177,7 @@ class IdentityRepository:
         notes = list(decision.notes)
         new_ins = decision.values["ins_value"]
         row = {
-            **_NULL_COLUMNS,  # spelled out, so that held rows share one INSERT statement
+            **sql.NULL_COLUMNS,  # spelled out, so that held rows share one INSERT statement
             "active": True,
             "ins_collision": False,
             "created_at": self.now,
@@ -424,7 +195,7 @@ class IdentityRepository:
             patient_id = NewPatient(row)
             self._held.patients.append(patient_id)
         else:
-            patient_id = self.conn.execute(_INSERT_PATIENT, row).scalar_one()
+            patient_id = self.conn.execute(sql.INSERT_PATIENT, row).scalar_one()
         if self._prefetched is not None and new_ins:
             self._prefetched.ins_moved(patient_id, None, str(new_ins))
         new_ids = self._write_identifiers(patient_id, identity.identifiers)
@@ -452,7 +223,7 @@ class IdentityRepository:
         if rows and self._held is not None:
             self._held.identifiers += rows
         elif rows:
-            self.conn.execute(_INSERT_IDENTIFIER, rows)
+            self.conn.execute(sql.INSERT_IDENTIFIER, rows)
         return [_ident_text(r) for r in rows]
 
     def _add_identifiers(
@@ -462,7 +233,7 @@ class IdentityRepository:
         IPP of another patient (that is an A40)."""
         added = identifiers_to_add(identity.identifiers, [_as_identifier(k) for k in known])
         for ident in added:
-            if ident.type == IPP_TYPE and self.find_patient_id(ident) not in (None, patient_id):
+            if ident.type == IPP_TYPE and self.findpatient_id_of(ident) not in (None, patient_id):
                 raise IdentityRefused(
                     Refusal.IPPS_OF_TWO_PATIENTS,
                     "PID-3 holds IPPs of two different patients (send an A40 merge)",
@@ -520,7 +291,7 @@ class IdentityRepository:
             if self._held is not None:
                 self._held.updates.setdefault(tuple(sorted(changed)), []).append(row)
             else:
-                self.conn.execute(_UPDATE_PATIENT, row)
+                self.conn.execute(sql.UPDATE_PATIENT, row)
         self._note(notes)
         self._record(patient_id, operation, diff, notes)
 
@@ -536,14 +307,14 @@ class IdentityRepository:
         if self._held is not None and self._held.pending:
             self._held.flush(self.conn)  # earlier messages of the batch must be seen
         if self._lock:
-            self.conn.execute(_LOCK_INS, {"v": ins_value})
-        rows = self.conn.execute(_ACTIVE_HOLDERS, {"v": ins_value}).mappings()
+            self.conn.execute(sql.LOCK_INS, {"v": ins_value})
+        rows = self.conn.execute(sql.ACTIVE_HOLDERS, {"v": ins_value}).mappings()
         return [dict(r) for r in rows if r["id"] != exclude]
 
     def _flag_collision(self, others: list[dict]) -> None:
         for other in others:
             if not other["ins_collision"]:
-                self.conn.execute(_SET_COLLISION, {"pid": other["id"], "flag": True})
+                self.conn.execute(sql.SET_COLLISION, {"pid": other["id"], "flag": True})
                 self._record(
                     other["id"], "collision", {"ins_collision": [False, True]}, [collision_note()]
                 )
@@ -554,7 +325,7 @@ class IdentityRepository:
         remaining = self._active_holders(ins_value, exclude=exclude)
         if len(remaining) == 1 and remaining[0]["ins_collision"]:
             other = remaining[0]["id"]
-            self.conn.execute(_SET_COLLISION, {"pid": other, "flag": False})
+            self.conn.execute(sql.SET_COLLISION, {"pid": other, "flag": False})
             self._record(
                 other, "collision", {"ins_collision": [True, False]}, [collision_resolved_note()]
             )
@@ -571,7 +342,7 @@ class IdentityRepository:
         patient_id = current["id"]
         if not current["active"]:
             if still_owned is not None:
-                self._still(self.find_patient_id(still_owned) == patient_id)
+                self._still(self.findpatient_id_of(still_owned) == patient_id)
             note = Note(
                 Finding.MERGED_AWAY,
                 "this IPP belongs to a patient merged into another: identity not updated",
@@ -606,11 +377,11 @@ class IdentityRepository:
         source_ipp = self._prior_ipp(prior)
         if source_ipp is None:
             raise IdentityRefused(Refusal.PRIOR_MISSING, "MRG-1 holds no IPP (CX-5 PI)")
-        source_id = self.find_patient_id(source_ipp)
+        source_id = self.findpatient_id_of(source_ipp)
         target_id = self._find_by_ipps(identity)
         rows = self._lock_in_order(*(i for i in (source_id, target_id) if i is not None))
         self._still(
-            self.find_patient_id(source_ipp) == source_id
+            self.findpatient_id_of(source_ipp) == source_id
             and self._find_by_ipps(identity) == target_id
         )
         plan = plan_merge(_as_record(rows.get(source_id)), _as_record(rows.get(target_id)))
@@ -629,15 +400,15 @@ class IdentityRepository:
         earlier_merges = self._merged_ids(source_id)
         # A chain is never left behind: what was merged into the source now names the survivor.
         for earlier in earlier_merges:
-            self.conn.execute(_SET_MERGED_INTO, {"pid": earlier, "into": survivor_id})
+            self.conn.execute(sql.SET_MERGED_INTO, {"pid": earlier, "into": survivor_id})
             self._record(earlier, "merge", {"merged_into": [source_id, survivor_id]})
-        self.conn.execute(_DEACTIVATE, {"pid": source_id, "into": survivor_id, "now": self.now})
+        self.conn.execute(sql.DEACTIVATE, {"pid": source_id, "into": survivor_id, "now": self.now})
         source_changes: dict[str, list] = {
             "active": [True, False],
             "merged_into": [None, survivor_id],
         }
         if source["ins_collision"]:
-            self.conn.execute(_SET_COLLISION, {"pid": source_id, "flag": False})
+            self.conn.execute(sql.SET_COLLISION, {"pid": source_id, "flag": False})
             source_changes["ins_collision"] = [True, False]
         self._record(source_id, "merge", source_changes, plan.notes)
         if source["ins_value"]:
@@ -646,7 +417,7 @@ class IdentityRepository:
         self._record(survivor["id"], "merge", {"merged_patients": [merged_before, after]})
 
     def _merged_ids(self, patient_id: int) -> list[int]:
-        rows = self.conn.execute(_MERGED_INTO, {"pid": patient_id})
+        rows = self.conn.execute(sql.MERGED_INTO, {"pid": patient_id})
         return [r[0] for r in rows]
 
     def change_identifier(
@@ -659,7 +430,7 @@ class IdentityRepository:
         if source_ipp is None:
             self._change_ins(identity, prior_ins, policy)
             return
-        source_id = self.find_patient_id(source_ipp)
+        source_id = self.findpatient_id_of(source_ipp)
         source = self._lock_in_order(source_id)[source_id] if source_id is not None else None
         record = _as_record(source)
         notes = rename_notes(record)
@@ -678,8 +449,8 @@ class IdentityRepository:
         if new is None:
             raise IdentityRefused(Refusal.IPP_MISSING, "PID-3 holds no IPP (CX-5 PI)")
         self._lock_in_order(patient_id)
-        self._still(self.find_patient_id(old) == patient_id)
-        owner = self.find_patient_id(new)
+        self._still(self.findpatient_id_of(old) == patient_id)
+        owner = self.findpatient_id_of(new)
         action = plan_rename(_as_record(self._load(patient_id)), owner)
         if action is not MergeAction.RENAME:
             return
@@ -709,7 +480,9 @@ class IdentityRepository:
         PID-3's IPP designates when several hold it)."""
         values = sorted({s.value.upper() for s in prior_ins})
         holders = {
-            r["id"] for v in values for r in self.conn.execute(_ACTIVE_HOLDERS, {"v": v}).mappings()
+            r["id"]
+            for v in values
+            for r in self.conn.execute(sql.ACTIVE_HOLDERS, {"v": v}).mappings()
         }
         owner = self._find_by_ipps(identity)
         if owner is not None and holders and owner not in holders:
@@ -776,42 +549,7 @@ class IdentityRepository:
     def _record_link(self, a: Identifier, b: Identifier, operation: str, change: list) -> None:
         """History on each known patient, or on its survivor when it was merged away."""
         for this, other in ((a, b), (b, a)):
-            pid = self.find_patient_id(this)
+            pid = self.findpatient_id_of(this)
             if pid is not None:
                 pid = survivor_id(self.conn, pid)
                 self._record(pid, operation, {f"link:{_ident_text(other)}": change})
-
-
-def write_histories(
-    conn: Connection, entries: list[tuple[IdentityRepository, int, str, str]]
-) -> None:
-    """The links and history rows that (repository, message id, control id, event) entries
-    collected, once their messages are logged: one statement for each table at most."""
-    for statement, rows in history_writes(entries):
-        conn.execute(statement, rows)
-
-
-def history_writes(
-    entries: list[tuple[IdentityRepository, int, str, str]],
-) -> list[tuple[Executable, list[dict]]]:
-    links: list[dict] = []
-    rows: list[dict] = []
-    for repo, message_id, control_id, event in entries:
-        if repo.pending_link is not None:
-            links.append({**repo.pending_link, "message_id": message_id})
-        rows += [
-            dict(
-                patient_id=_patient_id(c.patient_id),
-                at=repo.now,
-                message_id=message_id,
-                control_id=control_id,
-                event=event,
-                operation=c.operation,
-                changes=json.dumps(c.changes, ensure_ascii=False, default=str),
-                notes=json.dumps([n.as_json() for n in c.notes]) if c.notes else None,
-            )
-            for c in repo.changes
-        ]
-    return [
-        (statement, r) for statement, r in ((_INSERT_LINK, links), (_INSERT_HISTORY, rows)) if r
-    ]

@@ -10,7 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from pamfr.receiver import Inbound, Receiver, prepare
+from pamfr.hl7.frame import Inbound
+from pamfr.hl7.prepare import prepare
+from pamfr.receiver import Receiver
 from pamfr.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pamfr.receiver import Inbound, Outcome, Prepared, Receiver
+from pamfr.hl7.frame import Inbound, Outcome, Prepared
+from pamfr.receiver import Receiver
 from pamfr.samples import Person, message, nir_with_key
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.readside import all_patient_ids, patient_history, patient_view

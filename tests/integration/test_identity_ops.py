@@ -24,6 +24,7 @@ NIR_OID = "1.2.250.1.213.1.4.8"
 OID = "1.2.250.1.999.1.1"  # the authority of samples.Person
 OTHER_AUTHORITY = "CHU-Y&1.2.250.1.999.2.2&ISO"
 
+
 def ops(rows: list[dict]) -> list[tuple[str, str]]:
     return [(r["event"], r["operation"]) for r in rows]
 

@@ -17,6 +17,8 @@ SPEC = Path(__file__).resolve().parents[1] / "corpus" / "spec"
 INS = "279035121518989"  # the ANS test identity (test OID)
 TEST_OID = "1.2.250.1.213.1.4.10"
 NIR_OID, NIA_OID = "1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9"
+
+
 def production(text: str) -> str:
     return text.replace("|T|2.5^FRA", "|P|2.5^FRA", 1)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from sqlalchemy import func, select, text
 
-from pamfr.receiver import Inbound, Receiver
+from pamfr.hl7.frame import Inbound
+from pamfr.receiver import Receiver
 from pamfr.samples import Person, message
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.schema import history, identifier, patient

@@ -9,8 +9,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import func, select
 
 from pamfr.daemon import purge_old_raw
+from pamfr.hl7.frame import Inbound
 from pamfr.metrics import Metrics
-from pamfr.receiver import Inbound, Receiver
+from pamfr.receiver import Receiver
 from pamfr.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.schema import history, patient

@@ -15,7 +15,8 @@ import atheris
 
 with atheris.instrument_imports(include=["pamfr"]):
     from pamfr.hl7.ack import build_ack, encode_ack
-    from pamfr.receiver import Inbound, prepare
+    from pamfr.hl7.frame import Inbound
+    from pamfr.hl7.prepare import prepare
     from pamfr.transport.codec import HEAD_KEPT, DiscardedBytes, Frame, MLLPDecoder
 
 from tests.reliability.mllp_reference import read_stream

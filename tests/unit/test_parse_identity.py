@@ -451,8 +451,9 @@ def test_empty_msh18_with_8bit_bytes_is_decoded_in_the_default_charset():
 
 
 def test_the_parse_workers_warm_up_message_reads_every_field_the_rules_read():
+    from pamfr.hl7.frame import Inbound
+    from pamfr.hl7.prepare import prepare
     from pamfr.hl7.warmup import WARM_UP_MESSAGE
-    from pamfr.receiver import Inbound, prepare
 
     prepared = prepare(Inbound(WARM_UP_MESSAGE))
     assert (prepared.code, prepared.problems) == ("AA", ())

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Executable
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 
 from pamfr.identity.model import IPP_TYPE
-from pamfr.store import messagelog, repository
+from pamfr.store import messagelog, statements
 from pamfr.store.db import make_engine, upgrade
 from tests.conftest import _fresh_pg_schema
 
@@ -27,9 +27,9 @@ INSERT INTO message (received_at, door, raw, raw_size, outcome, dedup_key)
 
 IPP = {"k": "AUTH", "v": "IPP42", "t": IPP_TYPE}
 LOOKUPS: dict[str, tuple[Executable, dict]] = {
-    "duplicate": messagelog.processed_queries_pg(["APP|FAC|7"])[0],
-    "patient_by_ipp_locked": (repository._LOAD_BY_IPP_FOR_UPDATE, IPP),
-    "identifiers_by_ipp": (repository._IDENTIFIERS_BY_IPP, IPP),
+    "duplicate": messagelog.processed_queries(["APP|FAC|7"])[0],
+    "patient_by_ipp_locked": (statements.LOAD_BY_IPP_FOR_UPDATE, IPP),
+    "identifiers_by_ipp": (statements.IDENTIFIERS_BY_IPP, IPP),
 }
 
 

@@ -207,7 +207,10 @@ def replay(
     Exit 0 when every message got AA (or --allow-errors) and the --expect state matches,
     1 otherwise.
     """
+    from pamfr.ingest import expected as ex
+    from pamfr.ingest import messagesets as ms
     from pamfr.ingest import replay as rp
+    from pamfr.ingest.report import Progress, Summary
 
     if local == (target is not None):
         raise click.UsageError("give exactly one of --to HOST:PORT or --local")
@@ -225,11 +228,11 @@ def replay(
     expected = None
     if expect is not None:
         try:
-            expected = rp.load_expected(expect)
+            expected = ex.load_expected(expect)
         except ValueError as exc:
             raise click.ClickException(f"{expect}: {exc}") from None
-    files = rp.collect_files(paths)
-    rewrite = rp.ControlIdRewriter() if rewrite_control_ids else None
+    files = ms.collect_files(paths)
+    rewrite = ms.ControlIdRewriter() if rewrite_control_ids else None
     engine = None
     if local:
         if settings.database.migrate_on_start:
@@ -238,7 +241,7 @@ def replay(
             with database_errors(settings):
                 upgrade(settings.database.url)
         engine = open_engine(settings, check=True)
-    progress = rp.Progress(rp.count_messages(files))
+    progress = Progress(ms.count_messages(files))
     started = time.perf_counter()
     try:
         if engine is not None:
@@ -271,13 +274,13 @@ def replay(
         elapsed = time.perf_counter() - started
     finally:
         progress.close()
-    summary = rp.Summary(mode, shown, len(files), tally, elapsed)
+    summary = Summary(mode, shown, len(files), tally, elapsed)
     if expected is not None or write_expect is not None:
         engine = engine or open_engine(settings, read_only=True)
         with database_errors(settings):
-            state = rp.store_state(engine)
+            state = ex.store_state(engine)
         if expected is not None:
-            summary.differences = rp.compare_state(expected, state)
+            summary.differences = ex.compare_state(expected, state)
         if write_expect is not None:
             write_expect.write_text(json.dumps(state, ensure_ascii=False, indent=2) + "\n")
     if engine is not None:

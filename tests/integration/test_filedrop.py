@@ -20,8 +20,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from pamfr.config import FiledropSettings
+from pamfr.ingest.expected import compare_state, store_state
 from pamfr.ingest.filedrop import FileDropWatcher, FileResult
-from pamfr.ingest.replay import compare_state, replay_local, store_state
+from pamfr.ingest.replay import replay_local
 from pamfr.pipeline import AsyncReceiver
 from pamfr.receiver import Receiver
 from pamfr.samples import Person, generate_mix, message

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from pamfr.cli import main
-from pamfr.ingest.replay import store_state
+from pamfr.ingest.expected import store_state
 from pamfr.receiver import Receiver
 from pamfr.samples import Person, message
 from pamfr.store.db import make_engine

@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import multiprocessing
 import os
 import queue
 import signal
 import threading
 import time
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pamfr.hl7.frame import Door, Inbound, Outcome, Prepared
-from pamfr.hl7.prepare import prepare
+from pamfr.hl7.prepare import prepare, prepare_many
 from pamfr.logsetup import current_format
 from pamfr.metrics import Metrics
 from pamfr.parse_workers import ParseWorkers, WorkerDied
@@ -128,20 +127,6 @@ def _start_worker(owner: int, log_level: int, log_format: str = "text") -> None:
     gc.freeze()
 
 
-def parse_pool(workers: int) -> Executor:
-    """Worker processes for `replay --local`, which parses chunks of messages while it
-    commits earlier ones: a chunk's round trip through the executor's threads costs little
-    next to its parse. The daemon, which parses one message at a time, uses ParseWorkers."""
-    # forkserver: the daemon has threads running, which fork() must not copy.
-    context = multiprocessing.get_context("forkserver")
-    return ProcessPoolExecutor(
-        workers,
-        mp_context=context,
-        initializer=_start_worker,
-        initargs=(os.getpid(), logging.getLogger().getEffectiveLevel(), current_format()),
-    )
-
-
 class AsyncReceiver:
     """Receiver for asyncio callers (the MLLP server, the file-drop watcher)."""
 
@@ -183,19 +168,26 @@ class AsyncReceiver:
 
     async def parse(self, inbound: Inbound) -> Prepared:
         """The CPU step, off the event loop (a parse worker, else a thread)."""
-        args = (inbound, *self.receiver.parse_args())
-        self.parsing += 1
+        return await self._run(prepare, inbound, 1)
+
+    async def parse_many(self, inbounds: list[Inbound]) -> list[Prepared]:
+        """`parse` for several frames in one round trip to a worker (replay's chunks)."""
+        return await self._run(prepare_many, inbounds, len(inbounds))
+
+    async def _run(self, function, frames, count: int):
+        args = (frames, *self.receiver.parse_args())
+        self.parsing += count
         try:
             if self._processes is None:
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._threads, prepare, *args)
+                return await loop.run_in_executor(self._threads, function, *args)
             try:
-                return await self._processes.run(prepare, *args)
+                return await self._processes.run(function, *args)
             except WorkerDied:  # killed, out of memory (logged by ParseWorkers): once more
-                log.warning("a message whose parse worker died is parsed again")
-                return await self._processes.run(prepare, *args)
+                log.warning("frames whose parse worker died are parsed again")
+                return await self._processes.run(function, *args)
         finally:
-            self.parsing -= 1
+            self.parsing -= count
 
     def submit(self, prepared: Prepared) -> asyncio.Future[Outcome]:
         """Hand a parsed message to the writer; messages are committed in the order they are

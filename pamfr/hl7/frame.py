@@ -65,6 +65,7 @@ class Outcome:
     duplicate: bool = False
     error_text: str | None = None
     problems: tuple[Problem, ...] = ()  # every ERR of the ACK, warnings (severity W) included
+    msa_code: str = ""  # MSA-1 as sent: CA / CE / CR in enhanced mode
 
     @property
     def warnings(self) -> tuple[Problem, ...]:

@@ -10,20 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from ssl import SSLContext
 
-from pamfr.hl7.frame import Door, Inbound, Prepared
-from pamfr.hl7.prepare import prepare
+from pamfr.hl7.frame import Door, Inbound, Outcome, Prepared
 from pamfr.ingest.files import UnreadableFile
 from pamfr.ingest.messagesets import ControlIdRewriter, load_messages, patient_keys
 from pamfr.ingest.messagesets import header_facts as _header_facts
 from pamfr.ingest.report import NO_ACK, NOT_SENT, MessageResult, Progress, Tally
 from pamfr.ingest.sender import ack_summary, to_cr_segments
-from pamfr.pipeline import parse_pool
+from pamfr.pipeline import AsyncReceiver
 from pamfr.receiver import Receiver
 from pamfr.transport.client import MLLPClient, MLLPError
 
@@ -60,33 +58,17 @@ def _items(
             yield _Item(str(path), i, raw, original)
 
 
-def _chunks(items: Iterator[_Item], size: int) -> Iterator[list[_Item]]:
-    chunk: list[_Item] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def prepare_many(inbounds: list[Inbound], parse_args: tuple) -> list[Prepared]:
-    """Receiver.prepare for a chunk, in a worker process."""
-    return [prepare(i, *parse_args) for i in inbounds]
-
-
-def _result(item: _Item, ack: bytes, control_id: str, event: str, duplicate: bool):
-    code, errors = ack_summary(ack)
+def _result(item: _Item, outcome: Outcome) -> MessageResult:
+    errors = tuple(f"{x.code} {x.location} {x.text}".strip() for x in outcome.problems)
     return MessageResult(
         item.file,
         item.index,
-        control_id,
-        event,
-        code,
-        tuple(errors),
+        outcome.control_id,
+        outcome.event,
+        outcome.msa_code,
+        errors,
         item.original_control_id,
-        duplicate,
+        outcome.duplicate,
     )
 
 
@@ -99,46 +81,64 @@ def replay_local(
     rewrite: ControlIdRewriter | None = None,
     progress: Progress | None = None,
 ) -> Tally:
-    """Apply every message, in file order, through the receiver.
-
-    With workers > 0, messages are prepared (decoded, parsed: the CPU part) in that many
-    processes while this one commits them in order, `batch` per transaction (group commit).
-    With workers == 0, each message is handled and committed on its own.
-    """
+    """Apply every message, in file order, through the path the daemon's doors take: parsed
+    ahead in `workers` parse processes (threads when 0), committed in file order by the
+    group-commit writer, up to `batch` per transaction."""
     tally = Tally()
-    items = _items(files, tally, rewrite)
 
-    def record(item: _Item, outcome) -> None:
-        tally.add(_result(item, outcome.ack, outcome.control_id, outcome.event, outcome.duplicate))
+    def record(item: _Item, outcome: Outcome) -> None:
+        tally.add(_result(item, outcome))
         if progress is not None:
             progress.update()
 
-    if workers <= 0:
-        for item in items:
-            record(item, receiver.handle(item.raw, item.file, DOOR))
-        return tally
-
-    in_flight: deque[tuple[list[_Item], Future[list[Prepared]]]] = deque()
-    chunks = _chunks(items, batch)
-    with parse_pool(workers) as pool:
-
-        def submit() -> bool:
-            chunk = next(chunks, None)
-            if chunk is None:
-                return False
-            inbounds = [Inbound(it.raw, it.file, DOOR) for it in chunk]
-            in_flight.append((chunk, pool.submit(prepare_many, inbounds, receiver.parse_args())))
-            return True
-
-        while len(in_flight) < 2 * workers + 1 and submit():
-            pass
-        while in_flight:
-            chunk, future = in_flight.popleft()
-            prepared = future.result()
-            submit()
-            for item, outcome in zip(chunk, receiver.commit(prepared), strict=True):
-                record(item, outcome)
+    runner = AsyncReceiver(receiver, batch_max=batch, parse_workers=workers, door=DOOR)
+    try:
+        asyncio.run(_apply_in_order(_items(files, tally, rewrite), runner, workers, record))
+    finally:
+        runner.close()
     return tally
+
+
+_CHUNK = 16  # messages a parse worker reads in one round trip
+
+
+async def _apply_in_order(
+    items: Iterator[_Item],
+    runner: AsyncReceiver,
+    workers: int,
+    record: Callable[[_Item, Outcome], None],
+) -> None:
+    """Parse chunks ahead of the writer, in every worker at once; submit the messages to
+    the writer in file order."""
+    await runner.start()
+    parsing: deque[tuple[list[_Item], asyncio.Future[list[Prepared]]]] = deque()
+    committing: deque[tuple[_Item, asyncio.Future[Outcome]]] = deque()
+    ahead = 2 * max(workers, 1) + 1
+
+    async def submit_oldest() -> None:
+        chunk, parsed = parsing.popleft()
+        for item, prepared in zip(chunk, await parsed, strict=True):
+            committing.append((item, runner.submit(prepared)))
+        while committing and committing[0][1].done():
+            done, future = committing.popleft()
+            record(done, future.result())
+
+    chunk: list[_Item] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == _CHUNK:
+            inbounds = [Inbound(it.raw, it.file, DOOR) for it in chunk]
+            parsing.append((chunk, asyncio.ensure_future(runner.parse_many(inbounds))))
+            chunk = []
+            if len(parsing) >= ahead:
+                await submit_oldest()
+    if chunk:
+        inbounds = [Inbound(it.raw, it.file, DOOR) for it in chunk]
+        parsing.append((chunk, asyncio.ensure_future(runner.parse_many(inbounds))))
+    while parsing:
+        await submit_oldest()
+    for item, future in committing:
+        record(item, await future)
 
 
 # -- over MLLP -----------------------------------------------------------------------------

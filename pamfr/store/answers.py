@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pamfr.hl7.ack import build_ack, encode_ack
+from pamfr.hl7.ack import ack_code_for, build_ack, encode_ack
 from pamfr.hl7.errors import Problem
 from pamfr.hl7.frame import Outcome, Prepared
 from pamfr.store.messagelog import LoggedMessage, Processed, dedup_key
@@ -86,6 +86,7 @@ def answer(
         duplicate=duplicate_of is not None,
         error_text=None if code == "AA" else "; ".join(x.text for x in errors) or None,
         problems=problems,
+        msa_code=ack_code_for(h, code),
     )
     return Answered(row, outcome)
 
@@ -119,5 +120,13 @@ def unlogged(p: Prepared, problem: Problem = UNAVAILABLE) -> Outcome:
     h = p.header
     ack = encode_ack(build_ack(h, "AR", (problem,)), h)
     return Outcome(
-        ack, "AR", None, h.control_id if h else "", h.event if h else "", False, problem.text
+        ack,
+        "AR",
+        None,
+        h.control_id if h else "",
+        h.event if h else "",
+        False,
+        problem.text,
+        (problem,),
+        ack_code_for(h, "AR"),
     )

@@ -11,6 +11,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pamfr.hl7.er7 import read_header, split_segments
@@ -132,3 +133,27 @@ def patient_keys(raw: bytes) -> frozenset[bytes]:
                 authority = parts[3] if len(parts) > 3 else ""
                 keys.add((parts[0] + "^" + authority).encode("latin-1"))
     return frozenset(keys)
+
+
+@dataclass(frozen=True, slots=True)
+class SetMessage:
+    """One message of a set: where it stands, its bytes as sent, and its MSH-10 before a
+    --new-control-ids rewrite."""
+
+    file: str
+    index: int  # 1-based, in its file
+    raw: bytes
+    original_control_id: str | None
+
+
+def read_file(path: Path, rewrite: ControlIdRewriter | None) -> list[SetMessage]:
+    """The messages of one file of the set, rewritten when asked; UnreadableFile when it
+    cannot be read."""
+    out = []
+    for i, raw in enumerate(load_messages(path), 1):
+        original = None
+        if rewrite is not None:
+            original = header_facts(raw)[0]
+            raw = rewrite(raw)
+        out.append(SetMessage(str(path), i, raw, original))
+    return out

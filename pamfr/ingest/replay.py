@@ -17,7 +17,12 @@ from ssl import SSLContext
 
 from pamfr.hl7.frame import Door, Inbound, Outcome, Prepared
 from pamfr.ingest.files import UnreadableFile
-from pamfr.ingest.messagesets import ControlIdRewriter, load_messages, patient_keys
+from pamfr.ingest.messagesets import (
+    ControlIdRewriter,
+    SetMessage,
+    patient_keys,
+    read_file,
+)
 from pamfr.ingest.messagesets import header_facts as _header_facts
 from pamfr.ingest.report import NO_ACK, NOT_SENT, MessageResult, Progress, Tally
 from pamfr.ingest.sender import ack_summary, to_cr_segments
@@ -33,32 +38,17 @@ DOOR = Door.REPLAY
 # -- local ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    file: str
-    index: int
-    raw: bytes
-    original_control_id: str | None
-
-
 def _items(
     files: Sequence[Path], tally: Tally, rewrite: ControlIdRewriter | None
-) -> Iterator[_Item]:
+) -> Iterator[SetMessage]:
     for path in files:
         try:
-            messages = load_messages(path)
+            yield from read_file(path, rewrite)
         except UnreadableFile as exc:
             tally.unreadable.append((str(path), str(exc)))
-            continue
-        for i, raw in enumerate(messages, 1):
-            original = None
-            if rewrite is not None:
-                original = _header_facts(raw)[0]
-                raw = rewrite(raw)
-            yield _Item(str(path), i, raw, original)
 
 
-def _result(item: _Item, outcome: Outcome) -> MessageResult:
+def _result(item: SetMessage, outcome: Outcome) -> MessageResult:
     errors = tuple(f"{x.code} {x.location} {x.text}".strip() for x in outcome.problems)
     return MessageResult(
         item.file,
@@ -86,7 +76,7 @@ def replay_local(
     group-commit writer, up to `batch` per transaction."""
     tally = Tally()
 
-    def record(item: _Item, outcome: Outcome) -> None:
+    def record(item: SetMessage, outcome: Outcome) -> None:
         tally.add(_result(item, outcome))
         if progress is not None:
             progress.update()
@@ -103,16 +93,16 @@ _CHUNK = 16  # messages a parse worker reads in one round trip
 
 
 async def _apply_in_order(
-    items: Iterator[_Item],
+    items: Iterator[SetMessage],
     runner: AsyncReceiver,
     workers: int,
-    record: Callable[[_Item, Outcome], None],
+    record: Callable[[SetMessage, Outcome], None],
 ) -> None:
     """Parse chunks ahead of the writer, in every worker at once; submit the messages to
     the writer in file order."""
     await runner.start()
-    parsing: deque[tuple[list[_Item], asyncio.Future[list[Prepared]]]] = deque()
-    committing: deque[tuple[_Item, asyncio.Future[Outcome]]] = deque()
+    parsing: deque[tuple[list[SetMessage], asyncio.Future[list[Prepared]]]] = deque()
+    committing: deque[tuple[SetMessage, asyncio.Future[Outcome]]] = deque()
     ahead = 2 * max(workers, 1) + 1
 
     async def submit_oldest() -> None:
@@ -123,7 +113,7 @@ async def _apply_in_order(
             done, future = committing.popleft()
             record(done, future.result())
 
-    chunk: list[_Item] = []
+    chunk: list[SetMessage] = []
     for item in items:
         chunk.append(item)
         if len(chunk) == _CHUNK:
@@ -260,15 +250,12 @@ async def replay_mllp(
     try:
         for n, path in enumerate(files):
             try:
-                messages = await asyncio.to_thread(load_messages, path)
+                messages = await asyncio.to_thread(read_file, path, rewrite)
             except UnreadableFile as exc:
                 tallies[n].unreadable.append((str(path), str(exc)))
                 continue
-            for i, raw in enumerate(messages, 1):
-                original = None
-                if rewrite is not None:
-                    original = _header_facts(raw)[0]
-                    raw = rewrite(raw)
+            for m in messages:
+                i, raw, original = m.index, m.raw, m.original_control_id
                 control_id, event = _header_facts(raw)
                 # one connection: every message after the one before it, as in the files
                 keys = patient_keys(raw) if connections > 1 else frozenset([b""])

@@ -86,6 +86,17 @@ def _resolve(conn, ipp, authority, ins, patient_id) -> int:
     return ids[0]
 
 
+def _read_one(obj: Context, db_url, selector: tuple, read, as_json: bool):
+    """What `read` answers for the one patient the selector designates: printed as JSON
+    (then None), else returned for the caller to print."""
+    with _connect(obj, db_url) as conn:
+        found = read(conn, _resolve(conn, *selector))
+    if as_json:
+        click.echo(json.dumps(found, ensure_ascii=False, indent=2))
+        return None
+    return found
+
+
 @click.group()
 def patient() -> None:
     """Read the identity store: a patient, its history, a search."""
@@ -100,11 +111,8 @@ def show(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> None
     """Show one patient. Exit 0 found, 1 none, 2 ambiguous selector."""
     from pamfr.store.readside import patient_view
 
-    with _connect(obj, db_url) as conn:
-        view = patient_view(conn, _resolve(conn, ipp, authority, ins, patient_id))
-    if as_json:
-        click.echo(json.dumps(view, ensure_ascii=False, indent=2))
-    else:
+    view = _read_one(obj, db_url, (ipp, authority, ins, patient_id), patient_view, as_json)
+    if view is not None:
         click.echo(render_card(view))
 
 
@@ -148,12 +156,8 @@ def history(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> N
     """The changes made to one patient, oldest first, with the message behind each."""
     from pamfr.store.readside import patient_history
 
-    with _connect(obj, db_url) as conn:
-        rows = patient_history(conn, _resolve(conn, ipp, authority, ins, patient_id))
-    if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
-        return
-    for r in rows:
+    rows = _read_one(obj, db_url, (ipp, authority, ins, patient_id), patient_history, as_json)
+    for r in rows or ():
         click.echo(f"{r['at']}  {r['event']} {r['operation']} (control id {r['control_id']})")
         for fld, (old, new) in r["changes"].items():
             click.echo(f"    {fld}: {old!r} -> {new!r}")

@@ -1,5 +1,5 @@
-"""Issue 3 over real MLLP, against SQLite and PostgreSQL: each identity operation and IHE edge
-case, the history rows behind them, and the `pamfr patient show / history` contract."""
+"""The identity operations over real MLLP, against SQLite and PostgreSQL: each operation and
+IHE edge case, the history rows behind them, and the `pamfr patient show / history` contract."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ TEST_OID = "1.2.250.1.213.1.4.10"
 NIR_OID = "1.2.250.1.213.1.4.8"
 OID = "1.2.250.1.999.1.1"  # the authority of samples.Person
 OTHER_AUTHORITY = "CHU-Y&1.2.250.1.999.2.2&ISO"
+
 
 def ops(rows: list[dict]) -> list[tuple[str, str]]:
     return [(r["event"], r["operation"]) for r in rows]

@@ -20,7 +20,8 @@ from pamfr.transport.codec import (
     OversizedFrame,
     encode_frame,
 )
-from pamfr.transport.server import FrameHandler, MLLPServer, Peer, ServerLimits
+from pamfr.transport.connection import MLLPConnection, Peer
+from pamfr.transport.server import FrameHandler, MLLPServer, ServerLimits
 
 __all__ = [
     "CARRIAGE_RETURN",
@@ -33,6 +34,7 @@ __all__ = [
     "Frame",
     "FrameHandler",
     "MLLPClient",
+    "MLLPConnection",
     "MLLPConnectionClosed",
     "MLLPDecoder",
     "MLLPError",

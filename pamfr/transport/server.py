@@ -1,4 +1,5 @@
-"""A thin asyncio MLLP server around :class:`MLLPDecoder`."""
+"""A thin asyncio MLLP server: each accepted stream is an MLLPConnection (connection.py)
+whose frames are answered one by one, in order, by the FrameHandler."""
 
 from __future__ import annotations
 
@@ -11,27 +12,12 @@ from typing import Protocol
 
 from pamfr.metrics import Metrics
 from pamfr.transport.access import PeerFilter
-from pamfr.transport.codec import (
-    DiscardedBytes,
-    Frame,
-    MLLPDecoder,
-    OversizedFrame,
-    encode_frame,
-)
+from pamfr.transport.codec import Frame, OversizedFrame
+from pamfr.transport.connection import MLLPConnection, Peer, close_writer, peer_of
 
 logger = logging.getLogger(__name__)
 
-READ_SIZE = 64 * 1024
-_CLOSE_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+__all__ = ["FrameHandler", "MLLPServer", "Peer", "ServerLimits"]
 
 
 class FrameHandler(Protocol):
@@ -54,20 +40,11 @@ class ServerLimits:
 
 
 @dataclass(eq=False)
-class _Connection:
-    peer: Peer
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    handled: int = 0
-    reading: bool = False
-    discarded: int = 0  # bytes that belonged to no frame
-    discard_logged: bool = False
+class _Served:
+    """A connection being served, and how many of its frames were handled."""
 
-    def stop_reading(self) -> None:
-        """Make a pending read return what is already buffered, then EOF."""
-        # Pausing first guarantees the protocol will not feed data after our EOF.
-        self.writer.transport.pause_reading()
-        self.reader.feed_eof()
+    conn: MLLPConnection
+    handled: int = 0
 
 
 class _CloseConnection(Exception):
@@ -94,7 +71,7 @@ class MLLPServer:
         self._limits = limits if limits is not None else ServerLimits()
         self._ssl = ssl
         self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
+        self._connections: set[_Served] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._closed: asyncio.Event | None = None
@@ -148,9 +125,9 @@ class MLLPServer:
         self._server.close()
         # Let connections accepted in this very loop iteration start, so they are waited for.
         await asyncio.sleep(0)
-        for conn in self._connections:
-            if conn.reading:
-                conn.stop_reading()
+        for served in self._connections:
+            if served.conn.reading:
+                served.conn.stop_reading()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self._limits.shutdown_grace)
             if pending:
@@ -186,14 +163,14 @@ class MLLPServer:
             self._tasks.discard(task)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = _peer_of(writer)
+        peer = peer_of(writer)
         if self._stopping:
-            await _close_writer(writer)
+            await close_writer(writer)
             return
         if not self.peer_filter.allows(peer.host):
             logger.warning("connection from %s refused: address not in the allow-list", peer)
             self.metrics.connection_refused("allow_list")
-            await _close_writer(writer)
+            await close_writer(writer)
             return
         if len(self._connections) >= self._limits.max_connections:
             logger.warning(
@@ -203,34 +180,35 @@ class MLLPServer:
                 self._limits.max_connections,
             )
             self.metrics.connection_refused("max_connections")
-            await _close_writer(writer)
+            await close_writer(writer)
             return
-        conn = _Connection(peer, reader, writer)
-        self._connections.add(conn)
+        served = _Served(MLLPConnection(reader, writer, max_frame_size=self._limits.max_frame_size))
+        conn = served.conn
+        self._connections.add(served)
         logger.info("connection from %s opened", peer)
         try:
-            await self._serve(conn)
+            await self._serve(served)
         except _CloseConnection:
             pass
         except OSError as exc:
             logger.info("connection from %s lost: %s", peer, exc)
         except asyncio.CancelledError:
-            writer.transport.abort()
+            conn.abort()
             raise
         finally:
-            self._connections.discard(conn)
-            await _close_writer(writer)
+            self._connections.discard(served)
+            await conn.close()
             if conn.discarded:
                 logger.warning(
                     "connection from %s closed (%d messages handled, %d bytes discarded)",
                     peer,
-                    conn.handled,
+                    served.handled,
                     conn.discarded,
                 )
             else:
-                logger.info("connection from %s closed (%d messages handled)", peer, conn.handled)
+                logger.info("connection from %s closed (%d messages handled)", peer, served.handled)
 
-    async def _serve(self, conn: _Connection) -> None:
+    async def _serve(self, served: _Served) -> None:
         """Read, decode, answer each frame before reading on.
 
         Two clocks close a connection that makes no progress, whatever bytes it sends: no
@@ -239,61 +217,48 @@ class MLLPServer:
         start block does not restart the clock).
         """
         limits = self._limits
+        conn = served.conn
         loop = asyncio.get_running_loop()
-        decoder = MLLPDecoder(limits.max_frame_size)
         idle_deadline = loop.time() + limits.idle_timeout
         frame_deadline: float | None = None
         while not self._stopping:
-            conn.reading = True
             try:
                 deadline = idle_deadline if frame_deadline is None else frame_deadline
                 async with asyncio.timeout_at(deadline):
-                    data = await conn.reader.read(READ_SIZE)
+                    frames = await conn.read_frames()
             except TimeoutError:
                 if frame_deadline is not None:
                     logger.warning(
                         "%s: frame not finished within %.1fs (%d bytes buffered); closing",
                         conn.peer,
                         limits.frame_timeout,
-                        decoder.buffered,
+                        conn.buffered,
                     )
                 else:
                     logger.info("%s: no message for %.1fs; closing", conn.peer, limits.idle_timeout)
                 return
-            finally:
-                conn.reading = False
             arrived = time.perf_counter()
-            if not data:
-                if decoder.in_frame:
+            if frames is None:
+                if conn.in_frame:
                     logger.warning(
                         "%s: connection ended inside a frame (%d bytes dropped)",
                         conn.peer,
-                        decoder.buffered,
+                        conn.buffered,
                     )
                 return
-            completed = False
-            for event in decoder.feed(data):
-                if isinstance(event, DiscardedBytes):
-                    conn.discarded += event.count
-                    # One warning per connection: a peer sending junk must not flood the log.
-                    level = logging.DEBUG if conn.discard_logged else logging.WARNING
-                    conn.discard_logged = True
-                    logger.log(
-                        level, "%s: discarded %d bytes (%s)", conn.peer, event.count, event.reason
-                    )
-                else:
-                    completed = True
-                    await self._answer(conn, event, arrived)
+            for event in frames:
+                await self._answer(served, event, arrived)
+            completed = bool(frames)
             if completed:
                 idle_deadline = loop.time() + limits.idle_timeout
-            if not decoder.in_frame:
+            if not conn.in_frame:
                 frame_deadline = None
             elif frame_deadline is None or completed:
                 frame_deadline = loop.time() + limits.frame_timeout
 
-    async def _answer(
-        self, conn: _Connection, event: Frame | OversizedFrame, arrived: float
-    ) -> None:
+    async def _answer(self, served: _Served, event: Frame | OversizedFrame, arrived: float) -> None:
+        """One answer per frame: the handler's, written before the next frame is read."""
+        conn = served.conn
         try:
             if isinstance(event, Frame):
                 logger.debug("%s: frame of %d bytes", conn.peer, len(event.payload))
@@ -309,32 +274,16 @@ class MLLPServer:
         except Exception:
             logger.exception("%s: frame handler failed; closing this connection", conn.peer)
             raise _CloseConnection() from None
-        conn.handled += 1
+        served.handled += 1
         if answer is None:
             return
-        conn.writer.write(encode_frame(answer))
+        conn.write_frame(answer)
         self.metrics.ack_sent(arrived)
         try:
             async with asyncio.timeout(self._limits.idle_timeout):
-                await conn.writer.drain()
+                await conn.drain()
         except TimeoutError:
             logger.warning("%s: peer is not reading its answers; closing", conn.peer)
             # Do not wait for answers that will never be read to be flushed: drop them now.
-            conn.writer.transport.abort()
+            conn.abort()
             raise _CloseConnection() from None
-
-
-def _peer_of(writer: asyncio.StreamWriter) -> Peer:
-    peername = writer.get_extra_info("peername")
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        return Peer(str(peername[0]), int(peername[1]))
-    return Peer(str(peername or "unknown"), 0)
-
-
-async def _close_writer(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    try:
-        async with asyncio.timeout(_CLOSE_TIMEOUT):
-            await writer.wait_closed()
-    except (OSError, TimeoutError):
-        writer.transport.abort()

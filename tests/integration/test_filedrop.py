@@ -1,4 +1,4 @@
-"""Issue 4, the file-drop door, with real folders: settling, file formats, order, done/error
+"""The file-drop door, with real folders: settling, file formats, order, done/error
 and .ack files, unreadable files, a SIGKILL mid-file and a restart, `serve` with a watcher."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Issue 3 over real MLLP, against SQLite and PostgreSQL: each identity operation and IHE edge
-case, the history rows behind them, and the `pamfr patient show / history` contract."""
+"""The identity operations over real MLLP, against SQLite and PostgreSQL: each operation and
+IHE edge case, the history rows behind them, and the `pamfr patient show / history` contract."""
 
 from __future__ import annotations
 

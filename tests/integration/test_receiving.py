@@ -1,4 +1,4 @@
-"""Issue 2 behaviour over real sockets, against SQLite and PostgreSQL: ACKs, bad input,
+"""Receiving over real sockets, against SQLite and PostgreSQL: ACKs, bad input,
 duplicates, order per connection, the message log."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 4, replay: --local and --to a running `pamfr serve`, the summary, the JSON report,
+"""`pamfr replay`: --local and --to a running `pamfr serve`, the summary, the JSON report,
 --expect, --rewrite-control-ids, the exit codes; and `pamfr generate`."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Promise 5 (who may send) and the SIGHUP half of promise 6: the peer and sender allow-lists,
-reloaded with the log level while connections stay open."""
+"""Who may send: the peer and sender allow-lists, and their reload on SIGHUP (with the log
+level) while connections stay open."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Promise 1: an ACKed message is never lost, even when the daemon is killed (SIGKILL).
+"""An ACKed message is never lost, even when the daemon is killed (SIGKILL).
 
 Several GAM-like senders stream messages to `pamfr serve`; the test kills the daemon at random
 moments, restarts it on the same store, and the senders resend what was not ACKed (same

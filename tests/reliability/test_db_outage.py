@@ -1,4 +1,4 @@
-"""Promise 2, database outage: while several senders stream, the store goes away (PostgreSQL
+"""A database outage: while several senders stream, the store goes away (PostgreSQL
 refusing and killing connections, a SQLite file locked by another process, a full disk). The
 daemon never sends AA for a message that is not in the store afterwards, answers AR 207
 meanwhile (the GAM resends), keeps running and gives AA again by itself once the store is back.

@@ -1,4 +1,4 @@
-"""Promise 6 (graceful stop): SIGTERM while the database is stuck under load.
+"""Graceful stop: SIGTERM while the database is stuck under load.
 
 tests/integration/test_daemon.py::test_sigterm_answers_in_flight_and_loses_nothing covers
 SIGTERM under a normal load. Here the database holds the daemon's writer (a lock taken by the

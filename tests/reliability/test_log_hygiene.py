@@ -1,4 +1,4 @@
-"""Promise 7: at INFO, the daemon's log holds no patient data (names, birth dates, INS).
+"""At INFO, the daemon's log holds no patient data (names, birth dates, INS).
 
 A full session at the default level: creations, updates, a merge, a duplicate, messages
 refused for every kind of reason (bad INS key, bad date, unknown event, unreadable frame,

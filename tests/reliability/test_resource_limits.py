@@ -1,4 +1,4 @@
-"""Promise 4, resource limits: more connections than allowed, slow and idle ones holding their
+"""Resource limits: more connections than allowed, slow and idle ones holding their
 slot, a sender that never reads its ACKs. The daemon refuses the extra connections at once,
 closes the slow ones after frame_timeout and the silent or babbling ones after idle_timeout,
 keeps a well-behaved sender within its normal latency meanwhile, and stops reading from a

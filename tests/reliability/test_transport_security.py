@@ -1,4 +1,4 @@
-"""Promise 5 (transport): MLLP over TLS, mutual TLS, and settings checked at start.
+"""MLLP over TLS, mutual TLS, and settings checked at start.
 
 The test makes its own CA, server certificate (127.0.0.1) and client certificates, plus a
 second CA whose client certificate must not get in.

@@ -35,3 +35,24 @@ def test_err_text_decoded_in_the_acks_charset():
 @pytest.mark.parametrize("junk", [b"", b"not an ack", b"MSA|AA|1\r"])
 def test_what_is_not_an_ack_reads_as_no_answer(junk):
     assert ack_summary(junk) == ("", [])
+
+
+def test_an_ack_built_elsewhere_read_with_its_separators_and_escapes():
+    """Another receiver's ACK: '#' between fields, '$' between components, '/' to escape,
+    LF line ends; escape sequences in ERR-8 resolved with those separators."""
+    ack = (
+        b"MSH#$~/&#RCV#FAC#GAM#CHU-X#20240101##ACK$A28$ACK#A1#P#2.5\n"
+        b"MSA#AE#C1\n"
+        b"ERR##PID$1$3#101$Required field missing$HL70357#E####a/F/b/S/c/E/d\n"
+        b"ERR##PID$1$7$1#102#W\n"
+    )
+    assert ack_summary(ack) == ("AE", ["101 PID^1^3 a#b$c/d", "102 PID^1^7^1"])
+
+
+def test_commit_codes_of_enhanced_mode_and_crlf_line_ends_are_read_as_sent():
+    ack = b"MSH|^~\\&|RCV|FAC|GAM|CHU-X|20240101||ACK|A1|P|2.5\r\nMSA|CA|C1\r\n"
+    assert ack_summary(ack) == ("CA", [])
+
+
+def test_an_ack_without_msa_has_no_code():
+    assert ack_summary(b"MSH|^~\\&|RCV|FAC|GAM|CHU-X|20240101||ACK|A1|P|2.5\r") == ("", [])

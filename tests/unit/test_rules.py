@@ -402,7 +402,7 @@ def test_e1_a28_or_a31_without_birth_name_is_refused(birth_name):
 
 def test_e2_encounter_event_does_not_rewrite_a_known_identity():
     before = stored()
-    identity = pid(absent=True, birth_name="OTHER")  # the "A01 with PID-32 empty" of the issue
+    identity = pid(absent=True, birth_name="OTHER")  # an A01 with PID-32 empty
     decision = decide_identity(identity, before, Policy(rewrites_identity=False))
     assert decision.values == before
     assert warned(decision) == [Finding.ITI31_NOT_APPLIED]

@@ -1,8 +1,8 @@
-"""Promise 3, hostile input, where tests/fuzz is thin: adversarial MLLP streams (runs of start
-blocks, frames past the size limit, no end block) cut at random places, against a naive
-reference reading; then the whole daemon fed hostile streams over sockets (deep repetitions,
-invalid escapes, wrong charsets, binary), every complete frame answered, the daemon alive and
-its memory (with its parse workers) bounded; then a short atheris run when it is installed."""
+"""Hostile MLLP streams: adversarial streams (runs of start blocks, frames past the size
+limit, no end block) cut at random places, against a naive reference reading; then the whole
+daemon fed hostile streams over sockets (deep repetitions, invalid escapes, wrong charsets,
+binary), every complete frame answered, the daemon alive and its memory (with its parse
+workers) bounded; then a short atheris run when it is installed."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from pamfr.transport.codec import (
     OversizedFrame,
     encode_frame,
 )
+from tests.fuzz.mllp_reference import read_stream
 from tests.helpers import parse_ack, start_daemon
 from tests.reliability.common import rss_kb, tree_rss_kb
-from tests.reliability.mllp_reference import read_stream
 
 TRIED: dict[str, int] = {}
 HERE = Path(__file__).resolve().parent

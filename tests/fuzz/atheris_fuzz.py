@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing (atheris / libFuzzer) of the MLLP codec and of the parser and ACK
-builder behind it. Run by tests/reliability/test_hostile_input.py for ~20 s, or by hand:
+builder behind it. Run by tests/fuzz/test_hostile_streams.py for ~20 s, or by hand:
 
-    .venv/bin/python tests/reliability/atheris_fuzz.py CORPUS_DIR -max_total_time=600
+    .venv/bin/python tests/fuzz/atheris_fuzz.py CORPUS_DIR -max_total_time=600
 
 Input layout: byte 0 selects the target (even: one message straight to the parser; odd: an
 MLLP stream), byte 1 the read size the stream is cut in and the frame size limit.
@@ -19,7 +19,7 @@ with atheris.instrument_imports(include=["pamfr"]):
     from pamfr.hl7.prepare import prepare
     from pamfr.transport.codec import HEAD_KEPT, DiscardedBytes, Frame, MLLPDecoder
 
-from tests.reliability.mllp_reference import read_stream
+from tests.fuzz.mllp_reference import read_stream
 
 LIMITS = (16, 1000, 1024 * 1024)
 

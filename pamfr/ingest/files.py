@@ -9,7 +9,8 @@ import re
 
 from pamfr.transport.codec import DiscardedBytes, Frame, MLLPDecoder, OversizedFrame
 
-_LINE_START = re.compile(rb"(?:\A|(?<=[\r\n]))(MSH|FHS|BHS|BTS|FTS)")
+# A file may begin with a UTF-8 byte-order mark, which is not part of its first message.
+_LINE_START = re.compile(rb"(?:\A(?:\xef\xbb\xbf)?|(?<=[\r\n]))(MSH|FHS|BHS|BTS|FTS)")
 _BATCH_SEGMENTS = {b"FHS", b"BHS", b"BTS", b"FTS"}
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
@@ -30,7 +31,7 @@ def split_messages(data: bytes) -> list[bytes]:
             return [m for f in frames for m in _frame_messages(f)]
         if not any(isinstance(e, DiscardedBytes) for e in events):
             raise UnreadableFile("MLLP framing without any complete frame")
-    starts = [(m.start(), m.group(1)) for m in _LINE_START.finditer(data)]
+    starts = [(m.start(1), m.group(1)) for m in _LINE_START.finditer(data)]
     messages: list[bytes] = []
     for i, (pos, kind) in enumerate(starts):
         if kind in _BATCH_SEGMENTS:

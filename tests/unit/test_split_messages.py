@@ -65,3 +65,9 @@ def test_segments_of_a_message_split_at_any_line_end_blank_lines_dropped():
         "PID|c",
         "PV1|d",
     ]
+
+
+def test_a_file_that_begins_with_a_utf8_byte_order_mark_is_read_from_its_msh():
+    first = b"MSH|^~\\&|GAM|CHU|||20240101||ADT^A28|1|T|2.5|||||FRA|UNICODE UTF-8\rPID|1\r"
+    second = first.replace(b"|1|T|", b"|2|T|")
+    assert split_messages(b"\xef\xbb\xbf" + first + second) == [first.rstrip(), second.rstrip()]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.prefill import prefill
 from bench.reference import hl7apy_full_parse
-from pamfr.samples import generate_mix
+from pamfr.hl7.samples import generate_mix
 from pamfr.store.db import upgrade
 
 PG_ADMIN = os.environ.get("PAMFR_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

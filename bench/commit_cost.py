@@ -22,8 +22,8 @@ from sqlalchemy import event
 
 from bench.__main__ import drop_pg, fresh_db
 from pamfr.hl7.frame import Inbound
-from pamfr.receiver import Receiver
-from pamfr.samples import generate_mix
+from pamfr.hl7.samples import generate_mix
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from pamfr.receiver import Receiver
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine, upgrade
 from tests.feed import Feed
 from tests.helpers import pamfr_server

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pamfr.ingest.sender import send_messages
-from pamfr.pipeline import AsyncReceiver
-from pamfr.receiver import Receiver
+from pamfr.path.pipeline import AsyncReceiver
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine
 from pamfr.transport.server import MLLPServer, ServerLimits
 

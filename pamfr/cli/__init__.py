@@ -22,7 +22,7 @@ from pamfr.cli.common import (
     safe_url,
 )
 from pamfr.cli.tlsopts import client_tls, tls_options
-from pamfr.logsetup import setup_logging
+from pamfr.service.logsetup import setup_logging
 
 
 @click.group(cls=PamfrGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,8 +95,8 @@ def serve(
     }
     settings = obj.settings(**overrides)
     setup_logging(settings.logging.level, settings.logging.format)
-    from pamfr.config import load_settings
-    from pamfr.daemon import run_daemon
+    from pamfr.service.config import load_settings
+    from pamfr.service.daemon import run_daemon
     from pamfr.store.db import database_url
 
     def reload():  # SIGHUP: the same sources again; the flags above still win

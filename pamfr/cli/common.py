@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pamfr.config import ConfigError, Settings, load_settings
+from pamfr.service.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("pamfr")
 

@@ -23,9 +23,9 @@ from pamfr.cli.common import (
     safe_url,
 )
 from pamfr.cli.tlsopts import client_tls, tls_options
-from pamfr.config import Settings
 from pamfr.hl7.frame import Door
-from pamfr.logsetup import setup_logging
+from pamfr.service.config import Settings
+from pamfr.service.logsetup import setup_logging
 
 log = logging.getLogger("pamfr.watch")
 
@@ -89,9 +89,9 @@ def watch(
 
 
 async def _watch(settings: Settings, once: bool) -> int:
-    from pamfr.assemble import build_receiver
     from pamfr.ingest.filedrop import FileDropWatcher
-    from pamfr.pipeline import AsyncReceiver
+    from pamfr.path.assemble import build_receiver
+    from pamfr.path.pipeline import AsyncReceiver
 
     if settings.database.migrate_on_start:
         from pamfr.store.db import upgrade
@@ -245,7 +245,7 @@ def replay(
     started = time.perf_counter()
     try:
         if engine is not None:
-            from pamfr.assemble import build_receiver
+            from pamfr.path.assemble import build_receiver
 
             receiver = build_receiver(engine, settings)
             batch = settings.receiver.batch_max
@@ -313,7 +313,7 @@ def generate(count: int, out: Path, seed: int, per_file: int, prefix: str) -> No
     `pamfr replay` or a watched folder. Same seed and prefix, same set. Existing files are
     never overwritten.
     """
-    from pamfr.samples import generate_mix
+    from pamfr.hl7.samples import generate_mix
 
     out.mkdir(parents=True, exist_ok=True)
     files = (count + per_file - 1) // per_file

@@ -11,8 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from pamfr.cli.common import Context, db_option, open_engine, safe_url
-from pamfr.config import Settings
-from pamfr.logsetup import setup_logging
+from pamfr.service.config import Settings
+from pamfr.service.logsetup import setup_logging
 
 
 class Refused(click.ClickException):
@@ -91,9 +91,9 @@ def reprocess(
     settings = obj.settings(**{"database.url": db_url})
     moment = _since(since)
     setup_logging(settings.logging.level if not dry_run else "warning", settings.logging.format)
-    from pamfr.receiver import Receiver
-    from pamfr.reprocess import candidates
-    from pamfr.reprocess import reprocess as run
+    from pamfr.path.receiver import Receiver
+    from pamfr.path.reprocess import candidates
+    from pamfr.path.reprocess import reprocess as run
 
     with _store(settings) as engine:
         with engine.connect() as conn:

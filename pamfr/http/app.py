@@ -14,8 +14,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pamfr.health import Health
-from pamfr.metrics import Metrics
+from pamfr.service.health import Health
+from pamfr.service.metrics import Metrics
 
 
 def build_app(health: Health, metrics: Metrics) -> Starlette:

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from pamfr.config import FiledropSettings
 from pamfr.hl7.frame import Door, Inbound, Outcome
 from pamfr.ingest.files import UnreadableFile, incomplete_reason, split_messages
-from pamfr.metrics import Metrics
+from pamfr.service.config import FiledropSettings
+from pamfr.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from pamfr.ingest.messagesets import (
 from pamfr.ingest.messagesets import header_facts as _header_facts
 from pamfr.ingest.report import NO_ACK, NOT_SENT, MessageResult, Progress, Tally
 from pamfr.ingest.sender import ack_summary, to_cr_segments
-from pamfr.pipeline import AsyncReceiver
-from pamfr.receiver import Receiver
+from pamfr.path.pipeline import AsyncReceiver
+from pamfr.path.receiver import Receiver
 from pamfr.transport.client import MLLPClient, MLLPError
 
 log = logging.getLogger(__name__)

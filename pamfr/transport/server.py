@@ -10,14 +10,29 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from pamfr.metrics import Metrics
 from pamfr.transport.access import PeerFilter
 from pamfr.transport.codec import Frame, OversizedFrame
 from pamfr.transport.connection import MLLPConnection, Peer, close_writer, peer_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FrameHandler", "MLLPServer", "Peer", "ServerLimits"]
+__all__ = ["FrameHandler", "MLLPServer", "Peer", "ServerCounters", "ServerLimits"]
+
+
+class ServerCounters(Protocol):
+    """What the server reports (pamfr.service.metrics.Metrics implements it)."""
+
+    def connection_refused(self, reason: str) -> None: ...
+
+    def ack_sent(self, arrived: float) -> None: ...
+
+
+class _NotCounted:
+    def connection_refused(self, reason: str) -> None:
+        pass
+
+    def ack_sent(self, arrived: float) -> None:
+        pass
 
 
 class FrameHandler(Protocol):
@@ -60,10 +75,10 @@ class MLLPServer:
         limits: ServerLimits | None = None,
         ssl: ssl_module.SSLContext | None = None,
         peer_filter: PeerFilter | None = None,
-        metrics: Metrics | None = None,
+        metrics: ServerCounters | None = None,
     ) -> None:
         self._handler = handler
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics: ServerCounters = metrics if metrics is not None else _NotCounted()
         # Replaced as a whole on a configuration reload; read at each new connection.
         self.peer_filter = peer_filter or PeerFilter()
         self._host = host

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from pamfr.hl7.frame import Inbound
 from pamfr.hl7.prepare import prepare
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from pamfr.transport.client import MLLPClient

@@ -19,7 +19,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.transport.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     HEAD_KEPT,

@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import select
 
 from pamfr.hl7.frame import Inbound, Outcome, Prepared
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, message, nir_with_key
+from pamfr.hl7.samples import Person, message, nir_with_key
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.readside import all_patient_ids, patient_history, patient_view
 from pamfr.store.schema import identifier

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from pamfr.cli import main
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.store.db import current_revision
 from tests.conftest import _fresh_pg_schema
 from tests.helpers import run_cli, start_daemon
@@ -176,7 +176,7 @@ def test_patient_find_refuses_what_is_not_a_date(sqlite_url, receiver_on_sqlite)
 
 @pytest.fixture
 def receiver_on_sqlite(sqlite_url):
-    from pamfr.receiver import Receiver
+    from pamfr.path.receiver import Receiver
     from pamfr.store.db import make_engine
 
     engine = make_engine(sqlite_url)

@@ -14,7 +14,7 @@ from collections import Counter
 
 from sqlalchemy import func, select
 
-from pamfr.samples import Person, message, nir_with_key
+from pamfr.hl7.samples import Person, message, nir_with_key
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.readside import all_patient_ids, patient_history, patient_view
 from pamfr.store.schema import history, identifier, patient

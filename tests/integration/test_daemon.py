@@ -7,7 +7,7 @@ import signal
 
 from sqlalchemy import create_engine, func, select, text
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from pamfr.store.schema import patient

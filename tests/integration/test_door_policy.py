@@ -1,5 +1,5 @@
 """The file door applies the operator's policy the same way under `pamfr watch` and under
-`pamfr serve`: both build their receiver in one place (pamfr/assemble.py)."""
+`pamfr serve`: both build their receiver in one place (pamfr/path/assemble.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from tests.helpers import run_cli, start_daemon

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from pamfr.config import FiledropSettings
+from pamfr.hl7.samples import Person, generate_mix, message
 from pamfr.ingest.expected import compare_state, store_state
 from pamfr.ingest.filedrop import FileDropWatcher, FileResult
 from pamfr.ingest.replay import replay_local
-from pamfr.pipeline import AsyncReceiver
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, generate_mix, message
+from pamfr.path.pipeline import AsyncReceiver
+from pamfr.path.receiver import Receiver
+from pamfr.service.config import FiledropSettings
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.readside import Selector, patient_view, select_patient_ids
 from pamfr.store.schema import history

@@ -18,7 +18,7 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from tests.integration.test_filedrop import log_rows, running_watcher, wait_for
 

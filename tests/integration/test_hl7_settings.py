@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from tests.helpers import send, show_json, start_daemon
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from pamfr.samples import Person, message, nir_with_key
+from pamfr.hl7.samples import Person, message, nir_with_key
 from pamfr.store.db import make_engine
 from pamfr.store.schema import history as patient_history
 from pamfr.store.schema import message as message_table

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pamfr.samples import Person, nir_with_key
+from pamfr.hl7.samples import Person, nir_with_key
 from tests.feed import ipp, msg, with_pid
 from tests.helpers import Ack
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import insert, update
 
 from pamfr.cli import main
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.store.schema import message as message_table
 
 AT = {  # received_at of the rows, by control id

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from pamfr.config import FiledropSettings
+from pamfr.hl7.samples import Person, message
 from pamfr.ingest.filedrop import FileDropWatcher
-from pamfr.metrics import Metrics
-from pamfr.pipeline import AsyncReceiver
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, message
+from pamfr.path.pipeline import AsyncReceiver
+from pamfr.path.receiver import Receiver
+from pamfr.service.config import FiledropSettings
+from pamfr.service.metrics import Metrics
 from pamfr.store.db import make_engine
 
 

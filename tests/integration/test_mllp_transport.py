@@ -445,11 +445,14 @@ def test_tls_round_trip(tmp_path: Path) -> None:
 
 
 def test_refused_connections_and_acks_are_counted_and_the_listener_says_when_it_accepts() -> None:
+    from pamfr.service.metrics import Metrics
     from pamfr.transport.access import PeerFilter
 
     async def scenario() -> None:
         handler = RecordingHandler()
-        server = MLLPServer(handler, port=0, limits=ServerLimits(max_connections=1))
+        server = MLLPServer(
+            handler, port=0, limits=ServerLimits(max_connections=1), metrics=Metrics()
+        )
         assert not server.accepting  # not started
         await server.start()
         assert server.accepting

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from pamfr.hl7.frame import Inbound
-from pamfr.parse_workers import ParseWorkers, WorkerDied
-from pamfr.pipeline import AsyncReceiver
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
+from pamfr.path.parse_workers import ParseWorkers, WorkerDied
+from pamfr.path.pipeline import AsyncReceiver
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine
 from tests.helpers import process_alive
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from sqlalchemy import func, select, text
 
 from pamfr.hl7.frame import Inbound
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.schema import history, identifier, patient
 from pamfr.store.schema import message as message_table

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from pamfr.cli import main
+from pamfr.hl7.samples import Person, message
 from pamfr.ingest.expected import store_state
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, message
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine
 from tests.conftest import REPO
 

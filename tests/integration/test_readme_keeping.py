@@ -11,8 +11,8 @@ import uuid
 
 from sqlalchemy import create_engine, func, select, text
 
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.schema import message as message_table
 from tests.conftest import PG_ADMIN_URL, REPO

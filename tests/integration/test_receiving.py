@@ -7,7 +7,7 @@ import asyncio
 
 from sqlalchemy import func, select
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.store.schema import message as message_table
 from pamfr.store.schema import patient
 from pamfr.transport.client import MLLPClient

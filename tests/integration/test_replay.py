@@ -17,8 +17,8 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from pamfr.cli import main
+from pamfr.hl7.samples import Person, message
 from pamfr.ingest.messagesets import rewrite_control_id
-from pamfr.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from tests.helpers import run_cli

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
+from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine
 from pamfr.store.messagelog import LoggedMessage, insert_messages
 from pamfr.store.retention import purge_raw

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
-from pamfr.daemon import purge_old_raw
 from pamfr.hl7.frame import Inbound
-from pamfr.metrics import Metrics
-from pamfr.receiver import Receiver
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
+from pamfr.path.receiver import Receiver
+from pamfr.service.daemon import purge_old_raw
+from pamfr.service.metrics import Metrics
 from pamfr.store.db import make_engine
 from pamfr.store.schema import history, patient
 from pamfr.store.schema import message as message_table

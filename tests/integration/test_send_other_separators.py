@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from tests.helpers import pamfr_server, run_cli
 
 

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from tests.conftest import PUBLIC_CORPUS, REPO
 from tests.helpers import send, start_daemon
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import create_engine, select, text
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.schema import identifier
 from pamfr.store.schema import message as message_table

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from pamfr.transport.client import MLLPConnectionClosed
@@ -153,9 +153,9 @@ def test_sender_allow_list_ar_207_then_sighup_on_the_same_connection(sqlite_url,
     finally:
         _stop(daemon)
     log = daemon.log()
-    assert "INFO pamfr.reload: configuration reloaded" in lines["allow"]
+    assert "INFO pamfr.service.reload: configuration reloaded" in lines["allow"]
     assert "server.allowed_senders: [GAM|CHU-X] -> [GAM|CHU-X, OTHER|*]" in lines["allow"]
-    assert "ERROR pamfr.reload: configuration not reloaded" in lines["invalid"]
+    assert "ERROR pamfr.service.reload: configuration not reloaded" in lines["invalid"]
     assert "server.allowed_peers" in lines["invalid"]
     assert "logging.level: info -> debug" in lines["debug"]
     assert "server.max_connections changed, applied at the next restart only" in log

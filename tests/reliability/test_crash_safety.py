@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import select, text
 
-from pamfr.samples import generate_mix
+from pamfr.hl7.samples import generate_mix
 from pamfr.store.db import make_engine
 from pamfr.store.readside import all_patient_ids, patient_history, patient_view
 from pamfr.store.schema import history

@@ -16,7 +16,7 @@ import time
 
 from sqlalchemy import func, select, text
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.readside import all_patient_ids, patient_history, patient_view
 from pamfr.store.schema import message as message_table

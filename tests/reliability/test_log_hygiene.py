@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from sqlalchemy import select
 
-from pamfr.samples import Person, message, nir_with_key
+from pamfr.hl7.samples import Person, message, nir_with_key
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from tests.helpers import parse_ack

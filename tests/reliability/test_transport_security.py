@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pamfr.samples import Person, message
+from pamfr.hl7.samples import Person, message
 from pamfr.transport.access import client_tls_context
 from pamfr.transport.client import MLLPError
 from tests.helpers import parse_ack, run_cli, stored_outcomes

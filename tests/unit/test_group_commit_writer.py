@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pamfr.pipeline import GroupCommitWriter
+from pamfr.path.pipeline import GroupCommitWriter
 
 SAFETY = 10.0  # a hung test fails instead of hanging; no assertion depends on it
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pamfr.config import FiledropSettings
 from pamfr.ingest.filedrop import Inbox
+from pamfr.service.config import FiledropSettings
 
 QUIET = 2.0
 

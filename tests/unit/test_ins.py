@@ -7,10 +7,10 @@ import pytest
 from pamfr.hl7.er7 import read_header
 from pamfr.hl7.errors import MessageRejected
 from pamfr.hl7.parse import decode, parse_adt
+from pamfr.hl7.samples import msh
 from pamfr.identity.ins import InsKind, InvalidIns, check_ins, nir_key
 from pamfr.identity.model import Status
 from pamfr.identity.rules import Decision, Policy, decide_identity
-from pamfr.samples import msh
 
 NIR_OID = "1.2.250.1.213.1.4.8"
 NIA_OID = "1.2.250.1.213.1.4.9"

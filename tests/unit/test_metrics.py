@@ -6,10 +6,10 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from pamfr.cli.status import Samples, render, summary
-from pamfr.health import Check, Readiness
 from pamfr.hl7.errors import Problem
 from pamfr.hl7.frame import Outcome
-from pamfr.metrics import Metrics, event_label
+from pamfr.service.health import Check, Readiness
+from pamfr.service.metrics import Metrics, event_label
 
 
 def _outcome(code: str, event: str, *problems: Problem) -> Outcome:

@@ -10,10 +10,10 @@ from pamfr.hl7.er7 import read_header
 from pamfr.hl7.errors import MessageRejected
 from pamfr.hl7.events import Operation
 from pamfr.hl7.parse import AdtMessage, decode, parse_adt
+from pamfr.hl7.samples import STRUCTURES, msh, nir_with_key
 from pamfr.identity.model import KEEP, BirthDate, Identifier, StatedIns
 from pamfr.identity.rules import choose_ins
 from pamfr.identity.status import read_status
-from pamfr.samples import STRUCTURES, msh, nir_with_key
 
 IPP = "IPP1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
 INS = nir_with_key("2790351215189")  # the ANS test identity, key 89

@@ -1,7 +1,7 @@
 """`pamfr serve`: the MLLP server (and the file-drop watcher when configured) until a signal.
 
 SIGTERM/SIGINT: stop accepting, answer the messages already received, exit 0 within
-[server] shutdown_grace. SIGHUP: reload the allow-lists and the log level (pamfr.reload).
+[server] shutdown_grace. SIGHUP: reload the allow-lists and the log level (pamfr.service.reload).
 With [http] listen, an HTTP port in the same event loop answers /healthz, /readyz, /metrics.
 """
 
@@ -18,20 +18,20 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from pamfr.assemble import build_receiver
-from pamfr.config import Settings, split_listen
-from pamfr.health import Health
 from pamfr.ingest.filedrop import FileDropWatcher
-from pamfr.metrics import Metrics, watch_daemon
-from pamfr.pipeline import AsyncReceiver
-from pamfr.reload import Reloader
-from pamfr.sdnotify import notify
-from pamfr.security import SecurityConfigError, describe_access, listener_tls, peer_filter
+from pamfr.path.assemble import build_receiver
+from pamfr.path.pipeline import AsyncReceiver
+from pamfr.service.config import Settings, split_listen
+from pamfr.service.health import Health
+from pamfr.service.metrics import Metrics, watch_daemon
+from pamfr.service.reload import Reloader
+from pamfr.service.sdnotify import notify
+from pamfr.service.security import SecurityConfigError, describe_access, listener_tls, peer_filter
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.retention import PurgeResult, purge_raw
 from pamfr.transport.server import MLLPServer, ServerLimits
 
-log = logging.getLogger("pamfr.daemon")
+log = logging.getLogger("pamfr.service.daemon")
 
 # Left to the writer to finish its transaction once the grace period is over.
 _WRITER_MIN_WAIT = 0.5

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, and_, exists, select
 from sqlalchemy.orm import aliased
 
 from pamfr.hl7.frame import Door, Inbound
-from pamfr.receiver import Receiver
+from pamfr.path.receiver import Receiver
 from pamfr.store.schema import message
 
 _later = aliased(message)

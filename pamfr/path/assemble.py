@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import Engine
 
-from pamfr.config import Settings
-from pamfr.receiver import Receiver
+from pamfr.path.receiver import Receiver
+from pamfr.service.config import Settings
 
 
 def build_receiver(engine: Engine, settings: Settings) -> Receiver:

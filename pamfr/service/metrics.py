@@ -21,7 +21,7 @@ from pamfr.hl7.events import SUPPORTED_EVENTS
 if TYPE_CHECKING:
     from pamfr.hl7.frame import Outcome
     from pamfr.ingest.filedrop import FileDropWatcher
-    from pamfr.pipeline import AsyncReceiver
+    from pamfr.path.pipeline import AsyncReceiver
     from pamfr.transport.server import MLLPServer
 
 # Seconds; an ACK slower than 30 s is already past most GAMs' timeout.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from pamfr.config import ServerSettings
+from pamfr.service.config import ServerSettings
 from pamfr.transport.access import PeerFilter, server_tls_context
 
 _CERTIFICATE = b"-----BEGIN CERTIFICATE-----"

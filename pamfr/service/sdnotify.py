@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 
-log = logging.getLogger("pamfr.daemon")
+log = logging.getLogger("pamfr.service.daemon")
 
 
 def notify(state: str) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from pamfr.pipeline import AsyncReceiver
+from pamfr.path.pipeline import AsyncReceiver
 from pamfr.store.db import brief_error
 from pamfr.transport.server import MLLPServer
 

@@ -12,13 +12,13 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pamfr.config import Settings
-from pamfr.logsetup import set_level
-from pamfr.receiver import Receiver
+from pamfr.path.receiver import Receiver
+from pamfr.service.config import Settings
+from pamfr.service.logsetup import set_level
 from pamfr.transport.access import PeerFilter
 from pamfr.transport.server import MLLPServer
 
-log = logging.getLogger("pamfr.reload")
+log = logging.getLogger("pamfr.service.reload")
 
 RELOADABLE = ("server.allowed_peers", "server.allowed_senders", "logging.level")
 _SECTIONS = ("server", "database", "receiver", "filedrop", "logging", "retention")

@@ -1,24 +1,39 @@
-"""The routes of the HTTP port: /healthz, /readyz, /metrics.
+"""The routes of the HTTP port: /healthz, /readyz, /metrics, and /fhir (pamfr/http/fhir.py).
 
-Their answers carry no patient data: readiness says which part is down and why (no SQL, no
-values), the metrics only counts. Query strings are ignored and never logged.
+The first three carry no patient data: readiness says which part is down and why (no SQL, no
+values), the metrics only counts. /fhir serves patient data, behind the access guard
+(pamfr/http/access.py). Query strings are never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import Engine
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
+from pamfr.http.access import AccessGuard
 from pamfr.service.health import Health
 from pamfr.service.metrics import Metrics
 
 
-def build_app(health: Health, metrics: Metrics) -> Starlette:
+def build_app(
+    health: Health | None,
+    metrics: Metrics | None,
+    *,
+    fhir_engine: Engine | None = None,
+    tokens: Mapping[str, str] | None = None,
+) -> Starlette:
+    """The port's application: /healthz always; /readyz and /metrics with the daemon's
+    health and metrics; /fhir when given a read engine (make_read_engine). `tokens` (name:
+    token) guard the data routes."""
+
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -36,10 +51,12 @@ def build_app(health: Health, metrics: Metrics) -> Starlette:
             metrics.ins_collisions = None
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", prometheus, methods=["GET"]),
-        ]
-    )
+    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
+    if health is not None and metrics is not None:
+        routes.append(Route("/readyz", readyz, methods=["GET"]))
+        routes.append(Route("/metrics", prometheus, methods=["GET"]))
+    if fhir_engine is not None:
+        from pamfr.http.fhir import fhir_routes
+
+        routes.append(Mount("/fhir", routes=fhir_routes(fhir_engine)))
+    return Starlette(routes=routes, middleware=[Middleware(AccessGuard, tokens=tokens)])

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Iterator
 
 import uvicorn
@@ -24,7 +25,9 @@ class _Server(uvicorn.Server):
 class HttpServer:
     """Binds HOST:PORT itself (a bind error is the daemon's to report), then serves `app`."""
 
-    def __init__(self, app: Starlette, host: str, port: int) -> None:
+    def __init__(
+        self, app: Starlette, host: str, port: int, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.host = host
         self.port = port
         config = uvicorn.Config(
@@ -35,6 +38,8 @@ class HttpServer:
             server_header=False,
             timeout_graceful_shutdown=5,
         )
+        config.load()
+        config.ssl = tls  # pamfr's own context (pamfr.service.security.listener_tls), as for MLLP
         self._server = _Server(config)
         self._socket: socket.socket | None = None
         self._task: asyncio.Task | None = None

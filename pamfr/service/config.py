@@ -7,6 +7,7 @@ PAMFR_DATABASE_URL, PAMFR_SERVER_PORT), the TOML file (--config or PAMFR_CONFIG)
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,11 +137,25 @@ def split_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TOKEN_MIN_LENGTH = 16
+
+
 class HttpSettings(_Section):
-    # "HOST:PORT" of the HTTP port (/healthz, /readyz, /metrics); empty: no HTTP port.
+    # "HOST:PORT" of the HTTP port (/healthz, /readyz, /metrics, /fhir); empty: no HTTP port.
     listen: str = ""
     # Seconds the database has to answer a readiness check or a scrape's identity counts.
     check_timeout: float = Field(2.0, gt=0)
+    # The FHIR read API of the stored identities under /fhir (patient data): off by default.
+    fhir: bool = False
+    # Read-only bearer tokens of the data routes (/fhir), by name: {name = token}. Empty: no
+    # token asked (loopback only). The name is logged, never the token.
+    tokens: dict[str, str] = {}
+    # TLS of the HTTP port (PEM files); with tls_client_ca, a client certificate signed by it
+    # is required. A listen address other than the loopback needs TLS and tokens (or the CA).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
     @field_validator("listen")
     @classmethod
@@ -148,6 +163,39 @@ class HttpSettings(_Section):
         if value.strip():
             split_listen(value)
         return value.strip()
+
+    @field_validator("tokens")
+    @classmethod
+    def _named_tokens(cls, value: dict[str, str]) -> dict[str, str]:
+        seen: set[str] = set()
+        for name, token in value.items():
+            if not TOKEN_NAME.fullmatch(name):
+                raise ValueError(
+                    f"token name {name!r}: letters, digits, '_', '.', '-' (64 at most)"
+                )
+            token = token.strip()
+            if len(token) < TOKEN_MIN_LENGTH or any(c.isspace() for c in token):
+                raise ValueError(
+                    f"token {name!r}: at least {TOKEN_MIN_LENGTH} characters, no spaces "
+                    "(for example: openssl rand -hex 32)"
+                )
+            if token in seen:
+                raise ValueError(f"token {name!r}: the same token under two names")
+            seen.add(token)
+        return {name: token.strip() for name, token in value.items()}
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> HttpSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (client certificates) needs tls_cert and tls_key")
+        return self
 
 
 class LoggingSettings(_Section):

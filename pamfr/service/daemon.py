@@ -27,7 +27,7 @@ from pamfr.service.metrics import Metrics, watch_daemon
 from pamfr.service.reload import Reloader
 from pamfr.service.sdnotify import notify
 from pamfr.service.security import SecurityConfigError, describe_access, listener_tls, peer_filter
-from pamfr.store.db import make_engine, upgrade
+from pamfr.store.db import make_engine, make_read_engine, upgrade
 from pamfr.store.retention import PurgeResult, purge_raw
 from pamfr.transport.server import MLLPServer, ServerLimits
 
@@ -58,8 +58,13 @@ async def run_daemon(
     s = settings.server
     try:
         tls = listener_tls(s)
+        http_tls = listener_tls(settings.http, "http")
     except SecurityConfigError as exc:
         log.error("cannot start: %s", exc)
+        return 2
+    refused = http_refusal(settings, http_tls)
+    if refused:
+        log.error("cannot start: %s", refused)
         return 2
     db = settings.database
     url = db.url
@@ -98,19 +103,29 @@ async def run_daemon(
     health = Health(server, handler, engine, settings.http.check_timeout)
     await handler.start()
     http = None
+    fhir_engine = None
     if settings.http.listen:  # up first: /readyz says 503 until the listener accepts
         from pamfr.http.app import build_app
         from pamfr.http.server import HttpServer
 
         watch_daemon(metrics, server, handler, watcher)
-        http = HttpServer(build_app(health, metrics), *split_listen(settings.http.listen))
+        if settings.http.fhir:  # its own read-only engine: a read never takes the write lock
+            fhir_engine = make_read_engine(url, busy_timeout=db.sqlite_busy_timeout)
+        app = build_app(health, metrics, fhir_engine=fhir_engine, tokens=settings.http.tokens)
+        http = HttpServer(app, *split_listen(settings.http.listen), tls=http_tls)
         try:
             await http.start()
         except OSError as exc:
             log.error("cannot listen on %s (http.listen): %s", settings.http.listen, exc)
             handler.close()
             return 2
-        log.info("HTTP port on %s:%d (/healthz, /readyz, /metrics)", http.host, http.port)
+        log.info(
+            "HTTP port on %s:%d (/healthz, /readyz, /metrics%s)%s",
+            http.host,
+            http.port,
+            ", /fhir" if fhir_engine is not None else "",
+            " over TLS" if http_tls is not None else "",
+        )
     try:
         await server.start()
     except OSError as exc:
@@ -149,10 +164,25 @@ async def run_daemon(
     clean = await _close_writer(handler, deadline)
     if http is not None:
         await http.close()
+    if fhir_engine is not None:
+        fhir_engine.dispose()
     if clean:
         engine.dispose()
     log.info("stopped")
     return 0
+
+
+def http_refusal(settings: Settings, tls: object | None) -> str | None:
+    """Why the HTTP port may not serve patient data as configured (one line), or None."""
+    h = settings.http
+    if not h.listen or not h.fhir:
+        return None
+    from pamfr.http.access import check_exposure
+
+    host, _ = split_listen(h.listen)
+    return check_exposure(
+        host, tls=tls is not None, tokens=h.tokens, client_ca=bool(h.tls_client_ca)
+    )
 
 
 def purge_old_raw(engine: Engine, days: int, metrics: Metrics | None = None) -> PurgeResult | None:

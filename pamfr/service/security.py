@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from pamfr.service.config import ServerSettings
+from pamfr.service.config import HttpSettings, ServerSettings
 from pamfr.transport.access import PeerFilter, server_tls_context
 
 _CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
@@ -24,40 +24,41 @@ def _read_pem(key: str, path: str, marker: bytes, what: str) -> None:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise SecurityConfigError(
-            f"server.{key}: cannot read {path}: {exc.strerror or exc}"
-        ) from None
+        raise SecurityConfigError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
     if marker not in data:
-        raise SecurityConfigError(f"server.{key}: {path} holds no PEM {what}")
+        raise SecurityConfigError(f"{key}: {path} holds no PEM {what}")
 
 
-def listener_tls(server: ServerSettings) -> ssl.SSLContext | None:
-    """The TLS context of the listener, None for plain TCP; SecurityConfigError when a file is
-    missing, unreadable or does not match."""
+def listener_tls(
+    server: ServerSettings | HttpSettings, section: str = "server"
+) -> ssl.SSLContext | None:
+    """The TLS context of the listener ([server], or [http] with section="http"), None for
+    plain TCP; SecurityConfigError when a file is missing, unreadable or does not match."""
     if not server.tls_cert or not server.tls_key:
         return None
-    _read_pem("tls_cert", server.tls_cert, _CERTIFICATE, "certificate")
-    _read_pem("tls_key", server.tls_key, _PRIVATE_KEY, "private key")
+    _read_pem(f"{section}.tls_cert", server.tls_cert, _CERTIFICATE, "certificate")
+    _read_pem(f"{section}.tls_key", server.tls_key, _PRIVATE_KEY, "private key")
     if b"ENCRYPTED" in Path(server.tls_key).read_bytes():
         # OpenSSL would ask for the pass phrase on a terminal the daemon does not have.
         raise SecurityConfigError(
-            f"server.tls_key: {server.tls_key} is encrypted; give an unencrypted key "
+            f"{section}.tls_key: {server.tls_key} is encrypted; give an unencrypted key "
             "readable by the pamfr user only"
         )
     if server.tls_client_ca:
-        _read_pem("tls_client_ca", server.tls_client_ca, _CERTIFICATE, "CA certificate")
+        ca_key = f"{section}.tls_client_ca"
+        _read_pem(ca_key, server.tls_client_ca, _CERTIFICATE, "CA certificate")
         try:
             ssl.create_default_context(cafile=server.tls_client_ca)
         except ssl.SSLError as exc:
             raise SecurityConfigError(
-                f"server.tls_client_ca: cannot load {server.tls_client_ca}: {exc}"
+                f"{ca_key}: cannot load {server.tls_client_ca}: {exc}"
             ) from None
     try:
         return server_tls_context(server.tls_cert, server.tls_key, server.tls_client_ca)
     except ssl.SSLError as exc:
         raise SecurityConfigError(
-            f"server.tls_cert / server.tls_key: {server.tls_cert} and {server.tls_key} do not "
-            f"load as a certificate and its private key: {exc}"
+            f"{section}.tls_cert / {section}.tls_key: {server.tls_cert} and {server.tls_key} "
+            f"do not load as a certificate and its private key: {exc}"
         ) from None
 
 

@@ -132,6 +132,35 @@ def make_engine(
     return engine
 
 
+def make_read_engine(url: str, *, busy_timeout: float | None = None) -> Engine:
+    """An engine for the read side of a running store (the HTTP read API): never the write
+    lock. SQLite: the file opened read-only (it must exist: DatabaseMissing), each transaction
+    a deferred BEGIN, so one request reads one snapshot while the writer goes on in WAL.
+    PostgreSQL: an engine like make_engine's; fhirquery.reading() makes its transactions
+    read-only snapshots."""
+    parsed = database_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return make_engine(url)
+    if busy_timeout is None:
+        busy_timeout = float(parsed.query.get("timeout", SQLITE_BUSY_TIMEOUT))
+    busy_timeout_ms = int(busy_timeout * 1000)
+    engine = _read_only_sqlite(parsed, busy_timeout)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's events drive BEGIN
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute("PRAGMA query_only=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:
+        conn.exec_driver_sql("BEGIN")  # deferred: a read snapshot, no lock taken up front
+
+    return engine
+
+
 def _read_only_sqlite(parsed: URL, busy_timeout: float) -> Engine:
     database = parsed.database or ""
     if database in ("", ":memory:") or database.startswith("file:"):

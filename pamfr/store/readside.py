@@ -6,6 +6,7 @@ The JSON shape is a contract that tests and other tools rely on (see README).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -74,6 +75,13 @@ def patient_view(conn: Connection, patient_id: int) -> dict:
         }
         for i in idents
     ]
+    return view_of(row, identifiers, linked_patient_ids(conn, patient_id))
+
+
+def view_of(row: Mapping, identifiers: list[dict], links: list[int]) -> dict:
+    """The view of a patient row (the columns of `patient`) with its identifiers
+    ({value, type, authority, oid}) and linked patients: patient_view's shape."""
+    identifiers = list(identifiers)
     ins = None
     if row["ins_value"]:
         kind = INS_OIDS.get(row["ins_oid"])
@@ -111,7 +119,7 @@ def patient_view(conn: Connection, patient_id: int) -> dict:
         "identity_mode": row["identity_mode"],
         "insi_query_date": row["insi_query_date"],
         "identity_document": row["identity_document"],
-        "links": linked_patient_ids(conn, patient_id),
+        "links": links,
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
     }

@@ -43,8 +43,10 @@ def pamfr_args(line: str) -> list[str] | None:
     """The arguments of `pamfr` the line runs ([optional] parts included); None for the lines
     another test runs."""
     words = shlex.split(line)
-    if words[0] in ("./test.sh", "pg_dump", "pg_restore"):
-        return None  # ./test.sh runs this test; test_readme_keeping.py runs the PostgreSQL backup
+    if words[0] in ("./test.sh", "pg_dump", "pg_restore", "curl"):
+        # ./test.sh runs this test; test_readme_keeping.py runs the PostgreSQL backup;
+        # the curl lines are run below, against `pamfr api`
+        return None
     if words[0] == "./run.sh":
         words = ["pamfr", "serve", *words[1:]]
     words[0] = Path(words[0]).name
@@ -115,3 +117,94 @@ def test_the_cheap_readme_commands_run_for_real(tmp_path, monkeypatch):
     assert json.loads(Path(places["report.json"]).read_text())["messages"] == 120
     assert {"generate", "replay", "messages", "patient show", "patient history"} <= set(ran)
     assert {"patient find", "db"} <= set(ran)
+
+
+# -- the FHIR API's curl lines -------------------------------------------------------------
+
+
+def _curl(line: str, replace: dict[str, str]) -> tuple[int, str]:
+    """A README curl line run as curl would (only -s and -H are used there)."""
+    import urllib.error
+    import urllib.request
+
+    for placeholder, value in replace.items():
+        line = line.replace(placeholder, value)
+    words = shlex.split(line)
+    assert words[0] == "curl"
+    headers, url, rest = {}, None, words[1:]
+    while rest:
+        word = rest.pop(0)
+        if word == "-s":
+            continue
+        if word == "-H":
+            name, _, value = rest.pop(0).partition(":")
+            headers[name.strip()] = value.strip()
+        else:
+            assert url is None and not word.startswith("-"), f"curl option not run: {word}"
+            url = word
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_readme_curl_lines_read_a_real_api(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from pamfr.hl7.samples import nir_with_key
+    from pamfr.store.db import upgrade
+
+    curls = [line for line in LINES if line.startswith("curl ")]
+    assert any("identifier=urn:oid:1.2.250.1.213.1.4.8|<NIR>" in line for line in curls)
+    url = f"sqlite:///{tmp_path / 'pamfr.db'}"
+    upgrade(url)
+    nir = nir_with_key("1790363220123")
+    dupont = Person(
+        ipp="000123", birth_name="DUPONT", sex="M", ins=nir, ins_oid="1.2.250.1.213.1.4.8"
+    )
+    engine = make_engine(url)
+    assert Receiver(engine).handle(message("A28", dupont, "R1").encode()).code == "AA"
+    engine.dispose()
+    token = "readme-0123456789abcdef"
+    log_path = tmp_path / "api.log"
+    env = {**os.environ, "PAMFR_CONFIG": "", "PAMFR_HTTP_TOKENS": json.dumps({"readme": token})}
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pamfr", "api", "--db", url, "--listen", "127.0.0.1:0"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(r"FHIR API on [^ ]+:(\d+)", log_path.read_text())
+            port = found.group(1) if found else None
+            time.sleep(0.05)
+        assert port is not None, log_path.read_text()
+        places = {
+            "$TOKEN": token,
+            "127.0.0.1:8090": f"127.0.0.1:{port}",
+            "<NIR>": nir,
+            "<IPP>": "000123",
+            "<ID>": "1",
+        }
+        for line in curls:
+            status, body = _curl(line, places)
+            assert status == 200, f"{line}\n{body}"
+            answer = json.loads(body)
+            if "identifier=" in line or "family=" in line:
+                assert answer["total"] == 1, line
+                assert answer["entry"][0]["resource"]["id"] == "1"
+            elif line.endswith("/<ID>'"):
+                assert answer["name"][0]["family"] == "DUPONT"
+        assert _curl(curls[0], {**places, "$TOKEN": "wrong"})[0] == 401
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

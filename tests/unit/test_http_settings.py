@@ -22,3 +22,65 @@ def test_listen_is_host_and_port(monkeypatch):
         monkeypatch.setenv("PAMFR_HTTP_LISTEN", bad)
         with pytest.raises(ConfigError, match=r"http\.listen: expected HOST:PORT"):
             load_settings()
+
+
+def test_fhir_is_off_and_tokens_come_by_name(monkeypatch, tmp_path):
+    assert HttpSettings().fhir is False and HttpSettings().tokens == {}
+    conf = tmp_path / "pamfr.toml"
+    conf.write_text('[http]\nfhir = true\n[http.tokens]\ndpi = "0123456789abcdef"\n')
+    settings = load_settings(conf)
+    assert (settings.http.fhir, settings.http.tokens) == (True, {"dpi": "0123456789abcdef"})
+    # the environment adds tokens, or replaces one of the same name
+    monkeypatch.setenv("PAMFR_HTTP_TOKENS", '{"lab": "fedcba9876543210"}')
+    assert load_settings(conf).http.tokens == {
+        "dpi": "0123456789abcdef",
+        "lab": "fedcba9876543210",
+    }
+    monkeypatch.setenv("PAMFR_HTTP_TOKENS", '{"dpi": "a-new-one-0123456789"}')
+    assert load_settings(conf).http.tokens == {"dpi": "a-new-one-0123456789"}
+
+
+@pytest.mark.parametrize(
+    ("tokens", "message"),
+    [
+        ('{"dpi": "short"}', "token 'dpi': at least 16 characters"),
+        ('{"a b": "0123456789abcdef"}', "token name 'a b'"),
+        (
+            '{"a": "0123456789abcdef", "b": "0123456789abcdef"}',
+            "token 'b': the same token under two",
+        ),
+    ],
+)
+def test_weak_or_ambiguous_tokens_are_refused(monkeypatch, tokens, message):
+    monkeypatch.setenv("PAMFR_HTTP_TOKENS", tokens)
+    with pytest.raises(ConfigError, match=r"http\.tokens: " + message):
+        load_settings()
+
+
+def test_http_tls_files_come_in_pairs(monkeypatch):
+    monkeypatch.setenv("PAMFR_HTTP_TLS_CERT", "/etc/pamfr/http.pem")
+    with pytest.raises(ConfigError, match="tls_cert and tls_key must be given together"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("host", "tls", "tokens", "ca", "refused"),
+    [
+        ("127.0.0.1", False, {}, False, None),
+        ("::1", False, {}, False, None),
+        ("localhost", False, {}, False, None),
+        ("0.0.0.0", False, {"a": "t"}, False, "TLS (http.tls_cert and http.tls_key)"),
+        ("10.0.0.5", True, {}, False, "tokens (http.tokens) or client certificates"),
+        ("10.0.0.5", True, {"a": "t"}, False, None),
+        ("pamfr.example", True, {}, True, None),
+        ("::", False, {}, False, "TLS (http.tls_cert and http.tls_key) and tokens"),
+    ],
+)
+def test_patient_data_off_the_loopback_needs_tls_and_a_known_client(host, tls, tokens, ca, refused):
+    from pamfr.http.access import check_exposure
+
+    found = check_exposure(host, tls=tls, tokens=tokens, client_ca=ca)
+    if refused is None:
+        assert found is None
+    else:
+        assert found is not None and refused in found and f"http.listen {host} " in found

@@ -23,6 +23,7 @@ from sqlalchemy import (
     update,
 )
 
+from pamfr.feed.outbox import outbox_writes
 from pamfr.identity.findings import Finding, IdentityRefused, Note, Refusal
 from pamfr.identity.model import (
     IDENTITY_FIELDS,
@@ -814,4 +815,4 @@ def history_writes(
         ]
     return [
         (statement, r) for statement, r in ((_INSERT_LINK, links), (_INSERT_HISTORY, rows)) if r
-    ]
+    ] + outbox_writes(entries)  # the change feed's events, in the same transaction

@@ -2,7 +2,8 @@
 
 SIGTERM/SIGINT: stop accepting, answer the messages already received, exit 0 within
 [server] shutdown_grace. SIGHUP: reload the allow-lists and the log level (pamfr.reload).
-With [http] listen, an HTTP port in the same event loop answers /healthz, /readyz, /metrics.
+With [http] listen, an HTTP port in the same event loop answers /healthz, /readyz, /metrics,
+/events. With [[webhooks]], the change feed is POSTed to each subscriber (pamfr/feed).
 """
 
 from __future__ import annotations
@@ -127,6 +128,17 @@ async def run_daemon(
         log.info("watching %s for dropped files", ", ".join(settings.filedrop.dirs))
     reloader = Reloader(reload or (lambda: settings), settings, server, receiver, source)
     hup_task = asyncio.create_task(_on_hup(hup, reloader))
+    delivery = None
+    if settings.webhooks:  # the change feed pushed to its subscribers (pamfr/feed/delivery)
+        from pamfr.feed.delivery import WebhookDelivery
+
+        # resource_for: the call point of the FHIR mapping for include_resource (None: null)
+        delivery = WebhookDelivery(
+            engine, settings.webhooks, settings.feed, metrics, resource_for=None
+        )
+        health.extra_checks.append(delivery.check)
+        delivery.start()
+        log.info("webhooks: delivering to %s", ", ".join(w.name for w in settings.webhooks))
     retention = None
     if settings.retention.raw_messages_days is not None:
         retention = asyncio.create_task(
@@ -146,6 +158,8 @@ async def run_daemon(
         await asyncio.gather(server.close(), _finish(watching, deadline))
     else:
         await server.close()
+    if delivery is not None:  # keeps the cursors of what the subscribers acknowledged
+        await delivery.close()
     clean = await _close_writer(handler, deadline)
     if http is not None:
         await http.close()

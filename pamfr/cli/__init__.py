@@ -367,11 +367,12 @@ def send(
     sys.exit(0 if all_ok else 1)
 
 
+from pamfr.cli.events import events  # noqa: E402
 from pamfr.cli.ingest import generate, replay, watch  # noqa: E402
 from pamfr.cli.keep import db_backup, purge, reprocess  # noqa: E402
 from pamfr.cli.patient import patient  # noqa: E402
 from pamfr.cli.status import status  # noqa: E402
 
-for command in (patient, watch, replay, generate, status, reprocess, purge):
+for command in (patient, watch, replay, generate, status, reprocess, purge, events):
     main.add_command(command)
 db.add_command(db_backup)

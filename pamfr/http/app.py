@@ -1,4 +1,4 @@
-"""The routes of the HTTP port: /healthz, /readyz, /metrics.
+"""The routes of the HTTP port: /healthz, /readyz, /metrics, /events (pamfr/http/events.py).
 
 Their answers carry no patient data: readiness says which part is down and why (no SQL, no
 values), the metrics only counts. Query strings are ignored and never logged.
@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pamfr.health import Health
+from pamfr.http.events import event_routes
 from pamfr.metrics import Metrics
 
 
@@ -41,5 +42,6 @@ def build_app(health: Health, metrics: Metrics) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
+            *event_routes(health.engine),  # GET /events: the change feed
         ]
     )

@@ -43,8 +43,10 @@ def pamfr_args(line: str) -> list[str] | None:
     """The arguments of `pamfr` the line runs ([optional] parts included); None for the lines
     another test runs."""
     words = shlex.split(line)
-    if words[0] in ("./test.sh", "pg_dump", "pg_restore"):
-        return None  # ./test.sh runs this test; test_readme_keeping.py runs the PostgreSQL backup
+    if words[0] in ("./test.sh", "pg_dump", "pg_restore", "curl"):
+        # ./test.sh runs this test; test_readme_keeping.py runs the PostgreSQL backup,
+        # test_feed.py the curl line of GET /events
+        return None
     if words[0] == "./run.sh":
         words = ["pamfr", "serve", *words[1:]]
     words[0] = Path(words[0]).name

@@ -368,11 +368,12 @@ def send(
 
 
 from pamfr.cli.api import api  # noqa: E402
+from pamfr.cli.events import events  # noqa: E402
 from pamfr.cli.ingest import generate, replay, watch  # noqa: E402
 from pamfr.cli.keep import db_backup, purge, reprocess  # noqa: E402
 from pamfr.cli.patient import patient  # noqa: E402
 from pamfr.cli.status import status  # noqa: E402
 
-for command in (patient, watch, replay, generate, status, reprocess, purge, api):
+for command in (patient, watch, replay, generate, status, reprocess, purge, api, events):
     main.add_command(command)
 db.add_command(db_backup)

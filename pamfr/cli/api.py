@@ -86,7 +86,12 @@ async def _serve(engine, host: str, port: int, tokens, tls, settings) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = HttpServer(build_app(None, None, fhir_engine=engine, tokens=tokens), host, port, tls)
+    server = HttpServer(
+        build_app(None, None, fhir_engine=engine, events_engine=engine, tokens=tokens),
+        host,
+        port,
+        tls,
+    )
     try:
         await server.start()
     except OSError as exc:

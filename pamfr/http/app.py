@@ -1,4 +1,5 @@
-"""The routes of the HTTP port: /healthz, /readyz, /metrics, and /fhir (pamfr/http/fhir.py).
+"""The routes of the HTTP port: /healthz, /readyz, /metrics, /fhir (pamfr/http/fhir.py) and
+/events (pamfr/http/events.py).
 
 The first three carry no patient data: readiness says which part is down and why (no SQL, no
 values), the metrics only counts. /fhir serves patient data, behind the access guard
@@ -28,11 +29,12 @@ def build_app(
     metrics: Metrics | None,
     *,
     fhir_engine: Engine | None = None,
+    events_engine: Engine | None = None,
     tokens: Mapping[str, str] | None = None,
 ) -> Starlette:
     """The port's application: /healthz always; /readyz and /metrics with the daemon's
-    health and metrics; /fhir when given a read engine (make_read_engine). `tokens` (name:
-    token) guard the data routes."""
+    health and metrics; /fhir when given a read engine (make_read_engine); /events when
+    given the store's engine. `tokens` (name: token) guard the data routes."""
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -59,4 +61,8 @@ def build_app(
         from pamfr.http.fhir import fhir_routes
 
         routes.append(Mount("/fhir", routes=fhir_routes(fhir_engine)))
+    if events_engine is not None:
+        from pamfr.http.events import event_routes
+
+        routes += event_routes(events_engine)  # GET /events: the change feed
     return Starlette(routes=routes, middleware=[Middleware(AccessGuard, tokens=tokens)])

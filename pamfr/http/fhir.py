@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -80,6 +81,18 @@ def _resource(v: PatientVersion) -> dict[str, Any]:
     return patient_resource(
         v.view, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
     )
+
+
+def current_resource(engine: Engine) -> Callable[[int], dict[str, Any] | None]:
+    """The patient's FR Core resource as it is now (None when unknown), read with `engine`:
+    what a webhook with include_resource carries."""
+
+    def read(patient_id: int) -> dict[str, Any] | None:
+        with reading(engine) as conn:
+            found = current_version(conn, patient_id)
+        return _resource(found) if found is not None else None
+
+    return read
 
 
 def _patient_id(raw: str) -> int | None:

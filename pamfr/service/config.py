@@ -209,6 +209,76 @@ class RetentionSettings(_Section):
     raw_messages_days: int | None = Field(None, ge=1)
 
 
+_SUBSCRIBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class WebhookSettings(_Section):
+    """One subscriber of the change feed: the events are POSTed to `url`, one at a time, in
+    order, each signed with `secret` (HMAC-SHA256 of the body)."""
+
+    name: str  # the cursor's key in the store, a label of /metrics: keep it stable
+    url: str
+    secret: str | None = None
+    secret_env: str | None = None  # the environment variable holding the secret, instead
+    events: list[str] | str = ["*"]  # event types, or "*" for all
+    include_resource: bool = False  # the patient's FHIR resource in the body (when built in)
+    timeout: float = Field(10.0, gt=0)  # seconds a POST may take
+    park_after: int = Field(10, ge=1)  # consecutive failures before deliveries stop
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _SUBSCRIBER_NAME.fullmatch(value):
+            raise ValueError(
+                f"expected letters, digits, '.', '_' or '-' (64 at most), got {value!r}"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"https?://[^/\s]+", value.strip()):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value.strip()
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str] | str) -> list[str]:
+        from pamfr.feed.events import EVENT_TYPES
+
+        wanted = [value] if isinstance(value, str) else list(value)
+        if not wanted:
+            raise ValueError('no event type: give a list of types, or "*"')
+        for name in wanted:
+            if name != "*" and name not in EVENT_TYPES:
+                raise ValueError(f"unknown event type {name!r} (one of {', '.join(EVENT_TYPES)})")
+        return ["*"] if "*" in wanted else wanted
+
+    @model_validator(mode="after")
+    def _secret(self) -> WebhookSettings:
+        if (self.secret is None) == (self.secret_env is None):
+            raise ValueError("give one of secret or secret_env")
+        if self.secret_env is not None:
+            found = os.environ.get(self.secret_env)
+            if not found:
+                raise ValueError(
+                    f"secret_env: the environment variable {self.secret_env} is not set"
+                )
+            self.secret = found
+        return self
+
+    def wants(self, event_type: str) -> bool:
+        return "*" in self.events or event_type in self.events
+
+
+class FeedSettings(_Section):
+    # Seconds between two looks at the store when a subscriber has nothing to receive.
+    poll_interval: float = Field(1.0, gt=0)
+    # After a failed delivery, wait retry_initial seconds, doubling up to retry_max.
+    retry_initial: float = Field(1.0, gt=0)
+    retry_max: float = Field(300.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PAMFR_",
@@ -225,6 +295,17 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     logging: LoggingSettings = LoggingSettings()
     retention: RetentionSettings = RetentionSettings()
+    feed: FeedSettings = FeedSettings()
+    webhooks: list[WebhookSettings] = []
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_names(cls, value: list[WebhookSettings]) -> list[WebhookSettings]:
+        names = [w.name for w in value]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two webhooks named {name!r}")
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -2,7 +2,8 @@
 
 SIGTERM/SIGINT: stop accepting, answer the messages already received, exit 0 within
 [server] shutdown_grace. SIGHUP: reload the allow-lists and the log level (pamfr.service.reload).
-With [http] listen, an HTTP port in the same event loop answers /healthz, /readyz, /metrics.
+With [http] listen, an HTTP port in the same event loop answers /healthz, /readyz, /metrics,
+/events. With [[webhooks]], the change feed is POSTed to each subscriber (pamfr/feed).
 """
 
 from __future__ import annotations
@@ -104,14 +105,31 @@ async def run_daemon(
     await handler.start()
     http = None
     fhir_engine = None
+
+    def read_engine() -> Engine:  # its own read-only engine: a read never takes the write lock
+        nonlocal fhir_engine
+        if fhir_engine is None:
+            fhir_engine = make_read_engine(url, busy_timeout=db.sqlite_busy_timeout)
+        return fhir_engine
+
     if settings.http.listen:  # up first: /readyz says 503 until the listener accepts
         from pamfr.http.app import build_app
         from pamfr.http.server import HttpServer
 
         watch_daemon(metrics, server, handler, watcher)
-        if settings.http.fhir:  # its own read-only engine: a read never takes the write lock
-            fhir_engine = make_read_engine(url, busy_timeout=db.sqlite_busy_timeout)
-        app = build_app(health, metrics, fhir_engine=fhir_engine, tokens=settings.http.tokens)
+        if settings.http.fhir:
+            fhir_engine = read_engine()
+        # The feed holds identifiers: off this host only where patient data may go.
+        feed_exposed = http_refusal(settings, http_tls, serves_data=True)
+        if feed_exposed:
+            log.warning("GET /events not served: %s", feed_exposed)
+        app = build_app(
+            health,
+            metrics,
+            fhir_engine=fhir_engine,
+            events_engine=None if feed_exposed else engine,
+            tokens=settings.http.tokens,
+        )
         http = HttpServer(app, *split_listen(settings.http.listen), tls=http_tls)
         try:
             await http.start()
@@ -120,10 +138,11 @@ async def run_daemon(
             handler.close()
             return 2
         log.info(
-            "HTTP port on %s:%d (/healthz, /readyz, /metrics%s)%s",
+            "HTTP port on %s:%d (/healthz, /readyz, /metrics%s%s)%s",
             http.host,
             http.port,
-            ", /fhir" if fhir_engine is not None else "",
+            ", /fhir" if settings.http.fhir else "",
+            "" if feed_exposed else ", /events",
             " over TLS" if http_tls is not None else "",
         )
     try:
@@ -142,6 +161,20 @@ async def run_daemon(
         log.info("watching %s for dropped files", ", ".join(settings.filedrop.dirs))
     reloader = Reloader(reload or (lambda: settings), settings, server, receiver, source)
     hup_task = asyncio.create_task(_on_hup(hup, reloader))
+    delivery = None
+    if settings.webhooks:  # the change feed pushed to its subscribers (pamfr/feed/delivery)
+        from pamfr.feed.delivery import WebhookDelivery
+        from pamfr.http.fhir import current_resource
+
+        resource_for = None
+        if any(w.include_resource for w in settings.webhooks):
+            resource_for = current_resource(read_engine())
+        delivery = WebhookDelivery(
+            engine, settings.webhooks, settings.feed, metrics, resource_for=resource_for
+        )
+        health.extra_checks.append(delivery.check)
+        delivery.start()
+        log.info("webhooks: delivering to %s", ", ".join(w.name for w in settings.webhooks))
     retention = None
     if settings.retention.raw_messages_days is not None:
         retention = asyncio.create_task(
@@ -161,6 +194,8 @@ async def run_daemon(
         await asyncio.gather(server.close(), _finish(watching, deadline))
     else:
         await server.close()
+    if delivery is not None:  # keeps the cursors of what the subscribers acknowledged
+        await delivery.close()
     clean = await _close_writer(handler, deadline)
     if http is not None:
         await http.close()
@@ -172,10 +207,11 @@ async def run_daemon(
     return 0
 
 
-def http_refusal(settings: Settings, tls: object | None) -> str | None:
-    """Why the HTTP port may not serve patient data as configured (one line), or None."""
+def http_refusal(settings: Settings, tls: object | None, serves_data: bool = False) -> str | None:
+    """Why the HTTP port may not serve patient data as configured (one line), or None.
+    The port serves patient data when /fhir is on, or `serves_data` says it would."""
     h = settings.http
-    if not h.listen or not h.fhir:
+    if not h.listen or not (h.fhir or serves_data):
         return None
     from pamfr.http.access import check_exposure
 

@@ -108,11 +108,18 @@ class Health:
         self.engine = engine
         self.timeout = timeout
         self.stopping = False
+        # Checks of other parts (the webhook subscribers): reported, read at each check.
+        self.extra_checks: list[Callable[[], Check]] = []
         self._probe = _Single(lambda: _read(engine, _PROBE))
         self._identities = _Single(lambda: _read(engine, _IDENTITIES))
 
     async def readiness(self) -> Readiness:
-        checks = (self._listener(), await self._database(), self._workers())
+        checks = (
+            self._listener(),
+            await self._database(),
+            self._workers(),
+            *(check() for check in self.extra_checks),
+        )
         self.handler.metrics.ready.set(1 if all(c.ok for c in checks) else 0)
         return Readiness(checks)
 

@@ -114,6 +114,18 @@ class Metrics:
             "Retention passes that the database failed (the raw messages stay until the next)",
             registry=r,
         )
+        self.webhook_delivered = Counter(
+            "pamfr_webhook_delivered",
+            "Events a webhook subscriber acknowledged (2xx), by subscriber name",
+            ["subscriber"],
+            registry=r,
+        )
+        self.webhook_failures = Counter(
+            "pamfr_webhook_failures",
+            "Failed webhook deliveries (error, timeout, non-2xx answer), by subscriber name",
+            ["subscriber"],
+            registry=r,
+        )
         self.ready = Gauge(
             "pamfr_ready",
             "1 when the last readiness check passed (MLLP listener, database, parse workers)",
@@ -186,6 +198,10 @@ class Metrics:
 
     def file_done(self, ok: bool) -> None:
         self.files.labels("done" if ok else "error").inc()
+
+    def webhook_result(self, subscriber: str, ok: bool) -> None:
+        """One POST to a webhook subscriber, acknowledged or not."""
+        (self.webhook_delivered if ok else self.webhook_failures).labels(subscriber).inc()
 
     def purge_done(self, purged: int | None) -> None:
         """A retention pass: how many raw messages it emptied, None when it failed."""

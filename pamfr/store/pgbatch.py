@@ -14,7 +14,7 @@ from pamfr.hl7.frame import Prepared
 from pamfr.identity.model import IPP_TYPE, Identifier
 from pamfr.store import pgpipeline
 from pamfr.store import statements as sql
-from pamfr.store.history import NewPatient, patient_id_of
+from pamfr.store.changes import NewPatient, patient_id_of
 from pamfr.store.messagelog import Processed, find_processed, processed_from, processed_queries
 from pamfr.store.writes import Writes
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -151,4 +152,34 @@ authority = Table(
     Column("namespace", String(255), nullable=False, unique=True),
     Column("oid", String(255), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# The change feed (transactional outbox): one row per identity event, written in the
+# transaction of the message that made the change. Ids are handed out in commit order
+# (pamfr/store/outbox.py), so a reader resuming after id N misses nothing.
+event = Table(
+    "event",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("message_id", Integer, ForeignKey("message.id"), nullable=False),
+    Column("control_id", String(255), nullable=False, server_default=""),
+    Column("patient_id", Integer, ForeignKey("patient.id"), nullable=False),
+    Column("other_patient_id", Integer, nullable=True),  # merge survivor, link peer...
+    Column("version_id", String(32), nullable=False),  # the patient's FHIR versionId
+    Column("detail", Text, nullable=False),  # JSON, identifiers and codes only
+    sqlite_autoincrement=True,  # an id is never handed out twice, even after a delete
+)
+
+# Where each webhook subscriber ([[webhooks]] name) stands in the feed.
+webhook_cursor = Table(
+    "webhook_cursor",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("last_id", BigInteger, nullable=False, server_default="0"),  # last event delivered
+    Column("failures", Integer, nullable=False, server_default="0"),  # consecutive
+    Column("parked_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
 )

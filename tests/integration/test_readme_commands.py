@@ -45,7 +45,8 @@ def pamfr_args(line: str) -> list[str] | None:
     words = shlex.split(line)
     if words[0] in ("./test.sh", "pg_dump", "pg_restore", "curl"):
         # ./test.sh runs this test; test_readme_keeping.py runs the PostgreSQL backup;
-        # the curl lines are run below, against `pamfr api`
+        # the curl lines of /fhir are run below, against `pamfr api`, test_feed.py the one of
+        # GET /events
         return None
     if words[0] == "./run.sh":
         words = ["pamfr", "serve", *words[1:]]

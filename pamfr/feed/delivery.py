@@ -49,12 +49,12 @@ from pamfr.feed.store import (
     get_cursor,
     last_event_id,
     read_events,
-    reader_engine,
     save_cursor,
 )
 from pamfr.service.config import FeedSettings, WebhookSettings
 from pamfr.service.health import Check
 from pamfr.service.metrics import Metrics
+from pamfr.store.db import make_read_engine
 
 log = logging.getLogger("pamfr.feed")
 # httpx logs every request at INFO: one line per event delivered is noise in the daemon log.
@@ -238,7 +238,8 @@ class WebhookDelivery:
 
     def _reading(self) -> Engine:
         if self._reader is None:
-            self._reader = reader_engine(self.engine.url.render_as_string(hide_password=False))
+            url = self.engine.url.render_as_string(hide_password=False)
+            self._reader = make_read_engine(url)
         return self._reader
 
     def _fetch(self, s: Subscriber) -> tuple[Cursor | None, list[dict], int]:

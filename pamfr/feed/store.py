@@ -1,7 +1,7 @@
 """Reading the feed and keeping the webhook subscribers' cursors (SQLAlchemy Core).
 
-Reads go through `reader_engine`: on SQLite a read-only connection, whose BEGIN never takes
-the write lock the receiver's writer needs.
+Reads go through an engine of store.db.make_read_engine: on SQLite a read-only connection,
+whose BEGIN never takes the write lock the receiver's writer needs.
 """
 
 from __future__ import annotations
@@ -11,20 +11,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, insert, select, update
 
-from pamfr.store.db import make_engine
 from pamfr.store.readside import iso
 from pamfr.store.schema import event, webhook_cursor
 
 MAX_LIMIT = 1000
-
-
-def reader_engine(url: str) -> Engine:
-    """An engine that only reads the feed: read-only on SQLite (the file must exist)."""
-    if url.startswith("sqlite"):
-        return make_engine(url, read_only=True)
-    return make_engine(url)
 
 
 def as_json(row: Any) -> dict[str, Any]:

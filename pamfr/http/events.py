@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pamfr.feed.store import MAX_LIMIT, read_events, reader_engine
+from pamfr.feed.store import MAX_LIMIT, read_events
 
 DEFAULT_LIMIT = 100
 
@@ -33,16 +33,13 @@ def _int(request: Request, name: str, default: int, low: int, high: int | None) 
     return value
 
 
-def event_routes(engine: Engine) -> list[Route]:
-    """The routes, reading the store of `engine` in a thread of their own."""
-    reader: list[Engine] = []
+def event_routes(reader: Engine) -> list[Route]:
+    """The routes, reading the store with `reader` (store.db.make_read_engine) in a thread
+    of their own."""
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pamfr-events-http")
 
     def page(after: int, limit: int) -> list[dict]:
-        if not reader:
-            url = engine.url.render_as_string(hide_password=False)
-            reader.append(reader_engine(url))
-        with reader[0].connect() as conn:
+        with reader.connect() as conn:
             return read_events(conn, after, limit)
 
     async def events(request: Request) -> Response:

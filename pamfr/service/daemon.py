@@ -127,7 +127,7 @@ async def run_daemon(
             health,
             metrics,
             fhir_engine=fhir_engine,
-            events_engine=None if feed_exposed else engine,
+            events_engine=None if feed_exposed else read_engine(),
             tokens=settings.http.tokens,
         )
         http = HttpServer(app, *split_listen(settings.http.listen), tls=http_tls)

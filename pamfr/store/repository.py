@@ -43,7 +43,7 @@ from pamfr.identity.rules import (
 )
 from pamfr.store import statements as sql
 from pamfr.store.authorities import AuthorityBook
-from pamfr.store.history import Change, NewPatient
+from pamfr.store.changes import Change, NewPatient
 from pamfr.store.pgbatch import Prefetched
 from pamfr.store.schema import identifier, patient_link
 

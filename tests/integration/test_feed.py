@@ -298,7 +298,9 @@ def test_get_events_pages_through_the_feed(db_url, tmp_path):
             status, answer = get(http, f"/events?{query}")
             assert status == 400 and answer["error"].startswith(says), (query, answer)
         # The README's curl line, against this daemon.
-        (line,) = [ln for ln in README.splitlines() if ln.startswith("curl ")]
+        line = next(
+            ln for ln in README.splitlines() if ln.startswith("curl ") and "/events?after=0" in ln
+        )
         words = [w.replace("127.0.0.1:8090", f"127.0.0.1:{http}") for w in shlex.split(line)]
         result = subprocess.run(words, capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr

@@ -195,6 +195,8 @@ def test_the_readme_curl_lines_read_a_real_api(tmp_path):
             "<NIR>": nir,
             "<IPP>": "000123",
             "<ID>": "1",
+            "<NEXT>": "1",  # the id of the one event, patient.created
+            "<VERSION>": "1",  # the message that created it
         }
         for line in curls:
             status, body = _curl(line, places)
@@ -205,6 +207,15 @@ def test_the_readme_curl_lines_read_a_real_api(tmp_path):
                 assert answer["entry"][0]["resource"]["id"] == "1"
             elif line.endswith("/<ID>'"):
                 assert answer["name"][0]["family"] == "DUPONT"
+            elif "/events?after=0" in line:
+                assert [(e["id"], e["type"], e["patient_id"]) for e in answer["events"]] == [
+                    (1, "patient.created", 1)
+                ]
+                assert answer["next"] == 1
+            elif "/events?after=<NEXT>" in line:
+                assert answer == {"events": [], "next": None}
+            elif line.endswith("/_history/<VERSION>'"):
+                assert answer["meta"]["versionId"] == "1"
         assert _curl(curls[0], {**places, "$TOKEN": "wrong"})[0] == 401
     finally:
         proc.terminate()

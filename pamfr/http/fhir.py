@@ -207,14 +207,22 @@ def fhir_routes(engine: Engine) -> list[BaseRoute]:
     def metadata(_request: Request) -> Response:
         return FhirResponse(capability_statement(_software_version(), started))
 
-    def read(request: Request) -> Response:
+    def load(request: Request, read_one: Callable) -> tuple[int, Any] | FhirResponse:
+        """The path's patient id and what `read_one` found of it, or the 404 to answer."""
         patient_id = _patient_id(request.path_params["id"])
         if patient_id is None:
             return _not_found("this Patient")
         with reading(engine) as conn:
-            found = current_version(conn, patient_id)
+            found = read_one(conn, patient_id)
         if found is None:
             return _not_found(f"Patient/{patient_id}")
+        return patient_id, found
+
+    def read(request: Request) -> Response:
+        loaded = load(request, current_version)
+        if isinstance(loaded, FhirResponse):
+            return loaded
+        _, found = loaded
         return FhirResponse(_resource(found), etag=found.version_id)
 
     def search(request: Request) -> Response:
@@ -249,13 +257,10 @@ def fhir_routes(engine: Engine) -> list[BaseRoute]:
         return FhirResponse(bundle("searchset", total, entries, links))
 
     def history(request: Request) -> Response:
-        patient_id = _patient_id(request.path_params["id"])
-        if patient_id is None:
-            return _not_found("this Patient")
-        with reading(engine) as conn:
-            versions = patient_versions(conn, patient_id)
-        if versions is None:
-            return _not_found(f"Patient/{patient_id}")
+        loaded = load(request, patient_versions)
+        if isinstance(loaded, FhirResponse):
+            return loaded
+        patient_id, versions = loaded
         root = base(request)
         entries = []
         for v in reversed(versions):  # newest first

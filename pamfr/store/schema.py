@@ -80,7 +80,8 @@ patient = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
-Index("ix_patient_ins_value", patient.c.ins_value)
+# The active holders of an INS (the collision rule) in one look-up; also a look-up by INS.
+Index("ix_patient_ins_value_active", patient.c.ins_value, patient.c.active)
 Index("ix_patient_merged_into", patient.c.merged_into)  # a merge re-points earlier merges
 Index("ix_patient_birth_name", patient.c.birth_name)
 # The /metrics scrape counts active identities by status and INS collision from it alone.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from pamfr.store.db import make_engine
+from pamfr.store.db import make_engine, upgrade
 from pamfr.store.schema import metadata
 
 
@@ -17,7 +17,7 @@ def test_migrated_schema_matches_the_declared_tables(db_url):
         revision = context.get_current_revision()
     engine.dispose()
     assert differences == []
-    assert revision == "0004"
+    assert revision == "0005"
 
 
 def test_0003_flattens_merge_chains(tmp_path, pg_server_url):
@@ -53,3 +53,20 @@ def test_0003_flattens_merge_chains(tmp_path, pg_server_url):
             rows = conn.execute(text("SELECT id, merged_into FROM patient ORDER BY id")).all()
         engine.dispose()
         assert [tuple(r) for r in rows] == [(1, 3), (2, 3), (3, None), (4, None)], url
+
+
+def test_the_active_holders_of_an_ins_are_found_by_the_ins_index_on_sqlite(tmp_path):
+    """The collision rule's look-up must not read every active patient (the status index
+    matches `active` too): it goes through the index on (ins_value, active)."""
+    from pamfr.store import statements
+
+    url = f"sqlite:///{tmp_path / 'plan.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    sql = str(statements.ACTIVE_HOLDERS.compile(dialect=engine.dialect))
+    with engine.connect() as conn:
+        plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", ("NIR",)).all()
+    engine.dispose()
+    assert [row[-1] for row in plan] == [
+        "SEARCH patient USING INDEX ix_patient_ins_value_active (ins_value=? AND active=?)"
+    ]

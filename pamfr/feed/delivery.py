@@ -6,7 +6,7 @@ the POSTs go through an httpx async client, so a slow or dead subscriber costs t
 nothing but a few idle sockets.
 
 A subscriber's cursor (table webhook_cursor) is the last event it acknowledged (2xx). It is
-saved after each page of events and at least every second while a page is delivered, so a
+saved after each page of events and at least every 5 seconds while a page is delivered, so a
 crash sends again the events after the saved cursor: duplicates (same X-Pamfr-Event-Id) are
 possible, gaps and reordering are not. A failure waits retry_initial seconds, doubling up to
 retry_max, and is tried again with the same event; after park_after consecutive failures the
@@ -61,7 +61,10 @@ log = logging.getLogger("pamfr.feed")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 PAGE = 100  # events read at once
-SAVE_EVERY = 1.0  # seconds: the cursor is saved at least this often while delivering
+# Seconds: the cursor is saved at least this often while delivering. On SQLite a save is a
+# write transaction the receiver's writer waits for: once a second, to a subscriber answering
+# in 2 s, it showed in the ACK latency's p99 (bench/webhook_latency.py).
+SAVE_EVERY = 5.0
 # pg_try_advisory_lock(int, int): this key space ("pamf") and the subscriber's name hashed.
 _SUBSCRIBER_LOCK_SPACE = 0x70616D66
 

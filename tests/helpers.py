@@ -143,19 +143,23 @@ def start_daemon(db_url: str, log_path, *args: str, env: dict | None = None) -> 
     raise RuntimeError("pamfr serve did not start listening in time")
 
 
-def stored_outcomes(db_url: str) -> list[tuple[str, str]]:
-    """(control id, outcome) of every row of the message log, oldest first."""
+def log_rows(db_url: str, *columns: str, order_by: str = "id") -> list[tuple]:
+    """These columns of every row of the message log, in `order_by` order."""
     from sqlalchemy import select
 
     from pamfr.store.schema import message as message_table
 
     engine = make_engine(db_url)
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(message_table.c.control_id, message_table.c.outcome).order_by(message_table.c.id)
-        ).all()
+        query = select(*(message_table.c[c] for c in columns))
+        rows = conn.execute(query.order_by(message_table.c[order_by])).all()
     engine.dispose()
     return [tuple(r) for r in rows]
+
+
+def stored_outcomes(db_url: str) -> list[tuple[str, str]]:
+    """(control id, outcome) of every row of the message log, oldest first."""
+    return log_rows(db_url, "control_id", "outcome")
 
 
 def process_alive(pid: int) -> bool:

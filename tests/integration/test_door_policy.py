@@ -6,12 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sqlalchemy import select
-
 from pamfr.hl7.samples import Person, message
-from pamfr.store.db import make_engine
-from pamfr.store.schema import message as message_table
-from tests.helpers import run_cli, start_daemon
+from tests.helpers import log_rows, run_cli, start_daemon
 
 CONFIG = """
 [server]
@@ -39,19 +35,9 @@ def _drop(inbox: Path) -> None:
 
 
 def _log(url: str) -> list[tuple]:
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                message_table.c.control_id,
-                message_table.c.door,
-                message_table.c.outcome,
-                message_table.c.err_codes,
-                message_table.c.charset,
-            ).order_by(message_table.c.control_id)
-        ).all()
-    engine.dispose()
-    return [tuple(r) for r in rows]
+    return log_rows(
+        url, "control_id", "door", "outcome", "err_codes", "charset", order_by="control_id"
+    )
 
 
 def test_watch_and_serve_apply_the_same_policy_to_a_dropped_file(tmp_path):

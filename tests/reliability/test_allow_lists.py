@@ -8,13 +8,9 @@ import json
 import signal
 from pathlib import Path
 
-from sqlalchemy import select
-
 from pamfr.hl7.samples import Person, message
-from pamfr.store.db import make_engine
-from pamfr.store.schema import message as message_table
 from pamfr.transport.client import MLLPConnectionClosed
-from tests.helpers import parse_ack
+from tests.helpers import log_rows, parse_ack
 from tests.reliability.serving import Served, connect, serve
 
 NOT_ALLOWED = "sending application/facility (MSH-3/MSH-4) not allowed on this listener"
@@ -39,19 +35,7 @@ def _a28(control_id: str, sender: str = "GAM|CHU-X") -> bytes:
 
 
 def _logged(db_url: str) -> list[tuple]:
-    engine = make_engine(db_url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                message_table.c.peer,
-                message_table.c.sending_app,
-                message_table.c.control_id,
-                message_table.c.outcome,
-                message_table.c.error_text,
-            ).order_by(message_table.c.id)
-        ).all()
-    engine.dispose()
-    return [tuple(r) for r in rows]
+    return log_rows(db_url, "peer", "sending_app", "control_id", "outcome", "error_text")
 
 
 def _reload(daemon: Served) -> str:

@@ -51,6 +51,7 @@ from pamfr.store.messagelog import (
     message_writes,
     release_keys,
 )
+from pamfr.store.outbox import event_rows, outbox_writes
 from pamfr.store.pgbatch import Prefetched, look_ahead
 from pamfr.store.repository import ConcurrentChange, IdentityRepository
 
@@ -132,7 +133,9 @@ class Store:
         if len(set(given)) == len(given):  # a key twice: the second must see the first
             try:
                 with self.engine.begin() as conn:
-                    outcomes = self._run_without_savepoints(conn, batch, keys)
+                    events: list[dict] = []
+                    outcomes = self._run_without_savepoints(conn, batch, keys, events)
+                    writes.execute(conn, outbox_writes(conn, events))
                 self.authorities.commit()
                 return outcomes
             except _RunWithSavepoints:
@@ -142,7 +145,9 @@ class Store:
                 return self._failed(batch, exc)
         try:
             with self.engine.begin() as conn:
-                outcomes = [self._run_in_savepoint(conn, p) for p in batch]
+                events = []
+                outcomes = [self._run_in_savepoint(conn, p, events) for p in batch]
+                writes.execute(conn, outbox_writes(conn, events))
             self.authorities.commit()
             return outcomes
         except SQLAlchemyError as exc:
@@ -160,7 +165,7 @@ class Store:
         return [unlogged(p) for p in batch]
 
     def _run_without_savepoints(
-        self, conn: Connection, batch: list[Prepared], keys: list[str | None]
+        self, conn: Connection, batch: list[Prepared], keys: list[str | None], events: list[dict]
     ) -> list[Outcome]:
         processed, ahead, ahead_count = look_ahead(conn, batch, [k for k in keys if k])
         done: list[Outcome] = []
@@ -182,26 +187,30 @@ class Store:
             answered.append(a)
             if a.repo is not None and a.repo.pending_link is not None:
                 # The link row is written with its message's; a later A37 may remove it.
-                done += self._write_or_rerun(conn, answered)
+                done += self._write_or_rerun(conn, answered, events)
                 answered = []
         # Last statement of the transaction: after a look-ahead it also commits (pgpipeline).
-        return done + self._write_or_rerun(conn, answered, ahead)
+        return done + self._write_or_rerun(conn, answered, events, ahead)
 
     def _write_or_rerun(
-        self, conn: Connection, answered: list[Answered], ahead: Prefetched | None = None
+        self,
+        conn: Connection,
+        answered: list[Answered],
+        events: list[dict],
+        ahead: Prefetched | None = None,
     ) -> list[Outcome]:
         try:
-            return self._write(conn, answered, ahead)
+            return self._write(conn, answered, events, ahead)
         except IntegrityError as exc:  # e.g. another receiver logged the same key meanwhile
             raise _RunWithSavepoints from exc
 
-    def _run_in_savepoint(self, conn: Connection, p: Prepared) -> Outcome:
+    def _run_in_savepoint(self, conn: Connection, p: Prepared, events: list[dict]) -> Outcome:
         for attempt in range(_ATTEMPTS):
             savepoint = conn.begin_nested()
             try:
                 key = key_of(p)
                 known = find_processed(conn, [key]).get(key) if key else None
-                outcome = self._write(conn, [self._decide(conn, p, known)])[0]
+                outcome = self._write(conn, [self._decide(conn, p, known)], events)[0]
                 savepoint.commit()
                 return outcome
             except (IntegrityError, ConcurrentChange) as exc:
@@ -215,9 +224,8 @@ class Store:
             except MessageRejected as rejected:
                 savepoint.rollback()
                 self.authorities.rollback()
-                return self._write(conn, [answer(p, rejected.ack_code, tuple(rejected.problems))])[
-                    0
-                ]
+                refused = answer(p, rejected.ack_code, tuple(rejected.problems))
+                return self._write(conn, [refused], events)[0]
             except SQLAlchemyError:
                 raise
             except Exception as exc:
@@ -226,8 +234,8 @@ class Store:
                 log.error("unexpected %s while applying a message", type(exc).__name__)
                 log.debug("apply failure", exc_info=True)
                 problem = Problem(207, "", f"application internal error: {type(exc).__name__}")
-                return self._write(conn, [answer(p, "AR", (problem,))])[0]
-        return self._write(conn, [answer(p, "AR", (STILL_LOCKED,))])[0]
+                return self._write(conn, [answer(p, "AR", (problem,))], events)[0]
+        return self._write(conn, [answer(p, "AR", (STILL_LOCKED,))], events)[0]
 
     # -- one message -----------------------------------------------------------
 
@@ -270,13 +278,18 @@ class Store:
 
     @staticmethod
     def _write(
-        conn: Connection, answered: list[Answered], ahead: Prefetched | None = None
+        conn: Connection,
+        answered: list[Answered],
+        events: list[dict],
+        ahead: Prefetched | None = None,
     ) -> list[Outcome]:
-        """Send the held identity writes, log the messages, then write their history.
+        """Send the held identity writes, log the messages, then write their history; their
+        change-feed events join `events`, which the transaction writes last of all.
 
         After a PostgreSQL look-ahead whose writes are still held, the rows take the ids it
-        reserved and everything travels with the COMMIT in one pipeline, which ends the
-        transaction; otherwise a few statements, one after another.
+        reserved and everything, the events of the whole transaction included, travels with
+        the COMMIT in one pipeline, which ends the transaction; otherwise a few statements,
+        one after another.
         """
         if not answered:
             return []
@@ -293,10 +306,19 @@ class Store:
         if ahead is not None and ahead.held.pending:
             held, ids = ahead.held, ahead.message_ids[: len(rows)]
             held.assign_ids(ahead.new_patient_ids[: len(held.patients)])
+            events += event_rows(histories(ids))
             pgpipeline.send_and_commit(
-                conn, [*held.writes(), *message_writes(rows, ids), *history_writes(histories(ids))]
+                conn,
+                [
+                    *held.writes(),
+                    *message_writes(rows, ids),
+                    *history_writes(histories(ids)),
+                    *outbox_writes(conn, events),
+                ],
             )
+            events.clear()
         else:
             ids = insert_messages(conn, rows)
             writes.execute(conn, history_writes(histories(ids)))
+            events += event_rows(histories(ids))
         return [replace(a.outcome, message_id=i) for a, i in zip(answered, ids, strict=True)]

@@ -1,5 +1,5 @@
-"""What a message changed, as history rows (and change-feed events) written in its
-transaction once its log row has an id."""
+"""What a message changed, as history rows written in its transaction once its log row
+has an id."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 from pamfr.store import statements as sql
 from pamfr.store.changes import patient_id_of
-from pamfr.store.outbox import outbox_writes
 from pamfr.store.writes import Writes
 
 if TYPE_CHECKING:
@@ -18,8 +17,8 @@ if TYPE_CHECKING:
 def history_writes(
     entries: list[tuple[IdentityRepository, int, str, str]],
 ) -> Writes:
-    """The link, history and change-feed rows that (repository, message id, control id,
-    event) entries collected, once their messages have ids: one statement a table at most."""
+    """The link and history rows that (repository, message id, control id, event) entries
+    collected, once their messages have ids: one statement a table at most."""
     links: list[dict] = []
     rows: list[dict] = []
     for repo, message_id, control_id, event in entries:
@@ -39,5 +38,4 @@ def history_writes(
             for c in repo.changes
         ]
     written = ((sql.INSERT_LINK, links), (sql.INSERT_HISTORY, rows))
-    # The change feed's events, in the same transaction (store/outbox.py).
-    return [(statement, r) for statement, r in written if r] + outbox_writes(entries)
+    return [(statement, r) for statement, r in written if r]

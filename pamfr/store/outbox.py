@@ -1,9 +1,8 @@
-"""The outbox: the event rows of a transaction's messages, written with their history.
+"""The outbox: the event rows of a transaction's messages, written in that transaction.
 
-`outbox_writes` gives the (statement, rows) pairs that `history.history_writes` appends to
-its own, so the plain path and the PostgreSQL pipelined path (pgpipeline.send_and_commit)
-write the events in the transaction that changed the identities: committed together or not
-at all.
+store/commit collects `event_rows` of each message it writes and inserts them with
+`outbox_writes` as the transaction's last writes (on the PostgreSQL pipelined path, in the
+pipeline that ends with the COMMIT): committed with the identity changes or not at all.
 
 Commit order. A PostgreSQL sequence hands out ids in call order, not commit order: with several
 receivers on one database, a transaction could take id 11, another id 12 and commit first, and
@@ -11,8 +10,8 @@ a reader at after=10 would see 12 and resume after it, never seeing 11. So every
 takes one transaction-scoped advisory lock (FEED_LOCK) right before it inserts its events and
 keeps it until its COMMIT: the next writer gets its ids only once the previous one has
 committed, and the ids become visible in increasing order. The lock is the last thing a
-transaction takes, so it is held for the insert and the commit only (in the rare batches that
-insert events twice, a link then more messages, it is held from the first insert). SQLite
+transaction takes, after every row and INS lock, so it is held for the insert and the commit
+only, and a writer waiting for it holds no lock another one waits for. SQLite
 serialises its writers on the database lock: ids are in commit order already.
 """
 
@@ -22,7 +21,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Executable, func, insert, select
+from sqlalchemy import Connection, Executable, func, insert, select
 
 from pamfr.feed.events import Recorded, derive
 from pamfr.store.changes import patient_id_of
@@ -34,8 +33,7 @@ _TAKE_FEED_LOCK = select(func.pg_advisory_xact_lock(FEED_LOCK))
 _INSERT_EVENT = insert(event)
 
 
-def event_rows(repo: Any, message_id: int, control_id: str) -> list[dict]:
-    """The event rows of one message, from its repository's recorded changes."""
+def _message_events(repo: Any, message_id: int, control_id: str) -> list[dict]:
     records = [
         Recorded(patient_id_of(c.patient_id), c.operation, c.changes, c.notes) for c in repo.changes
     ]
@@ -54,16 +52,21 @@ def event_rows(repo: Any, message_id: int, control_id: str) -> list[dict]:
     ]
 
 
-def outbox_writes(
-    entries: Sequence[tuple[Any, int, str, str]],
-) -> list[tuple[Executable, list[dict]]]:
-    """(statement, rows) pairs for the events of (repository, message id, control id, event)
-    entries: on PostgreSQL the commit-order lock first, then the inserts; [] when no event."""
-    rows = [r for repo, mid, control_id, _ in entries for r in event_rows(repo, mid, control_id)]
+def event_rows(entries: Sequence[tuple[Any, int, str, str]]) -> list[dict]:
+    """The event rows of (repository, message id, control id, event) entries, from the
+    changes each repository recorded."""
+    return [
+        r for repo, mid, control_id, _ in entries for r in _message_events(repo, mid, control_id)
+    ]
+
+
+def outbox_writes(conn: Connection, rows: list[dict]) -> list[tuple[Executable, list[dict]]]:
+    """(statement, rows) pairs that insert a transaction's events, the last writes it makes:
+    on PostgreSQL the commit-order lock first; [] when there is no event."""
     if not rows:
         return []
     writes: list[tuple[Executable, list[dict]]] = []
-    if entries[0][0].conn.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         writes.append((_TAKE_FEED_LOCK, [{}]))
-    writes.append((_INSERT_EVENT, rows))
+    writes.append((_INSERT_EVENT, list(rows)))
     return writes

@@ -8,6 +8,7 @@ ingest/messagesets, what is reported in ingest/report, the expected state in ing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +50,10 @@ def _items(
 
 
 def _result(item: SetMessage, outcome: Outcome) -> MessageResult:
-    errors = tuple(f"{x.code} {x.location} {x.text}".strip() for x in outcome.problems)
+    if outcome.duplicate:  # answered with the first message's stored ACK: its ERRs are there
+        errors = tuple(ack_summary(outcome.ack)[1])
+    else:
+        errors = tuple(f"{x.code} {x.location} {x.text}".strip() for x in outcome.problems)
     return MessageResult(
         item.file,
         item.index,
@@ -81,9 +85,11 @@ def replay_local(
         if progress is not None:
             progress.update()
 
-    runner = AsyncReceiver(receiver, batch_max=batch, parse_workers=workers, door=DOOR)
+    runner = AsyncReceiver(
+        receiver, batch_max=batch, parse_workers=workers, door=DOOR, stop_on_error=True
+    )
     try:
-        asyncio.run(_apply_in_order(_items(files, tally, rewrite), runner, workers, record))
+        asyncio.run(_apply_in_order(_items(files, tally, rewrite), runner, workers, batch, record))
     finally:
         runner.close()
     return tally
@@ -96,39 +102,56 @@ async def _apply_in_order(
     items: Iterator[SetMessage],
     runner: AsyncReceiver,
     workers: int,
+    batch: int,
     record: Callable[[SetMessage, Outcome], None],
 ) -> None:
     """Parse chunks ahead of the writer, in every worker at once; submit the messages to
-    the writer in file order."""
+    the writer in file order, with at most two batches waiting for it (memory stays flat
+    however long the replay). A failed commit stops the replay: nothing after it is applied
+    (the writer's stop_on_error) and the exception goes up once every submitted message is
+    settled."""
     await runner.start()
     parsing: deque[tuple[list[SetMessage], asyncio.Future[list[Prepared]]]] = deque()
     committing: deque[tuple[SetMessage, asyncio.Future[Outcome]]] = deque()
     ahead = 2 * max(workers, 1) + 1
 
+    async def settle_oldest() -> None:
+        done, future = committing.popleft()
+        record(done, await future)
+
     async def submit_oldest() -> None:
         chunk, parsed = parsing.popleft()
         for item, prepared in zip(chunk, await parsed, strict=True):
             committing.append((item, runner.submit(prepared)))
-        while committing and committing[0][1].done():
-            done, future = committing.popleft()
-            record(done, future.result())
+        while committing and (committing[0][1].done() or len(committing) > 2 * batch):
+            await settle_oldest()
 
-    chunk: list[SetMessage] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == _CHUNK:
-            inbounds = [Inbound(it.raw, it.file, DOOR) for it in chunk]
-            parsing.append((chunk, asyncio.ensure_future(runner.parse_many(inbounds))))
-            chunk = []
-            if len(parsing) >= ahead:
-                await submit_oldest()
-    if chunk:
+    def parse(chunk: list[SetMessage]) -> None:
         inbounds = [Inbound(it.raw, it.file, DOOR) for it in chunk]
         parsing.append((chunk, asyncio.ensure_future(runner.parse_many(inbounds))))
-    while parsing:
-        await submit_oldest()
-    for item, future in committing:
-        record(item, await future)
+
+    try:
+        chunk: list[SetMessage] = []
+        for item in items:
+            chunk.append(item)
+            if len(chunk) == _CHUNK:
+                parse(chunk)
+                chunk = []
+                if len(parsing) >= ahead:
+                    await submit_oldest()
+        if chunk:
+            parse(chunk)
+        while parsing:
+            await submit_oldest()
+        while committing:
+            await settle_oldest()
+    except BaseException:
+        for _, parsed in parsing:
+            parsed.cancel()
+        for _, future in committing:
+            with contextlib.suppress(BaseException):
+                await future
+        raise
 
 
 # -- over MLLP -----------------------------------------------------------------------------

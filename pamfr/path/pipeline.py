@@ -4,6 +4,7 @@ commits the messages of all connections in groups, ACKs released only after the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -34,14 +35,25 @@ class _Pending:
 
 
 class GroupCommitWriter:
-    """One thread that owns every database write; messages ready together share a transaction."""
+    """One thread that owns every database write; messages ready together share a transaction.
+
+    A batch whose commit raises is answered with the exception and the writer goes on (a
+    door's sender resends); with `stop_on_error` (replay, where order is the point) every
+    message after it is answered with the same exception, never committed."""
 
     def __init__(
-        self, receiver: Receiver, batch_max: int = 64, metrics: Metrics | None = None
+        self,
+        receiver: Receiver,
+        batch_max: int = 64,
+        metrics: Metrics | None = None,
+        *,
+        stop_on_error: bool = False,
     ) -> None:
         self.receiver = receiver
         self.batch_max = batch_max
         self.metrics = metrics if metrics is not None else Metrics()
+        self.stop_on_error = stop_on_error
+        self._failed: BaseException | None = None
         self._queue: queue.Queue[_Pending | object] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="pamfr-writer", daemon=True)
         self._thread.start()
@@ -68,6 +80,10 @@ class GroupCommitWriter:
                     break
                 batch.append(more)
             pending = [p for p in batch if isinstance(p, _Pending)]
+            if self._failed is not None:
+                for p in pending:
+                    _answer(p, _fail, self._failed)
+                continue
             started = time.perf_counter()
             try:
                 outcomes = self.receiver.commit([p.prepared for p in pending])
@@ -76,15 +92,23 @@ class GroupCommitWriter:
                 log.error("writer failed on a batch of %d: %s", len(pending), type(exc).__name__)
                 log.debug("writer failure", exc_info=True)
                 for p in pending:
-                    p.loop.call_soon_threadsafe(_fail, p.future, exc)
+                    _answer(p, _fail, exc)
+                if self.stop_on_error:
+                    self._failed = exc
                 continue
             self.metrics.committed(len(pending), time.perf_counter() - started)
             for p, outcome in zip(pending, outcomes, strict=True):
-                p.loop.call_soon_threadsafe(_resolve, p.future, outcome)
+                _answer(p, _resolve, outcome)
 
     def close(self) -> None:
         self._queue.put(_STOP)
         self._thread.join()
+
+
+def _answer(p: _Pending, settle, value) -> None:
+    """Settle a submitter's future in its own loop; nothing when that loop has closed."""
+    with contextlib.suppress(RuntimeError):
+        p.loop.call_soon_threadsafe(settle, p.future, value)
 
 
 def _resolve(future: asyncio.Future[Outcome], outcome: Outcome) -> None:
@@ -128,7 +152,8 @@ def _start_worker(owner: int, log_level: int, log_format: str = "text") -> None:
 
 
 class AsyncReceiver:
-    """Receiver for asyncio callers (the MLLP server, the file-drop watcher)."""
+    """Receiver for asyncio callers (the MLLP server, the file-drop watcher, replay --local);
+    `stop_on_error`: see GroupCommitWriter."""
 
     def __init__(
         self,
@@ -138,11 +163,14 @@ class AsyncReceiver:
         parse_workers: int = 0,
         door: Door = Door.MLLP,
         metrics: Metrics | None = None,
+        stop_on_error: bool = False,
     ) -> None:
         self.receiver = receiver
         self.door = door
         self.metrics = metrics if metrics is not None else Metrics()
-        self.writer = GroupCommitWriter(receiver, batch_max, self.metrics)
+        self.writer = GroupCommitWriter(
+            receiver, batch_max, self.metrics, stop_on_error=stop_on_error
+        )
         self.parsing = 0  # messages handed to the parse workers, not back yet
         self.committing = 0  # messages handed to the writer, not committed yet
         # Worker processes for the CPU-bound parse (hl7apy holds the GIL); 0 means threads.

@@ -430,3 +430,24 @@ def test_parallel_replay_keeps_each_patients_order_across_files(sqlite_url, tmp_
     logged = [r["control_id"] for r in log_rows(sqlite_url)]
     assert logged.index("OLD-2") < logged.index("MERGE")
     assert logged.index("NEW-1") < logged.index("MERGE")
+
+
+def test_replayed_again_a_refused_message_is_reported_with_the_first_answers_errors(
+    sqlite_url, tmp_path
+):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "a.hl7").write_text(
+        a28("OK-2", "OK-2") + a28("BAD-DATE", "BAD-DATE", birth_date="19790231"), newline=""
+    )
+    reports = []
+    for run in (1, 2):
+        report = tmp_path / f"r{run}.json"
+        cli("replay", str(folder), "--local", "--db", sqlite_url, "--report", str(report))
+        reports.append(json.loads(report.read_text()))
+    first, again = reports
+    assert again["duplicates"] == 2
+    (refused,) = [m for m in again["not_aa"] if m["control_id"] == "BAD-DATE"]
+    assert refused["ack_code"] == "AE"
+    assert refused["errors"] == first["not_aa"][0]["errors"]
+    assert refused["errors"][0].startswith("102 PID^1^7")

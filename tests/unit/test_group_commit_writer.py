@@ -139,3 +139,24 @@ def test_messages_submitted_one_after_the_other_each_get_their_outcome(batch_max
         writer.close()
     assert [p for batch in committer.batches for p in batch] == [f"m{n}" for n in range(5)]
     assert sum(metrics.sizes) == 5
+
+
+def test_with_stop_on_error_nothing_after_a_failed_batch_is_committed():
+    committer, metrics = Committer(hold=True, fail_on="m0"), Counted()
+    writer = GroupCommitWriter(committer, 2, metrics, stop_on_error=True)  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        first = await held_first(committer, writer)
+        rest = [writer.submit(f"m{n}") for n in range(1, 5)]
+        committer.release.set()
+        answers = await asyncio.gather(first, *rest, return_exceptions=True)
+        assert [str(a) for a in answers] == ["commit failed on m0"] * 5
+        late = writer.submit("m5")
+        with pytest.raises(RuntimeError, match="commit failed on m0"):
+            await late
+
+    try:
+        run(scenario)
+    finally:
+        writer.close()
+    assert committer.batches == [["m0"]]

@@ -281,7 +281,14 @@ class WebhookDelivery:
                 if not page:
                     await asyncio.sleep(poll)
                     continue
-                await self._deliver(s, client, page)
+                try:
+                    await self._deliver(s, client, page)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the store (a cursor save, the resource) failed:
+                    # the page is taken again from the saved cursor, at least once as ever
+                    log.error("webhook %s: delivery stopped: %s", s.name, _brief(exc))
+                    await asyncio.sleep(poll)
 
     async def _deliver(self, s: Subscriber, client: httpx.AsyncClient, page: list[dict]) -> None:
         cursor = s.cursor

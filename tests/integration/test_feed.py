@@ -368,3 +368,51 @@ def test_pamfr_events_prints_the_feed_and_follows_it(sqlite_url, tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlite_url):
+    """resource_for (or a cursor save) failing once: logged, the page is taken again from
+    the saved cursor, and every event still arrives."""
+    import asyncio
+
+    from sqlalchemy.exc import OperationalError
+
+    from pamfr.feed.delivery import WebhookDelivery
+    from pamfr.path.receiver import Receiver
+    from pamfr.service.config import FeedSettings, WebhookSettings
+
+    engine = make_engine(sqlite_url)
+    receiver = Receiver(engine)
+    assert receiver.handle(message("A28", Person(ipp="FAIL1"), "FAIL-1").encode()).code == "AA"
+    sink = WebhookSink("s3cret-s3cret")
+    calls = []
+
+    def resource_for(patient_id: int) -> dict:
+        calls.append(patient_id)
+        if len(calls) == 1:
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return {"resourceType": "Patient", "id": str(patient_id)}
+
+    async def scenario() -> None:
+        webhook = WebhookSettings(
+            name="sub", url=sink.url, secret="s3cret-s3cret", include_resource=True
+        )
+        feed = FeedSettings(poll_interval=0.1, retry_initial=0.1, retry_max=0.2)
+        delivery = WebhookDelivery(engine, [webhook], feed, resource_for=resource_for)
+        delivery.start()
+        try:
+            raw = message("A28", Person(ipp="FAIL2"), "FAIL-2").encode()
+            assert (await asyncio.to_thread(receiver.handle, raw)).code == "AA"
+            deadline = time.monotonic() + 30
+            while len({r.event_id for r in sink.received}) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            await delivery.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        sink.stop()
+        engine.dispose()
+    assert sorted({r.event_id for r in sink.received}) == [1, 2]
+    assert len(calls) >= 3  # the first failed, then each event got its resource

@@ -279,6 +279,12 @@ def patient_versions(conn: Connection, patient_id: int) -> list[PatientVersion] 
         state["status"] = state["status"] or Status.PROVISOIRE.value
         identifiers = [resolve(text) for text in state["identifiers"] or []]
         view = view_of(state, identifiers, links)
+        if view.get("ins_usable") and not (
+            current.view.get("ins_usable") and view.get("ins") == current.view.get("ins")
+        ):
+            # An INS not in force now (collision, withdrawn, replaced) is not served in any
+            # version: a product reading the history must not take it up again.
+            view = {**view, "ins_usable": False}
         merged = tuple(sorted(int(i) for i in state["merged_patients"] or []))
         versions.append(PatientVersion(view, merged, str(step.message_id), step.at, created=k == 0))
     return versions

@@ -279,15 +279,24 @@ def patient_versions(conn: Connection, patient_id: int) -> list[PatientVersion] 
         state["status"] = state["status"] or Status.PROVISOIRE.value
         identifiers = [resolve(text) for text in state["identifiers"] or []]
         view = view_of(state, identifiers, links)
-        if view.get("ins_usable") and not (
-            current.view.get("ins_usable") and view.get("ins") == current.view.get("ins")
-        ):
-            # An INS not in force now (collision, withdrawn, replaced) is not served in any
-            # version: a product reading the history must not take it up again.
+        if view.get("ins_usable") and _in_collision_now(conn, view.get("ins")):
+            # An INS another active patient now holds too is usable on neither: no version
+            # serves it, lest a product reading the history take it up again. (An INS later
+            # replaced or withdrawn stays in the versions it was in force for.)
             view = {**view, "ins_usable": False}
         merged = tuple(sorted(int(i) for i in state["merged_patients"] or []))
         versions.append(PatientVersion(view, merged, str(step.message_id), step.at, created=k == 0))
     return versions
+
+
+def _in_collision_now(conn: Connection, ins: Any) -> bool:
+    value = ins.get("value") if isinstance(ins, dict) else ins
+    if not value:
+        return False
+    found = select(patient.c.id).where(
+        patient.c.ins_value == value, patient.c.active.is_(True), patient.c.ins_collision.is_(True)
+    )
+    return conn.execute(found.limit(1)).first() is not None
 
 
 def _ident_text(row) -> str:

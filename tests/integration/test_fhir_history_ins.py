@@ -1,4 +1,4 @@
-"""FHIR _history and vread rebuild past versions: an INS no longer in force is not in any."""
+"""FHIR _history and vread rebuild past versions: an INS now in collision is in none."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from pamfr.fhir.patient import patient_resource
 
 
-def test_no_version_of_a_patient_serves_an_ins_that_is_not_in_force_now(tmp_path):
+def test_no_version_of_a_patient_serves_an_ins_now_in_collision(tmp_path):
     """Qualified with an INS, then another patient arrives with it (a collision: usable on
     neither): the current resource and every past version leave the INS out."""
     from sqlalchemy import text

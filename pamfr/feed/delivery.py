@@ -246,14 +246,16 @@ class WebhookDelivery:
         return self._reader
 
     def _fetch(self, s: Subscriber) -> tuple[Cursor | None, list[dict], int]:
-        """Whether this daemon delivers to `s`, its cursor, and the events after it."""
+        """Whether this daemon delivers to `s`, its cursor, and the events after it. The
+        lock first: a cursor read before it could predate the last save of the daemon that
+        held it."""
+        assert s.lock is not None
+        s.active = s.lock.acquire()
         with self._reading().connect() as conn:
             cursor = get_cursor(conn, s.name)
         if cursor is None:
             with self.engine.begin() as conn:
                 cursor = ensure_cursor(conn, s.name)
-        assert s.lock is not None
-        s.active = s.lock.acquire()
         if not s.active or cursor.parked:
             return cursor, [], 0
         with self._reading().connect() as conn:

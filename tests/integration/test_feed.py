@@ -21,7 +21,7 @@ from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from tests.conftest import REPO
 from tests.feed import msg, with_pid
-from tests.helpers import send
+from tests.helpers import run_cli, send
 from tests.reliability.serving import Served, serve
 from tests.webhook_sink import WebhookSink
 
@@ -219,12 +219,7 @@ def test_parked_after_n_failures_shown_then_retried(sqlite_url, tmp_path):
         send(served.port, [msg("A28", Person("R2"))])
 
         def parked() -> list[dict]:
-            result = subprocess.run(
-                [sys.executable, "-m", "pamfr", "events", "--failed", "--json", "--db", sqlite_url],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            result = run_cli("events", "--failed", "--json", "--db", sqlite_url)
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)
 
@@ -238,12 +233,7 @@ def test_parked_after_n_failures_shown_then_retried(sqlite_url, tmp_path):
         assert 'pamfr_webhook_parked{subscriber="crm"} 1.0' in metrics
         assert 'pamfr_webhook_failures_total{subscriber="crm"} 3.0' in metrics
         sink.status = 204
-        retried = subprocess.run(
-            [sys.executable, "-m", "pamfr", "events", "--retry", "crm", "--db", sqlite_url],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        retried = run_cli("events", "--retry", "crm", "--db", sqlite_url)
         assert retried.returncode == 0, retried.stderr
         created = [e["id"] for e in store_events(sqlite_url) if e["type"] == "patient.created"]
         assert sink.wait_for(set(created)) == created  # the types it asked for only

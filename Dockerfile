@@ -19,7 +19,7 @@ WORKDIR /var/lib/pamfr
 ENV PAMFR_SERVER_HOST=0.0.0.0 \
     PAMFR_DATABASE_URL=sqlite:////var/lib/pamfr/pamfr.db \
     PAMFR_HTTP_LISTEN=0.0.0.0:8090 \
-    PAMFR_LOGGING_FORMAT=json
+    PAMFR_LOG_FORMAT=json
 VOLUME /var/lib/pamfr
 EXPOSE 2575 8090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

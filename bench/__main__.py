@@ -123,7 +123,7 @@ def start_serve(url: str, log: Path, *extra: str) -> Daemon:
             [sys.executable, "-m", "pamfr", "serve", "--port", "0", "--db", url, *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PAMFR_LOGGING_LEVEL": "info"},  # as in production
+            env={**os.environ, "PAMFR_LOG_LEVEL": "info"},  # as in production
         )
     daemon = Daemon(proc, wait_port(proc, log))
     if HTTP["on"]:  # logged before the MLLP listener's line
@@ -216,7 +216,7 @@ def replay_local(url: str, path: Path, work: Path) -> dict:
     subprocess.run(
         [sys.executable, "-m", "pamfr", "replay", str(folder), "--local", "--db", url,
          "--report", str(report), "--allow-errors"],
-        capture_output=True, check=True, env={**os.environ, "PAMFR_LOGGING_LEVEL": "warning"},
+        capture_output=True, check=True, env={**os.environ, "PAMFR_LOG_LEVEL": "warning"},
     )  # fmt: skip
     elapsed = time.perf_counter() - started
     data = json.loads(report.read_text())

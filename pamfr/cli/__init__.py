@@ -89,12 +89,12 @@ def serve(
         "server.port": port,
         "database.url": db_url,
         "database.migrate_on_start": False if no_migrate else None,
-        "logging.level": log_level,
+        "log.level": log_level,
         "http.listen": http_listen,
-        "logging.format": log_format,
+        "log.format": log_format,
     }
     settings = obj.settings(**overrides)
-    setup_logging(settings.logging.level, settings.logging.format)
+    setup_logging(settings.log.level, settings.log.format)
     from pamfr.service.config import load_settings
     from pamfr.service.daemon import run_daemon
     from pamfr.store.db import database_url

@@ -44,8 +44,8 @@ def api(obj: Context, db_url: str | None, listen: str | None, log_level: str | N
     """
     from pamfr.service.config import split_listen
 
-    settings = obj.settings(**{"database.url": db_url, "logging.level": log_level})
-    setup_logging(settings.logging.level, settings.logging.format)
+    settings = obj.settings(**{"database.url": db_url, "log.level": log_level})
+    setup_logging(settings.log.level, settings.log.format)
     address = listen or DEFAULT_LISTEN
     try:
         host, port = split_listen(address)

@@ -77,12 +77,12 @@ def watch(
             "filedrop.dirs": list(dirs) or None,
             "filedrop.quiet_period": quiet_period,
             "filedrop.poll_interval": poll_interval,
-            "logging.level": log_level,
+            "log.level": log_level,
         }
     )
     if not settings.filedrop.dirs:
         raise click.UsageError("no folder to watch: give DIRS or set [filedrop] dirs")
-    setup_logging(settings.logging.level)
+    setup_logging(settings.log.level, settings.log.format)
     with database_errors(settings):
         code = asyncio.run(_watch(settings, once))
     sys.exit(code)
@@ -221,10 +221,10 @@ def replay(
         **{
             "database.url": db_url,
             "database.migrate_on_start": False if no_migrate else None,
-            "logging.level": log_level or "warning",
+            "log.level": log_level or "warning",
         }
     )
-    setup_logging(settings.logging.level)
+    setup_logging(settings.log.level, settings.log.format)
     expected = None
     if expect is not None:
         try:

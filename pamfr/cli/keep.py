@@ -90,7 +90,7 @@ def reprocess(
     """
     settings = obj.settings(**{"database.url": db_url})
     moment = _since(since)
-    setup_logging(settings.logging.level if not dry_run else "warning", settings.logging.format)
+    setup_logging(settings.log.level if not dry_run else "warning", settings.log.format)
     from pamfr.path.receiver import Receiver
     from pamfr.path.reprocess import candidates
     from pamfr.path.reprocess import reprocess as run
@@ -152,7 +152,7 @@ def purge(obj: Context, days: int | None, dry_run: bool, db_url: str | None) -> 
     days = days or settings.retention.raw_messages_days
     if days is None:
         raise Refused("purge: give --older-than DAYS or set [retention] raw_messages_days")
-    setup_logging(settings.logging.level, settings.logging.format)
+    setup_logging(settings.log.level, settings.log.format)
     from pamfr.store.retention import purge_raw
 
     with _store(settings) as engine:

@@ -198,7 +198,7 @@ class HttpSettings(_Section):
         return self
 
 
-class LoggingSettings(_Section):
+class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["text", "json"] = "text"  # json: one object a line, for a log collector
 
@@ -293,10 +293,20 @@ class Settings(BaseSettings):
     hl7: Hl7Settings = Hl7Settings()
     filedrop: FiledropSettings = FiledropSettings()
     http: HttpSettings = HttpSettings()
-    logging: LoggingSettings = LoggingSettings()
+    log: LogSettings = LogSettings()
     retention: RetentionSettings = RetentionSettings()
     feed: FeedSettings = FeedSettings()
     webhooks: list[WebhookSettings] = []
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_log_section(cls, data: Any) -> Any:
+        # [logging] was the section's first name; configurations written for it keep working.
+        # A key given under [log] (or by a flag or PAMFR_LOG_*) wins over the same key there.
+        if isinstance(data, dict) and isinstance(data.get("logging"), dict):
+            data = {**data, "log": {**data["logging"], **data.get("log", {})}}
+            del data["logging"]
+        return data
 
     @field_validator("webhooks")
     @classmethod
@@ -345,6 +355,12 @@ def load_settings(
         if not path.is_file():
             raise ConfigError(f"configuration file not found: {path}")
     _CONFIG_FILE = Path(path) if path else None
+    renamed = sorted(n for n in os.environ if n.upper().startswith("PAMFR_LOGGING_"))
+    if renamed:
+        raise ConfigError(
+            f"{renamed[0]}: the [logging] section is now [log]: "
+            f"use PAMFR_LOG_{renamed[0][len('PAMFR_LOGGING_'):].upper()}"
+        )
     init: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
         if value is not None:

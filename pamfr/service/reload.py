@@ -1,7 +1,7 @@
 """SIGHUP: read the configuration again and apply what can change while connections stay open.
 
 Applied at once: `server.allowed_peers` (checked at each new connection; open connections are
-kept), `server.allowed_senders` (checked on each message) and `logging.level`. Any other key
+kept), `server.allowed_senders` (checked on each message) and `log.level`. Any other key
 needs a restart: a change to it is logged as a warning and not applied. A configuration that
 does not load (syntax, bad CIDR...) is refused with an ERROR and the running one is kept.
 """
@@ -20,8 +20,8 @@ from pamfr.transport.server import MLLPServer
 
 log = logging.getLogger("pamfr.service.reload")
 
-RELOADABLE = ("server.allowed_peers", "server.allowed_senders", "logging.level")
-_SECTIONS = ("server", "database", "receiver", "filedrop", "logging", "retention")
+RELOADABLE = ("server.allowed_peers", "server.allowed_senders", "log.level")
+_SECTIONS = ("server", "database", "receiver", "filedrop", "log", "retention")
 
 
 def _flat(settings: Settings) -> dict[str, Any]:
@@ -67,7 +67,7 @@ class Reloader:
                 "configuration reload: %s changed, applied at the next restart only",
                 ", ".join(ignored),
             )
-        server, logging_ = self.running.server, self.running.logging
+        server, log_section = self.running.server, self.running.log
         if "server.allowed_peers" in applied:
             self._server.peer_filter = PeerFilter.parse(new.server.allowed_peers)
             server = server.model_copy(update={"allowed_peers": new.server.allowed_peers})
@@ -77,16 +77,16 @@ class Reloader:
         self.running = self.running.model_copy(update={"server": server})
         summary = "; ".join(f"{k}: {_show(old_flat[k])} -> {_show(new_flat[k])}" for k in applied)
         line = f"configuration reloaded from {self._source}: {summary or 'nothing to apply'}"
-        if "logging.level" in applied:
-            level = new.logging.level
-            louder = _verbosity(level) < _verbosity(logging_.level)
+        if "log.level" in applied:
+            level = new.log.level
+            louder = _verbosity(level) < _verbosity(log_section.level)
             if louder:
                 set_level(level)
             log.info(line)
             if not louder:
                 set_level(level)
-            logging_ = logging_.model_copy(update={"level": level})
-            self.running = self.running.model_copy(update={"logging": logging_})
+            log_section = log_section.model_copy(update={"level": level})
+            self.running = self.running.model_copy(update={"log": log_section})
         else:
             log.info(line)
         return True

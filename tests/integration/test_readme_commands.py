@@ -83,7 +83,7 @@ def _is_cheap(args: list[str]) -> bool:
 
 
 def test_the_cheap_readme_commands_run_for_real(tmp_path, monkeypatch):
-    monkeypatch.setattr("pamfr.cli.ingest.setup_logging", lambda level: None)
+    monkeypatch.setattr("pamfr.cli.ingest.setup_logging", lambda level, fmt=None: None)
     url = f"sqlite:///{tmp_path / 'pamfr.db'}"
     env = {"PAMFR_DATABASE_URL": url, "PAMFR_CONFIG": ""}
     runner = CliRunner()

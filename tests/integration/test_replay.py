@@ -27,7 +27,7 @@ from tests.helpers import run_cli
 @pytest.fixture(autouse=True)
 def _keep_pytest_logging(monkeypatch):
     """In-process runs must not replace the root log handlers of the test session."""
-    monkeypatch.setattr("pamfr.cli.ingest.setup_logging", lambda level: None)
+    monkeypatch.setattr("pamfr.cli.ingest.setup_logging", lambda level, fmt=None: None)
 
 
 def cli(*args: str) -> Result:

@@ -16,7 +16,7 @@ import pytest
 
 from pamfr.hl7.samples import Person, message
 from tests.conftest import PUBLIC_CORPUS, REPO
-from tests.helpers import send, start_daemon
+from tests.helpers import run_cli, send, start_daemon
 
 SECRET = Person(
     ipp="JSON-1",
@@ -47,10 +47,30 @@ def test_serve_json_logs_one_object_a_line_without_patient_data(sqlite_url, tmp_
         assert secret not in text
 
 
+def test_watch_json_logs_one_object_a_line_for_the_file_door(sqlite_url, tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    person = Person(ipp="JSON-2", birth_name="ZORGLUBESCU", given_names=("PERPETUE",),
+                    birth_date="19610713")
+    (inbox / "a.hl7").write_text(message("A28", person, "JSON-FILE-1"), encoding="utf-8")
+    result = run_cli(
+        "watch", str(inbox), "--once", "--db", sqlite_url, "--quiet-period", "0",
+        env={"PAMFR_LOG_FORMAT": "json"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    per_message = [item for item in lines if item.get("control_id") == "JSON-FILE-1"]
+    assert len(per_message) == 1
+    item = per_message[0]
+    assert (item["door"], item["event"], item["outcome"]) == ("file", "A28", "AA")
+    for secret in ("ZORGLUBESCU", "PERPETUE", "19610713"):
+        assert secret not in result.stderr
+
+
 def test_sd_notify_ready_once_listening_and_stopping(sqlite_url, tmp_path):
     path = f"/tmp/pamfr-notify-{uuid.uuid4().hex[:8]}.sock"  # short: sun_path is 108 bytes
     config = tmp_path / "pamfr.toml"
-    config.write_text('[logging]\nformat = "json"\n')
+    config.write_text('[log]\nformat = "json"\n')
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(path)
         sock.settimeout(60)
@@ -69,7 +89,7 @@ def test_sd_notify_ready_once_listening_and_stopping(sqlite_url, tmp_path):
             assert sock.recv(256) == b"STOPPING=1"
         finally:
             os.unlink(path)
-    # The configuration's [logging] format applies too.
+    # The configuration's [log] format applies too.
     assert all(json.loads(line) for line in daemon.log().splitlines() if line.strip())
 
 

@@ -23,7 +23,7 @@ def _config(
         f"[server]\n{extra}"
         f"allowed_peers = {json.dumps(list(peers))}\n"
         f"allowed_senders = {json.dumps(list(senders))}\n"
-        "[logging]\n"
+        "[log]\n"
         f'level = "{level}"\n'
     )
     return path
@@ -141,7 +141,7 @@ def test_sender_allow_list_ar_207_then_sighup_on_the_same_connection(sqlite_url,
     assert "server.allowed_senders: [GAM|CHU-X] -> [GAM|CHU-X, OTHER|*]" in lines["allow"]
     assert "ERROR pamfr.service.reload: configuration not reloaded" in lines["invalid"]
     assert "server.allowed_peers" in lines["invalid"]
-    assert "logging.level: info -> debug" in lines["debug"]
+    assert "log.level: info -> debug" in lines["debug"]
     assert "server.max_connections changed, applied at the next restart only" in log
     # One connection from the first message to the last: never dropped by a reload.
     assert log.count("opened") == 1 and log.count("closed (6 messages handled)") == 1

@@ -106,7 +106,7 @@ def test_no_patient_data_in_the_log_at_info(sqlite_url, tmp_path):
         f'dirs = ["{inbox}"]\n'
         "quiet_period = 0.2\n"
         "poll_interval = 0.1\n"
-        "[logging]\n"
+        "[log]\n"
         'level = "info"\n'
     )
     daemon = serve(sqlite_url, tmp_path / "serve.log", config=config)

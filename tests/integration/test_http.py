@@ -261,3 +261,39 @@ def test_serve_refuses_an_http_port_it_cannot_take(sqlite_url, tmp_path):
     bad = run_cli("serve", "--db", sqlite_url, env={"PAMFR_HTTP_LISTEN": "8090"})
     assert bad.returncode != 0
     assert "http.listen: expected HOST:PORT" in bad.stderr
+
+
+def test_open_and_refused_connections_are_counted(sqlite_url, tmp_path):
+    daemon = start_daemon(
+        sqlite_url,
+        tmp_path / "serve.log",
+        "--http",
+        "127.0.0.1:0",
+        env={**ONE_WORKER, "PAMFR_SERVER_MAX_CONNECTIONS": "2"},
+    )
+    port = http_port(daemon)
+    held = [socket.create_connection(("127.0.0.1", daemon.port), timeout=10) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            found = samples(get(port, "/metrics")[1])
+            if value(found, "pamfr_open_connections") == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert value(found, "pamfr_open_connections") == 2
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as third:
+            assert third.recv(1) == b""  # closed at once: over max_connections
+        found = samples(get(port, "/metrics")[1])
+        assert value(found, "pamfr_connections_refused_total", reason="max_connections") == 1
+        assert value(found, "pamfr_open_connections") == 2
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 20
+        while value(found, "pamfr_open_connections") != 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            found = samples(get(port, "/metrics")[1])
+        assert value(found, "pamfr_open_connections") == 0
+    finally:
+        for sock in held:
+            sock.close()
+        assert daemon.stop() == 0

@@ -47,6 +47,25 @@ def a47_ins(who: str, prior_ins: str, pid3_ins: str) -> str:
 # -- S: status ------------------------------------------------------------------------------------
 
 
+def test_s1_status_from_pid32_with_qual_and_recup_read_leniently(feed):
+    # QUAL is read as VALI: with a valid INS the identity is qualifiee and keeps it...
+    assert feed.one(msg("A28", Person("S1Q", ins=INS, pid32=("QUAL",)))).errs == []
+    view = feed.show(*ipp("S1Q"))
+    assert (view["status"], view["ins"]["value"], view["ins_usable"]) == ("qualifiee", INS, True)
+    # ... and without an INS it is validee (not refused).
+    assert feed.one(msg("A28", Person("S1V", pid32=("QUAL",)))).errs == []
+    assert feed.show(*ipp("S1V"))["status"] == "validee"
+    # RECUP gives recuperee, whose INS is not kept (it is not VALI).
+    ack = feed.one(msg("A28", Person("S1R", ins=INS, pid32=("RECUP",))))
+    assert warning(ack) == [("103", "PID^1^32")]
+    view = feed.show(*ipp("S1R"))
+    assert (view["status"], view["ins"], view["ins_usable"]) == ("recuperee", None, False)
+    assert findings(feed.history(*ipp("S1R"))) == ["ins-not-validated"]
+    # VIDE is provisoire.
+    assert feed.one(msg("A28", Person("S1E", pid32=("VIDE",)))).errs == []
+    assert feed.show(*ipp("S1E"))["status"] == "provisoire"
+
+
 def test_s2_two_statuses_the_lower_wins_with_a_warning(feed):
     ack = feed.one(msg("A28", Person("S2", ins=INS, pid32=("PROV", "VALI"))))
     assert ("103", "PID^1^32") in warning(ack)
@@ -63,6 +82,21 @@ def test_s3_homonyme_is_an_attribute_only(feed):
         ["homonyme"],
         True,
     )
+
+
+@pytest.mark.parametrize("code, attribute", [("FICT", "fictive"), ("DOUT", "douteuse")])
+def test_s3_fictive_or_douteuse_makes_a_vali_identity_provisoire(feed, code, attribute):
+    who = f"S3{code}"
+    ack = feed.one(msg("A28", Person(who, ins=INS, pid32=("VALI", code))))
+    assert warning(ack) == [("103", "PID^1^32")]
+    view = feed.show(*ipp(who))
+    assert (view["status"], view["attributes"], view["ins"], view["ins_usable"]) == (
+        "provisoire",
+        [attribute],
+        None,
+        False,
+    )
+    assert findings(feed.history(*ipp(who))) == ["ins-disqualified"]
 
 
 # -- G: the INS gate ------------------------------------------------------------------------------
@@ -85,6 +119,47 @@ def test_g1_missing_trait_drops_the_ins(feed):
     assert feed.one(msg("A31", Person("G1U", ins=INS))).errs == []
     assert feed.one(msg("A31", Person("G1U", ins=INS, insee=None))).errs == []
     assert feed.show(*ipp("G1U"))["ins"]["value"] == INS
+
+
+@pytest.mark.parametrize(
+    "pid32, status",
+    [
+        (("VIDE",), "provisoire"),
+        (("RECUP",), "recuperee"),
+        (("VALI", "FICT"), "provisoire"),
+        (("VALI", "INVA"), "validee"),
+        (("VALI", "USUR"), "validee"),
+    ],
+    ids=["VIDE", "RECUP", "FICT", "INVA", "USUR"],
+)
+def test_g2_a_status_that_is_not_qualifiable_removes_the_stored_ins(feed, pid32, status):
+    who = f"G2{pid32[-1]}"
+    assert feed.one(msg("A28", Person(who, ins=INS))).errs == []
+    assert feed.show(*ipp(who))["status"] == "qualifiee"
+    # The message carries no INS: nothing was refused, so no warning; the removal is history.
+    assert feed.one(msg("A31", Person(who, pid32=pid32))).errs == []
+    view = feed.show(*ipp(who))
+    assert (view["status"], view["ins"], view["ins_usable"]) == (status, None, False)
+    last = feed.history(*ipp(who))[-1]
+    assert last["changes"]["ins_value"] == [INS, None]
+    assert last["notes"] == [
+        {"finding": "ins-removed", "text": f"stored INS removed: the identity is now {status}"}
+    ]
+
+
+def test_g2_null_under_the_ins_authority_deletes_the_ins(feed):
+    assert feed.one(msg("A28", Person("G2D", ins=INS))).errs == []
+    pid3 = "G2D^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~" + ins_rep('""')
+    assert feed.one(with_pid(msg("A31", Person("G2D")), f3=pid3)).errs == []
+    view = feed.show(*ipp("G2D"))
+    assert (view["status"], view["ins"], view["ins_usable"]) == ("validee", None, False)
+    last = feed.history(*ipp("G2D"))[-1]
+    assert last["changes"]["ins_value"] == [INS, None]
+    assert last["notes"] == [{"finding": "ins-deleted", "text": "INS deleted by the sender"}]
+    # A VALI PID-3 that merely lists no INS is no deletion.
+    assert feed.one(msg("A28", Person("G2K", ins=INS))).errs == []
+    assert feed.one(msg("A31", Person("G2K", used_name="DURAND"))).errs == []
+    assert feed.show(*ipp("G2K"))["ins"]["value"] == INS
 
 
 def test_g3_pid32_empty_keeps_a_qualified_identity(feed):
@@ -126,6 +201,23 @@ def test_g5_a_later_nia_does_not_replace_the_nir(feed):
     assert feed.show(*ipp("G5"))["ins"]["value"] == nir
 
 
+def test_g5_a_nir_replaces_a_stored_nia(feed):
+    nir, nia = nir_with_key("2790351215189"), nir_with_key("2790351215190")
+    base = "G5R^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
+    only_nia = f"{base}~{ins_rep(nia, NIA_OID, 'ASIP-SANTE-INS-NIA')}"
+    assert feed.one(production(with_pid(msg("A31", Person("G5R")), f3=only_nia))).errs == []
+    assert feed.show(*ipp("G5R"))["ins"] == {"value": nia, "oid": NIA_OID, "kind": "NIA"}
+    only_nir = f"{base}~{ins_rep(nir, NIR_OID)}"
+    assert feed.one(production(with_pid(msg("A31", Person("G5R")), f3=only_nir))).errs == []
+    view = feed.show(*ipp("G5R"))
+    assert (view["ins"], view["status"], view["ins_usable"]) == (
+        {"value": nir, "oid": NIR_OID, "kind": "NIR"},
+        "qualifiee",
+        True,
+    )
+    assert feed.history(*ipp("G5R"))[-1]["changes"]["ins_value"] == [nia, nir]
+
+
 def test_g6_a_test_ins_in_a_production_message_is_not_kept(feed):
     ack = feed.one(production(msg("A28", Person("G6", ins=INS))))
     assert warning(ack) == [("103", "PID^1^3")]
@@ -152,6 +244,34 @@ def test_g7_one_ins_one_active_patient(feed):
     assert (survivor["ins_collision"], survivor["ins_usable"]) == (False, True)
     assert "ins-collision-resolved" in findings(feed.history(*ipp("G7A")))
     assert feed.cli("patient", "collisions").exit_code == 0
+
+
+def test_g7_a_merge_resolves_the_collision(feed):
+    assert feed.one(msg("A28", Person("G7M", ins=INS))).errs == []
+    assert warning(feed.one(msg("A28", Person("G7N", ins=INS)))) == [("205", "PID^1^3")]
+    for who in ("G7M", "G7N"):
+        assert feed.show(*ipp(who))["ins_collision"] is True, who
+    # G7N merged into G7M: the survivor alone holds the INS again.
+    assert feed.one(msg("A40", Person("G7M", ins=INS), prior_ipp="G7N")).errs == []
+    survivor = feed.show(*ipp("G7M"))
+    assert (survivor["ins"]["value"], survivor["ins_collision"], survivor["ins_usable"]) == (
+        INS,
+        False,
+        True,
+    )
+    merged = feed.show(*ipp("G7N"))
+    assert (merged["active"], merged["merged_into"], merged["ins_collision"]) == (
+        False,
+        survivor["id"],
+        False,
+    )
+    assert merged["ins_usable"] is False
+    resolved = [r for r in feed.history(*ipp("G7M")) if findings([r]) == ["ins-collision-resolved"]]
+    assert [(r["event"], r["changes"]) for r in resolved] == [
+        ("A40", {"ins_collision": [True, False]})
+    ]
+    assert feed.cli("patient", "collisions").exit_code == 0
+    assert feed.show("--ins", INS)["id"] == survivor["id"]
 
 
 # -- L: the INS life cycle (§4.4) -----------------------------------------------------------------

@@ -1,17 +1,18 @@
 """The identity rules of docs/identity-rules.md end to end: real messages over MLLP to a real
 receiver on SQLite and PostgreSQL, the ACK's ERR segments, the store through `pamfr patient`,
-the history notes and the message log."""
+the history notes, the message log and the daemon's log."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from pamfr.hl7.samples import Person, nir_with_key
-from tests.feed import ipp, msg, with_pid
-from tests.helpers import Ack
+from pamfr.hl7.samples import Person, message, nir_with_key
+from tests.feed import Feed, ipp, msg, with_pid
+from tests.helpers import Ack, pamfr_server, send, start_daemon
 
 SPEC = Path(__file__).resolve().parents[1] / "corpus" / "spec"
 INS = "279035121518989"  # the ANS test identity (test OID)
@@ -345,6 +346,53 @@ def test_e3_a40_and_a47_do_not_downgrade_a_qualified_survivor(feed):
         True,
     )
     assert view["first_given_name"] == "DOMINIQUE" and view["birth_place_insee"] == "63220"
+    # An A47 (MRG-1 the old IPP) whose PID has only PID-3 and PID-5: a new IPP, nothing else.
+    before = feed.show(*ipp("E3S"))
+    change = with_pid(msg("A47", Person("E3T"), prior_ipp="E3S"), f7="", f8="", f11="", f32="")
+    assert feed.one(with_pid(change, f5="AUTRE^^^^^^L")).errs == []
+    after = feed.show(*ipp("E3T"))
+    assert after["id"] == before["id"] and feed.exit_code(*ipp("E3S")) == 1
+    for key in ("status", "attributes", "ins", "ins_usable", "birth_name", "first_given_name"):
+        assert after[key] == before[key], key
+    for key in ("birth_given_names", "birth_date", "sex", "birth_place_insee"):
+        assert after[key] == before[key], key
+    assert feed.history(*ipp("E3T"))[-1]["changes"] == {
+        "identifiers": [["E3S^PI^1.2.250.1.999.1.1"], ["E3T^PI^1.2.250.1.999.1.1"]]
+    }
+
+
+BIRTH_PLACE_EMPTY = "28 Av de Breteuil^^PARIS^^75007^FRA^H~^^^^^^BDL^^"  # XAD-9 empty
+
+
+def test_e4_empty_given_names_or_birth_place_keep_the_stored_traits(feed, db_url):
+    person = Person("E4", ins=INS, given_names=("DOMINIQUE", "ANNE"))
+    assert feed.one(msg("A28", person)).errs == []
+    before = feed.show(*ipp("E4"))
+    assert (before["birth_given_names"], before["birth_place_insee"]) == (
+        ["DOMINIQUE", "ANNE"],
+        "63220",
+    )
+    traits = ("first_given_name", "birth_given_names", "birth_place_insee", "status", "ins")
+
+    def blank(text: str, used_name: str = "") -> str:  # XPN-3 and the birth XAD-9 left empty
+        used = f"{used_name}^^^^^^D~" if used_name else ""
+        return with_pid(text, f5=f"{used}PAT-TEST^DOMINIQUE^^^^^L", f11=BIRTH_PLACE_EMPTY)
+
+    # An A44 agrees with the store under the null semantics: nothing to warn about.
+    assert feed.one(blank(msg("A44", person))).errs == []
+    assert feed.one(msg("A28", Person("E4M"))).code == "AA"
+    assert feed.one(blank(msg("A40", person, prior_ipp="E4M"))).errs == []
+    assert feed.one(blank(msg("A31", person), "DURAND")).errs == []
+    view = feed.show(*ipp("E4"))
+    assert view["used_name"] == "DURAND"
+    assert {k: view[k] for k in traits} == {k: before[k] for k in traits}
+    # With the operator's switch an A44 does update the identity, and still keeps them.
+    with pamfr_server(db_url, iti31_updates_identity=True) as server:
+        switched = Feed(server.port, db_url)
+        assert switched.one(blank(msg("A44", person), "MARTIN")).errs == []
+    view = feed.show(*ipp("E4"))
+    assert view["used_name"] == "MARTIN"
+    assert {k: view[k] for k in traits} == {k: before[k] for k in traits}
 
 
 def test_e5_a15_pending_transfer_is_accepted(feed):
@@ -378,6 +426,27 @@ def test_m1_a_merge_chain_points_at_the_final_survivor(feed):
     assert warning(ack) == [("204", "PID^1^3")]
     assert feed.show(*ipp("MA"))["id"] != c["id"]
     assert feed.cli("patient", "show", "--ipp", "MNEW").exit_code == 1
+
+
+def test_m1_an_a24_on_a_merged_away_ipp_goes_to_the_survivor(feed):
+    for who in ("M24A", "M24S", "M24L", "M24K"):
+        assert feed.one(msg("A28", Person(who))).code == "AA"
+    assert feed.one(msg("A40", Person("M24S"), prior_ipp="M24A")).errs == []
+    merged, survivor = feed.show(*ipp("M24A")), feed.show(*ipp("M24S"))
+    merged_rows = len(feed.history(*ipp("M24A")))
+    linked, other = feed.show(*ipp("M24L"))["id"], feed.show(*ipp("M24K"))["id"]
+    # PID-3 of the A24 is the merged-away IPP; then the linked identifier (PID-2 segment) is.
+    assert feed.one(msg("A24", Person("M24A"), other=Person("M24L"))).errs == []
+    assert feed.one(msg("A24", Person("M24K"), other=Person("M24A"))).errs == []
+    assert len(feed.history(*ipp("M24A"))) == merged_rows  # the inactive record: untouched
+    assert [(r["event"], r["operation"]) for r in feed.history(*ipp("M24S"))[-2:]] == [
+        ("A24", "link"),
+        ("A24", "link"),
+    ]
+    assert feed.show(*ipp("M24S"))["links"] == sorted([linked, other])
+    for who in ("M24L", "M24K"):
+        assert feed.show(*ipp(who))["links"] == [survivor["id"]], who
+    assert feed.show(*ipp("M24A"))["active"] is False and merged["merged_into"] == survivor["id"]
 
 
 # -- I: identifiers and authorities ---------------------------------------------------------------
@@ -417,6 +486,16 @@ def test_i1_a_second_ipp_of_the_same_authority_is_refused(feed):
 # -- T: transport and control ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", ["2.5^FRA^2.11", "2.5", "2.5.1", "2.3.1"])
+def test_t1_msh12_2_5_with_any_12_2_and_other_2_x_versions_are_accepted(feed, version):
+    text = msg("A28", Person("T1", ins=INS)).replace("|2.5^FRA^2.11|", f"|{version}|", 1)
+    assert f"|{version}|" in text
+    ack = feed.one(text)
+    assert (ack.code, ack.errs) == ("AA", [])
+    view = feed.show(*ipp("T1"))
+    assert (view["status"], view["ins"]["value"]) == ("qualifiee", INS)
+
+
 def test_t2_empty_msh18_with_8bit_bytes_uses_the_default_charset(feed):
     text = msg("A28", Person("T2", birth_name="MÉNARD")).replace("|UNICODE UTF-8|", "||")
     ack = feed.one(text.encode("iso-8859-15"))
@@ -445,3 +524,26 @@ def test_the_messages_command_lists_warnings_from_the_log(feed):
     assert only["warnings"].startswith("103 PID^1^32: INS not kept")
     text = feed.cli("messages", "--outcome", "AA", "--warnings")
     assert "warnings: 103 PID^1^32" in text.stdout and text.stdout.count("\n") == 2  # header, row
+
+
+def test_a_warning_is_logged_at_info_with_its_code_and_no_patient_data(db_url, tmp_path):
+    person = Person(
+        "LOGW", birth_name="ZORGLUBIAN", given_names=("PERCEVALINE",), ins=INS, pid32=("PROV",)
+    )
+    daemon = start_daemon(db_url, tmp_path / "serve.log", "--log-level", "info")
+    try:
+        (ack,) = send(daemon.port, [message("A28", person, "LOGW-1")])
+        assert warning(ack) == [("103", "PID^1^32")]
+        deadline = time.monotonic() + 20
+        while "control_id=LOGW-1 " not in daemon.log():
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
+    finally:
+        exit_code = daemon.stop()
+    assert exit_code == 0
+    log = daemon.log()
+    (line,) = [x for x in log.splitlines() if "control_id=LOGW-1 " in x]
+    assert " INFO " in line
+    assert "event=A28 outcome=AA warnings=103@PID^1^32 " in line
+    for needle in (INS, INS[:13], "ZORGLUBIAN", "PERCEVALINE", "19790328", "1979-03-28"):
+        assert needle not in log, needle

@@ -420,6 +420,7 @@ CONTRACT = {
     "identifiers": list,
     "ins": (dict, type(None)),
     "ins_usable": bool,
+    "ins_collision": bool,
     "birth_name": (str, type(None)),
     "first_given_name": (str, type(None)),
     "birth_given_names": list,

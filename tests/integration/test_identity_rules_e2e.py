@@ -1,17 +1,18 @@
 """The identity rules of docs/identity-rules.md end to end: real messages over MLLP to a real
 receiver on SQLite and PostgreSQL, the ACK's ERR segments, the store through `pamfr patient`,
-the history notes and the message log."""
+the history notes, the message log and the daemon's log."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
-from pamfr.hl7.samples import Person, nir_with_key
-from tests.feed import ipp, msg, with_pid
-from tests.helpers import Ack
+from pamfr.hl7.samples import Person, message, nir_with_key
+from tests.feed import Feed, ipp, msg, with_pid
+from tests.helpers import Ack, pamfr_server, send, start_daemon
 
 SPEC = Path(__file__).resolve().parents[1] / "corpus" / "spec"
 INS = "279035121518989"  # the ANS test identity (test OID)
@@ -47,6 +48,25 @@ def a47_ins(who: str, prior_ins: str, pid3_ins: str) -> str:
 # -- S: status ------------------------------------------------------------------------------------
 
 
+def test_s1_status_from_pid32_with_qual_and_recup_read_leniently(feed):
+    # QUAL is read as VALI: with a valid INS the identity is qualifiee and keeps it...
+    assert feed.one(msg("A28", Person("S1Q", ins=INS, pid32=("QUAL",)))).errs == []
+    view = feed.show(*ipp("S1Q"))
+    assert (view["status"], view["ins"]["value"], view["ins_usable"]) == ("qualifiee", INS, True)
+    # ... and without an INS it is validee (not refused).
+    assert feed.one(msg("A28", Person("S1V", pid32=("QUAL",)))).errs == []
+    assert feed.show(*ipp("S1V"))["status"] == "validee"
+    # RECUP gives recuperee, whose INS is not kept (it is not VALI).
+    ack = feed.one(msg("A28", Person("S1R", ins=INS, pid32=("RECUP",))))
+    assert warning(ack) == [("103", "PID^1^32")]
+    view = feed.show(*ipp("S1R"))
+    assert (view["status"], view["ins"], view["ins_usable"]) == ("recuperee", None, False)
+    assert findings(feed.history(*ipp("S1R"))) == ["ins-not-validated"]
+    # VIDE is provisoire.
+    assert feed.one(msg("A28", Person("S1E", pid32=("VIDE",)))).errs == []
+    assert feed.show(*ipp("S1E"))["status"] == "provisoire"
+
+
 def test_s2_two_statuses_the_lower_wins_with_a_warning(feed):
     ack = feed.one(msg("A28", Person("S2", ins=INS, pid32=("PROV", "VALI"))))
     assert ("103", "PID^1^32") in warning(ack)
@@ -63,6 +83,21 @@ def test_s3_homonyme_is_an_attribute_only(feed):
         ["homonyme"],
         True,
     )
+
+
+@pytest.mark.parametrize("code, attribute", [("FICT", "fictive"), ("DOUT", "douteuse")])
+def test_s3_fictive_or_douteuse_makes_a_vali_identity_provisoire(feed, code, attribute):
+    who = f"S3{code}"
+    ack = feed.one(msg("A28", Person(who, ins=INS, pid32=("VALI", code))))
+    assert warning(ack) == [("103", "PID^1^32")]
+    view = feed.show(*ipp(who))
+    assert (view["status"], view["attributes"], view["ins"], view["ins_usable"]) == (
+        "provisoire",
+        [attribute],
+        None,
+        False,
+    )
+    assert findings(feed.history(*ipp(who))) == ["ins-disqualified"]
 
 
 # -- G: the INS gate ------------------------------------------------------------------------------
@@ -85,6 +120,47 @@ def test_g1_missing_trait_drops_the_ins(feed):
     assert feed.one(msg("A31", Person("G1U", ins=INS))).errs == []
     assert feed.one(msg("A31", Person("G1U", ins=INS, insee=None))).errs == []
     assert feed.show(*ipp("G1U"))["ins"]["value"] == INS
+
+
+@pytest.mark.parametrize(
+    "pid32, status",
+    [
+        (("VIDE",), "provisoire"),
+        (("RECUP",), "recuperee"),
+        (("VALI", "FICT"), "provisoire"),
+        (("VALI", "INVA"), "validee"),
+        (("VALI", "USUR"), "validee"),
+    ],
+    ids=["VIDE", "RECUP", "FICT", "INVA", "USUR"],
+)
+def test_g2_a_status_that_is_not_qualifiable_removes_the_stored_ins(feed, pid32, status):
+    who = f"G2{pid32[-1]}"
+    assert feed.one(msg("A28", Person(who, ins=INS))).errs == []
+    assert feed.show(*ipp(who))["status"] == "qualifiee"
+    # The message carries no INS: nothing was refused, so no warning; the removal is history.
+    assert feed.one(msg("A31", Person(who, pid32=pid32))).errs == []
+    view = feed.show(*ipp(who))
+    assert (view["status"], view["ins"], view["ins_usable"]) == (status, None, False)
+    last = feed.history(*ipp(who))[-1]
+    assert last["changes"]["ins_value"] == [INS, None]
+    assert last["notes"] == [
+        {"finding": "ins-removed", "text": f"stored INS removed: the identity is now {status}"}
+    ]
+
+
+def test_g2_null_under_the_ins_authority_deletes_the_ins(feed):
+    assert feed.one(msg("A28", Person("G2D", ins=INS))).errs == []
+    pid3 = "G2D^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~" + ins_rep('""')
+    assert feed.one(with_pid(msg("A31", Person("G2D")), f3=pid3)).errs == []
+    view = feed.show(*ipp("G2D"))
+    assert (view["status"], view["ins"], view["ins_usable"]) == ("validee", None, False)
+    last = feed.history(*ipp("G2D"))[-1]
+    assert last["changes"]["ins_value"] == [INS, None]
+    assert last["notes"] == [{"finding": "ins-deleted", "text": "INS deleted by the sender"}]
+    # A VALI PID-3 that merely lists no INS is no deletion.
+    assert feed.one(msg("A28", Person("G2K", ins=INS))).errs == []
+    assert feed.one(msg("A31", Person("G2K", used_name="DURAND"))).errs == []
+    assert feed.show(*ipp("G2K"))["ins"]["value"] == INS
 
 
 def test_g3_pid32_empty_keeps_a_qualified_identity(feed):
@@ -126,6 +202,23 @@ def test_g5_a_later_nia_does_not_replace_the_nir(feed):
     assert feed.show(*ipp("G5"))["ins"]["value"] == nir
 
 
+def test_g5_a_nir_replaces_a_stored_nia(feed):
+    nir, nia = nir_with_key("2790351215189"), nir_with_key("2790351215190")
+    base = "G5R^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
+    only_nia = f"{base}~{ins_rep(nia, NIA_OID, 'ASIP-SANTE-INS-NIA')}"
+    assert feed.one(production(with_pid(msg("A31", Person("G5R")), f3=only_nia))).errs == []
+    assert feed.show(*ipp("G5R"))["ins"] == {"value": nia, "oid": NIA_OID, "kind": "NIA"}
+    only_nir = f"{base}~{ins_rep(nir, NIR_OID)}"
+    assert feed.one(production(with_pid(msg("A31", Person("G5R")), f3=only_nir))).errs == []
+    view = feed.show(*ipp("G5R"))
+    assert (view["ins"], view["status"], view["ins_usable"]) == (
+        {"value": nir, "oid": NIR_OID, "kind": "NIR"},
+        "qualifiee",
+        True,
+    )
+    assert feed.history(*ipp("G5R"))[-1]["changes"]["ins_value"] == [nia, nir]
+
+
 def test_g6_a_test_ins_in_a_production_message_is_not_kept(feed):
     ack = feed.one(production(msg("A28", Person("G6", ins=INS))))
     assert warning(ack) == [("103", "PID^1^3")]
@@ -152,6 +245,34 @@ def test_g7_one_ins_one_active_patient(feed):
     assert (survivor["ins_collision"], survivor["ins_usable"]) == (False, True)
     assert "ins-collision-resolved" in findings(feed.history(*ipp("G7A")))
     assert feed.cli("patient", "collisions").exit_code == 0
+
+
+def test_g7_a_merge_resolves_the_collision(feed):
+    assert feed.one(msg("A28", Person("G7M", ins=INS))).errs == []
+    assert warning(feed.one(msg("A28", Person("G7N", ins=INS)))) == [("205", "PID^1^3")]
+    for who in ("G7M", "G7N"):
+        assert feed.show(*ipp(who))["ins_collision"] is True, who
+    # G7N merged into G7M: the survivor alone holds the INS again.
+    assert feed.one(msg("A40", Person("G7M", ins=INS), prior_ipp="G7N")).errs == []
+    survivor = feed.show(*ipp("G7M"))
+    assert (survivor["ins"]["value"], survivor["ins_collision"], survivor["ins_usable"]) == (
+        INS,
+        False,
+        True,
+    )
+    merged = feed.show(*ipp("G7N"))
+    assert (merged["active"], merged["merged_into"], merged["ins_collision"]) == (
+        False,
+        survivor["id"],
+        False,
+    )
+    assert merged["ins_usable"] is False
+    resolved = [r for r in feed.history(*ipp("G7M")) if findings([r]) == ["ins-collision-resolved"]]
+    assert [(r["event"], r["changes"]) for r in resolved] == [
+        ("A40", {"ins_collision": [True, False]})
+    ]
+    assert feed.cli("patient", "collisions").exit_code == 0
+    assert feed.show("--ins", INS)["id"] == survivor["id"]
 
 
 # -- L: the INS life cycle (§4.4) -----------------------------------------------------------------
@@ -225,6 +346,53 @@ def test_e3_a40_and_a47_do_not_downgrade_a_qualified_survivor(feed):
         True,
     )
     assert view["first_given_name"] == "DOMINIQUE" and view["birth_place_insee"] == "63220"
+    # An A47 (MRG-1 the old IPP) whose PID has only PID-3 and PID-5: a new IPP, nothing else.
+    before = feed.show(*ipp("E3S"))
+    change = with_pid(msg("A47", Person("E3T"), prior_ipp="E3S"), f7="", f8="", f11="", f32="")
+    assert feed.one(with_pid(change, f5="AUTRE^^^^^^L")).errs == []
+    after = feed.show(*ipp("E3T"))
+    assert after["id"] == before["id"] and feed.exit_code(*ipp("E3S")) == 1
+    for key in ("status", "attributes", "ins", "ins_usable", "birth_name", "first_given_name"):
+        assert after[key] == before[key], key
+    for key in ("birth_given_names", "birth_date", "sex", "birth_place_insee"):
+        assert after[key] == before[key], key
+    assert feed.history(*ipp("E3T"))[-1]["changes"] == {
+        "identifiers": [["E3S^PI^1.2.250.1.999.1.1"], ["E3T^PI^1.2.250.1.999.1.1"]]
+    }
+
+
+BIRTH_PLACE_EMPTY = "28 Av de Breteuil^^PARIS^^75007^FRA^H~^^^^^^BDL^^"  # XAD-9 empty
+
+
+def test_e4_empty_given_names_or_birth_place_keep_the_stored_traits(feed, db_url):
+    person = Person("E4", ins=INS, given_names=("DOMINIQUE", "ANNE"))
+    assert feed.one(msg("A28", person)).errs == []
+    before = feed.show(*ipp("E4"))
+    assert (before["birth_given_names"], before["birth_place_insee"]) == (
+        ["DOMINIQUE", "ANNE"],
+        "63220",
+    )
+    traits = ("first_given_name", "birth_given_names", "birth_place_insee", "status", "ins")
+
+    def blank(text: str, used_name: str = "") -> str:  # XPN-3 and the birth XAD-9 left empty
+        used = f"{used_name}^^^^^^D~" if used_name else ""
+        return with_pid(text, f5=f"{used}PAT-TEST^DOMINIQUE^^^^^L", f11=BIRTH_PLACE_EMPTY)
+
+    # An A44 agrees with the store under the null semantics: nothing to warn about.
+    assert feed.one(blank(msg("A44", person))).errs == []
+    assert feed.one(msg("A28", Person("E4M"))).code == "AA"
+    assert feed.one(blank(msg("A40", person, prior_ipp="E4M"))).errs == []
+    assert feed.one(blank(msg("A31", person), "DURAND")).errs == []
+    view = feed.show(*ipp("E4"))
+    assert view["used_name"] == "DURAND"
+    assert {k: view[k] for k in traits} == {k: before[k] for k in traits}
+    # With the operator's switch an A44 does update the identity, and still keeps them.
+    with pamfr_server(db_url, iti31_updates_identity=True) as server:
+        switched = Feed(server.port, db_url)
+        assert switched.one(blank(msg("A44", person), "MARTIN")).errs == []
+    view = feed.show(*ipp("E4"))
+    assert view["used_name"] == "MARTIN"
+    assert {k: view[k] for k in traits} == {k: before[k] for k in traits}
 
 
 def test_e5_a15_pending_transfer_is_accepted(feed):
@@ -258,6 +426,27 @@ def test_m1_a_merge_chain_points_at_the_final_survivor(feed):
     assert warning(ack) == [("204", "PID^1^3")]
     assert feed.show(*ipp("MA"))["id"] != c["id"]
     assert feed.cli("patient", "show", "--ipp", "MNEW").exit_code == 1
+
+
+def test_m1_an_a24_on_a_merged_away_ipp_goes_to_the_survivor(feed):
+    for who in ("M24A", "M24S", "M24L", "M24K"):
+        assert feed.one(msg("A28", Person(who))).code == "AA"
+    assert feed.one(msg("A40", Person("M24S"), prior_ipp="M24A")).errs == []
+    merged, survivor = feed.show(*ipp("M24A")), feed.show(*ipp("M24S"))
+    merged_rows = len(feed.history(*ipp("M24A")))
+    linked, other = feed.show(*ipp("M24L"))["id"], feed.show(*ipp("M24K"))["id"]
+    # PID-3 of the A24 is the merged-away IPP; then the linked identifier (PID-2 segment) is.
+    assert feed.one(msg("A24", Person("M24A"), other=Person("M24L"))).errs == []
+    assert feed.one(msg("A24", Person("M24K"), other=Person("M24A"))).errs == []
+    assert len(feed.history(*ipp("M24A"))) == merged_rows  # the inactive record: untouched
+    assert [(r["event"], r["operation"]) for r in feed.history(*ipp("M24S"))[-2:]] == [
+        ("A24", "link"),
+        ("A24", "link"),
+    ]
+    assert feed.show(*ipp("M24S"))["links"] == sorted([linked, other])
+    for who in ("M24L", "M24K"):
+        assert feed.show(*ipp(who))["links"] == [survivor["id"]], who
+    assert feed.show(*ipp("M24A"))["active"] is False and merged["merged_into"] == survivor["id"]
 
 
 # -- I: identifiers and authorities ---------------------------------------------------------------
@@ -297,6 +486,16 @@ def test_i1_a_second_ipp_of_the_same_authority_is_refused(feed):
 # -- T: transport and control ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("version", ["2.5^FRA^2.11", "2.5", "2.5.1", "2.3.1"])
+def test_t1_msh12_2_5_with_any_12_2_and_other_2_x_versions_are_accepted(feed, version):
+    text = msg("A28", Person("T1", ins=INS)).replace("|2.5^FRA^2.11|", f"|{version}|", 1)
+    assert f"|{version}|" in text
+    ack = feed.one(text)
+    assert (ack.code, ack.errs) == ("AA", [])
+    view = feed.show(*ipp("T1"))
+    assert (view["status"], view["ins"]["value"]) == ("qualifiee", INS)
+
+
 def test_t2_empty_msh18_with_8bit_bytes_uses_the_default_charset(feed):
     text = msg("A28", Person("T2", birth_name="MÉNARD")).replace("|UNICODE UTF-8|", "||")
     ack = feed.one(text.encode("iso-8859-15"))
@@ -325,3 +524,26 @@ def test_the_messages_command_lists_warnings_from_the_log(feed):
     assert only["warnings"].startswith("103 PID^1^32: INS not kept")
     text = feed.cli("messages", "--outcome", "AA", "--warnings")
     assert "warnings: 103 PID^1^32" in text.stdout and text.stdout.count("\n") == 2  # header, row
+
+
+def test_a_warning_is_logged_at_info_with_its_code_and_no_patient_data(db_url, tmp_path):
+    person = Person(
+        "LOGW", birth_name="ZORGLUBIAN", given_names=("PERCEVALINE",), ins=INS, pid32=("PROV",)
+    )
+    daemon = start_daemon(db_url, tmp_path / "serve.log", "--log-level", "info")
+    try:
+        (ack,) = send(daemon.port, [message("A28", person, "LOGW-1")])
+        assert warning(ack) == [("103", "PID^1^32")]
+        deadline = time.monotonic() + 20
+        while "control_id=LOGW-1 " not in daemon.log():
+            assert time.monotonic() < deadline, daemon.log()
+            time.sleep(0.05)
+    finally:
+        exit_code = daemon.stop()
+    assert exit_code == 0
+    log = daemon.log()
+    (line,) = [x for x in log.splitlines() if "control_id=LOGW-1 " in x]
+    assert " INFO " in line
+    assert "event=A28 outcome=AA warnings=103@PID^1^32 " in line
+    for needle in (INS, INS[:13], "ZORGLUBIAN", "PERCEVALINE", "19790328", "1979-03-28"):
+        assert needle not in log, needle

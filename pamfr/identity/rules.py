@@ -6,7 +6,7 @@ Each rule is named in docs/identity-rules.md with its source and its unit test.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -421,15 +421,15 @@ def identifiers_to_add(
     return added
 
 
-def collision_note() -> Note:
-    return Note(
-        Finding.INS_COLLISION,
-        "INS also held by another active patient: flagged on both, usable on neither",
-    )
-
-
-def collision_resolved_note() -> Note:
-    return Note(Finding.INS_COLLISION_RESOLVED, "INS no longer held by another active patient")
+def check_one_patient(patient: int, owners: Iterable[int | None]) -> None:
+    """The IPPs a PID-3 adds to a patient (`owners`: the patient each designates, None when
+    free) are free or its own: an IPP of another patient means PID-3 names two patients
+    (that is an A40 merge)."""
+    if any(owner not in (None, patient) for owner in owners):
+        raise IdentityRefused(
+            Refusal.IPPS_OF_TWO_PATIENTS,
+            "PID-3 holds IPPs of two different patients (send an A40 merge)",
+        )
 
 
 def check_link(first: PatientIdentity, second: PatientIdentity) -> None:

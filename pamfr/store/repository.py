@@ -17,6 +17,7 @@ from sqlalchemy import (
     update,
 )
 
+from pamfr.identity.collision import Flag, Holder, plan_collision
 from pamfr.identity.findings import Finding, IdentityRefused, Note, Refusal
 from pamfr.identity.model import (
     IDENTITY_FIELDS,
@@ -30,8 +31,7 @@ from pamfr.identity.rules import (
     MergeAction,
     Policy,
     Record,
-    collision_note,
-    collision_resolved_note,
+    check_one_patient,
     decide_identity,
     decide_ins_change,
     identifiers_to_add,
@@ -185,12 +185,11 @@ class IdentityRepository:
             **columns,
         }
         patient_id: int | NewPatient
-        if new_ins:
-            others = self._active_holders(str(new_ins), exclude=None)
-            if others:
-                row["ins_collision"] = columns["ins_collision"] = True
-                notes.append(collision_note())
-                self._flag_collision(others)
+        plan = plan_collision(None, self._active_holders(new_ins, exclude=None))
+        if plan.collision:
+            row["ins_collision"] = columns["ins_collision"] = True
+        notes += plan.notes
+        self._set_flags(plan.others)
         if self._held is not None:
             patient_id = NewPatient(row)
             self._held.patients.append(patient_id)
@@ -232,12 +231,8 @@ class IdentityRepository:
         """Add the PID-3 identifiers the patient lacks: one IPP per authority, and never an
         IPP of another patient (that is an A40)."""
         added = identifiers_to_add(identity.identifiers, [_as_identifier(k) for k in known])
-        for ident in added:
-            if ident.type == IPP_TYPE and self.findpatient_id_of(ident) not in (None, patient_id):
-                raise IdentityRefused(
-                    Refusal.IPPS_OF_TWO_PATIENTS,
-                    "PID-3 holds IPPs of two different patients (send an A40 merge)",
-                )
+        owners = (self.findpatient_id_of(i) for i in added if i.type == IPP_TYPE)
+        check_one_patient(patient_id, owners)
         return self._write_identifiers(patient_id, added)
 
     def _update_patient(
@@ -257,18 +252,15 @@ class IdentityRepository:
         notes = list(decision.notes)
         old_ins, new_ins = current["ins_value"], values["ins_value"]
         if new_ins != old_ins or (new_ins and not current["active"]):
-            collision = False
-            if new_ins:
-                others = self._active_holders(str(new_ins), exclude=patient_id)
-                if others:
-                    collision = True
-                    notes.append(collision_note())
-                    self._flag_collision(others)
-            values["ins_collision"] = collision
+            kept = self._active_holders(new_ins, exclude=patient_id)
             if self._prefetched is not None:
                 self._prefetched.ins_moved(patient_id, old_ins, new_ins)
-            if old_ins:
-                self._release_ins(str(old_ins), exclude=patient_id)
+            let_go = old_ins if old_ins != new_ins else None  # the same INS: kept, not let go of
+            released = self._active_holders(let_go, exclude=patient_id)
+            plan = plan_collision(patient_id, kept, released)
+            values["ins_collision"] = plan.collision
+            notes += plan.notes
+            self._set_flags(plan.others)
         diff = {k: [current[k], v] for k, v in values.items() if current[k] != v}
         diff.update(extra or {})
         if identity is not None or still_owned is not None:
@@ -297,11 +289,14 @@ class IdentityRepository:
 
     # -- one INS, one active patient -------------------------------------------
 
-    def _active_holders(self, ins_value: str, exclude: int | None) -> list[dict]:
-        """The other active patients holding this INS; on PostgreSQL under a lock on the INS,
-        so that two receivers giving it to two patients at once see each other. The batch's
-        prefetch answers the usual case (nobody else holds it) without a round trip."""
-        pf = self._prefetched
+    def _active_holders(self, ins_value: object, exclude: int | None) -> list[Holder]:
+        """The active patients holding this INS (none without an INS); on PostgreSQL under a
+        lock on the INS, so that two receivers giving it to two patients at once see each
+        other. The batch's prefetch answers the usual case (nobody but `exclude` holds it)
+        without a round trip."""
+        if not ins_value:
+            return []
+        ins_value, pf = str(ins_value), self._prefetched
         if pf is not None and not pf.others_may_hold(ins_value, exclude):
             return []
         if self._held is not None and self._held.pending:
@@ -309,26 +304,13 @@ class IdentityRepository:
         if self._lock:
             self.conn.execute(sql.LOCK_INS, {"v": ins_value})
         rows = self.conn.execute(sql.ACTIVE_HOLDERS, {"v": ins_value}).mappings()
-        return [dict(r) for r in rows if r["id"] != exclude]
+        return [Holder(r["id"], bool(r["ins_collision"])) for r in rows]
 
-    def _flag_collision(self, others: list[dict]) -> None:
-        for other in others:
-            if not other["ins_collision"]:
-                self.conn.execute(sql.SET_COLLISION, {"pid": other["id"], "flag": True})
-                self._record(
-                    other["id"], "collision", {"ins_collision": [False, True]}, [collision_note()]
-                )
-
-    def _release_ins(self, ins_value: str, exclude: int) -> None:
-        """A patient let go of this INS (removed, replaced, merged away): a holder left alone
-        with it is no longer in collision."""
-        remaining = self._active_holders(ins_value, exclude=exclude)
-        if len(remaining) == 1 and remaining[0]["ins_collision"]:
-            other = remaining[0]["id"]
-            self.conn.execute(sql.SET_COLLISION, {"pid": other, "flag": False})
-            self._record(
-                other, "collision", {"ins_collision": [True, False]}, [collision_resolved_note()]
-            )
+    def _set_flags(self, flags: Sequence[Flag]) -> None:
+        for flag in flags:
+            self.conn.execute(sql.SET_COLLISION, {"pid": flag.id, "flag": flag.collision})
+            change = {"ins_collision": [not flag.collision, flag.collision]}
+            self._record(flag.id, "collision", change, [flag.note])
 
     # -- operations (PAM FR 2.11.1 and the IHE ITI-30 expected actions) -------------------
 
@@ -407,12 +389,13 @@ class IdentityRepository:
             "active": [True, False],
             "merged_into": [None, survivor_id],
         }
-        if source["ins_collision"]:
-            self.conn.execute(sql.SET_COLLISION, {"pid": source_id, "flag": False})
-            source_changes["ins_collision"] = [True, False]
+        released = self._active_holders(source["ins_value"], exclude=source_id)
+        flags = plan_collision(source_id, holders_of_released=released)
+        if bool(source["ins_collision"]) != flags.collision:
+            self.conn.execute(sql.SET_COLLISION, {"pid": source_id, "flag": flags.collision})
+            source_changes["ins_collision"] = [not flags.collision, flags.collision]
         self._record(source_id, "merge", source_changes, plan.notes)
-        if source["ins_value"]:
-            self._release_ins(source["ins_value"], exclude=source_id)
+        self._set_flags(flags.others)
         after = sorted({*merged_before, source_id, *earlier_merges})
         self._record(survivor["id"], "merge", {"merged_patients": [merged_before, after]})
 

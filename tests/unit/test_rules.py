@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pamfr.identity.authority import canonical, named_pairs
+from pamfr.identity.collision import Holder, plan_collision
 from pamfr.identity.findings import Finding, IdentityRefused, Refusal
 from pamfr.identity.ins import nir_key
 from pamfr.identity.model import (
@@ -21,6 +22,7 @@ from pamfr.identity.rules import (
     MergeAction,
     Policy,
     Record,
+    check_one_patient,
     check_statement,
     decide_identity,
     decide_ins_change,
@@ -351,6 +353,59 @@ def test_g7_ins_usable_only_on_an_active_record_without_collision():
     assert not ins_usable(V)
 
 
+def test_g7_a_new_holder_beside_an_active_one_flags_both_with_a_warning():
+    plan = plan_collision(None, holders_of_kept=(Holder(7, collision=False),))
+    assert plan.collision
+    assert [n.finding for n in plan.notes] == [Finding.INS_COLLISION]
+    assert all(n.warning for n in plan.notes)
+    assert [(f.id, f.collision, f.note.finding) for f in plan.others] == [
+        (7, True, Finding.INS_COLLISION)
+    ]
+
+
+def test_g7_a_holder_already_flagged_is_not_flagged_again():
+    plan = plan_collision(3, holders_of_kept=(Holder(3, False), Holder(7, True), Holder(8, False)))
+    assert plan.collision
+    assert [f.id for f in plan.others] == [8]
+
+
+def test_g7_no_collision_when_the_only_holder_is_this_patient():
+    plan = plan_collision(3, holders_of_kept=(Holder(3, collision=False),))
+    assert plan == plan_collision(3)
+    assert not plan.collision and plan.notes == () and plan.others == ()
+
+
+def test_g7_resolved_when_the_ins_is_let_go_and_one_flagged_holder_remains():
+    plan = plan_collision(3, holders_of_released=(Holder(3, True), Holder(7, True)))
+    assert not plan.collision and plan.notes == ()
+    assert [(f.id, f.collision, f.note.finding) for f in plan.others] == [
+        (7, False, Finding.INS_COLLISION_RESOLVED)
+    ]
+    assert not plan.others[0].note.warning
+
+
+def test_g7_still_in_collision_while_two_others_hold_the_ins():
+    released = (Holder(3, True), Holder(7, True), Holder(8, True))
+    assert plan_collision(3, holders_of_released=released) == plan_collision(3)
+
+
+def test_g7_replacing_an_ins_flags_the_new_holders_and_frees_the_old_one():
+    plan = plan_collision(3, (Holder(3, False), Holder(8, False)), (Holder(7, True),))
+    assert plan.collision
+    assert [(f.id, f.collision) for f in plan.others] == [(8, True), (7, False)]
+
+
+def test_g7_a_merge_of_two_records_sharing_the_ins_resolves_it():
+    """A40: the merged-away record lets go of the INS; the survivor is left alone with it."""
+    source, survivor = Holder(4, collision=True), Holder(9, collision=True)
+    plan = plan_collision(source.id, holders_of_released=(survivor,))
+    assert not plan.collision and plan.notes == ()
+    assert [(f.id, f.collision) for f in plan.others] == [(9, False)]
+    # the holders may be read before the merged-away record is deactivated: same outcome
+    assert plan_collision(source.id, holders_of_released=(source, survivor)) == plan
+    assert plan.others[0].note.finding is Finding.INS_COLLISION_RESOLVED
+
+
 # -- L1 the INS life cycle of §4.4 (A47 with an INS in MRG-1) -------------------------------------
 
 
@@ -515,3 +570,11 @@ def test_i1_a_second_ipp_of_an_authority_is_refused():
     assert caught.value.reason is Refusal.SECOND_IPP_SAME_AUTHORITY
     other = Identifier("IPP9", "PI", "CHU-Y", "1.2.9")
     assert identifiers_to_add([IPP, other], known) == [other]
+
+
+def test_i1_pid3_naming_ipps_of_two_patients_is_refused():
+    check_one_patient(5, [])
+    check_one_patient(5, [None, 5])  # free, or already its own
+    with pytest.raises(IdentityRefused) as caught:
+        check_one_patient(5, [None, 6])
+    assert caught.value.reason is Refusal.IPPS_OF_TWO_PATIENTS and caught.value.patient == 1

@@ -358,6 +358,27 @@ def plan_merge(source: Record | None, target: Record | None) -> MergePlan:
     return MergePlan(MergeAction.MERGE, survivor, notes)
 
 
+def designate_by_prior_ins(
+    owner: int | None, holders: Iterable[int]
+) -> tuple[int | None, list[Note]]:
+    """§4.4.2 to §4.4.4: the patient an A47 with an INS in MRG-1 changes. `holders` are the
+    active patients holding MRG-1's INS, `owner` the patient PID-3's IPP designates (if any):
+    the owner when it holds the INS, else the only holder; refused when the IPP designates a
+    patient that does not hold it."""
+    held = set(holders)
+    if owner is not None and held and owner not in held:
+        raise IdentityRefused(
+            Refusal.INS_AND_IPP_DISAGREE,
+            "MRG-1's INS and PID-3's IPP designate two different patients",
+        )
+    if owner in held:
+        return owner, []
+    if len(held) == 1:
+        return next(iter(held)), []
+    text = "MRG-1's INS designates no single active patient: nothing changed"
+    return None, [Note(Finding.PRIOR_UNKNOWN, text, field="prior")]
+
+
 def plan_rename(source: Record | None, owner_of_new: int | None) -> MergeAction:
     """A47 on an IPP: MRG-1's identifier becomes PID-3's on the same patient. Raises when the
     new identifier is another patient's (that is an A40)."""

@@ -34,6 +34,7 @@ from pamfr.identity.rules import (
     check_one_patient,
     decide_identity,
     decide_ins_change,
+    designate_by_prior_ins,
     identifiers_to_add,
     matching_ipp,
     plan_merge,
@@ -462,23 +463,10 @@ class IdentityRepository:
         """§4.4.2 to §4.4.4: the patient is found by MRG-1's INS (an active holder; the one
         PID-3's IPP designates when several hold it)."""
         values = sorted({s.value.upper() for s in prior_ins})
-        holders = {
-            r["id"]
-            for v in values
-            for r in self.conn.execute(sql.ACTIVE_HOLDERS, {"v": v}).mappings()
-        }
-        owner = self._find_by_ipps(identity)
-        if owner is not None and holders and owner not in holders:
-            raise IdentityRefused(
-                Refusal.INS_AND_IPP_DISAGREE,
-                "MRG-1's INS and PID-3's IPP designate two different patients",
-            )
-        target = owner if owner in holders else None
-        if target is None and len(holders) == 1:
-            target = next(iter(holders))
+        holders = {h.id for v in values for h in self._active_holders(v, exclude=None)}
+        target, notes = designate_by_prior_ins(self._find_by_ipps(identity), holders)
         if target is None:
-            text = "MRG-1's INS designates no single active patient: nothing changed"
-            self._note([Note(Finding.PRIOR_UNKNOWN, text, field="prior")])
+            self._note(notes)
             return
         current = self._lock_in_order(target)[target]
         decision = decide_ins_change(identity, current, policy)

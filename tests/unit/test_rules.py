@@ -26,6 +26,7 @@ from pamfr.identity.rules import (
     check_statement,
     decide_identity,
     decide_ins_change,
+    designate_by_prior_ins,
     identifiers_to_add,
     plan_merge,
     plan_rename,
@@ -578,3 +579,19 @@ def test_i1_pid3_naming_ipps_of_two_patients_is_refused():
     with pytest.raises(IdentityRefused) as caught:
         check_one_patient(5, [None, 6])
     assert caught.value.reason is Refusal.IPPS_OF_TWO_PATIENTS and caught.value.patient == 1
+
+
+def test_l1_the_a47_changes_the_holder_pid3_designates_else_the_only_holder():
+    # PID-3's IPP designates one of several holders: that one.
+    assert designate_by_prior_ins(7, {3, 7}) == (7, [])
+    # No IPP known, one active holder: that one.
+    assert designate_by_prior_ins(None, {3}) == (3, [])
+    # A known IPP whose patient does not hold the INS: two patients are designated.
+    with pytest.raises(IdentityRefused) as refused:
+        designate_by_prior_ins(9, {3})
+    assert refused.value.reason is Refusal.INS_AND_IPP_DISAGREE
+    # Nobody, or several without an IPP to choose: nothing is changed, with a warning.
+    for owner, holders in ((None, set()), (None, {3, 7}), (9, set())):
+        target, notes = designate_by_prior_ins(owner, holders)
+        assert target is None
+        assert [n.finding for n in notes] == [Finding.PRIOR_UNKNOWN]

@@ -76,11 +76,15 @@ def drop_once(db_url: str, inbox: Path, **settings) -> list[FileResult]:
 
 
 @contextmanager
-def running_watcher(db_url: str, inbox: Path, **settings) -> Iterator[FileDropWatcher]:
-    """The watcher polling `inbox` on a loop in a background thread."""
+def running_watcher(
+    db_url: str, inbox: Path, *, writer_open: Callable[[Path], bool] | None = None, **settings
+) -> Iterator[FileDropWatcher]:
+    """The watcher of `inbox` on a loop in a background thread; `writer_open` replaces its
+    /proc look for a process writing a file."""
     engine = make_engine(db_url)
     handler = AsyncReceiver(Receiver(engine), door="file")
-    watcher = FileDropWatcher(handler, FiledropSettings(dirs=[str(inbox)], **settings))
+    extra = {} if writer_open is None else {"writer_open": writer_open}
+    watcher = FileDropWatcher(handler, FiledropSettings(dirs=[str(inbox)], **settings), **extra)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(watcher.run(),), daemon=True)
     thread.start()
@@ -118,9 +122,11 @@ def test_watch_once_cli_basic_flow(db_url, tmp_path):
         ("AA", "A-1"),
         ("AA", "A-2"),
     ]
-    # One INFO line per file, without patient data.
+    # The mode of the folder, then one INFO line per file, without patient data.
     file_lines = [line for line in result.stderr.splitlines() if "pamfr.ingest.filedrop" in line]
-    assert len(file_lines) == 2
+    assert len(file_lines) == 3
+    assert f"file drop {inbox}: close-of-writer events (inotify IN_CLOSE_WRITE)" in file_lines[0]
+    file_lines = file_lines[1:]
     assert "a.hl7: 2 message(s), AA=2 -> done/a.hl7" in file_lines[0]
     assert not any("Lefèvre" in line or "IPP-A" in line for line in file_lines)
     engine = make_engine(db_url)
@@ -364,7 +370,7 @@ def test_unreadable_files_go_to_error_with_the_reason(sqlite_url, tmp_path):
         "b-lost.hl7.error",
     ]
     assert (error / "a-garbage.bin").read_bytes() == garbage
-    assert "no MSH segment" in (error / "a-garbage.bin.error").read_text()
+    assert "not an HL7 v2 file: it begins with" in (error / "a-garbage.bin.error").read_text()
     assert "No such file or directory" in (error / "b-lost.hl7.error").read_text()
     assert (error / "b-lost.hl7").is_symlink()
     assert (inbox / "c-folder.hl7").is_dir()

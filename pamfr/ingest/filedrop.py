@@ -1,11 +1,23 @@
-"""The file-drop door: inbound folders polled for HL7 files, every message through the receiver.
+"""The file-drop door: inbound folders watched for HL7 files, every message through the receiver.
 
-A file is taken once it has stopped changing (size and mtime stable for the quiet period;
-temporary suffixes and dot-files are never taken), its messages go one by one, in order,
-through the same receiver as the MLLP door, and only when all of them are committed does
-the file move to done/ (all AA) or error/ (any AE/AR, or unreadable), next to its ACKs
-(`<name>.ack`) or the reason it could not be read (`<name>.error`). A crash mid-file leaves
-the file in the inbox; on restart the duplicate control answers what was already applied.
+A file is taken once it is complete and settled, and is never moved while it changes:
+* where inotify works (Linux, through watchdog: pamfr/ingest/closes.py), a file that appears
+  while the folder is watched is taken only once its writer has closed it after its last write
+  (IN_CLOSE_WRITE, or it was moved in whole), then stayed unchanged for the quiet period;
+* a file that was already there when the watch began (or when inotify lost events), and every
+  file of a folder polled only, is taken once unchanged for the quiet period;
+* either way, no process may hold it open for writing as far as /proc shows (the processes of
+  other users are hidden), and its content must be complete (files.incomplete_reason: not
+  empty, an MSH segment, a final segment terminator, a batch with its BTS/FTS trailers and
+  matching counts); an incomplete file waits, and goes to error/ only once unchanged for
+  [filedrop] incomplete_timeout. Bytes that can never become HL7 go to error/ at once.
+Temporary suffixes and dot-files are never taken. Its messages go one by one, in order,
+through the same receiver as the MLLP door, and only when all of them are committed does the
+file move to done/ (all AA) or error/ (any AE/AR, or unreadable), next to its ACKs
+(`<name>.ack`) or the reason it could not be read (`<name>.error`); just before the move its
+size and mtime must still be those it was read with, else it stays and is taken again later.
+A crash mid-file leaves the file in the inbox; on restart the duplicate control answers what
+was already applied.
 """
 
 from __future__ import annotations
@@ -22,10 +34,18 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pamfr.hl7.frame import Door, Inbound, Outcome
-from pamfr.ingest.files import UnreadableFile, incomplete_reason, split_messages
+from pamfr.ingest.closes import (
+    Close,
+    CloseWatch,
+    EventsUnavailable,
+    Signature,
+    WriteEvents,
+    signature_of,
+)
+from pamfr.ingest.files import UnreadableFile, incomplete_reason, not_hl7_reason, split_messages
 from pamfr.service.config import FiledropSettings
 from pamfr.service.metrics import Metrics
 
@@ -33,16 +53,14 @@ log = logging.getLogger(__name__)
 
 DOOR = Door.FILE
 _MAX_BACKOFF = 60.0
+# inotify events reach pamfr within a second (watchdog holds a move out of the folder back half
+# a second to pair it): a new file without any event after this long means inotify does not
+# see the writes of that folder (a network file system): it is then polled only.
+EVENT_GRACE = 10.0
 
 
 class MessageHandler(Protocol):
     async def receive(self, inbound: Inbound) -> Outcome: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Signature:
-    size: int
-    mtime_ns: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +89,16 @@ class _StoreUnavailable(Exception):
 @dataclass(slots=True)
 class _Seen:
     signature: Signature
-    since: float
+    since: float  # when the listing first found it with this size and mtime
+    first: float  # when the listing first found it
+
+
+class Listed(NamedTuple):
+    """A file of the folder as one listing found it."""
+
+    path: Path
+    signature: Signature
+    close: Close = Close.UNKNOWN
 
 
 @dataclass
@@ -84,6 +111,17 @@ class Inbox:
     retry_at: float = 0.0
     backoff: float = 0.0
     missing_logged: bool = False
+    events: WriteEvents | None = None  # the folder's close-of-writer events; None: polled only
+    no_events: str | None = None  # why it is polled only, for good
+    mode_logged: str | None = None
+    held: tuple[Path, Close] | None = None  # the file that holds the others back, and why
+    silent: Path | None = None  # a new file inotify reported nothing for, past EVENT_GRACE
+    _generation: int = -1
+    _before: set[str] = field(default_factory=set)  # there before the watch: polling rules
+
+    @property
+    def mode(self) -> str:
+        return "inotify" if self.events is not None else "polling"
 
     @property
     def done_dir(self) -> Path:
@@ -92,6 +130,12 @@ class Inbox:
     @property
     def error_dir(self) -> Path:
         return self.path / self.settings.error_dir
+
+    def use_events(self, events: WriteEvents | None) -> None:
+        """Close-of-writer events from now on (None: polling); the files there now were
+        written before: the polling rules apply to them."""
+        self.events = events
+        self._generation = -1
 
     def _skipped(self, name: str) -> bool:
         lowered = name.lower()
@@ -121,29 +165,61 @@ class Inbox:
         return found
 
     def settled(self, now: float) -> tuple[list[tuple[Path, Signature]], int]:
-        """The files ready to take, in processing order, and how many are still settling.
-
-        Order is strict: a file still being written holds back the files after it.
-        """
+        """The files ready to take, in processing order, and how many are still settling."""
+        events = self.events
+        generation = events.generation if events is not None else -1
         files = self.list_files()
+        names = {path.name for path, _ in files}
+        if events is not None and generation != self._generation:
+            self._generation = generation  # the watch began, or lost events: seen anew
+            self._before = names
+        self._before &= names
+        return self.decide([Listed(p, sig, self.close_of(p.name, sig)) for p, sig in files], now)
+
+    def close_of(self, name: str, signature: Signature) -> Close:
+        if self.events is None:
+            return Close.UNKNOWN
+        close = self.events.close_of(name, signature)
+        if close is Close.NO_EVENT and name in self._before:
+            return Close.UNKNOWN  # written before the watch began: nothing will tell its close
+        return close
+
+    def decide(
+        self, listed: Sequence[Listed], now: float
+    ) -> tuple[list[tuple[Path, Signature]], int]:
+        """Which of the files one listing found (at `now`) are ready to take, in processing
+        order, and how many are still settling (no I/O). A file is ready once unchanged for
+        the quiet period and, when inotify tells of its writer, closed after its last write.
+        Order is strict: a file still settling holds back the files after it."""
         seen: dict[Path, _Seen] = {}
-        for path, sig in files:
+        for path, sig, _ in listed:
             before = self.seen.get(path)
-            seen[path] = before if before and before.signature == sig else _Seen(sig, now)
+            if before and before.signature == sig:
+                seen[path] = before
+            else:
+                seen[path] = _Seen(sig, now, before.first if before else now)
         self.seen = seen
         if self.settings.order == "mtime":
-            files.sort(key=lambda f: (f[1].mtime_ns, f[0].name))
+            ordered = sorted(listed, key=lambda f: (f.signature.mtime_ns, f.path.name))
         else:
-            files.sort(key=lambda f: f[0].name)
+            ordered = sorted(listed, key=lambda f: f.path.name)
+        self.held = self.silent = None
+        for path, _, close in listed:
+            if close is Close.NO_EVENT and now - seen[path].first > EVENT_GRACE:
+                self.silent = path
         ready = []
-        for path, sig in files:
-            if now - seen[path].since < self.settings.quiet_period:
+        for path, sig, close in ordered:
+            quiet = now - seen[path].since >= self.settings.quiet_period
+            if not quiet or close not in (Close.UNKNOWN, Close.CLOSED):
+                if quiet:
+                    self.held = (path, close)
                 break
             ready.append((path, sig))
-        return ready, len(files) - len(ready)
+        return ready, len(listed) - len(ready)
 
     def forget(self, path: Path) -> None:
         self.seen.pop(path, None)
+        self._before.discard(path.name)
 
 
 def file_messages(data: bytes) -> list[bytes]:
@@ -167,10 +243,9 @@ def read_settled(path: Path, expected: Signature) -> bytes:
 def unchanged(path: Path, expected: Signature) -> bool:
     """The file is still as it was read (just before it is moved away)."""
     try:
-        st = os.stat(path)
+        return signature_of(path) == expected
     except FileNotFoundError:
         return False
-    return Signature(st.st_size, st.st_mtime_ns) == expected
 
 
 def open_for_writing(path: Path) -> bool:
@@ -216,14 +291,22 @@ def free_name(folder: Path, name: str) -> str:
     return candidate
 
 
-def file_away(source: Path, folder: Path, side_name: str, side_content: bytes) -> Path:
-    """Write the .ack/.error file, then move the source beside it; nothing is overwritten."""
+def file_away(
+    source: Path, folder: Path, side_name: str, side_content: bytes, expected: Signature
+) -> Path | None:
+    """Write the .ack/.error file, then move the source beside it; nothing is overwritten.
+    None, and nothing moved, when the source's size or mtime are no longer `expected` (those
+    it was read with) just before the move: it is being written again."""
     folder.mkdir(parents=True, exist_ok=True)
     final = free_name(folder, source.name)
-    with open(folder / f"{final}{side_name}", "xb") as f:
+    side = folder / f"{final}{side_name}"
+    with open(side, "xb") as f:
         f.write(side_content)
         f.flush()
         os.fsync(f.fileno())
+    if not unchanged(source, expected):
+        side.unlink()
+        return None
     target = folder / final
     try:
         os.rename(source, target)
@@ -240,7 +323,13 @@ def ack_file_content(acks: Sequence[bytes]) -> bytes:
 
 
 class FileDropWatcher:
-    """Polls the inbound folders; one file at a time per folder, shared receiver for all."""
+    """Watches the inbound folders (inotify close-of-writer events where the platform has them,
+    and a listing every poll interval); one file at a time per folder, shared receiver for all.
+
+    `writer_open` tells whether some process holds a file open for writing (open_for_writing
+    reads /proc); a test gives one that sees nothing, as pamfr sees nothing of an FTP server
+    running as another user.
+    """
 
     def __init__(
         self,
@@ -250,8 +339,10 @@ class FileDropWatcher:
         *,
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
+        writer_open: Callable[[Path], bool] = open_for_writing,
     ) -> None:
         self.handler = handler
+        self.writer_open = writer_open
         self.metrics = metrics if metrics is not None else Metrics()
         self.settings = settings
         folders = settings.dirs if dirs is None else dirs
@@ -260,6 +351,8 @@ class FileDropWatcher:
         self.failures = 0  # files left in their inbox because the store or the disk failed
         self._stop = asyncio.Event()
         self._waiting: dict[Path, str] = {}  # files left to finish, and why (logged once)
+        self._closes: CloseWatch | None = None
+        self._no_closes: str | None = None  # why no folder has close-of-writer events
 
     def stop(self) -> None:
         """Finish the message in hand, then stop; the current file stays in its inbox."""
@@ -276,13 +369,79 @@ class FileDropWatcher:
 
     async def run(self) -> None:
         """Watch until stop()."""
-        await asyncio.gather(*(self._watch(inbox) for inbox in self.inboxes))
+        self._start_close_events()
+        try:
+            await asyncio.gather(*(self._watch(inbox) for inbox in self.inboxes))
+        finally:
+            await asyncio.to_thread(self._stop_close_events)
 
     async def run_once(self) -> list[FileResult]:
         """Take the files that settle within one quiet period from now, then return."""
         results: list[FileResult] = []
-        await asyncio.gather(*(self._once(inbox, results) for inbox in self.inboxes))
+        self._start_close_events()
+        try:
+            await asyncio.gather(*(self._once(inbox, results) for inbox in self.inboxes))
+        finally:
+            await asyncio.to_thread(self._stop_close_events)
         return results
+
+    def _start_close_events(self) -> None:
+        if not self.settings.close_events:
+            self._no_closes = "[filedrop] close_events = false"
+            return
+        try:
+            self._closes = CloseWatch()
+        except EventsUnavailable as exc:
+            self._no_closes = str(exc)
+
+    def _stop_close_events(self) -> None:
+        closes, self._closes = self._closes, None
+        for inbox in self.inboxes:
+            inbox.use_events(None)
+        if closes is not None:
+            closes.stop()
+
+    def _keep_close_events(self, inbox: Inbox) -> None:
+        """Watch the folder for close-of-writer events if it can be (again), and say in which
+        mode it is watched whenever that changes."""
+        closes = self._closes
+        if closes is not None and not closes.alive:
+            self._no_closes = "the inotify observer stopped"
+            self._closes = closes = None
+        events = inbox.events
+        if events is not None and (closes is None or events.ended):
+            if closes is not None:
+                closes.unwatch(events)
+            inbox.use_events(None)
+        reason = inbox.no_events or self._no_closes
+        if inbox.events is None and closes is not None and inbox.no_events is None:
+            try:
+                inbox.use_events(closes.watch(inbox.path))
+            except EventsUnavailable as exc:
+                reason = str(exc)  # the folder may not be there yet: tried again next pass
+        if inbox.events is not None:
+            mode = (
+                f"close-of-writer events (inotify IN_CLOSE_WRITE), and a listing every "
+                f"{self.settings.poll_interval:g} s"
+            )
+        else:
+            mode = f"polling every {self.settings.poll_interval:g} s ({reason})"
+        if mode != inbox.mode_logged:
+            chosen = inbox.events is not None or not self.settings.close_events
+            log.log(
+                logging.INFO if chosen else logging.WARNING, "file drop %s: %s", inbox.path, mode
+            )
+            inbox.mode_logged = mode
+
+    def _events_silent(self, inbox: Inbox, path: Path) -> None:
+        """inotify said nothing of a new file: it does not see that folder's writes."""
+        if self._closes is not None and inbox.events is not None:
+            self._closes.unwatch(inbox.events)
+        inbox.use_events(None)
+        inbox.no_events = (
+            f"inotify reported nothing of {path.name} for {EVENT_GRACE:g} s: "
+            "its writes are not seen there (a network file system?)"
+        )
 
     async def _watch(self, inbox: Inbox) -> None:
         while not self.stopping:
@@ -304,6 +463,7 @@ class FileDropWatcher:
         now = self.clock()
         if now < inbox.retry_at:
             return 1
+        self._keep_close_events(inbox)
         try:
             ready, settling = await asyncio.to_thread(inbox.settled, now)
         except OSError as exc:
@@ -312,6 +472,12 @@ class FileDropWatcher:
                 inbox.missing_logged = True
             return 0
         inbox.missing_logged = False
+        if inbox.silent is not None:
+            self._events_silent(inbox, inbox.silent)
+            return settling  # polled from the next pass on
+        if inbox.held is not None:
+            held, close = inbox.held
+            self._wait(held, close.value)
         for path, sig in ready:
             if self.stopping:
                 break
@@ -348,11 +514,15 @@ class FileDropWatcher:
         """Apply a settled file's messages and file it away; None to look at it again later
         (a writer still has it open, its content is not complete yet, or it changed)."""
         try:
-            if await asyncio.to_thread(open_for_writing, path):
+            if await asyncio.to_thread(self.writer_open, path):
                 self._wait(path, "a process still has it open for writing")
                 return None
             data = await asyncio.to_thread(read_settled, path, sig)
-            reason = incomplete_reason(data) if b"MSH" in data else None  # else not HL7
+            never = not_hl7_reason(data)
+            if never is not None:
+                self._waiting.pop(path, None)
+                return await self._unreadable(path, inbox, never, sig)
+            reason = incomplete_reason(data)
             if reason is not None:
                 seen = inbox.seen.get(path)
                 waited = self.clock() - seen.since if seen else 0.0
@@ -369,11 +539,12 @@ class FileDropWatcher:
         except FileNotFoundError as exc:
             if not os.path.lexists(path):
                 return None  # taken away by someone else
-            return await self._unreadable(path, inbox, f"cannot read the file: {exc.strerror}")
+            why = f"cannot read the file: {exc.strerror}"
+            return await self._unreadable(path, inbox, why, sig)
         except OSError as exc:
-            return await self._unreadable(path, inbox, f"cannot read the file: {exc}")
+            return await self._unreadable(path, inbox, f"cannot read the file: {exc}", sig)
         except UnreadableFile as exc:
-            return await self._unreadable(path, inbox, str(exc))
+            return await self._unreadable(path, inbox, str(exc), sig)
 
         acks: list[bytes] = []
         codes: Counter[str] = Counter()
@@ -393,12 +564,13 @@ class FileDropWatcher:
             codes[outcome.code] += 1
         ok = set(codes) <= {"AA"}
         folder = inbox.done_dir if ok else inbox.error_dir
-        if not await asyncio.to_thread(unchanged, path, sig):
+        content = ack_file_content(acks)
+        moved = await asyncio.to_thread(file_away, path, folder, ".ack", content, sig)
+        if moved is None:
             # Written to while it was applied: taken again later; what was applied is answered
             # from the log (same control ids), what was added is applied then.
             self._wait(path, "it changed while its messages were applied")
             return None
-        moved = await asyncio.to_thread(file_away, path, folder, ".ack", ack_file_content(acks))
         self.metrics.file_done(ok)
         counts = " ".join(f"{code}={n}" for code, n in sorted(codes.items()))
         log.log(
@@ -412,12 +584,13 @@ class FileDropWatcher:
         return FileResult(path, moved, len(messages), dict(codes))
 
     async def _unreadable(
-        self, path: Path, inbox: Inbox, reason: str, sig: Signature | None = None
+        self, path: Path, inbox: Inbox, reason: str, sig: Signature
     ) -> FileResult | None:
-        if sig is not None and not await asyncio.to_thread(unchanged, path, sig):
-            return None  # it grew meanwhile: look again
         text = f"{path.name}: {reason}\n".encode()
-        moved = await asyncio.to_thread(file_away, path, inbox.error_dir, ".error", text)
+        moved = await asyncio.to_thread(file_away, path, inbox.error_dir, ".error", text, sig)
+        if moved is None:
+            self._wait(path, "it changed since it was read")
+            return None
         self.metrics.file_done(False)
         log.warning("file %s: unreadable (%s) -> %s", path.name, reason, _shown(moved, inbox))
         return FileResult(path, moved, 0, {}, reason)

@@ -52,26 +52,44 @@ def _frame_messages(frame: bytes) -> list[bytes]:
 
 
 _SEGMENT = re.compile(rb"[^\r\n]+")
+_BOM = b"\xef\xbb\xbf"
+_FILE_STARTS = (b"MSH", b"FHS", b"BHS")
+
+
+def not_hl7_reason(data: bytes) -> str | None:
+    """Why a file's content can never become HL7 v2, whatever is appended to it: after an
+    optional UTF-8 byte-order mark and white space, an HL7 file begins with MSH, FHS, BHS or
+    an MLLP start block (0x0B). None while it does, or still may (empty, or "MS" so far)."""
+    head = data.removeprefix(_BOM).lstrip(b" \t\r\n")[:3]
+    if not head or head.startswith(b"\x0b") or any(s.startswith(head) for s in _FILE_STARTS):
+        return None
+    return f"not an HL7 v2 file: it begins with {head!r}, not MSH, FHS, BHS or an MLLP block"
 
 
 def incomplete_reason(data: bytes) -> str | None:
     """Why a file's content may still be being written, or None when it is complete: it is
-    not empty, its last segment ends with a terminator (CR or LF; an MLLP file with its end
-    marker), and an HL7 batch has its BTS (and FTS) trailers with counts that match."""
+    not empty, it holds an MSH segment, its last segment ends with a terminator (CR or LF; an
+    MLLP file with its end marker), and an HL7 batch has its BTS (and FTS) trailers with
+    counts that match. (A complete batch of no message is complete: nothing will come.)"""
     body = data.rstrip(b"\t \x00\x1a")
     if not body.strip():
-        return "the file is empty"
+        return "the file is empty (0 bytes)" if not data else "the file is empty (blanks only)"
     if b"\x0b" in body:
         if not body.rstrip(b"\r\n").endswith(b"\x1c"):
             return "the last MLLP frame has no end marker"
         return None
+    segments = [s.lstrip(_BOM + b" \t") for s in _SEGMENT.findall(body)]
+    has_msh = any(s.startswith(b"MSH") for s in segments)
     if not body.endswith((b"\r", b"\n")):
+        if not has_msh:
+            return "no MSH segment"
         return "the last segment has no terminator (CR or LF)"
-    segments = [s.lstrip(b"\xef\xbb\xbf \t") for s in _SEGMENT.findall(body)]
     kinds = [s[:3] for s in segments if s.strip()]
-    if not kinds or kinds[0] not in (b"FHS", b"BHS"):
-        return None
-    return _batch_reason(segments)
+    if kinds and kinds[0] in (b"FHS", b"BHS"):
+        return _batch_reason(segments)
+    if not has_msh:
+        return "no MSH segment"
+    return None
 
 
 def _batch_reason(segments: list[bytes]) -> str | None:

@@ -116,9 +116,13 @@ class Hl7Settings(_Section):
 class FiledropSettings(_Section):
     dirs: list[str] = []
     quiet_period: float = Field(2.0, ge=0)
-    # A file whose content is not complete (no final segment terminator, a batch without its
-    # BTS/FTS trailers or with wrong counts, 0 bytes) waits this long unchanged, then error/.
+    # A file whose content is not complete (empty, no MSH segment, no final segment terminator,
+    # a batch without its BTS/FTS trailers or with wrong counts) waits this long unchanged,
+    # then error/.
     incomplete_timeout: float = Field(300.0, gt=0)
+    # Where inotify works, a file that appears is taken only after its writer closed it
+    # (IN_CLOSE_WRITE); false: the folders are polled only.
+    close_events: bool = True
     poll_interval: float = Field(1.0, gt=0)
     temp_suffixes: list[str] = [".tmp", ".part", ".filepart"]
     order: Literal["name", "mtime"] = "name"

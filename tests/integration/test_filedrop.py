@@ -20,8 +20,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from pamfr.hl7.samples import Person, generate_mix, message
+from pamfr.ingest.closes import signature_of
 from pamfr.ingest.expected import compare_state, store_state
-from pamfr.ingest.filedrop import FileDropWatcher, FileResult
+from pamfr.ingest.filedrop import FileDropWatcher, FileResult, file_away
 from pamfr.ingest.replay import replay_local
 from pamfr.path.pipeline import AsyncReceiver
 from pamfr.path.receiver import Receiver
@@ -76,11 +77,15 @@ def drop_once(db_url: str, inbox: Path, **settings) -> list[FileResult]:
 
 
 @contextmanager
-def running_watcher(db_url: str, inbox: Path, **settings) -> Iterator[FileDropWatcher]:
-    """The watcher polling `inbox` on a loop in a background thread."""
+def running_watcher(
+    db_url: str, inbox: Path, *, writer_open: Callable[[Path], bool] | None = None, **settings
+) -> Iterator[FileDropWatcher]:
+    """The watcher of `inbox` on a loop in a background thread; `writer_open` replaces its
+    /proc look for a process writing a file."""
     engine = make_engine(db_url)
     handler = AsyncReceiver(Receiver(engine), door="file")
-    watcher = FileDropWatcher(handler, FiledropSettings(dirs=[str(inbox)], **settings))
+    extra = {} if writer_open is None else {"writer_open": writer_open}
+    watcher = FileDropWatcher(handler, FiledropSettings(dirs=[str(inbox)], **settings), **extra)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(watcher.run(),), daemon=True)
     thread.start()
@@ -118,9 +123,11 @@ def test_watch_once_cli_basic_flow(db_url, tmp_path):
         ("AA", "A-1"),
         ("AA", "A-2"),
     ]
-    # One INFO line per file, without patient data.
+    # The mode of the folder, then one INFO line per file, without patient data.
     file_lines = [line for line in result.stderr.splitlines() if "pamfr.ingest.filedrop" in line]
-    assert len(file_lines) == 2
+    assert len(file_lines) == 3
+    assert f"file drop {inbox}: close-of-writer events (inotify IN_CLOSE_WRITE)" in file_lines[0]
+    file_lines = file_lines[1:]
     assert "a.hl7: 2 message(s), AA=2 -> done/a.hl7" in file_lines[0]
     assert not any("Lefèvre" in line or "IPP-A" in line for line in file_lines)
     engine = make_engine(db_url)
@@ -364,13 +371,62 @@ def test_unreadable_files_go_to_error_with_the_reason(sqlite_url, tmp_path):
         "b-lost.hl7.error",
     ]
     assert (error / "a-garbage.bin").read_bytes() == garbage
-    assert "no MSH segment" in (error / "a-garbage.bin.error").read_text()
+    assert "not an HL7 v2 file: it begins with" in (error / "a-garbage.bin.error").read_text()
     assert "No such file or directory" in (error / "b-lost.hl7.error").read_text()
     assert (error / "b-lost.hl7").is_symlink()
     assert (inbox / "c-folder.hl7").is_dir()
     # The watcher carried on with the next file.
     assert [a.code for a in acks_of(inbox / "done" / "d-good.hl7.ack")] == ["AA"]
     assert "unreadable" in result.stderr
+
+
+def test_empty_and_msh_less_files_wait_for_the_limit_bytes_never_hl7_go_at_once(
+    sqlite_url, tmp_path
+):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    error = inbox / "error"
+    limit = 2.0
+    settings = dict(quiet_period=0.1, poll_interval=0.05, incomplete_timeout=limit)
+    with running_watcher(sqlite_url, inbox, **settings):
+        dropped = time.monotonic()
+        (inbox / "a-junk.hl7").write_bytes(b"PK\x03\x04 a zip, not HL7")
+        (inbox / "b-empty.hl7").write_bytes(b"")
+        (inbox / "c-ms.hl7").write_bytes(b"MS")
+        wait_for(lambda: (error / "a-junk.hl7.error").exists(), 10, "a-junk.hl7")
+        assert time.monotonic() - dropped < limit
+        assert not (error / "b-empty.hl7").exists()
+        wait_for(lambda: (error / "c-ms.hl7.error").exists(), 10, "the limit")
+        assert time.monotonic() - dropped >= limit
+    assert (error / "a-junk.hl7.error").read_text() == (
+        "a-junk.hl7: not an HL7 v2 file: it begins with b'PK\\x03', "
+        "not MSH, FHS, BHS or an MLLP block\n"
+    )
+    for name, why in [
+        ("b-empty.hl7", "the file is empty (0 bytes)"),
+        ("c-ms.hl7", "no MSH segment"),
+    ]:
+        said = (error / f"{name}.error").read_text()
+        assert said.startswith(f"{name}: incomplete, unchanged for ") and said.endswith(
+            f" s: {why}\n"
+        )
+    assert (error / "c-ms.hl7").read_bytes() == b"MS"
+
+
+def test_a_file_that_changed_since_it_was_read_is_not_moved(tmp_path):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    path = inbox / "a.hl7"
+    path.write_bytes(b"XYZ")
+    read = signature_of(path)
+    with open(path, "ab") as f:  # written again between the read and the move
+        f.write(b" more")
+    for folder, side in [(inbox / "error", ".error"), (inbox / "done", ".ack")]:
+        assert file_away(path, folder, side, b"why\n", read) is None
+        assert list(folder.iterdir()) == []  # the .ack/.error written first is taken back
+    assert path.read_bytes() == b"XYZ more"
+    moved = file_away(path, inbox / "error", ".error", b"why\n", signature_of(path))
+    assert moved == inbox / "error" / "a.hl7" and moved.read_bytes() == b"XYZ more"
 
 
 def test_store_unavailable_leaves_the_file_for_a_later_pass(tmp_path):

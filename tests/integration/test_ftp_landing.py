@@ -1,24 +1,35 @@
 """Files landing through a real FTP server (pyftpdlib on 127.0.0.1) as GAMs upload them: a
 direct STOR in slow chunks with pauses longer than the quiet period, STOR under a temporary
 name then RNFR/RNTO, a file empty at first, an empty file, a truncated batch. Nothing
-half-written is ever applied; every message of every file is applied exactly once."""
+half-written is ever applied; every message of every file is applied exactly once: with
+inotify's close of the writer, also when the FTP server's process is hidden from pamfr (as one
+running as another user is), and with polling only. The quiet period alone, the rule before
+close events and content checks, would have taken the paused upload half-written."""
 
 from __future__ import annotations
 
 import ftplib
 import io
+import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.filesystems import AbstractedFS
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
 from pamfr.hl7.samples import Person, message
+from pamfr.ingest.closes import Close, CloseWatch, Signature, signature_of
+from pamfr.ingest.filedrop import Inbox, Listed
+from pamfr.ingest.files import incomplete_reason
+from pamfr.service.config import FiledropSettings
 from pamfr.store.db import make_engine
 from tests.integration.test_filedrop import log_rows, running_watcher, wait_for
 
@@ -27,11 +38,20 @@ PAUSE = 1.5  # longer than the quiet period: the file sits unchanged, half writt
 LIMIT = 4.0  # [filedrop] incomplete_timeout of the test
 
 
+class DirectFS(AbstractedFS):
+    """Files written as vsftpd writes them: each block received goes to the file at once (no
+    buffer in the server), so a pause leaves on disk exactly what was sent."""
+
+    def open(self, filename, mode):
+        return open(filename, mode, buffering=0)
+
+
 @contextmanager
 def ftp_server(root: Path) -> Iterator[int]:
     authorizer = DummyAuthorizer()
     authorizer.add_user("gam", "secret", str(root), perm="elradfmw")
-    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "banner": "test"})
+    attributes = {"authorizer": authorizer, "banner": "test", "abstracted_fs": DirectFS}
+    handler = type("Handler", (FTPHandler,), attributes)
     server = FTPServer(("127.0.0.1", 0), handler)
     port = server.socket.getsockname()[1]
     thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.1}, daemon=True)
@@ -44,18 +64,19 @@ def ftp_server(root: Path) -> Iterator[int]:
 
 
 class SlowUpload(io.RawIOBase):
-    """What ftplib reads for STOR: the content in chunks, pausing after the given offsets."""
+    """What ftplib reads for STOR: the content in chunks, pausing at the given offsets (the
+    bytes before an offset are sent, those after it wait)."""
 
     def __init__(self, data: bytes, pauses: dict[int, float]) -> None:
         self.data, self.pos, self.pauses = data, 0, dict(pauses)
 
     def read(self, size: int = -1) -> bytes:
+        if self.pos in self.pauses:
+            time.sleep(self.pauses.pop(self.pos))
         cut = min((p for p in self.pauses if p > self.pos), default=len(self.data))
         end = min(len(self.data), self.pos + (size if size > 0 else len(self.data)), cut)
         chunk = self.data[self.pos : end]
         self.pos = end
-        if end in self.pauses:
-            time.sleep(self.pauses.pop(end))
         return chunk
 
 
@@ -72,22 +93,47 @@ def file_of(prefix: str, count: int) -> tuple[bytes, list[str]]:
     return text.encode(), ids
 
 
-def test_ftp_uploads_are_taken_only_when_complete(sqlite_url, tmp_path):
-    inbox = tmp_path / "in"
-    inbox.mkdir()
-    big, big_ids = file_of("BIG", 100)
-    # Paused once in the middle of a segment of message 29, once right after a segment end
-    # (the content then looks complete: only the writer still holding the file tells).
+def big_upload() -> tuple[bytes, list[str], dict[int, float]]:
+    """100 messages, paused once in the middle of a segment of message 29, once right after a
+    segment end (the content then looks complete: only the writer still at work tells)."""
+    big, ids = file_of("BIG", 100)
     starts = [big.index(f"|BIG-{n}|".encode()) for n in (29, 60)]
     mid_segment = starts[0] + 5
     segment_end = big.index(b"\n", starts[1]) + 1
+    assert incomplete_reason(big[:mid_segment]) is not None
+    assert incomplete_reason(big[:segment_end]) is None
+    return big, ids, {mid_segment: PAUSE, segment_end: PAUSE}
+
+
+def hidden_from_proc(path: Path) -> bool:
+    """No process is seen writing: what pamfr sees of an FTP server run by another user."""
+    return False
+
+
+WATCHERS = {
+    "inotify": ({}, None),
+    "inotify, the FTP server hidden from /proc": ({}, hidden_from_proc),
+    "polling": ({"close_events": False}, None),
+}
+
+
+@pytest.mark.parametrize("watcher_kind", list(WATCHERS))
+def test_ftp_uploads_are_taken_only_when_complete(sqlite_url, tmp_path, watcher_kind):
+    extra, writer_open = WATCHERS[watcher_kind]
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    big, big_ids, pauses = big_upload()
     renamed, renamed_ids = file_of("REN", 5)
     late, late_ids = file_of("LATE", 3)
     batch, batch_ids = file_of("BAT", 4)
     truncated = b"FHS|^~\\&|GAM\nBHS|^~\\&|GAM\n" + batch  # no BTS, no FTS
-    settings = dict(quiet_period=QUIET, poll_interval=0.05, incomplete_timeout=LIMIT)
-    with ftp_server(inbox) as port, running_watcher(sqlite_url, inbox, **settings):
-        upload(port, "a-big.hl7", big, {mid_segment: PAUSE, segment_end: PAUSE})
+    settings = dict(quiet_period=QUIET, poll_interval=0.05, incomplete_timeout=LIMIT, **extra)
+    done, error = inbox / "done", inbox / "error"
+    with (
+        ftp_server(inbox) as port,
+        running_watcher(sqlite_url, inbox, writer_open=writer_open, **settings) as watcher,
+    ):
+        upload(port, "a-big.hl7", big, pauses)
         with ftplib.FTP() as ftp:  # STOR under a temporary name, then RNFR/RNTO
             ftp.connect("127.0.0.1", port, timeout=30)
             ftp.login("gam", "secret")
@@ -95,11 +141,14 @@ def test_ftp_uploads_are_taken_only_when_complete(sqlite_url, tmp_path):
             time.sleep(QUIET * 2)
             ftp.rename("b-renamed.hl7.part", "b-renamed.hl7")
         upload(port, "c-late.hl7", late, {0: PAUSE})  # 0 bytes for a while, then filled
+        sent = time.monotonic()
         upload(port, "d-empty.hl7", b"")
         upload(port, "e-truncated.hl7", truncated)
-        done, error = inbox / "done", inbox / "error"
-        wait_for(lambda: (done / "c-late.hl7").exists(), 60, "the files to be taken")
+        wait_for(lambda: (error / "d-empty.hl7.error").exists(), 60, "the limit")
+        empty_waited = time.monotonic() - sent
         wait_for(lambda: (error / "e-truncated.hl7.error").exists(), 60, "the limit")
+        wait_for(lambda: (done / "c-late.hl7").exists(), 60, "the files to be taken")
+        mode = watcher.inboxes[0].mode
 
     assert sorted(p.name for p in done.iterdir()) == sorted(
         f"{n}{x}" for n in ("a-big.hl7", "b-renamed.hl7", "c-late.hl7") for x in ("", ".ack")
@@ -108,8 +157,17 @@ def test_ftp_uploads_are_taken_only_when_complete(sqlite_url, tmp_path):
         f"{n}{x}" for n in ("d-empty.hl7", "e-truncated.hl7") for x in ("", ".error")
     )
     assert (done / "a-big.hl7").read_bytes() == big
-    assert "empty" in (error / "d-empty.hl7.error").read_text()
-    assert "no BTS" in (error / "e-truncated.hl7.error").read_text()
+    # Empty from its STOR on: it waited the limit out, then went to error/ saying so.
+    assert empty_waited >= LIMIT
+    said = re.fullmatch(
+        r"d-empty\.hl7: incomplete, unchanged for (\d+) s: the file is empty \(0 bytes\)\n",
+        (error / "d-empty.hl7.error").read_text(),
+    )
+    assert said and int(said[1]) >= LIMIT
+    assert re.fullmatch(
+        r"e-truncated\.hl7: incomplete, unchanged for \d+ s: the last batch has no BTS trailer\n",
+        (error / "e-truncated.hl7.error").read_text(),
+    )
     engine = make_engine(sqlite_url)
     rows = log_rows(engine)
     engine.dispose()
@@ -117,3 +175,65 @@ def test_ftp_uploads_are_taken_only_when_complete(sqlite_url, tmp_path):
     assert applied == Counter(big_ids + renamed_ids + late_ids)  # each once, nothing else
     assert {r["outcome"] for r in rows} == {"AA"}
     assert not set(batch_ids) & {r["control_id"] for r in rows}
+    assert mode == ("polling" if extra.get("close_events") is False else "inotify")
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float
+    signature: Signature
+    close: Close  # what inotify said of its writer then
+    uploading: bool
+
+
+def test_the_quiet_period_alone_takes_a_paused_upload_half_written(tmp_path):
+    """The same paused STOR, its size and mtime and inotify's events sampled as it lands, then
+    given to the pure settle decision (Inbox.decide): with the quiet period alone (no close
+    information: the rule before close events, /proc and content checks) the file is ready
+    while half written, even at a point where its content looks complete; with the close of
+    the writer it is ready only once the upload is over."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    path = inbox / "a-big.hl7"
+    big, _, pauses = big_upload()
+    samples: list[Sample] = []
+    uploading, stop = threading.Event(), threading.Event()
+    closes = CloseWatch()
+    events = closes.watch(inbox)
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                sig = signature_of(path)
+            except FileNotFoundError:
+                sig = None
+            if sig is not None:
+                close = events.close_of(path.name, sig)
+                samples.append(Sample(time.monotonic(), sig, close, uploading.is_set()))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    try:
+        with ftp_server(inbox) as port:
+            uploading.set()
+            sampler.start()
+            upload(port, path.name, big, pauses)
+            uploading.clear()
+            time.sleep(QUIET * 3)
+    finally:
+        stop.set()
+        sampler.join(10)
+        closes.stop()
+
+    old, new = (Inbox(inbox, FiledropSettings(quiet_period=QUIET)) for _ in range(2))
+    old_half, new_half, new_whole = [], [], []
+    for s in samples:
+        old_ready = old.decide([Listed(path, s.signature, Close.UNKNOWN)], s.at)[0]
+        if old_ready and s.uploading and s.signature.size < len(big):
+            old_half.append(s)
+        if new.decide([Listed(path, s.signature, s.close)], s.at)[0]:
+            (new_half if s.signature.size < len(big) else new_whole).append(s)
+    assert old_half, "the quiet period alone should have taken the file half written"
+    assert any(incomplete_reason(big[: s.signature.size]) is None for s in old_half)
+    assert not new_half
+    assert new_whole and all(not s.uploading for s in new_whole)

@@ -1,10 +1,11 @@
-"""When a dropped file's content is complete enough to be taken (pure)."""
+"""When a dropped file's content is complete enough to be taken, and when it can never become
+HL7 (pure)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pamfr.ingest.files import incomplete_reason
+from pamfr.ingest.files import incomplete_reason, not_hl7_reason
 
 MSG = b"MSH|^~\\&|GAM|CHU-X|DPI|CHU-X|2024||ADT^A28^ADT_A05|1|T|2.5\rPID|1||1^^^H&1.2&ISO^PI\r"
 
@@ -20,6 +21,7 @@ MSG = b"MSH|^~\\&|GAM|CHU-X|DPI|CHU-X|2024||ADT^A28^ADT_A05|1|T|2.5\rPID|1||1^^^
         b"FHS|^~\\&\rBHS|^~\\&\r" + MSG + MSG + b"BTS|2\rFTS|1\r",
         b"BHS|^~\\&\r" + MSG + b"BTS|1\r",
         b"FHS|^~\\&\rBHS|^~\\&\r" + MSG + b"BTS|\rFTS|\r",  # counts are optional
+        b"FHS|^~\\&\rBHS|^~\\&\rBTS|0\rFTS|1\r",  # a batch of nothing: nothing will come
     ],
 )
 def test_complete(data):
@@ -29,8 +31,12 @@ def test_complete(data):
 @pytest.mark.parametrize(
     ("data", "why"),
     [
-        (b"", "empty"),
-        (b"\r\n", "empty"),
+        (b"", "the file is empty (0 bytes)"),
+        (b"\r\n", "the file is empty (blanks only)"),
+        (b"MS", "no MSH segment"),
+        (b"\xef\xbb\xbfMSH", "no terminator"),
+        (b"FHS|^~\\&\rBHS|^~\\&\r", "no BTS"),
+        (b"FHS|^~\\&\rBH", "no MSH segment"),
         (MSG[:-1], "no terminator"),
         (MSG + MSG[:40], "no terminator"),
         (b"\x0b" + MSG, "end marker"),
@@ -42,3 +48,27 @@ def test_complete(data):
 )
 def test_incomplete(data, why):
     assert why in incomplete_reason(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"M", b"MS", b"F", b"BH", b"\x0b", b"\xef\xbb\xbf \r\nMSH|", b"\n\nFHS", MSG],
+)
+def test_may_become_hl7(data):
+    assert not_hl7_reason(data) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "begins"),
+    [
+        (b"PK\x03\x04zip", "b'PK\\x03'"),
+        (b"MSX|", "b'MSX'"),
+        (b"Hello", "b'Hel'"),
+        (b"\x00\x00\x00", "b'\\x00\\x00\\x00'"),
+        (b"# export\rMSH|^~\\&|", "b'# e'"),
+    ],
+)
+def test_never_hl7(data, begins):
+    assert not_hl7_reason(data) == (
+        f"not an HL7 v2 file: it begins with {begins}, not MSH, FHS, BHS or an MLLP block"
+    )

@@ -1,0 +1,83 @@
+"""Close-of-writer events from the real inotify of this machine (ingest/closes.CloseWatch): a
+file held open while written, closed, renamed, moved in and out, touched, written again; a
+watcher whose folder does not exist yet polls it, then watches it once it is there."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from pamfr.ingest.closes import Close, CloseWatch, signature_of
+from tests.integration.test_filedrop import a28, running_watcher, wait_for
+
+
+def test_what_inotify_says_of_a_file_and_its_writer(tmp_path):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    closes = CloseWatch()
+    try:
+        events = closes.watch(inbox)
+
+        def close_of(name: str) -> Close:
+            try:
+                return events.close_of(name, signature_of(inbox / name))
+            except FileNotFoundError:
+                return Close.NO_EVENT
+
+        def becomes(name: str, close: Close) -> None:
+            wait_for(lambda: close_of(name) is close, 5, f"{name}: {close.name}")
+
+        with open(inbox / "a.hl7", "wb") as f:
+            f.write(b"MSH|^~\\&|GAM\r")
+            f.flush()
+            becomes("a.hl7", Close.OPEN)
+            time.sleep(0.3)
+            assert close_of("a.hl7") is Close.OPEN  # unchanged, still held: still open
+        becomes("a.hl7", Close.CLOSED)
+        os.utime(inbox / "a.hl7", ns=(10**18, 10**18))  # a new mtime, as MFMT sets it
+        becomes("a.hl7", Close.CLOSED)
+        with open(inbox / "a.hl7", "ab") as f:  # APPE
+            f.write(b"PID|1\r")
+            f.flush()
+            becomes("a.hl7", Close.OPEN)
+        becomes("a.hl7", Close.CLOSED)
+
+        (inbox / "b.hl7.part").write_bytes(b"MSH|^~\\&|GAM\r")
+        (inbox / "b.hl7.part").rename(inbox / "b.hl7")  # RNFR/RNTO
+        becomes("b.hl7", Close.CLOSED)
+        (tmp_path / "c.hl7").write_bytes(b"MSH|^~\\&|GAM\r")
+        (tmp_path / "c.hl7").rename(inbox / "c.hl7")  # moved in whole: no write seen here
+        becomes("c.hl7", Close.CLOSED)
+        (inbox / "done").mkdir()
+        sig = signature_of(inbox / "c.hl7")
+        (inbox / "c.hl7").rename(inbox / "done" / "c.hl7")  # moved out: forgotten
+        wait_for(lambda: events.close_of("c.hl7", sig) is Close.NO_EVENT, 5, "c.hl7 forgotten")
+        with open(inbox / "c.hl7", "wb") as f:  # a new file of the same name, held open
+            becomes("c.hl7", Close.OPEN)
+            f.write(b"MSH|^~\\&|GAM\r")
+            f.flush()
+            time.sleep(0.3)
+            assert close_of("c.hl7") is Close.OPEN
+        becomes("c.hl7", Close.CLOSED)
+        assert closes.alive
+    finally:
+        closes.stop()
+
+
+def test_a_folder_that_appears_later_is_polled_then_watched(sqlite_url, tmp_path, caplog):
+    inbox = tmp_path / "in"
+    caplog.set_level(logging.INFO, logger="pamfr.ingest.filedrop")
+    with running_watcher(sqlite_url, inbox, quiet_period=0.2, poll_interval=0.05) as watcher:
+        wait_for(lambda: "polling every 0.05 s (inotify cannot watch" in caplog.text, 10, "polling")
+        assert watcher.inboxes[0].mode == "polling"
+        inbox.mkdir()
+        wait_for(lambda: watcher.inboxes[0].mode == "inotify", 10, "the watch")
+        (inbox / "a.hl7").write_text(a28("LATER", "LATER-1"), newline="")
+        wait_for(lambda: (inbox / "done" / "a.hl7.ack").exists(), 10, "a.hl7 to be taken")
+    said = [r for r in caplog.records if r.getMessage().startswith(f"file drop {inbox}: ")]
+    assert [r.levelname for r in said] == ["WARNING", "INFO"]
+    assert said[1].getMessage() == (
+        f"file drop {inbox}: close-of-writer events (inotify IN_CLOSE_WRITE), "
+        "and a listing every 0.05 s"
+    )

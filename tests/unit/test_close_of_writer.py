@@ -1,0 +1,140 @@
+"""What inotify's events say of a dropped file's writer (ingest/closes.WriteEvents), and how the
+settle decision uses it (ingest/filedrop.Inbox): a file that appears while its folder is
+watched is taken only once closed after its last write, then quiet; a file there before the
+watch began keeps the polling rules. The events are fed by hand, the clock is a value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pamfr.ingest.closes import Close, Signature, WriteEvents
+from pamfr.ingest.filedrop import EVENT_GRACE, Inbox, Listed
+from pamfr.service.config import FiledropSettings
+
+QUIET = 2.0
+A = Signature(10, 1_000)
+A_LONGER = Signature(20, 2_000)
+
+
+def watched(path: Path, **settings) -> tuple[Inbox, WriteEvents]:
+    box = Inbox(path, FiledropSettings(quiet_period=QUIET, **settings))
+    events = WriteEvents()
+    box.use_events(events)
+    return box, events
+
+
+def names(ready: list) -> list[str]:
+    return [path.name for path, _ in ready]
+
+
+def test_written_then_closed_then_written_again():
+    events = WriteEvents()
+    assert events.close_of("a.hl7", A) is Close.NO_EVENT
+    events.written("a.hl7")
+    assert events.close_of("a.hl7", A) is Close.OPEN
+    events.closed("a.hl7", A)
+    assert events.close_of("a.hl7", A) is Close.CLOSED
+    # Appended to after the close, its IN_MODIFY not read yet: the size and mtime tell.
+    assert events.close_of("a.hl7", A_LONGER) is Close.OPEN
+    events.written("a.hl7")
+    assert events.close_of("a.hl7", A) is Close.OPEN
+    events.gone("a.hl7")
+    assert events.close_of("a.hl7", A) is Close.NO_EVENT
+
+
+def test_a_rename_keeps_a_file_still_written_waiting_and_takes_a_closed_one_whole():
+    events = WriteEvents()
+    events.written("a.hl7.part")
+    events.closed("a.hl7.part", A)
+    events.moved("a.hl7.part", "a.hl7", A)  # RNFR/RNTO after the upload
+    assert events.close_of("a.hl7", A) is Close.CLOSED
+    assert events.close_of("a.hl7.part", A) is Close.NO_EVENT
+    events.written("b.tmp")
+    events.moved("b.tmp", "b.hl7", A)  # renamed while its writer still holds it
+    assert events.close_of("b.hl7", A) is Close.OPEN
+    events.closed("b.hl7", A_LONGER)
+    assert events.close_of("b.hl7", A_LONGER) is Close.CLOSED
+
+
+def test_a_new_mtime_or_mode_after_the_close_is_not_a_write():
+    events = WriteEvents()
+    events.closed("a.hl7", A)
+    touched = Signature(A.size, 5_000)  # an FTP client's MFMT
+    events.attributes_changed("a.hl7", touched)
+    assert events.close_of("a.hl7", touched) is Close.CLOSED
+    events.attributes_changed("a.hl7", A_LONGER)  # grown: a write is on its way
+    assert events.close_of("a.hl7", A_LONGER) is Close.OPEN
+    events.written("b.hl7")
+    events.attributes_changed("b.hl7", A)
+    assert events.close_of("b.hl7", A) is Close.OPEN
+
+
+def test_lost_events_forget_everything():
+    events = WriteEvents()
+    events.written("a.hl7")
+    generation = events.generation
+    events.lost()
+    assert events.close_of("a.hl7", A) is Close.NO_EVENT
+    assert events.generation == generation + 1
+
+
+def test_a_file_waits_for_its_writer_to_close_it_whatever_the_quiet_period(tmp_path):
+    box, events = watched(tmp_path)
+    path = tmp_path / "a.hl7"
+    events.written("a.hl7")
+    assert box.decide([Listed(path, A, Close.OPEN)], 100.0) == ([], 1)
+    assert box.decide([Listed(path, A, Close.OPEN)], 100.0 + 60) == ([], 1)
+    assert box.held == (path, Close.OPEN)
+    # Closed after its last write: taken once quiet, counted from the last change seen.
+    assert box.decide([Listed(path, A, Close.CLOSED)], 161.0) == ([(path, A)], 0)
+    assert box.decide([Listed(path, A_LONGER, Close.CLOSED)], 162.0) == ([], 1)
+    assert box.held is None  # not quiet yet: nothing to say
+    assert names(box.decide([Listed(path, A_LONGER, Close.CLOSED)], 162.0 + QUIET)[0]) == ["a.hl7"]
+
+
+def test_a_file_open_for_writing_holds_back_the_files_after_it(tmp_path):
+    box, _ = watched(tmp_path)
+    a, b = tmp_path / "a.hl7", tmp_path / "b.hl7"
+    listed = [Listed(b, A, Close.CLOSED), Listed(a, A, Close.OPEN)]
+    box.decide(listed, 0.0)
+    assert box.decide(listed, QUIET) == ([], 2)
+
+
+def test_files_there_before_the_watch_keep_the_polling_rules(tmp_path):
+    box, events = watched(tmp_path)
+    (tmp_path / "old.hl7").write_bytes(b"MSH|x\r")
+    assert box.settled(0.0) == ([], 1)
+    assert names(box.settled(QUIET)[0]) == ["old.hl7"]  # no event will ever tell its close
+    (tmp_path / "new.hl7").write_bytes(b"MSH|x\r")
+    box.forget(tmp_path / "old.hl7")
+    (tmp_path / "old.hl7").unlink()
+    box.settled(10.0)
+    assert box.settled(10.0 + QUIET) == ([], 1)  # appeared while watched: its close is awaited
+    assert box.held == (tmp_path / "new.hl7", Close.NO_EVENT)
+    sig = Signature(
+        (tmp_path / "new.hl7").stat().st_size, (tmp_path / "new.hl7").stat().st_mtime_ns
+    )
+    events.closed("new.hl7", sig)
+    assert names(box.settled(10.0 + QUIET)[0]) == ["new.hl7"]
+
+
+def test_after_lost_events_the_files_there_keep_the_polling_rules(tmp_path):
+    box, events = watched(tmp_path)
+    box.settled(0.0)
+    (tmp_path / "a.hl7").write_bytes(b"MSH|x\r")
+    events.written("a.hl7")
+    box.settled(1.0)
+    assert box.settled(1.0 + QUIET) == ([], 1)
+    events.lost()  # its close may have been among the events lost
+    box.settled(10.0)
+    assert names(box.settled(10.0 + QUIET)[0]) == ["a.hl7"]
+
+
+def test_a_new_file_inotify_says_nothing_of_is_reported_after_the_grace(tmp_path):
+    box, _ = watched(tmp_path)
+    path = tmp_path / "a.hl7"
+    box.decide([Listed(path, A, Close.NO_EVENT)], 0.0)
+    box.decide([Listed(path, A_LONGER, Close.NO_EVENT)], EVENT_GRACE)  # changes: still new
+    assert box.silent is None
+    box.decide([Listed(path, A_LONGER, Close.NO_EVENT)], EVENT_GRACE + 0.1)
+    assert box.silent == path

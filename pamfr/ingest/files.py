@@ -59,9 +59,13 @@ _FILE_STARTS = (b"MSH", b"FHS", b"BHS")
 def not_hl7_reason(data: bytes) -> str | None:
     """Why a file's content can never become HL7 v2, whatever is appended to it: after an
     optional UTF-8 byte-order mark and white space, an HL7 file begins with MSH, FHS, BHS or
-    an MLLP start block (0x0B). None while it does, or still may (empty, or "MS" so far)."""
+    an MLLP start block (0x0B). None while it does, or still may (empty, or "MS" so far), and
+    when a line further on begins with MSH: an export's header line before the messages is
+    dropped by the splitter, as it always was."""
     head = data.removeprefix(_BOM).lstrip(b" \t\r\n")[:3]
     if not head or head.startswith(b"\x0b") or any(s.startswith(head) for s in _FILE_STARTS):
+        return None
+    if b"\rMSH" in data or b"\nMSH" in data:
         return None
     return f"not an HL7 v2 file: it begins with {head!r}, not MSH, FHS, BHS or an MLLP block"
 

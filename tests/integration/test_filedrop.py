@@ -216,11 +216,13 @@ def test_each_file_format(sqlite_url, tmp_path):
         "5-batch.hl7": batch.encode(),
         "6-mllp.hl7": mllp,
         "7-charsets.hl7": utf8 + latin1,
+        "0-header-line.hl7": b"# export GAM 2024-03-06\r" + a28("HEAD-1", "HEAD-1").encode(),
     }
     for name, data in files.items():
         (inbox / name).write_bytes(data)
     results = drop_once(sqlite_url, inbox)
     assert [(r.source.name, r.messages, r.codes) for r in results] == [
+        ("0-header-line.hl7", 1, {"AA": 1}),  # an export's header line before the MSH
         ("1-single.hl7", 1, {"AA": 1}),
         ("2-several-cr.hl7", 2, {"AA": 2}),
         ("3-several-lf.hl7", 2, {"AA": 2}),

@@ -52,7 +52,8 @@ def test_incomplete(data, why):
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"M", b"MS", b"F", b"BH", b"\x0b", b"\xef\xbb\xbf \r\nMSH|", b"\n\nFHS", MSG],
+    [b"", b"M", b"MS", b"F", b"BH", b"\x0b", b"\xef\xbb\xbf \r\nMSH|", b"\n\nFHS", MSG,
+     b"# export\r" + MSG],
 )
 def test_may_become_hl7(data):
     assert not_hl7_reason(data) is None
@@ -65,7 +66,7 @@ def test_may_become_hl7(data):
         (b"MSX|", "b'MSX'"),
         (b"Hello", "b'Hel'"),
         (b"\x00\x00\x00", "b'\\x00\\x00\\x00'"),
-        (b"# export\rMSH|^~\\&|", "b'# e'"),
+        (b"# export\r", "b'# e'"),
     ],
 )
 def test_never_hl7(data, begins):

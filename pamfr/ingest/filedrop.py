@@ -10,7 +10,8 @@ A file is taken once it is complete and settled, and is never moved while it cha
   other users are hidden), and its content must be complete (files.incomplete_reason: not
   empty, an MSH segment, a final segment terminator, a batch with its BTS/FTS trailers and
   matching counts); an incomplete file waits, and goes to error/ only once unchanged for
-  [filedrop] incomplete_timeout. Bytes that can never become HL7 go to error/ at once.
+  [filedrop] incomplete_timeout. Only binary content (files.not_hl7_reason) goes to error/
+  at once.
 Temporary suffixes and dot-files are never taken. Its messages go one by one, in order,
 through the same receiver as the MLLP door, and only when all of them are committed does the
 file move to done/ (all AA) or error/ (any AE/AR, or unreadable), next to its ACKs

@@ -54,20 +54,28 @@ def _frame_messages(frame: bytes) -> list[bytes]:
 _SEGMENT = re.compile(rb"[^\r\n]+")
 _BOM = b"\xef\xbb\xbf"
 _FILE_STARTS = (b"MSH", b"FHS", b"BHS")
+_FIRST_LINE = re.compile(rb"[^\r\n]*")
+# Control bytes no HL7 text holds: all but TAB, LF, CR, the MLLP marks 0x0B and 0x1C, and 0x1A
+# (an old end-of-file mark some exports leave).
+_BINARY = re.compile(rb"[\x00-\x08\x0c\x0e-\x19\x1b\x1d-\x1f\x7f]")
 
 
 def not_hl7_reason(data: bytes) -> str | None:
-    """Why a file's content can never become HL7 v2, whatever is appended to it: after an
-    optional UTF-8 byte-order mark and white space, an HL7 file begins with MSH, FHS, BHS or
-    an MLLP start block (0x0B). None while it does, or still may (empty, or "MS" so far), and
-    when a line further on begins with MSH: an export's header line before the messages is
-    dropped by the splitter, as it always was."""
-    head = data.removeprefix(_BOM).lstrip(b" \t\r\n")[:3]
-    if not head or head.startswith(b"\x0b") or any(s.startswith(head) for s in _FILE_STARTS):
+    """Why a file's content is clearly not HL7 v2, whatever is appended to it: binary
+    content, that is a control byte in its first line (after an optional UTF-8 byte-order mark
+    and blanks) when that line does not begin with MSH, FHS or BHS (an MLLP block's 0x0B may
+    come first). Any other content may still become HL7 (a header line, as some exports write,
+    may precede the first MSH): None, and the completeness rules decide."""
+    line = _FIRST_LINE.match(data.removeprefix(_BOM).lstrip(b" \t\r\n")).group()
+    if any(s.startswith(line.lstrip(b"\x0b")[:3]) for s in _FILE_STARTS):
         return None
-    if b"\rMSH" in data or b"\nMSH" in data:
+    control = _BINARY.search(line)
+    if control is None:
         return None
-    return f"not an HL7 v2 file: it begins with {head!r}, not MSH, FHS, BHS or an MLLP block"
+    return (
+        f"not an HL7 v2 file: it begins with {line[:3]!r}, binary content "
+        f"(control byte 0x{control.group()[0]:02X} in its first line)"
+    )
 
 
 def incomplete_reason(data: bytes) -> str | None:

@@ -357,7 +357,7 @@ def test_done_error_ack_files_and_name_collisions(sqlite_url, tmp_path):
 def test_unreadable_files_go_to_error_with_the_reason(sqlite_url, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
-    garbage = random.Random(7).randbytes(4096)
+    garbage = b"\x1f\x8b\x08" + random.Random(7).randbytes(4096)  # a gzip file, say
     assert b"\x0b" in garbage and b"\x1c" in garbage  # looks like MLLP framing, too
     (inbox / "a-garbage.bin").write_bytes(garbage)
     (inbox / "b-lost.hl7").symlink_to(tmp_path / "nowhere.hl7")  # cannot be opened
@@ -382,37 +382,46 @@ def test_unreadable_files_go_to_error_with_the_reason(sqlite_url, tmp_path):
     assert "unreadable" in result.stderr
 
 
-def test_empty_and_msh_less_files_wait_for_the_limit_bytes_never_hl7_go_at_once(
-    sqlite_url, tmp_path
-):
+def test_empty_and_msh_less_files_wait_for_the_limit_binary_files_go_at_once(sqlite_url, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
-    error = inbox / "error"
+    done, error = inbox / "done", inbox / "error"
     limit = 2.0
     settings = dict(quiet_period=0.1, poll_interval=0.05, incomplete_timeout=limit)
     with running_watcher(sqlite_url, inbox, **settings):
         dropped = time.monotonic()
+        # An upload paused after an export's header line, then finished before the limit.
+        (inbox / "0-header.hl7").write_bytes(b"# export GAM\r")
         (inbox / "a-junk.hl7").write_bytes(b"PK\x03\x04 a zip, not HL7")
         (inbox / "b-empty.hl7").write_bytes(b"")
         (inbox / "c-ms.hl7").write_bytes(b"MS")
+        (inbox / "d-text.hl7").write_bytes(b"# export GAM\r")  # text, no MSH ever came
+        time.sleep(0.5)
+        with open(inbox / "0-header.hl7", "ab") as f:
+            f.write(a28("HEADER", "HEADER-1").encode())
+        wait_for(lambda: (done / "0-header.hl7.ack").exists(), 10, "0-header.hl7")
+        assert not (error / "0-header.hl7").exists(), "taken while its upload was paused"
+        assert (done / "0-header.hl7").read_bytes().startswith(b"# export GAM\rMSH|")
         wait_for(lambda: (error / "a-junk.hl7.error").exists(), 10, "a-junk.hl7")
         assert time.monotonic() - dropped < limit
         assert not (error / "b-empty.hl7").exists()
-        wait_for(lambda: (error / "c-ms.hl7.error").exists(), 10, "the limit")
+        wait_for(lambda: (error / "d-text.hl7.error").exists(), 10, "the limit")
         assert time.monotonic() - dropped >= limit
     assert (error / "a-junk.hl7.error").read_text() == (
         "a-junk.hl7: not an HL7 v2 file: it begins with b'PK\\x03', "
-        "not MSH, FHS, BHS or an MLLP block\n"
+        "binary content (control byte 0x03 in its first line)\n"
     )
     for name, why in [
         ("b-empty.hl7", "the file is empty (0 bytes)"),
         ("c-ms.hl7", "no MSH segment"),
+        ("d-text.hl7", "no MSH segment"),
     ]:
         said = (error / f"{name}.error").read_text()
         assert said.startswith(f"{name}: incomplete, unchanged for ") and said.endswith(
             f" s: {why}\n"
         )
     assert (error / "c-ms.hl7").read_bytes() == b"MS"
+    assert [a.control_id for a in acks_of(done / "0-header.hl7.ack")] == ["HEADER-1"]
 
 
 def test_a_file_that_changed_since_it_was_read_is_not_moved(tmp_path):

@@ -20,7 +20,7 @@ def _fill(inbox: Path) -> None:
     (inbox / "a-good.hl7").write_text(message("A28", Person(ipp="FD1"), "FD-1"))
     bad = Person(ipp="FD2", ins="123456789012345")  # wrong INS key: AE 102
     (inbox / "b-refused.hl7").write_text(message("A28", bad, "FD-2"))
-    (inbox / "c-junk.txt").write_text("not an HL7 file\n")
+    (inbox / "c-junk.zip").write_bytes(b"PK\x03\x04 not an HL7 file\n")
     (inbox / "d-upload.part").write_text("still being written\n")  # never taken
 
 

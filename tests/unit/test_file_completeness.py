@@ -1,5 +1,5 @@
 """When a dropped file's content is complete enough to be taken, and when it can never become
-HL7 (pure)."""
+HL7: binary content (pure)."""
 
 from __future__ import annotations
 
@@ -52,24 +52,45 @@ def test_incomplete(data, why):
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"M", b"MS", b"F", b"BH", b"\x0b", b"\xef\xbb\xbf \r\nMSH|", b"\n\nFHS", MSG,
-     b"# export\r" + MSG],
+    [
+        b"",
+        b"M",
+        b"MS",
+        b"F",
+        b"BH",
+        b"\x0b",
+        b"\xef\xbb\xbf \r\nMSH|",
+        b"\n\nFHS",
+        MSG,
+        b"\x0b" + MSG,
+        # text without an MSH so far: a header line, or an upload paused in its first bytes
+        b"# export\r",
+        b"# export\r" + MSG,
+        b"MSX|",
+        b"Hello",
+        b"# export\r\x00\x00",
+        # an MSH segment with an odd byte is for the parser to judge, not binary
+        b"MSH|^~\\&|GAM\x01|",
+        b"\x0bMSH|\x00",
+    ],
 )
 def test_may_become_hl7(data):
     assert not_hl7_reason(data) is None
 
 
 @pytest.mark.parametrize(
-    ("data", "begins"),
+    ("data", "begins", "control"),
     [
-        (b"PK\x03\x04zip", "b'PK\\x03'"),
-        (b"MSX|", "b'MSX'"),
-        (b"Hello", "b'Hel'"),
-        (b"\x00\x00\x00", "b'\\x00\\x00\\x00'"),
-        (b"# export\r", "b'# e'"),
+        (b"PK\x03\x04zip", "b'PK\\x03'", "03"),
+        (b"\x00\x00\x00", "b'\\x00\\x00\\x00'", "00"),
+        (b"\xef\xbb\xbf\x1f\x8b\x08 gzip\r", "b'\\x1f\\x8b\\x08'", "1F"),
+        (b"M\x00S\x00H\x00", "b'M\\x00S'", "00"),  # UTF-16
+        (b"# export\x7f\r" + MSG, "b'# e'", "7F"),
+        (b"\x0b\x00\x01" + MSG + b"\x1c\r", "b'\\x0b\\x00\\x01'", "00"),
     ],
 )
-def test_never_hl7(data, begins):
+def test_never_hl7(data, begins, control):
     assert not_hl7_reason(data) == (
-        f"not an HL7 v2 file: it begins with {begins}, not MSH, FHS, BHS or an MLLP block"
+        f"not an HL7 v2 file: it begins with {begins}, binary content "
+        f"(control byte 0x{control} in its first line)"
     )

@@ -152,9 +152,11 @@ class CloseWatch:
         self._watches: dict[int, Any] = {}
 
     def watch(self, folder: Path) -> WriteEvents:
-        """Start watching `folder`; EventsUnavailable says why it cannot be."""
+        """Start watching `folder` (where it leads when it is a symlink: inotify would watch
+        the link itself); EventsUnavailable says why it cannot be."""
         events = WriteEvents()
-        handler = _Handler(folder, events)
+        real = os.path.realpath(folder)
+        handler = _Handler(real, events)
         kinds: list[type[FileSystemEvent]] = [
             FileCreatedEvent,
             FileModifiedEvent,
@@ -166,7 +168,7 @@ class CloseWatch:
             EventsLostEvent,
         ]
         try:
-            watch = self._observer.schedule(handler, str(folder), event_filter=kinds)
+            watch = self._observer.schedule(handler, real, event_filter=kinds)
         except OSError as exc:
             raise EventsUnavailable(f"inotify cannot watch {folder}: {exc}") from exc
         self._watches[id(events)] = watch
@@ -190,9 +192,9 @@ class CloseWatch:
 class _Handler(FileSystemEventHandler):
     """Turns watchdog's events for one folder into WriteEvents calls."""
 
-    def __init__(self, folder: Path, events: WriteEvents) -> None:
+    def __init__(self, folder: str, events: WriteEvents) -> None:
         super().__init__()
-        self.folder = os.path.abspath(folder)
+        self.folder = folder  # absolute, no symlink: as watchdog gives the events' paths
         self.events = events
 
     def _name(self, path: bytes | str) -> str | None:

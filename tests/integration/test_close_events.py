@@ -81,3 +81,37 @@ def test_a_folder_that_appears_later_is_polled_then_watched(sqlite_url, tmp_path
         f"file drop {inbox}: close-of-writer events (inotify IN_CLOSE_WRITE), "
         "and a listing every 0.05 s"
     )
+
+
+def test_a_folder_given_as_a_symlink_is_watched_where_it_leads(sqlite_url, tmp_path, caplog):
+    real = tmp_path / "real-in"
+    real.mkdir()
+    inbox = tmp_path / "in"
+    inbox.symlink_to(real)
+    closes = CloseWatch()
+    try:
+        events = closes.watch(inbox)
+        with open(inbox / "a.hl7", "wb") as f:
+            f.write(b"MSH|^~\\&|GAM\r")
+            f.flush()
+            wait_for(
+                lambda: events.close_of("a.hl7", signature_of(inbox / "a.hl7")) is Close.OPEN,
+                5,
+                "the write to be seen",
+            )
+        wait_for(
+            lambda: events.close_of("a.hl7", signature_of(inbox / "a.hl7")) is Close.CLOSED,
+            5,
+            "the close to be seen",
+        )
+    finally:
+        closes.stop()
+    (inbox / "a.hl7").unlink()
+    # The watcher takes a new file there by its close, without falling back to polling.
+    caplog.set_level(logging.INFO, logger="pamfr.ingest.filedrop")
+    with running_watcher(sqlite_url, inbox, quiet_period=0.2, poll_interval=0.05) as watcher:
+        wait_for(lambda: watcher.inboxes[0].mode == "inotify", 10, "the watch")
+        (inbox / "b.hl7").write_text(a28("LINKED", "LINKED-1"), newline="")
+        wait_for(lambda: (real / "done" / "b.hl7.ack").exists(), 5, "b.hl7 to be taken")
+        assert watcher.inboxes[0].mode == "inotify"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -3,9 +3,10 @@ watchdog's inotify observer, one watch per inbound folder.
 
 Per file name the events say one of: written since its writer last closed it (IN_CREATE,
 IN_MODIFY); closed after its last write (IN_CLOSE_WRITE, or moved into the folder whole), with
-its size and mtime just after; or nothing (no event since the watch began). The events come in
-the kernel's order on watchdog's thread; the watcher reads the outcome from its own. No
-process list is involved: the close of an FTP server running as another user counts too.
+its size and mtime just after; a link made in the folder (a symlink, a hard link: no writer's
+close follows, the polling rules apply); or nothing (no event since the watch began). The
+events come in the kernel's order on watchdog's thread; the watcher reads the outcome from its
+own. No process list is involved: the close of an FTP server running as another user counts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import enum
 import logging
 import os
+import stat
 import sys
 import threading
 from dataclasses import dataclass
@@ -66,7 +68,12 @@ class Close(enum.Enum):
     CLOSED = "its writer closed it after its last write"
 
 
-_OPEN = None  # the state of a file written since its last close
+class _Writing(enum.Enum):
+    OPEN = "written since its writer last closed it"
+    LINK = "a link made in the folder: no writer's close will follow"
+
+
+_State = Signature | _Writing  # Signature: closed after its last write, as it was then
 
 
 class WriteEvents:
@@ -74,15 +81,23 @@ class WriteEvents:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._states: dict[str, Signature | None] = {}  # Signature: closed, as it was then
+        self._states: dict[str, _State] = {}
         self.generation = 0  # moves on when events were lost: what is there is seen anew
         self.ended = False  # the watch stopped (its folder was removed)
 
     # -- fed from watchdog's thread, in the kernel's order --------------------------------
 
-    def written(self, name: str) -> None:
+    def created(self, name: str, *, link: bool) -> None:
+        """A new entry (IN_CREATE): a file its writer is writing, or a link (symbolic, or a
+        hard link to a file that has another name): that one is there whole as far as this
+        folder can tell, and keeps the polling rules."""
         with self._lock:
-            self._states[name] = _OPEN
+            self._states[name] = _Writing.LINK if link else _Writing.OPEN
+
+    def written(self, name: str) -> None:
+        """Written (IN_MODIFY), or truncated by path (no close will follow that one)."""
+        with self._lock:
+            self._states[name] = _Writing.OPEN
 
     def closed(self, name: str, signature: Signature | None) -> None:
         """Closed after writing (or moved in whole); signature None when gone meanwhile."""
@@ -96,16 +111,16 @@ class WriteEvents:
         """chmod or a new mtime (an FTP client's MFMT) after the close: not a write."""
         with self._lock:
             state = self._states.get(name)
-            if state is not None and signature is not None and signature.size == state.size:
+            if isinstance(state, Signature) and signature and signature.size == state.size:
                 self._states[name] = signature
 
     def moved(self, source: str, target: str, signature: Signature | None) -> None:
         """Renamed inside the folder (RNFR/RNTO): a file still written keeps waiting for its
         close, under its new name; any other is there whole."""
         with self._lock:
-            writing = source in self._states and self._states.pop(source) is _OPEN
-            if writing:
-                self._states[target] = _OPEN
+            state = self._states.pop(source, None)
+            if isinstance(state, _Writing):
+                self._states[target] = state
             elif signature is None:
                 self._states.pop(target, None)
             else:
@@ -126,9 +141,11 @@ class WriteEvents:
     def close_of(self, name: str, listed: Signature) -> Close:
         """For a file whose size and mtime the listing found to be `listed`."""
         with self._lock:
-            if name not in self._states:
-                return Close.NO_EVENT
-            state = self._states[name]
+            state = self._states.get(name)
+        if state is None:
+            return Close.NO_EVENT
+        if state is _Writing.LINK:
+            return Close.UNKNOWN
         return Close.CLOSED if state == listed else Close.OPEN
 
 
@@ -210,6 +227,13 @@ class _Handler(FileSystemEventHandler):
         except FileNotFoundError:
             return None
 
+    def _is_link(self, name: str) -> bool:
+        try:
+            st = os.lstat(os.path.join(self.folder, name))
+        except FileNotFoundError:
+            return False
+        return stat.S_ISLNK(st.st_mode) or st.st_nlink > 1
+
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
             self._record(event)
@@ -238,7 +262,9 @@ class _Handler(FileSystemEventHandler):
         name = self._name(event.src_path)
         if name is None:
             return
-        if isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
+        if isinstance(event, FileCreatedEvent):
+            self.events.created(name, link=self._is_link(name))
+        elif isinstance(event, FileModifiedEvent):
             self.events.written(name)
         elif isinstance(event, FileClosedEvent):
             self.events.closed(name, self._signature(name))

@@ -117,6 +117,8 @@ class Inbox:
     mode_logged: str | None = None
     held: tuple[Path, Close] | None = None  # the file that holds the others back, and why
     silent: Path | None = None  # a new file inotify reported nothing for, past EVENT_GRACE
+    gave_up: list[Path] = field(default_factory=list)  # no longer awaiting their close (new)
+    _unclosed: dict[Path, Signature] = field(default_factory=dict)  # never closed, as then
     _generation: int = -1
     _before: set[str] = field(default_factory=set)  # there before the watch: polling rules
 
@@ -190,8 +192,10 @@ class Inbox:
     ) -> tuple[list[tuple[Path, Signature]], int]:
         """Which of the files one listing found (at `now`) are ready to take, in processing
         order, and how many are still settling (no I/O). A file is ready once unchanged for
-        the quiet period and, when inotify tells of its writer, closed after its last write.
-        Order is strict: a file still settling holds back the files after it."""
+        the quiet period and, when inotify tells of its writer, closed after its last write;
+        one written and never closed (a truncate by path) has the polling rules once unchanged
+        for [filedrop] incomplete_timeout (`gave_up` lists it once). Order is strict: a file
+        still settling holds back the files after it."""
         seen: dict[Path, _Seen] = {}
         for path, sig, _ in listed:
             before = self.seen.get(path)
@@ -205,11 +209,21 @@ class Inbox:
         else:
             ordered = sorted(listed, key=lambda f: f.path.name)
         self.held = self.silent = None
-        for path, _, close in listed:
+        self.gave_up = []
+        closes, unclosed = {}, {}
+        for path, sig, close in listed:
             if close is Close.NO_EVENT and now - seen[path].first > EVENT_GRACE:
                 self.silent = path
+            if close is Close.OPEN and now - seen[path].since >= self.settings.incomplete_timeout:
+                close = Close.UNKNOWN
+                if self._unclosed.get(path) != sig:
+                    self.gave_up.append(path)
+                unclosed[path] = sig
+            closes[path] = close
+        self._unclosed = unclosed
         ready = []
-        for path, sig, close in ordered:
+        for path, sig, _ in ordered:
+            close = closes[path]
             quiet = now - seen[path].since >= self.settings.quiet_period
             if not quiet or close not in (Close.UNKNOWN, Close.CLOSED):
                 if quiet:
@@ -476,6 +490,14 @@ class FileDropWatcher:
         if inbox.silent is not None:
             self._events_silent(inbox, inbox.silent)
             return settling  # polled from the next pass on
+        for path in inbox.gave_up:
+            log.warning(
+                "file %s: written and not closed by its writer since, yet unchanged for %g s "
+                "([filedrop] incomplete_timeout): the polling rules decide from now on (quiet "
+                "period, no writer in /proc, complete content)",
+                path.name,
+                self.settings.incomplete_timeout,
+            )
         if inbox.held is not None:
             held, close = inbox.held
             self._wait(held, close.value)

@@ -115,3 +115,36 @@ def test_a_folder_given_as_a_symlink_is_watched_where_it_leads(sqlite_url, tmp_p
         wait_for(lambda: (real / "done" / "b.hl7.ack").exists(), 5, "b.hl7 to be taken")
         assert watcher.inboxes[0].mode == "inotify"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_links_and_a_truncate_by_path_never_hold_the_folder(sqlite_url, tmp_path, caplog):
+    """A symlink or a hard link made in the folder, and a truncate(2) by path, get no
+    IN_CLOSE_WRITE: links keep the polling rules, a file written and never closed does once
+    unchanged for [filedrop] incomplete_timeout, and the files after them are taken too."""
+    inbox, outside = tmp_path / "in", tmp_path / "outside"
+    inbox.mkdir()
+    outside.mkdir()
+    (outside / "a.hl7").write_text(a28("SYM", "SYM-1"), newline="")
+    (outside / "b.hl7").write_text(a28("HARD", "HARD-1"), newline="")
+    cut = a28("CUT", "CUT-1").encode()
+    done = inbox / "done"
+    limit = 1.5
+    caplog.set_level(logging.INFO, logger="pamfr.ingest.filedrop")
+    settings = dict(quiet_period=0.2, poll_interval=0.05, incomplete_timeout=limit)
+    with running_watcher(sqlite_url, inbox, **settings) as watcher:
+        wait_for(lambda: watcher.inboxes[0].mode == "inotify", 10, "the watch")
+        (inbox / "a-sym.hl7").symlink_to(outside / "a.hl7")
+        os.link(outside / "b.hl7", inbox / "b-hard.hl7")
+        wait_for(lambda: (done / "b-hard.hl7.ack").exists(), 5, "the links to be taken")
+        (inbox / "c-cut.hl7").write_bytes(cut + b"PID|1||half")
+        os.truncate(inbox / "c-cut.hl7", len(cut))  # IN_MODIFY, no close
+        cut_at = time.monotonic()
+        (inbox / "d-after.hl7").write_text(a28("AFTER", "AFTER-1"), newline="")
+        wait_for(lambda: (done / "d-after.hl7.ack").exists(), 10, "the files after it")
+        assert time.monotonic() - cut_at >= limit
+        assert watcher.inboxes[0].mode == "inotify"
+    assert (done / "a-sym.hl7").is_symlink()
+    assert (done / "c-cut.hl7").read_bytes() == cut
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and warned[0].startswith("file c-cut.hl7: ")
+    assert "incomplete_timeout" in warned[0]

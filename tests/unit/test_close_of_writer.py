@@ -69,6 +69,19 @@ def test_a_new_mtime_or_mode_after_the_close_is_not_a_write():
     assert events.close_of("b.hl7", A) is Close.OPEN
 
 
+def test_a_link_made_in_the_folder_keeps_the_polling_rules():
+    events = WriteEvents()
+    events.created("a.hl7", link=True)  # a symlink, or a hard link: no writer will close it
+    assert events.close_of("a.hl7", A) is Close.UNKNOWN
+    assert events.close_of("a.hl7", A_LONGER) is Close.UNKNOWN
+    events.moved("a.hl7", "b.hl7", A)
+    assert events.close_of("b.hl7", A) is Close.UNKNOWN
+    events.written("b.hl7")  # written through this name after all: its close will tell
+    assert events.close_of("b.hl7", A) is Close.OPEN
+    events.created("c.hl7", link=False)
+    assert events.close_of("c.hl7", A) is Close.OPEN
+
+
 def test_lost_events_forget_everything():
     events = WriteEvents()
     events.written("a.hl7")
@@ -90,6 +103,25 @@ def test_a_file_waits_for_its_writer_to_close_it_whatever_the_quiet_period(tmp_p
     assert box.decide([Listed(path, A_LONGER, Close.CLOSED)], 162.0) == ([], 1)
     assert box.held is None  # not quiet yet: nothing to say
     assert names(box.decide([Listed(path, A_LONGER, Close.CLOSED)], 162.0 + QUIET)[0]) == ["a.hl7"]
+
+
+def test_a_file_never_closed_keeps_the_polling_rules_once_unchanged_for_the_limit(tmp_path):
+    box, _ = watched(tmp_path, incomplete_timeout=30.0)
+    a, b = tmp_path / "a.hl7", tmp_path / "b.hl7"  # a: truncated by path, say: no close
+    listed = [Listed(a, A, Close.OPEN), Listed(b, A, Close.CLOSED)]
+    box.decide(listed, 0.0)
+    assert box.decide(listed, 29.9) == ([], 2)
+    assert box.gave_up == []
+    assert names(box.decide(listed, 30.0)[0]) == ["a.hl7", "b.hl7"]
+    assert box.gave_up == [a]  # said once
+    assert names(box.decide(listed, 31.0)[0]) == ["a.hl7", "b.hl7"]
+    assert box.gave_up == []
+    # Changed again: its writer is awaited anew, the limit counted from the change.
+    longer = [Listed(a, A_LONGER, Close.OPEN), Listed(b, A, Close.CLOSED)]
+    assert box.decide(longer, 40.0) == ([], 2)
+    assert box.decide(longer, 69.9) == ([], 2)
+    assert names(box.decide(longer, 70.0)[0]) == ["a.hl7", "b.hl7"]
+    assert box.gave_up == [a]
 
 
 def test_a_file_open_for_writing_holds_back_the_files_after_it(tmp_path):

@@ -3,7 +3,7 @@ watchdog's inotify observer, one watch per inbound folder.
 
 Per file name the events say one of: written since its writer last closed it (IN_CREATE,
 IN_MODIFY); closed after its last write (IN_CLOSE_WRITE, or moved into the folder whole), with
-its size and mtime just after; a link made in the folder (a symlink, a hard link: no writer's
+its signature just after; a link made in the folder (a symlink, a hard link: no writer's
 close follows, the polling rules apply); or nothing (no event since the watch began). The
 events come in the kernel's order on watchdog's thread; the watcher reads the outcome from its
 own. No process list is involved: the close of an FTP server running as another user counts.
@@ -41,12 +41,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Signature:
+    """What tells that a file changed: its size and mtime (which an uploader may set back,
+    MFMT), its inode (another file renamed over it) and its ctime (moved on by every write,
+    rename or attribute change, and set by no one by hand; reading it does not)."""
+
     size: int
     mtime_ns: int
+    ino: int
+    ctime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Signature:
+        return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
 def signature_of(path: str | os.PathLike[str]) -> Signature:
-    """Size and mtime of the file (of a symlink itself when it leads nowhere, or cannot be
+    """The file's signature (of a symlink itself when it leads nowhere, or cannot be
     followed: such a file fails to read and goes to error/); FileNotFoundError once gone."""
     try:
         st = os.stat(path)
@@ -56,7 +66,7 @@ def signature_of(path: str | os.PathLike[str]) -> Signature:
         st = os.lstat(path)
     except OSError:
         st = os.lstat(path)
-    return Signature(st.st_size, st.st_mtime_ns)
+    return Signature.of(st)
 
 
 class Close(enum.Enum):
@@ -139,7 +149,7 @@ class WriteEvents:
     # -- read by the watcher --------------------------------------------------------------
 
     def close_of(self, name: str, listed: Signature) -> Close:
-        """For a file whose size and mtime the listing found to be `listed`."""
+        """For a file whose signature the listing found to be `listed`."""
         with self._lock:
             state = self._states.get(name)
         if state is None:

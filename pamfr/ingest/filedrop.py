@@ -16,7 +16,8 @@ Temporary suffixes and dot-files are never taken. Its messages go one by one, in
 through the same receiver as the MLLP door, and only when all of them are committed does the
 file move to done/ (all AA) or error/ (any AE/AR, or unreadable), next to its ACKs
 (`<name>.ack`) or the reason it could not be read (`<name>.error`); just before the move its
-size and mtime must still be those it was read with, else it stays and is taken again later.
+signature (size, mtime, inode, ctime) must still be the one it was read with, else it stays
+and is taken again later.
 A crash mid-file leaves the file in the inbox; on restart the duplicate control answers what
 was already applied.
 """
@@ -79,7 +80,7 @@ class FileResult:
         return self.error is None and set(self.codes) <= {"AA"}
 
 
-class _Changed(Exception):
+class ChangedSinceSeen(Exception):
     """The file changed while it was read: it is not complete yet."""
 
 
@@ -90,7 +91,7 @@ class _StoreUnavailable(Exception):
 @dataclass(slots=True)
 class _Seen:
     signature: Signature
-    since: float  # when the listing first found it with this size and mtime
+    since: float  # when the listing first found it with this signature
     first: float  # when the listing first found it
 
 
@@ -164,7 +165,7 @@ class Inbox:
                 else:
                     if not stat.S_ISREG(st.st_mode):
                         continue  # sub-folders (done/, error/), FIFOs, sockets, devices
-                found.append((Path(entry.path), Signature(st.st_size, st.st_mtime_ns)))
+                found.append((Path(entry.path), Signature.of(st)))
         return found
 
     def settled(self, now: float) -> tuple[list[tuple[Path, Signature]], int]:
@@ -250,8 +251,8 @@ def read_settled(path: Path, expected: Signature) -> bytes:
     with open(path, "rb") as f:
         data = f.read()
         st = os.fstat(f.fileno())
-    if Signature(st.st_size, st.st_mtime_ns) != expected or len(data) != st.st_size:
-        raise _Changed(str(path))
+    if Signature.of(st) != expected or len(data) != st.st_size:
+        raise ChangedSinceSeen(str(path))
     return data
 
 
@@ -310,7 +311,7 @@ def file_away(
     source: Path, folder: Path, side_name: str, side_content: bytes, expected: Signature
 ) -> Path | None:
     """Write the .ack/.error file, then move the source beside it; nothing is overwritten.
-    None, and nothing moved, when the source's size or mtime are no longer `expected` (those
+    None, and nothing moved, when the source's signature is no longer `expected` (the one
     it was read with) just before the move: it is being written again."""
     folder.mkdir(parents=True, exist_ok=True)
     final = free_name(folder, source.name)
@@ -557,7 +558,7 @@ class FileDropWatcher:
                 return await self._unreadable(path, inbox, why, sig)
             self._waiting.pop(path, None)
             messages = file_messages(data)
-        except _Changed:
+        except ChangedSinceSeen:
             return None
         except FileNotFoundError as exc:
             if not os.path.lexists(path):

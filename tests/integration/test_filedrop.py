@@ -17,12 +17,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from pamfr.hl7.samples import Person, generate_mix, message
 from pamfr.ingest.closes import signature_of
 from pamfr.ingest.expected import compare_state, store_state
-from pamfr.ingest.filedrop import FileDropWatcher, FileResult, file_away
+from pamfr.ingest.filedrop import (
+    ChangedSinceSeen,
+    FileDropWatcher,
+    FileResult,
+    file_away,
+    read_settled,
+)
 from pamfr.ingest.replay import replay_local
 from pamfr.path.pipeline import AsyncReceiver
 from pamfr.path.receiver import Receiver
@@ -438,6 +445,43 @@ def test_a_file_that_changed_since_it_was_read_is_not_moved(tmp_path):
     assert path.read_bytes() == b"XYZ more"
     moved = file_away(path, inbox / "error", ".error", b"why\n", signature_of(path))
     assert moved == inbox / "error" / "a.hl7" and moved.read_bytes() == b"XYZ more"
+
+
+def test_a_same_size_rewrite_or_a_rename_over_with_the_old_mtime_is_not_moved(tmp_path):
+    """Size and mtime are not enough: an FTP client can rewrite a file with the same size,
+    or rename another over it, then set the old mtime back (MFMT); the inode and the ctime
+    (which no one sets by hand) tell."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    path = inbox / "a.hl7"
+    path.write_bytes(b"MSH|one\r")
+    read = signature_of(path)
+    time.sleep(0.05)  # past the tick of the kernel's file-time clock
+    with open(path, "r+b") as f:  # rewritten in place, same size
+        f.write(b"MSH|two\r")
+    os.utime(path, ns=(read.mtime_ns, read.mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (read.size, read.mtime_ns)
+    with pytest.raises(ChangedSinceSeen):
+        read_settled(path, read)
+    assert file_away(path, inbox / "done", ".ack", b"x\n", read) is None
+
+    read = signature_of(path)
+    other = inbox / "a.hl7.part"
+    other.write_bytes(b"MSH|333\r")
+    os.utime(other, ns=(read.mtime_ns, read.mtime_ns))
+    other.rename(path)  # renamed over it, same size, same mtime
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (read.size, read.mtime_ns)
+    with pytest.raises(ChangedSinceSeen):
+        read_settled(path, read)
+    assert file_away(path, inbox / "done", ".ack", b"x\n", read) is None
+    assert not (inbox / "done" / "a.hl7").exists()
+
+    # What pamfr itself does between the read and the move (the read, the .ack beside the
+    # target) leaves the file as it was seen: it moves.
+    read = signature_of(path)
+    assert read_settled(path, read) == b"MSH|333\r"
+    moved = file_away(path, inbox / "done", ".ack", b"x\n", read)
+    assert moved == inbox / "done" / "a.hl7" and moved.read_bytes() == b"MSH|333\r"
 
 
 def test_store_unavailable_leaves_the_file_for_a_later_pass(tmp_path):

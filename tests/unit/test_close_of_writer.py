@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pamfr.ingest.closes import Close, Signature, WriteEvents
+from pamfr.ingest.closes import Close, Signature, WriteEvents, signature_of
 from pamfr.ingest.filedrop import EVENT_GRACE, Inbox, Listed
 from pamfr.service.config import FiledropSettings
 
 QUIET = 2.0
-A = Signature(10, 1_000)
-A_LONGER = Signature(20, 2_000)
+A = Signature(10, 1_000, 7, 1_000)
+A_LONGER = Signature(20, 2_000, 7, 2_000)
 
 
 def watched(path: Path, **settings) -> tuple[Inbox, WriteEvents]:
@@ -59,7 +59,7 @@ def test_a_rename_keeps_a_file_still_written_waiting_and_takes_a_closed_one_whol
 def test_a_new_mtime_or_mode_after_the_close_is_not_a_write():
     events = WriteEvents()
     events.closed("a.hl7", A)
-    touched = Signature(A.size, 5_000)  # an FTP client's MFMT
+    touched = Signature(A.size, 5_000, A.ino, 5_001)  # an FTP client's MFMT
     events.attributes_changed("a.hl7", touched)
     assert events.close_of("a.hl7", touched) is Close.CLOSED
     events.attributes_changed("a.hl7", A_LONGER)  # grown: a write is on its way
@@ -143,10 +143,7 @@ def test_files_there_before_the_watch_keep_the_polling_rules(tmp_path):
     box.settled(10.0)
     assert box.settled(10.0 + QUIET) == ([], 1)  # appeared while watched: its close is awaited
     assert box.held == (tmp_path / "new.hl7", Close.NO_EVENT)
-    sig = Signature(
-        (tmp_path / "new.hl7").stat().st_size, (tmp_path / "new.hl7").stat().st_mtime_ns
-    )
-    events.closed("new.hl7", sig)
+    events.closed("new.hl7", signature_of(tmp_path / "new.hl7"))
     assert names(box.settled(10.0 + QUIET)[0]) == ["new.hl7"]
 
 

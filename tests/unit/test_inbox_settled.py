@@ -52,6 +52,17 @@ def test_a_change_starts_the_quiet_period_again(tmp_path):
     assert box.settled(200.0) == ([], 1)
 
 
+def test_a_file_renamed_over_with_the_same_size_and_mtime_starts_the_quiet_period_again(
+    tmp_path,
+):
+    box = inbox(tmp_path)
+    drop(tmp_path, "a.hl7", mtime_s=1_000)
+    assert box.settled(100.0) == ([], 1)
+    drop(tmp_path, "a.hl7.part", mtime_s=1_000).rename(tmp_path / "a.hl7")
+    assert box.settled(100.0 + QUIET) == ([], 1)
+    assert names(box.settled(100.0 + 2 * QUIET)[0]) == ["a.hl7"]
+
+
 def test_a_file_still_settling_holds_back_the_files_after_it(tmp_path):
     box = inbox(tmp_path)
     drop(tmp_path, "a.hl7")

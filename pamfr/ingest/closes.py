@@ -18,6 +18,7 @@ import os
 import stat
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,13 +151,21 @@ class WriteEvents:
 
     def close_of(self, name: str, listed: Signature) -> Close:
         """For a file whose signature the listing found to be `listed`."""
+        return self.closes_of([(name, listed)])[1][0]
+
+    def closes_of(self, listed: Sequence[tuple[str, Signature]]) -> tuple[int, list[Close]]:
+        """The generation and what is known of each listed file's writer, read together: events
+        lost in between would make a file long known look like one never reported."""
         with self._lock:
-            state = self._states.get(name)
-        if state is None:
-            return Close.NO_EVENT
-        if state is _Writing.LINK:
-            return Close.UNKNOWN
-        return Close.CLOSED if state == listed else Close.OPEN
+            return self.generation, [_close(self._states.get(n), sig) for n, sig in listed]
+
+
+def _close(state: _State | None, listed: Signature) -> Close:
+    if state is None:
+        return Close.NO_EVENT
+    if state is _Writing.LINK:
+        return Close.UNKNOWN
+    return Close.CLOSED if state == listed else Close.OPEN
 
 
 class EventsUnavailable(Exception):

@@ -59,6 +59,10 @@ _MAX_BACKOFF = 60.0
 # a second to pair it): a new file without any event after this long means inotify does not
 # see the writes of that folder (a network file system): it is then polled only.
 EVENT_GRACE = 10.0
+# Such a folder tries inotify again after this long, twice as long each time it stays silent
+# (and at once when the inotify observer is started anew).
+NO_EVENTS_RETRY = 600.0
+_NO_EVENTS_RETRY_MAX = 6 * 3600.0
 
 
 class MessageHandler(Protocol):
@@ -114,7 +118,9 @@ class Inbox:
     backoff: float = 0.0
     missing_logged: bool = False
     events: WriteEvents | None = None  # the folder's close-of-writer events; None: polled only
-    no_events: str | None = None  # why it is polled only, for good
+    no_events: str | None = None  # why it is polled only, until events_retry_at
+    events_retry_at: float = 0.0
+    _events_retry: float = NO_EVENTS_RETRY
     mode_logged: str | None = None
     held: tuple[Path, Close] | None = None  # the file that holds the others back, and why
     silent: Path | None = None  # a new file inotify reported nothing for, past EVENT_GRACE
@@ -140,6 +146,20 @@ class Inbox:
         written before: the polling rules apply to them."""
         self.events = events
         self._generation = -1
+
+    def fall_back(self, now: float, reason: str) -> None:
+        """Polled only for now: inotify does not see this folder's writes (`reason`)."""
+        self.use_events(None)
+        self.no_events = f"{reason}; inotify is tried again in {self._events_retry:g} s"
+        self.events_retry_at = now + self._events_retry
+        self._events_retry = min(2 * self._events_retry, _NO_EVENTS_RETRY_MAX)
+
+    def events_again(self, now: float) -> bool:
+        """Whether a folder polled for its silence is to try inotify again now."""
+        if self.no_events is None or now < self.events_retry_at:
+            return False
+        self.no_events = None
+        return True
 
     def _skipped(self, name: str) -> bool:
         lowered = name.lower()
@@ -170,23 +190,22 @@ class Inbox:
 
     def settled(self, now: float) -> tuple[list[tuple[Path, Signature]], int]:
         """The files ready to take, in processing order, and how many are still settling."""
-        events = self.events
-        generation = events.generation if events is not None else -1
         files = self.list_files()
         names = {path.name for path, _ in files}
-        if events is not None and generation != self._generation:
-            self._generation = generation  # the watch began, or lost events: seen anew
-            self._before = names
-        self._before &= names
-        return self.decide([Listed(p, sig, self.close_of(p.name, sig)) for p, sig in files], now)
-
-    def close_of(self, name: str, signature: Signature) -> Close:
         if self.events is None:
-            return Close.UNKNOWN
-        close = self.events.close_of(name, signature)
-        if close is Close.NO_EVENT and name in self._before:
-            return Close.UNKNOWN  # written before the watch began: nothing will tell its close
-        return close
+            closes = [Close.UNKNOWN] * len(files)
+        else:
+            generation, closes = self.events.closes_of([(p.name, sig) for p, sig in files])
+            if generation != self._generation:
+                self._generation = generation  # the watch began, or lost events: seen anew
+                self._before = set(names)
+        self._before &= names
+        listed = []
+        for (path, sig), close in zip(files, closes, strict=True):
+            if close is Close.NO_EVENT and path.name in self._before:
+                close = Close.UNKNOWN  # there before the watch began: nothing will tell its close
+            listed.append(Listed(path, sig, close))
+        return self.decide(listed, now)
 
     def decide(
         self, listed: Sequence[Listed], now: float
@@ -429,6 +448,8 @@ class FileDropWatcher:
             if closes is not None:
                 closes.unwatch(events)
             inbox.use_events(None)
+        if inbox.events_again(self.clock()):
+            log.info("file drop %s: trying inotify's close-of-writer events again", inbox.path)
         reason = inbox.no_events or self._no_closes
         if inbox.events is None and closes is not None and inbox.no_events is None:
             try:
@@ -453,10 +474,10 @@ class FileDropWatcher:
         """inotify said nothing of a new file: it does not see that folder's writes."""
         if self._closes is not None and inbox.events is not None:
             self._closes.unwatch(inbox.events)
-        inbox.use_events(None)
-        inbox.no_events = (
-            f"inotify reported nothing of {path.name} for {EVENT_GRACE:g} s: "
-            "its writes are not seen there (a network file system?)"
+        inbox.fall_back(
+            self.clock(),
+            f"inotify reported nothing of {path.name} for {EVENT_GRACE:g} s: its writes are "
+            "not seen there (a network file system?)",
         )
 
     async def _watch(self, inbox: Inbox) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pamfr.ingest.closes import Close, Signature, WriteEvents, signature_of
-from pamfr.ingest.filedrop import EVENT_GRACE, Inbox, Listed
+from pamfr.ingest.filedrop import EVENT_GRACE, NO_EVENTS_RETRY, Inbox, Listed
 from pamfr.service.config import FiledropSettings
 
 QUIET = 2.0
@@ -167,3 +167,47 @@ def test_a_new_file_inotify_says_nothing_of_is_reported_after_the_grace(tmp_path
     assert box.silent is None
     box.decide([Listed(path, A_LONGER, Close.NO_EVENT)], EVENT_GRACE + 0.1)
     assert box.silent == path
+
+
+def test_events_lost_while_the_folder_is_listed_never_read_as_silence(tmp_path):
+    """The generation and the states are read together: events lost between the two must not
+    make a file seen long ago look like one inotify never reported (which would switch the
+    folder to polling)."""
+
+    class LosingWhileListed(Inbox):
+        lose = False
+
+        def list_files(self):
+            found = super().list_files()
+            if self.lose:
+                self.events.lost()  # on watchdog's thread, in the middle of a pass
+            return found
+
+    box = LosingWhileListed(tmp_path, FiledropSettings(quiet_period=QUIET))
+    events = WriteEvents()
+    box.use_events(events)
+    box.settled(0.0)
+    (tmp_path / "a.hl7").write_bytes(b"MSH|x\r")
+    events.written("a.hl7")
+    box.settled(1.0)
+    assert box.held is None and box.settled(1.0 + QUIET) == ([], 1)
+    assert box.held == (tmp_path / "a.hl7", Close.OPEN)
+    box.lose = True
+    box.settled(1.0 + 2 * EVENT_GRACE)
+    assert box.silent is None
+    assert names(box.settled(1.0 + 2 * EVENT_GRACE + QUIET)[0]) == ["a.hl7"]  # polling rules
+
+
+def test_a_folder_polled_for_its_silence_tries_inotify_again_later(tmp_path):
+    box, _ = watched(tmp_path)
+    box.fall_back(100.0, "inotify reported nothing of a.hl7")
+    assert box.events is None and box.no_events == (
+        f"inotify reported nothing of a.hl7; inotify is tried again in {NO_EVENTS_RETRY:g} s"
+    )
+    assert not box.events_again(100.0 + NO_EVENTS_RETRY - 1)
+    assert box.events_again(100.0 + NO_EVENTS_RETRY)
+    assert box.no_events is None
+    box.use_events(WriteEvents())
+    box.fall_back(1_000.0, "silent again")  # each time it stays silent, twice as long
+    assert not box.events_again(1_000.0 + 2 * NO_EVENTS_RETRY - 1)
+    assert box.events_again(1_000.0 + 2 * NO_EVENTS_RETRY)

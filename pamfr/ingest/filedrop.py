@@ -1,7 +1,7 @@
 """The file-drop door: inbound folders watched for HL7 files, every message through the receiver.
 
 A file is taken once it is complete and settled, and is never moved while it changes:
-* where inotify works (Linux, through watchdog: pamfr/ingest/closes.py), a file that appears
+* where inotify works (Linux, through watchdog: pamfr/ingest/inotify.py), a file that appears
   while the folder is watched is taken only once its writer has closed it after its last write
   (IN_CLOSE_WRITE, or it was moved in whole), then stayed unchanged for the quiet period;
 * a file that was already there when the watch began (or when inotify lost events), and every
@@ -26,28 +26,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
-import shutil
-import stat
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 from pamfr.hl7.frame import Door, Inbound, Outcome
-from pamfr.ingest.closes import (
-    Close,
-    CloseWatch,
-    EventsUnavailable,
-    Signature,
-    WriteEvents,
-    signature_of,
+from pamfr.ingest.closes import Signature
+from pamfr.ingest.files import UnreadableFile, file_messages, incomplete_reason, not_hl7_reason
+from pamfr.ingest.filing import (
+    ChangedSinceSeen,
+    ack_file_content,
+    file_away,
+    open_for_writing,
+    read_settled,
 )
-from pamfr.ingest.files import UnreadableFile, incomplete_reason, not_hl7_reason, split_messages
+from pamfr.ingest.inbox import EVENT_GRACE, Inbox
+from pamfr.ingest.inotify import CloseWatch, EventsUnavailable
 from pamfr.service.config import FiledropSettings
 from pamfr.service.metrics import Metrics
 
@@ -55,14 +54,6 @@ log = logging.getLogger(__name__)
 
 DOOR = Door.FILE
 _MAX_BACKOFF = 60.0
-# inotify events reach pamfr within a second (watchdog holds a move out of the folder back half
-# a second to pair it): a new file without any event after this long means inotify does not
-# see the writes of that folder (a network file system): it is then polled only.
-EVENT_GRACE = 10.0
-# Such a folder tries inotify again after this long, twice as long each time it stays silent
-# (and at once when the inotify observer is started anew).
-NO_EVENTS_RETRY = 600.0
-_NO_EVENTS_RETRY_MAX = 6 * 3600.0
 
 
 class MessageHandler(Protocol):
@@ -84,277 +75,8 @@ class FileResult:
         return self.error is None and set(self.codes) <= {"AA"}
 
 
-class ChangedSinceSeen(Exception):
-    """The file changed while it was read: it is not complete yet."""
-
-
 class _StoreUnavailable(Exception):
     """A message could not be logged: leave the file in the inbox and try again later."""
-
-
-@dataclass(slots=True)
-class _Seen:
-    signature: Signature
-    since: float  # when the listing first found it with this signature
-    first: float  # when the listing first found it
-
-
-class Listed(NamedTuple):
-    """A file of the folder as one listing found it."""
-
-    path: Path
-    signature: Signature
-    close: Close = Close.UNKNOWN
-
-
-@dataclass
-class Inbox:
-    """One watched folder: what is in it, what has settled, where processed files go."""
-
-    path: Path
-    settings: FiledropSettings
-    seen: dict[Path, _Seen] = field(default_factory=dict)
-    retry_at: float = 0.0
-    backoff: float = 0.0
-    missing_logged: bool = False
-    events: WriteEvents | None = None  # the folder's close-of-writer events; None: polled only
-    no_events: str | None = None  # why it is polled only, until events_retry_at
-    events_retry_at: float = 0.0
-    _events_retry: float = NO_EVENTS_RETRY
-    mode_logged: str | None = None
-    held: tuple[Path, Close] | None = None  # the file that holds the others back, and why
-    silent: Path | None = None  # a new file inotify reported nothing for, past EVENT_GRACE
-    gave_up: list[Path] = field(default_factory=list)  # no longer awaiting their close (new)
-    _unclosed: dict[Path, Signature] = field(default_factory=dict)  # never closed, as then
-    _generation: int = -1
-    _before: set[str] = field(default_factory=set)  # there before the watch: polling rules
-
-    @property
-    def mode(self) -> str:
-        return "inotify" if self.events is not None else "polling"
-
-    @property
-    def done_dir(self) -> Path:
-        return self.path / self.settings.done_dir
-
-    @property
-    def error_dir(self) -> Path:
-        return self.path / self.settings.error_dir
-
-    def use_events(self, events: WriteEvents | None) -> None:
-        """Close-of-writer events from now on (None: polling); the files there now were
-        written before: the polling rules apply to them."""
-        self.events = events
-        self._generation = -1
-
-    def fall_back(self, now: float, reason: str) -> None:
-        """Polled only for now: inotify does not see this folder's writes (`reason`)."""
-        self.use_events(None)
-        self.no_events = f"{reason}; inotify is tried again in {self._events_retry:g} s"
-        self.events_retry_at = now + self._events_retry
-        self._events_retry = min(2 * self._events_retry, _NO_EVENTS_RETRY_MAX)
-
-    def events_again(self, now: float) -> bool:
-        """Whether a folder polled for its silence is to try inotify again now."""
-        if self.no_events is None or now < self.events_retry_at:
-            return False
-        self.no_events = None
-        return True
-
-    def _skipped(self, name: str) -> bool:
-        lowered = name.lower()
-        return name.startswith(".") or any(
-            lowered.endswith(s.lower()) for s in self.settings.temp_suffixes
-        )
-
-    def list_files(self) -> list[tuple[Path, Signature]]:
-        """Regular files (and symlinks to them, or dangling ones) that may be messages."""
-        found = []
-        with os.scandir(self.path) as entries:
-            for entry in entries:
-                if self._skipped(entry.name):
-                    continue
-                try:
-                    st = os.stat(entry.path)
-                except FileNotFoundError:
-                    if not entry.is_symlink():
-                        continue  # gone meanwhile
-                    st = os.lstat(entry.path)  # dangling: it will fail to read, go to error/
-                except OSError:
-                    st = os.lstat(entry.path)
-                else:
-                    if not stat.S_ISREG(st.st_mode):
-                        continue  # sub-folders (done/, error/), FIFOs, sockets, devices
-                found.append((Path(entry.path), Signature.of(st)))
-        return found
-
-    def settled(self, now: float) -> tuple[list[tuple[Path, Signature]], int]:
-        """The files ready to take, in processing order, and how many are still settling."""
-        files = self.list_files()
-        names = {path.name for path, _ in files}
-        if self.events is None:
-            closes = [Close.UNKNOWN] * len(files)
-        else:
-            generation, closes = self.events.closes_of([(p.name, sig) for p, sig in files])
-            if generation != self._generation:
-                self._generation = generation  # the watch began, or lost events: seen anew
-                self._before = set(names)
-        self._before &= names
-        listed = []
-        for (path, sig), close in zip(files, closes, strict=True):
-            if close is Close.NO_EVENT and path.name in self._before:
-                close = Close.UNKNOWN  # there before the watch began: nothing will tell its close
-            listed.append(Listed(path, sig, close))
-        return self.decide(listed, now)
-
-    def decide(
-        self, listed: Sequence[Listed], now: float
-    ) -> tuple[list[tuple[Path, Signature]], int]:
-        """Which of the files one listing found (at `now`) are ready to take, in processing
-        order, and how many are still settling (no I/O). A file is ready once unchanged for
-        the quiet period and, when inotify tells of its writer, closed after its last write;
-        one written and never closed (a truncate by path) has the polling rules once unchanged
-        for [filedrop] incomplete_timeout (`gave_up` lists it once). Order is strict: a file
-        still settling holds back the files after it."""
-        seen: dict[Path, _Seen] = {}
-        for path, sig, _ in listed:
-            before = self.seen.get(path)
-            if before and before.signature == sig:
-                seen[path] = before
-            else:
-                seen[path] = _Seen(sig, now, before.first if before else now)
-        self.seen = seen
-        if self.settings.order == "mtime":
-            ordered = sorted(listed, key=lambda f: (f.signature.mtime_ns, f.path.name))
-        else:
-            ordered = sorted(listed, key=lambda f: f.path.name)
-        self.held = self.silent = None
-        self.gave_up = []
-        closes, unclosed = {}, {}
-        for path, sig, close in listed:
-            if close is Close.NO_EVENT and now - seen[path].first > EVENT_GRACE:
-                self.silent = path
-            if close is Close.OPEN and now - seen[path].since >= self.settings.incomplete_timeout:
-                close = Close.UNKNOWN
-                if self._unclosed.get(path) != sig:
-                    self.gave_up.append(path)
-                unclosed[path] = sig
-            closes[path] = close
-        self._unclosed = unclosed
-        ready = []
-        for path, sig, _ in ordered:
-            close = closes[path]
-            quiet = now - seen[path].since >= self.settings.quiet_period
-            if not quiet or close not in (Close.UNKNOWN, Close.CLOSED):
-                if quiet:
-                    self.held = (path, close)
-                break
-            ready.append((path, sig))
-        return ready, len(listed) - len(ready)
-
-    def forget(self, path: Path) -> None:
-        self.seen.pop(path, None)
-        self._before.discard(path.name)
-
-
-def file_messages(data: bytes) -> list[bytes]:
-    """The messages of a file; a file without any MSH is not an HL7 file, whatever its bytes
-    (split_messages would keep random bytes that look like MLLP framing as frames)."""
-    if b"MSH" not in data:
-        raise UnreadableFile("no MSH segment found: not an HL7 v2 message file")
-    return split_messages(data)
-
-
-def read_settled(path: Path, expected: Signature) -> bytes:
-    """The file's bytes, provided it did not change since it was seen settled."""
-    with open(path, "rb") as f:
-        data = f.read()
-        st = os.fstat(f.fileno())
-    if Signature.of(st) != expected or len(data) != st.st_size:
-        raise ChangedSinceSeen(str(path))
-    return data
-
-
-def unchanged(path: Path, expected: Signature) -> bool:
-    """The file is still as it was read (just before it is moved away)."""
-    try:
-        return signature_of(path) == expected
-    except FileNotFoundError:
-        return False
-
-
-def open_for_writing(path: Path) -> bool:
-    """Whether a process holds the file open for writing, as /proc shows it (Linux). The
-    processes of other users may be hidden from pamfr: then the quiet period and the
-    completeness of the content are what protect a file being written."""
-    target = os.path.realpath(path)
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return False
-    for pid in pids:
-        fd_dir = f"/proc/{pid}/fd"
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"{fd_dir}/{fd}") != target:
-                    continue
-                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
-                    flags = next(
-                        int(line.split()[1], 8) for line in info if line.startswith("flags:")
-                    )
-            except (OSError, StopIteration, ValueError):
-                continue
-            if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
-                return True
-    return False
-
-
-def free_name(folder: Path, name: str) -> str:
-    """`name`, else `stem.1.ext`, `stem.2.ext`...: never overwrite a file or its .ack/.error."""
-    stem, suffix = os.path.splitext(name)
-    candidate, n = name, 0
-    while any(
-        (folder / f"{candidate}{extra}").exists() or (folder / f"{candidate}{extra}").is_symlink()
-        for extra in ("", ".ack", ".error")
-    ):
-        n += 1
-        candidate = f"{stem}.{n}{suffix}"
-    return candidate
-
-
-def file_away(
-    source: Path, folder: Path, side_name: str, side_content: bytes, expected: Signature
-) -> Path | None:
-    """Write the .ack/.error file, then move the source beside it; nothing is overwritten.
-    None, and nothing moved, when the source's signature is no longer `expected` (the one
-    it was read with) just before the move: it is being written again."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = free_name(folder, source.name)
-    side = folder / f"{final}{side_name}"
-    with open(side, "xb") as f:
-        f.write(side_content)
-        f.flush()
-        os.fsync(f.fileno())
-    if not unchanged(source, expected):
-        side.unlink()
-        return None
-    target = folder / final
-    try:
-        os.rename(source, target)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        shutil.move(source, target)  # done/ or error/ on another file system
-    return target
-
-
-def ack_file_content(acks: Sequence[bytes]) -> bytes:
-    """The ACKs one after another, in order, each followed by a newline."""
-    return b"".join(ack.rstrip(b"\n") + b"\n" for ack in acks)
 
 
 class FileDropWatcher:

@@ -43,6 +43,14 @@ def split_messages(data: bytes) -> list[bytes]:
     return messages
 
 
+def file_messages(data: bytes) -> list[bytes]:
+    """The messages of a file; a file without any MSH is not an HL7 file, whatever its bytes
+    (split_messages would keep random bytes that look like MLLP framing as frames)."""
+    if b"MSH" not in data:
+        raise UnreadableFile("no MSH segment found: not an HL7 v2 message file")
+    return split_messages(data)
+
+
 def _frame_messages(frame: bytes) -> list[bytes]:
     """A frame normally holds one message; a batch inside one is opened, garbage kept whole."""
     try:

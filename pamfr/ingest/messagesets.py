@@ -16,8 +16,7 @@ from pathlib import Path
 
 from pamfr.hl7.er7 import read_header, split_segments
 from pamfr.hl7.errors import MessageRejected
-from pamfr.ingest.filedrop import file_messages
-from pamfr.ingest.files import UnreadableFile
+from pamfr.ingest.files import UnreadableFile, file_messages
 
 SKIPPED_SUFFIXES = (".ack", ".error")  # what the file-drop door writes beside a file
 

@@ -1,4 +1,4 @@
-"""Close-of-writer events from the real inotify of this machine (ingest/closes.CloseWatch): a
+"""Close-of-writer events from the real inotify of this machine (ingest/inotify.CloseWatch): a
 file held open while written, closed, renamed, moved in and out, touched, written again; a
 watcher whose folder does not exist yet polls it, then watches it once it is there."""
 
@@ -8,7 +8,8 @@ import logging
 import os
 import time
 
-from pamfr.ingest.closes import Close, CloseWatch, signature_of
+from pamfr.ingest.closes import Close, signature_of
+from pamfr.ingest.inotify import CloseWatch
 from tests.integration.test_filedrop import a28, running_watcher, wait_for
 
 

@@ -23,13 +23,8 @@ from sqlalchemy import func, select
 from pamfr.hl7.samples import Person, generate_mix, message
 from pamfr.ingest.closes import signature_of
 from pamfr.ingest.expected import compare_state, store_state
-from pamfr.ingest.filedrop import (
-    ChangedSinceSeen,
-    FileDropWatcher,
-    FileResult,
-    file_away,
-    read_settled,
-)
+from pamfr.ingest.filedrop import FileDropWatcher, FileResult
+from pamfr.ingest.filing import ChangedSinceSeen, file_away, read_settled
 from pamfr.ingest.replay import replay_local
 from pamfr.path.pipeline import AsyncReceiver
 from pamfr.path.receiver import Receiver

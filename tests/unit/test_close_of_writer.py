@@ -1,5 +1,5 @@
 """What inotify's events say of a dropped file's writer (ingest/closes.WriteEvents), and how the
-settle decision uses it (ingest/filedrop.Inbox): a file that appears while its folder is
+settle decision uses it (ingest/inbox.Inbox): a file that appears while its folder is
 watched is taken only once closed after its last write, then quiet; a file there before the
 watch began keeps the polling rules. The events are fed by hand, the clock is a value."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pamfr.ingest.closes import Close, Signature, WriteEvents, signature_of
-from pamfr.ingest.filedrop import EVENT_GRACE, NO_EVENTS_RETRY, Inbox, Listed
+from pamfr.ingest.inbox import EVENT_GRACE, NO_EVENTS_RETRY, Inbox, Listed
 from pamfr.service.config import FiledropSettings
 
 QUIET = 2.0

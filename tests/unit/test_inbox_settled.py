@@ -1,4 +1,4 @@
-"""When a dropped file is taken (ingest/filedrop.Inbox.settled): once unchanged for the quiet
+"""When a dropped file is taken (ingest/inbox.Inbox.settled): once unchanged for the quiet
 period, in name or mtime order, a file still settling holding back those after it. The clock
 is a value passed in: no sleeping."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pamfr.ingest.filedrop import Inbox
+from pamfr.ingest.inbox import Inbox
 from pamfr.service.config import FiledropSettings
 
 QUIET = 2.0

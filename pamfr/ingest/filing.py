@@ -1,0 +1,108 @@
+"""Reading a settled file, and filing it away into done/ or error/ beside its .ack or .error
+without ever moving a file that changed since it was read."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from pamfr.ingest.closes import Signature, signature_of
+
+
+class ChangedSinceSeen(Exception):
+    """The file changed while it was read: it is not complete yet."""
+
+
+def read_settled(path: Path, expected: Signature) -> bytes:
+    """The file's bytes, provided it did not change since it was seen settled."""
+    with open(path, "rb") as f:
+        data = f.read()
+        st = os.fstat(f.fileno())
+    if Signature.of(st) != expected or len(data) != st.st_size:
+        raise ChangedSinceSeen(str(path))
+    return data
+
+
+def unchanged(path: Path, expected: Signature) -> bool:
+    """The file is still as it was read (just before it is moved away)."""
+    try:
+        return signature_of(path) == expected
+    except FileNotFoundError:
+        return False
+
+
+def open_for_writing(path: Path) -> bool:
+    """Whether a process holds the file open for writing, as /proc shows it (Linux). The
+    processes of other users may be hidden from pamfr: then the quiet period and the
+    completeness of the content are what protect a file being written."""
+    target = os.path.realpath(path)
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") != target:
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    flags = next(
+                        int(line.split()[1], 8) for line in info if line.startswith("flags:")
+                    )
+            except (OSError, StopIteration, ValueError):
+                continue
+            if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                return True
+    return False
+
+
+def free_name(folder: Path, name: str) -> str:
+    """`name`, else `stem.1.ext`, `stem.2.ext`...: never overwrite a file or its .ack/.error."""
+    stem, suffix = os.path.splitext(name)
+    candidate, n = name, 0
+    while any(
+        (folder / f"{candidate}{extra}").exists() or (folder / f"{candidate}{extra}").is_symlink()
+        for extra in ("", ".ack", ".error")
+    ):
+        n += 1
+        candidate = f"{stem}.{n}{suffix}"
+    return candidate
+
+
+def file_away(
+    source: Path, folder: Path, side_name: str, side_content: bytes, expected: Signature
+) -> Path | None:
+    """Write the .ack/.error file, then move the source beside it; nothing is overwritten.
+    None, and nothing moved, when the source's signature is no longer `expected` (the one
+    it was read with) just before the move: it is being written again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = free_name(folder, source.name)
+    side = folder / f"{final}{side_name}"
+    with open(side, "xb") as f:
+        f.write(side_content)
+        f.flush()
+        os.fsync(f.fileno())
+    if not unchanged(source, expected):
+        side.unlink()
+        return None
+    target = folder / final
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.move(source, target)  # done/ or error/ on another file system
+    return target
+
+
+def ack_file_content(acks: Sequence[bytes]) -> bytes:
+    """The ACKs one after another, in order, each followed by a newline."""
+    return b"".join(ack.rstrip(b"\n") + b"\n" for ack in acks)

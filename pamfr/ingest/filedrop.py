@@ -45,8 +45,8 @@ from pamfr.ingest.filing import (
     open_for_writing,
     read_settled,
 )
-from pamfr.ingest.inbox import EVENT_GRACE, Inbox
-from pamfr.ingest.inotify import CloseWatch, EventsUnavailable
+from pamfr.ingest.inbox import Inbox
+from pamfr.ingest.watches import CloseEvents
 from pamfr.service.config import FiledropSettings
 from pamfr.service.metrics import Metrics
 
@@ -108,8 +108,7 @@ class FileDropWatcher:
         self.failures = 0  # files left in their inbox because the store or the disk failed
         self._stop = asyncio.Event()
         self._waiting: dict[Path, str] = {}  # files left to finish, and why (logged once)
-        self._closes: CloseWatch | None = None
-        self._no_closes: str | None = None  # why no folder has close-of-writer events
+        self.close_events = CloseEvents(settings, self.inboxes, clock)
 
     def stop(self) -> None:
         """Finish the message in hand, then stop; the current file stays in its inbox."""
@@ -126,81 +125,21 @@ class FileDropWatcher:
 
     async def run(self) -> None:
         """Watch until stop()."""
-        self._start_close_events()
+        await self.close_events.start()
         try:
             await asyncio.gather(*(self._watch(inbox) for inbox in self.inboxes))
         finally:
-            await asyncio.to_thread(self._stop_close_events)
+            await self.close_events.stop()
 
     async def run_once(self) -> list[FileResult]:
         """Take the files that settle within one quiet period from now, then return."""
         results: list[FileResult] = []
-        self._start_close_events()
+        await self.close_events.start()
         try:
             await asyncio.gather(*(self._once(inbox, results) for inbox in self.inboxes))
         finally:
-            await asyncio.to_thread(self._stop_close_events)
+            await self.close_events.stop()
         return results
-
-    def _start_close_events(self) -> None:
-        if not self.settings.close_events:
-            self._no_closes = "[filedrop] close_events = false"
-            return
-        try:
-            self._closes = CloseWatch()
-        except EventsUnavailable as exc:
-            self._no_closes = str(exc)
-
-    def _stop_close_events(self) -> None:
-        closes, self._closes = self._closes, None
-        for inbox in self.inboxes:
-            inbox.use_events(None)
-        if closes is not None:
-            closes.stop()
-
-    def _keep_close_events(self, inbox: Inbox) -> None:
-        """Watch the folder for close-of-writer events if it can be (again), and say in which
-        mode it is watched whenever that changes."""
-        closes = self._closes
-        if closes is not None and not closes.alive:
-            self._no_closes = "the inotify observer stopped"
-            self._closes = closes = None
-        events = inbox.events
-        if events is not None and (closes is None or events.ended):
-            if closes is not None:
-                closes.unwatch(events)
-            inbox.use_events(None)
-        if inbox.events_again(self.clock()):
-            log.info("file drop %s: trying inotify's close-of-writer events again", inbox.path)
-        reason = inbox.no_events or self._no_closes
-        if inbox.events is None and closes is not None and inbox.no_events is None:
-            try:
-                inbox.use_events(closes.watch(inbox.path))
-            except EventsUnavailable as exc:
-                reason = str(exc)  # the folder may not be there yet: tried again next pass
-        if inbox.events is not None:
-            mode = (
-                f"close-of-writer events (inotify IN_CLOSE_WRITE), and a listing every "
-                f"{self.settings.poll_interval:g} s"
-            )
-        else:
-            mode = f"polling every {self.settings.poll_interval:g} s ({reason})"
-        if mode != inbox.mode_logged:
-            chosen = inbox.events is not None or not self.settings.close_events
-            log.log(
-                logging.INFO if chosen else logging.WARNING, "file drop %s: %s", inbox.path, mode
-            )
-            inbox.mode_logged = mode
-
-    def _events_silent(self, inbox: Inbox, path: Path) -> None:
-        """inotify said nothing of a new file: it does not see that folder's writes."""
-        if self._closes is not None and inbox.events is not None:
-            self._closes.unwatch(inbox.events)
-        inbox.fall_back(
-            self.clock(),
-            f"inotify reported nothing of {path.name} for {EVENT_GRACE:g} s: its writes are "
-            "not seen there (a network file system?)",
-        )
 
     async def _watch(self, inbox: Inbox) -> None:
         while not self.stopping:
@@ -222,7 +161,7 @@ class FileDropWatcher:
         now = self.clock()
         if now < inbox.retry_at:
             return 1
-        self._keep_close_events(inbox)
+        await self.close_events.keep(inbox)
         try:
             ready, settling = await asyncio.to_thread(inbox.settled, now)
         except OSError as exc:
@@ -232,7 +171,7 @@ class FileDropWatcher:
             return 0
         inbox.missing_logged = False
         if inbox.silent is not None:
-            self._events_silent(inbox, inbox.silent)
+            await self.close_events.silent(inbox, inbox.silent)
             return settling  # polled from the next pass on
         for path in inbox.gave_up:
             log.warning(

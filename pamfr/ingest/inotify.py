@@ -9,7 +9,6 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Any
 
 from watchdog.events import (
     DirDeletedEvent,
@@ -23,6 +22,7 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
+from watchdog.observers.api import ObservedWatch
 from watchdog.utils import UnsupportedLibcError
 
 from pamfr.ingest.closes import Signature, WriteEvents, signature_of
@@ -47,7 +47,7 @@ class CloseWatch:
         # Full events: a file moved in from elsewhere is a move (whole), not a creation.
         self._observer = InotifyObserver(generate_full_events=True)
         self._observer.start()
-        self._watches: dict[int, Any] = {}
+        self._watches: dict[WriteEvents, ObservedWatch] = {}
 
     def watch(self, folder: Path) -> WriteEvents:
         """Start watching `folder` (where it leads when it is a symlink: inotify would watch
@@ -69,20 +69,31 @@ class CloseWatch:
             watch = self._observer.schedule(handler, real, event_filter=kinds)
         except OSError as exc:
             raise EventsUnavailable(f"inotify cannot watch {folder}: {exc}") from exc
-        self._watches[id(events)] = watch
+        self._watches[events] = watch
         return events
 
     def unwatch(self, events: WriteEvents) -> None:
-        watch = self._watches.pop(id(events), None)
+        watch = self._watches.pop(events, None)
         if watch is not None:
             with contextlib.suppress(KeyError):  # the watch had ended by itself
                 self._observer.unschedule(watch)
 
     @property
     def alive(self) -> bool:
-        return self._observer.is_alive()
+        """Its observer thread runs, and so does the emitter thread reading each folder still
+        watched (the removal of a folder ends its own)."""
+        if not self._observer.is_alive():
+            return False
+        reading = {
+            emitter.watch for emitter in tuple(self._observer.emitters) if emitter.is_alive()
+        }
+        return all(
+            watch in reading or events.ended or not os.path.isdir(watch.path)
+            for events, watch in self._watches.items()
+        )
 
     def stop(self) -> None:
+        """Stop the observer and every emitter, alive or not (also one found dead)."""
         self._observer.stop()
         self._observer.join(10)
 

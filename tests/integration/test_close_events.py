@@ -149,3 +149,47 @@ def test_links_and_a_truncate_by_path_never_hold_the_folder(sqlite_url, tmp_path
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warned) == 1 and warned[0].startswith("file c-cut.hl7: ")
     assert "incomplete_timeout" in warned[0]
+
+
+def test_a_dead_folder_reader_is_seen_and_the_watch_started_anew(sqlite_url, tmp_path, caplog):
+    """The observer thread alive is not enough: the emitter thread that reads a folder's
+    events may be gone. The watcher then stops the whole watch (no thread left behind) and
+    starts one anew, and a writer's close is awaited again."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    closes = CloseWatch()
+    try:
+        closes.watch(inbox)
+        assert closes.alive
+        (emitter,) = closes._observer.emitters
+        emitter.stop()
+        emitter.join(5)
+        assert not closes.alive
+    finally:
+        closes.stop()
+
+    caplog.set_level(logging.INFO, logger="pamfr.ingest.filedrop")
+    done = inbox / "done"
+    settings = dict(quiet_period=0.2, poll_interval=0.05)
+    with running_watcher(sqlite_url, inbox, writer_open=lambda path: False, **settings) as watcher:
+        wait_for(lambda: watcher.inboxes[0].mode == "inotify", 10, "the watch")
+        old = watcher.close_events.close_watch
+        (emitter,) = old._observer.emitters
+        emitter.stop()
+        wait_for(
+            lambda: watcher.close_events.close_watch not in (old, None)
+            and watcher.inboxes[0].mode == "inotify",
+            5,
+            "the watch to be started anew",
+        )
+        assert not old._observer.is_alive()
+        assert not any(e.is_alive() for e in old._observer.emitters)
+        time.sleep(0.3)  # a pass or more: the files there from now on are new
+        with open(inbox / "a.hl7", "w", newline="") as f:  # its writer hidden from /proc
+            f.write(a28("AGAIN", "AGAIN-1"))
+            f.flush()
+            time.sleep(1.0)
+            assert not done.exists(), "taken while its writer still had it open"
+        wait_for(lambda: (done / "a.hl7.ack").exists(), 5, "a.hl7 to be taken")
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "started anew" in warned[0]

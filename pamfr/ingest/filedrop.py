@@ -15,9 +15,12 @@ A file is taken once it is complete and settled, and is never moved while it cha
 Temporary suffixes and dot-files are never taken. Its messages go one by one, in order,
 through the same receiver as the MLLP door, and only when all of them are committed does the
 file move to done/ (all AA) or error/ (any AE/AR, or unreadable), next to its ACKs
-(`<name>.ack`) or the reason it could not be read (`<name>.error`); just before the move its
-signature (size, mtime, inode, ctime) must still be the one it was read with, else it stays
-and is taken again later.
+(`<name>.ack`) or the reason it could not be read (`<name>.error`). Just before the move its
+signature (size, mtime, inode, ctime) must still be the one it was read with and no process
+may hold it open for writing (as /proc shows), else it stays and is taken again later; one
+written after the move (by a writer hidden from /proc that had opened it before), as seen
+right after it and for one quiet period, goes back to the inbox to be taken again (an ERROR
+when a new file holds its name there).
 A crash mid-file leaves the file in the inbox; on restart the duplicate control answers what
 was already applied.
 """
@@ -40,10 +43,13 @@ from pamfr.ingest.closes import Signature
 from pamfr.ingest.files import UnreadableFile, file_messages, incomplete_reason, not_hl7_reason
 from pamfr.ingest.filing import (
     ChangedSinceSeen,
+    Filed,
     ack_file_content,
     file_away,
     open_for_writing,
+    put_back,
     read_settled,
+    written_since_filed,
 )
 from pamfr.ingest.inbox import Inbox
 from pamfr.ingest.watches import CloseEvents
@@ -151,13 +157,18 @@ class FileDropWatcher:
         deadline = self.clock() + self.settings.quiet_period
         while not self.stopping:
             settling = await self._pass(inbox, results)
-            remaining = deadline - self.clock()
-            if settling == 0 or remaining < 0:
+            now = self.clock()
+            if settling and now <= deadline:
+                pause = deadline - now
+            elif inbox.filed:  # files just filed, still watched for a late writer
+                pause = max(until for _, until in inbox.filed) - now
+            else:
                 return
-            await asyncio.sleep(min(self.settings.poll_interval, remaining + 0.01))
+            await asyncio.sleep(min(self.settings.poll_interval, max(pause, 0) + 0.01))
 
     async def _pass(self, inbox: Inbox, results: list[FileResult] | None) -> int:
         """Process the settled files of one folder; the number of files still settling."""
+        await self._recheck_filed(inbox)
         now = self.clock()
         if now < inbox.retry_at:
             return 1
@@ -271,12 +282,13 @@ class FileDropWatcher:
         ok = set(codes) <= {"AA"}
         folder = inbox.done_dir if ok else inbox.error_dir
         content = ack_file_content(acks)
-        moved = await asyncio.to_thread(file_away, path, folder, ".ack", content, sig)
-        if moved is None:
+        filed = await self._file_away(path, folder, ".ack", content, sig, inbox)
+        if filed is None:
             # Written to while it was applied: taken again later; what was applied is answered
             # from the log (same control ids), what was added is applied then.
-            self._wait(path, "it changed while its messages were applied")
+            self._wait(path, "it changed, or a process opened it for writing, while applied")
             return None
+        moved = filed.target
         self.metrics.file_done(ok)
         counts = " ".join(f"{code}={n}" for code, n in sorted(codes.items()))
         log.log(
@@ -293,13 +305,64 @@ class FileDropWatcher:
         self, path: Path, inbox: Inbox, reason: str, sig: Signature
     ) -> FileResult | None:
         text = f"{path.name}: {reason}\n".encode()
-        moved = await asyncio.to_thread(file_away, path, inbox.error_dir, ".error", text, sig)
-        if moved is None:
-            self._wait(path, "it changed since it was read")
+        filed = await self._file_away(path, inbox.error_dir, ".error", text, sig, inbox)
+        if filed is None:
+            self._wait(path, "it changed, or a process opened it for writing, since it was read")
             return None
+        moved = filed.target
         self.metrics.file_done(False)
         log.warning("file %s: unreadable (%s) -> %s", path.name, reason, _shown(moved, inbox))
         return FileResult(path, moved, 0, {}, reason)
+
+    async def _file_away(
+        self, path: Path, folder: Path, side_name: str, side: bytes, sig: Signature, inbox: Inbox
+    ) -> Filed | None:
+        """Move the file (None when it changed, or a writer has it open); one written during
+        the move goes back to the inbox (None), any other is watched for a writer's late write
+        for one quiet period."""
+        filed = await asyncio.to_thread(
+            file_away, path, folder, side_name, side, sig, writer_open=self.writer_open
+        )
+        if filed is None:
+            return None
+        if filed.written_while_moved and await self._give_back(filed, inbox):
+            return None
+        inbox.filed.append((filed, self.clock() + self.settings.quiet_period))
+        return filed
+
+    async def _recheck_filed(self, inbox: Inbox) -> None:
+        now, watched = self.clock(), []
+        for filed, until in inbox.filed:
+            if await asyncio.to_thread(written_since_filed, filed):
+                await self._give_back(filed, inbox)
+            elif now < until:
+                watched.append((filed, until))
+        inbox.filed = watched
+
+    async def _give_back(self, filed: Filed, inbox: Inbox) -> bool:
+        """Put a file written after its move back in the inbox (loudly); False when it must
+        stay where it is."""
+        try:
+            back = await asyncio.to_thread(put_back, filed)
+            why = f"{filed.source} is another file now"
+        except OSError as exc:
+            back, why = False, f"it cannot be moved back to {filed.source}: {exc}"
+        if back:
+            log.warning(
+                "file %s: written after it was moved there (a writer had opened it before): "
+                "moved back to the inbox to be taken again (what was applied is answered as "
+                "duplicates)",
+                _shown(filed.target, inbox),
+            )
+        else:
+            log.error(
+                "file %s: written after it was moved there (a writer had opened it before), "
+                "and %s: it stays there, what was written after the move is NOT applied (copy "
+                "it into the inbox under a new name: what was applied is answered as duplicates)",
+                filed.target,
+                why,
+            )
+        return back
 
 
 def _shown(moved: Path, inbox: Inbox) -> Path:

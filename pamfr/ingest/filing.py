@@ -1,12 +1,14 @@
-"""Reading a settled file, and filing it away into done/ or error/ beside its .ack or .error
-without ever moving a file that changed since it was read."""
+"""Reading a settled file, and filing it away into done/ or error/ beside its .ack or .error,
+never moving a file that changed since it was read or that a process holds open for writing,
+and giving back to the inbox one written after its move."""
 
 from __future__ import annotations
 
 import errno
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pamfr.ingest.closes import Signature, signature_of
@@ -77,12 +79,40 @@ def free_name(folder: Path, name: str) -> str:
     return candidate
 
 
+@dataclass(frozen=True, slots=True)
+class Filed:
+    """A file moved into done/ or error/, beside its .ack or .error."""
+
+    source: Path  # its name in the inbox
+    target: Path
+    side: Path  # its .ack or .error
+    read: Signature  # as it was read
+    moved: Signature  # just after the move
+    renamed: bool  # False: copied to another file system (a new inode), then removed
+
+    @property
+    def written_while_moved(self) -> bool:
+        """Written between the last look before the move and the first after it (the move
+        moves the ctime on, and gives a new inode when copied to another file system)."""
+        before, after = self.read, self.moved
+        return (before.size, before.mtime_ns) != (after.size, after.mtime_ns) or (
+            self.renamed and before.ino != after.ino
+        )
+
+
 def file_away(
-    source: Path, folder: Path, side_name: str, side_content: bytes, expected: Signature
-) -> Path | None:
+    source: Path,
+    folder: Path,
+    side_name: str,
+    side_content: bytes,
+    expected: Signature,
+    *,
+    writer_open: Callable[[Path], bool],
+) -> Filed | None:
     """Write the .ack/.error file, then move the source beside it; nothing is overwritten.
-    None, and nothing moved, when the source's signature is no longer `expected` (the one
-    it was read with) just before the move: it is being written again."""
+    None, and nothing moved, when just before the move the source's signature is no longer
+    `expected` (the one it was read with), or a process holds it open for writing (an upload
+    that began again)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = free_name(folder, source.name)
     side = folder / f"{final}{side_name}"
@@ -90,17 +120,44 @@ def file_away(
         f.write(side_content)
         f.flush()
         os.fsync(f.fileno())
-    if not unchanged(source, expected):
+    if not unchanged(source, expected) or writer_open(source):
         side.unlink()
         return None
     target = folder / final
+    renamed = _move(source, target)
+    return Filed(source, target, side, expected, signature_of(target), renamed)
+
+
+def written_since_filed(filed: Filed) -> bool:
+    """Whether the filed file changed since just after its move: a writer that had opened it
+    before the move wrote into it."""
+    try:
+        return signature_of(filed.target) != filed.moved
+    except FileNotFoundError:
+        return False  # taken away by someone: not pamfr's any more
+
+
+def put_back(filed: Filed) -> bool:
+    """Move a file written after its move back to its inbox name, to be taken again (what
+    was applied is answered from the log), its .ack/.error removed: they tell of a part only.
+    False, and nothing moved, when a new file holds that name."""
+    if os.path.lexists(filed.source):
+        return False
+    _move(filed.target, filed.source)
+    filed.side.unlink(missing_ok=True)
+    return True
+
+
+def _move(source: Path, target: Path) -> bool:
+    """Rename; True, unless done/ or error/ is on another file system (then copied)."""
     try:
         os.rename(source, target)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        shutil.move(source, target)  # done/ or error/ on another file system
-    return target
+        shutil.move(source, target)
+        return False
+    return True
 
 
 def ack_file_content(acks: Sequence[bytes]) -> bytes:

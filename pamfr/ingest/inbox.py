@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from pamfr.ingest.closes import Close, Signature, WriteEvents
+from pamfr.ingest.filing import Filed
 from pamfr.service.config import FiledropSettings
 
 # inotify events reach pamfr within a second (watchdog holds a move out of the folder back half
@@ -56,6 +57,9 @@ class Inbox:
     held: tuple[Path, Close] | None = None  # the file that holds the others back, and why
     silent: Path | None = None  # a new file inotify reported nothing for, past EVENT_GRACE
     gave_up: list[Path] = field(default_factory=list)  # no longer awaiting their close (new)
+    # Files moved to done/ or error/ lately, watched until then for a writer that had opened
+    # them before the move.
+    filed: list[tuple[Filed, float]] = field(default_factory=list)
     _unclosed: dict[Path, Signature] = field(default_factory=dict)  # never closed, as then
     _generation: int = -1
     _before: set[str] = field(default_factory=set)  # there before the watch: polling rules

@@ -4,6 +4,7 @@ and .ack files, unreadable files, a SIGKILL mid-file and a restart, `serve` with
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -20,11 +21,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from pamfr.hl7.frame import Inbound, Outcome
 from pamfr.hl7.samples import Person, generate_mix, message
-from pamfr.ingest.closes import signature_of
+from pamfr.ingest.closes import Signature, signature_of
 from pamfr.ingest.expected import compare_state, store_state
-from pamfr.ingest.filedrop import FileDropWatcher, FileResult
-from pamfr.ingest.filing import ChangedSinceSeen, file_away, read_settled
+from pamfr.ingest.filedrop import FileDropWatcher, FileResult, MessageHandler
+from pamfr.ingest.filing import (
+    ChangedSinceSeen,
+    file_away,
+    open_for_writing,
+    put_back,
+    read_settled,
+    written_since_filed,
+)
 from pamfr.ingest.replay import replay_local
 from pamfr.path.pipeline import AsyncReceiver
 from pamfr.path.receiver import Receiver
@@ -80,14 +89,20 @@ def drop_once(db_url: str, inbox: Path, **settings) -> list[FileResult]:
 
 @contextmanager
 def running_watcher(
-    db_url: str, inbox: Path, *, writer_open: Callable[[Path], bool] | None = None, **settings
+    db_url: str,
+    inbox: Path,
+    *,
+    writer_open: Callable[[Path], bool] | None = None,
+    wrap: Callable[[AsyncReceiver], MessageHandler] | None = None,
+    **settings,
 ) -> Iterator[FileDropWatcher]:
     """The watcher of `inbox` on a loop in a background thread; `writer_open` replaces its
-    /proc look for a process writing a file."""
+    /proc look for a process writing a file, `wrap` wraps the receiver it gives messages to."""
     engine = make_engine(db_url)
     handler = AsyncReceiver(Receiver(engine), door="file")
     extra = {} if writer_open is None else {"writer_open": writer_open}
-    watcher = FileDropWatcher(handler, FiledropSettings(dirs=[str(inbox)], **settings), **extra)
+    settings = FiledropSettings(dirs=[str(inbox)], **settings)
+    watcher = FileDropWatcher(wrap(handler) if wrap else handler, settings, **extra)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_until_complete, args=(watcher.run(),), daemon=True)
     thread.start()
@@ -426,7 +441,11 @@ def test_empty_and_msh_less_files_wait_for_the_limit_binary_files_go_at_once(sql
     assert [a.control_id for a in acks_of(done / "0-header.hl7.ack")] == ["HEADER-1"]
 
 
-def test_a_file_that_changed_since_it_was_read_is_not_moved(tmp_path):
+def file_away_seeing_writers(path: Path, folder: Path, side: str, read: Signature):
+    return file_away(path, folder, side, b"why\n", read, writer_open=open_for_writing)
+
+
+def test_a_file_that_changed_or_is_open_for_writing_is_not_moved(tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     path = inbox / "a.hl7"
@@ -434,12 +453,46 @@ def test_a_file_that_changed_since_it_was_read_is_not_moved(tmp_path):
     read = signature_of(path)
     with open(path, "ab") as f:  # written again between the read and the move
         f.write(b" more")
-    for folder, side in [(inbox / "error", ".error"), (inbox / "done", ".ack")]:
-        assert file_away(path, folder, side, b"why\n", read) is None
-        assert list(folder.iterdir()) == []  # the .ack/.error written first is taken back
+        f.flush()
+        for folder, side in [(inbox / "error", ".error"), (inbox / "done", ".ack")]:
+            assert file_away_seeing_writers(path, folder, side, read) is None
+            assert list(folder.iterdir()) == []  # the .ack/.error written first is taken back
+        # Unchanged since read, but a process holds it open for writing: not moved either.
+        assert file_away_seeing_writers(path, inbox / "error", ".error", signature_of(path)) is None
     assert path.read_bytes() == b"XYZ more"
-    moved = file_away(path, inbox / "error", ".error", b"why\n", signature_of(path))
-    assert moved == inbox / "error" / "a.hl7" and moved.read_bytes() == b"XYZ more"
+    filed = file_away_seeing_writers(path, inbox / "error", ".error", signature_of(path))
+    assert filed.target == inbox / "error" / "a.hl7" and filed.target.read_bytes() == b"XYZ more"
+    assert not filed.written_while_moved
+
+
+def test_a_write_that_lands_during_the_move_is_seen_and_the_file_put_back(tmp_path):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    done = inbox / "done"
+    path = inbox / "a.hl7"
+    path.write_bytes(b"MSH|1\r")
+
+    def appends_as_it_is_looked_at(looked_at: Path) -> bool:
+        with open(looked_at, "ab") as f:  # lands after the last look, before the rename
+            f.write(b"MSH|2\r")
+        return False  # its writer is hidden from /proc
+
+    filed = file_away(
+        path, done, ".ack", b"x\n", signature_of(path), writer_open=appends_as_it_is_looked_at
+    )
+    assert filed.written_while_moved and filed.target == done / "a.hl7"
+    assert put_back(filed)
+    assert path.read_bytes() == b"MSH|1\rMSH|2\r" and list(done.iterdir()) == []
+
+    filed = file_away_seeing_writers(path, done, ".ack", signature_of(path))
+    assert not written_since_filed(filed)
+    with open(filed.target, "ab") as f:
+        f.write(b"MSH|3\r")
+    assert written_since_filed(filed)
+    path.write_bytes(b"MSH|new\r")  # a new file took its name in the inbox
+    assert not put_back(filed)
+    assert sorted(p.name for p in done.iterdir()) == ["a.hl7", "a.hl7.ack"]
+    assert path.read_bytes() == b"MSH|new\r"
 
 
 def test_a_same_size_rewrite_or_a_rename_over_with_the_old_mtime_is_not_moved(tmp_path):
@@ -458,7 +511,7 @@ def test_a_same_size_rewrite_or_a_rename_over_with_the_old_mtime_is_not_moved(tm
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (read.size, read.mtime_ns)
     with pytest.raises(ChangedSinceSeen):
         read_settled(path, read)
-    assert file_away(path, inbox / "done", ".ack", b"x\n", read) is None
+    assert file_away_seeing_writers(path, inbox / "done", ".ack", read) is None
 
     read = signature_of(path)
     other = inbox / "a.hl7.part"
@@ -468,15 +521,113 @@ def test_a_same_size_rewrite_or_a_rename_over_with_the_old_mtime_is_not_moved(tm
     assert (path.stat().st_size, path.stat().st_mtime_ns) == (read.size, read.mtime_ns)
     with pytest.raises(ChangedSinceSeen):
         read_settled(path, read)
-    assert file_away(path, inbox / "done", ".ack", b"x\n", read) is None
+    assert file_away_seeing_writers(path, inbox / "done", ".ack", read) is None
     assert not (inbox / "done" / "a.hl7").exists()
 
     # What pamfr itself does between the read and the move (the read, the .ack beside the
     # target) leaves the file as it was seen: it moves.
     read = signature_of(path)
     assert read_settled(path, read) == b"MSH|333\r"
-    moved = file_away(path, inbox / "done", ".ack", b"x\n", read)
-    assert moved == inbox / "done" / "a.hl7" and moved.read_bytes() == b"MSH|333\r"
+    filed = file_away_seeing_writers(path, inbox / "done", ".ack", read)
+    assert filed.target == inbox / "done" / "a.hl7" and filed.target.read_bytes() == b"MSH|333\r"
+
+
+def originals(db_url: str) -> Counter:
+    """How many times each control id was applied (logged as an original, not a duplicate)."""
+    engine = make_engine(db_url)
+    try:
+        return Counter(r["control_id"] for r in log_rows(engine) if r["duplicate_of"] is None)
+    finally:
+        engine.dispose()
+
+
+class OpensItOnceApplied:
+    """An uploader that opens the file for appending (FTP APPE) as pamfr commits its last
+    message, just before pamfr would move it: a process /proc shows."""
+
+    def __init__(self, handler: AsyncReceiver, last_control_id: str) -> None:
+        self.handler, self.last = handler, last_control_id
+        self.opened: dict[str, object] = {}
+
+    async def receive(self, inbound: Inbound) -> Outcome:
+        outcome = await self.handler.receive(inbound)
+        if f"|{self.last}|".encode() in inbound.raw and not self.opened:
+            self.opened["file"] = open(inbound.peer, "ab")  # noqa: SIM115
+        return outcome
+
+
+def test_a_file_a_writer_opened_just_before_its_move_stays_until_written(sqlite_url, tmp_path):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    done = inbox / "done"
+    first, second = a28("APPE-1", "APPE-1").encode(), a28("APPE-2", "APPE-2").encode()
+    appender: list[OpensItOnceApplied] = []
+
+    def wrap(handler: AsyncReceiver) -> OpensItOnceApplied:
+        appender.append(OpensItOnceApplied(handler, "APPE-1"))
+        return appender[0]
+
+    settings = dict(quiet_period=0.2, poll_interval=0.05)
+    with running_watcher(sqlite_url, inbox, wrap=wrap, **settings):
+        (inbox / "a.hl7").write_bytes(first)
+        wait_for(lambda: appender[0].opened, 10, "APPE-1 to be applied")
+        time.sleep(0.5)
+        assert not done.joinpath("a.hl7").exists(), "moved while a writer had it open"
+        with appender[0].opened["file"] as f:
+            f.write(second)
+        wait_for(lambda: originals(sqlite_url)["APPE-2"], 10, "APPE-2 to be applied")
+        wait_for(lambda: (done / "a.hl7.ack").exists(), 10, "a.hl7 to be filed")
+    assert (done / "a.hl7").read_bytes() == first + second
+    assert [(a.code, a.control_id) for a in acks_of(done / "a.hl7.ack")] == [
+        ("AA", "APPE-1"),  # answered from the log: applied once
+        ("AA", "APPE-2"),
+    ]
+    assert originals(sqlite_url) == Counter({"APPE-1": 1, "APPE-2": 1})
+
+
+def test_a_file_written_after_its_move_goes_back_to_be_taken_again(sqlite_url, tmp_path, caplog):
+    """An FTP server running as another user (hidden from /proc) opened the file for APPE
+    just before pamfr moved it, and writes after the move: the file, seen changed in done/,
+    goes back to the inbox and its added message is applied; when a new file took its
+    inbox name meanwhile it stays in done/, with an ERROR naming both."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    done = inbox / "done"
+    first, second = a28("LATE-1", "LATE-1").encode(), a28("LATE-2", "LATE-2").encode()
+    caplog.set_level(logging.INFO, logger="pamfr.ingest.filedrop")
+    settings = dict(quiet_period=0.5, poll_interval=0.05)
+    with running_watcher(sqlite_url, inbox, writer_open=lambda path: False, **settings):
+        (inbox / "a.hl7").write_bytes(first)
+        with open(inbox / "a.hl7", "ab") as appe:  # opened, nothing sent yet
+            wait_for(lambda: (done / "a.hl7").exists(), 10, "a.hl7 to be moved")
+            appe.write(second)
+        wait_for(lambda: originals(sqlite_url)["LATE-2"], 10, "LATE-2 to be applied")
+        wait_for(lambda: (done / "a.hl7.ack").exists(), 10, "a.hl7 to be filed again")
+
+        (inbox / "b.hl7").write_bytes(a28("TAKEN-1", "TAKEN-1").encode())
+        with open(inbox / "b.hl7", "ab") as appe:
+            wait_for(lambda: (done / "b.hl7").exists(), 10, "b.hl7 to be moved")
+            (inbox / "b.hl7").write_bytes(a28("NEW-1", "NEW-1").encode())  # its name again
+            appe.write(a28("TAKEN-2", "TAKEN-2").encode())
+        wait_for(lambda: originals(sqlite_url)["NEW-1"], 10, "the new b.hl7 to be applied")
+    assert (done / "a.hl7").read_bytes() == first + second
+    assert sorted(p.name for p in done.iterdir()) == [
+        "a.hl7",
+        "a.hl7.ack",
+        "b.1.hl7",
+        "b.1.hl7.ack",
+        "b.hl7",
+        "b.hl7.ack",
+    ]
+    assert [(a.code, a.control_id) for a in acks_of(done / "a.hl7.ack")] == [
+        ("AA", "LATE-1"),
+        ("AA", "LATE-2"),
+    ]
+    assert originals(sqlite_url) == Counter({"LATE-1": 1, "LATE-2": 1, "TAKEN-1": 1, "NEW-1": 1})
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [level for level, _ in said] == ["WARNING", "ERROR"]
+    assert said[0][1].startswith("file done/a.hl7: written after it was moved there")
+    assert str(done / "b.hl7") in said[1][1] and str(inbox / "b.hl7") in said[1][1]
 
 
 def test_store_unavailable_leaves_the_file_for_a_later_pass(tmp_path):

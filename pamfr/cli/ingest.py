@@ -63,11 +63,11 @@ def watch(
 ) -> None:
     """Watch inbound folders (DIRS, else [filedrop] dirs) for dropped HL7 files.
 
-    A file is taken once its size and mtime have not changed for the quiet period, its
-    content is complete and, where inotify works, its writer has closed it (README: file
-    drop); names ending in .tmp/.part/.filepart and dot-files are left alone. Its messages go
-    through the receiver one by one, in order; then it moves to done/ (all AA) or error/ (any
-    AE/AR, or unreadable) with <name>.ack (the ACKs, one per message) or <name>.error (why).
+    A file is taken once it has not changed for the quiet period, its content is complete
+    and, where inotify works, its writer has closed it (README: file drop); names ending in
+    .tmp/.part/.filepart and dot-files are left alone. Its messages go through the receiver
+    one by one, in order; then it moves to done/ (all AA) or error/ (any AE/AR, or
+    unreadable) with <name>.ack (the ACKs, one per message) or <name>.error (why).
     Runs until SIGTERM/SIGINT (the message in hand is finished, the file stays in its inbox).
     With --once: exit 0 when every file taken went to done/, 1 otherwise.
     """

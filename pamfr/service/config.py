@@ -118,7 +118,7 @@ class FiledropSettings(_Section):
     quiet_period: float = Field(2.0, ge=0)
     # A file whose content is not complete (empty, no MSH segment, no final segment terminator,
     # a batch without its BTS/FTS trailers or with wrong counts) waits this long unchanged,
-    # then error/.
+    # then error/. A file written and never closed has the polling rules after this long.
     incomplete_timeout: float = Field(300.0, gt=0)
     # Where inotify works, a file that appears is taken only after its writer closed it
     # (IN_CLOSE_WRITE); false: the folders are polled only.

@@ -89,14 +89,18 @@ class Filed:
     read: Signature  # as it was read
     moved: Signature  # just after the move
     renamed: bool  # False: copied to another file system (a new inode), then removed
+    # A symlink: moving it moved no data, a writer writes where it leads (and a relative one
+    # leads elsewhere from its new place): nothing to look at after the move.
+    link: bool
 
     @property
     def written_while_moved(self) -> bool:
         """Written between the last look before the move and the first after it (the move
         moves the ctime on, and gives a new inode when copied to another file system)."""
         before, after = self.read, self.moved
-        return (before.size, before.mtime_ns) != (after.size, after.mtime_ns) or (
-            self.renamed and before.ino != after.ino
+        return not self.link and (
+            (before.size, before.mtime_ns) != (after.size, after.mtime_ns)
+            or (self.renamed and before.ino != after.ino)
         )
 
 
@@ -124,13 +128,16 @@ def file_away(
         side.unlink()
         return None
     target = folder / final
+    link = source.is_symlink()
     renamed = _move(source, target)
-    return Filed(source, target, side, expected, signature_of(target), renamed)
+    return Filed(source, target, side, expected, signature_of(target), renamed, link)
 
 
 def written_since_filed(filed: Filed) -> bool:
     """Whether the filed file changed since just after its move: a writer that had opened it
     before the move wrote into it."""
+    if filed.link:
+        return False
     try:
         return signature_of(filed.target) != filed.moved
     except FileNotFoundError:

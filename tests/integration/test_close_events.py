@@ -1,16 +1,19 @@
 """Close-of-writer events from the real inotify of this machine (ingest/inotify.CloseWatch): a
 file held open while written, closed, renamed, moved in and out, touched, written again; a
-watcher whose folder does not exist yet polls it, then watches it once it is there."""
+watcher whose folder does not exist yet polls it, then watches it once it is there; a folder
+given as a symlink; links and a truncate, which no close follows; a folder reader that dies."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections import Counter
+from pathlib import Path
 
 from pamfr.ingest.closes import Close, signature_of
 from pamfr.ingest.inotify import CloseWatch
-from tests.integration.test_filedrop import a28, running_watcher, wait_for
+from tests.integration.test_filedrop import a28, originals, running_watcher, wait_for
 
 
 def test_what_inotify_says_of_a_file_and_its_writer(tmp_path):
@@ -126,6 +129,7 @@ def test_links_and_a_truncate_by_path_never_hold_the_folder(sqlite_url, tmp_path
     inbox.mkdir()
     outside.mkdir()
     (outside / "a.hl7").write_text(a28("SYM", "SYM-1"), newline="")
+    (outside / "a2.hl7").write_text(a28("SYM2", "SYM-2"), newline="")
     (outside / "b.hl7").write_text(a28("HARD", "HARD-1"), newline="")
     cut = a28("CUT", "CUT-1").encode()
     done = inbox / "done"
@@ -135,6 +139,7 @@ def test_links_and_a_truncate_by_path_never_hold_the_folder(sqlite_url, tmp_path
     with running_watcher(sqlite_url, inbox, **settings) as watcher:
         wait_for(lambda: watcher.inboxes[0].mode == "inotify", 10, "the watch")
         (inbox / "a-sym.hl7").symlink_to(outside / "a.hl7")
+        (inbox / "a-sym-relative.hl7").symlink_to(Path("..", "outside", "a2.hl7"))
         os.link(outside / "b.hl7", inbox / "b-hard.hl7")
         wait_for(lambda: (done / "b-hard.hl7.ack").exists(), 5, "the links to be taken")
         (inbox / "c-cut.hl7").write_bytes(cut + b"PID|1||half")
@@ -145,7 +150,11 @@ def test_links_and_a_truncate_by_path_never_hold_the_folder(sqlite_url, tmp_path
         assert time.monotonic() - cut_at >= limit
         assert watcher.inboxes[0].mode == "inotify"
     assert (done / "a-sym.hl7").is_symlink()
+    assert (done / "a-sym-relative.hl7").is_symlink()  # leads nowhere from there: left alone
     assert (done / "c-cut.hl7").read_bytes() == cut
+    assert originals(sqlite_url) == Counter(
+        {"SYM-1": 1, "SYM-2": 1, "HARD-1": 1, "CUT-1": 1, "AFTER-1": 1}
+    )
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warned) == 1 and warned[0].startswith("file c-cut.hl7: ")
     assert "incomplete_timeout" in warned[0]

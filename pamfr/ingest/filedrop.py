@@ -157,14 +157,14 @@ class FileDropWatcher:
         deadline = self.clock() + self.settings.quiet_period
         while not self.stopping:
             settling = await self._pass(inbox, results)
-            now = self.clock()
-            if settling and now <= deadline:
-                pause = deadline - now
-            elif inbox.filed:  # files just filed, still watched for a late writer
-                pause = max(until for _, until in inbox.filed) - now
-            else:
-                return
-            await asyncio.sleep(min(self.settings.poll_interval, max(pause, 0) + 0.01))
+            remaining = deadline - self.clock()
+            if settling == 0 or remaining < 0:
+                break
+            await asyncio.sleep(min(self.settings.poll_interval, remaining + 0.01))
+        while inbox.filed and not self.stopping:  # just filed: watched for a late writer
+            remaining = max(until for _, until in inbox.filed) - self.clock()
+            await asyncio.sleep(min(self.settings.poll_interval, max(remaining, 0) + 0.01))
+            await self._recheck_filed(inbox)
 
     async def _pass(self, inbox: Inbox, results: list[FileResult] | None) -> int:
         """Process the settled files of one folder; the number of files still settling."""

@@ -186,8 +186,10 @@ def test_a_dead_folder_reader_is_seen_and_the_watch_started_anew(sqlite_url, tmp
         (emitter,) = old._observer.emitters
         emitter.stop()
         wait_for(
-            lambda: watcher.close_events.close_watch not in (old, None)
-            and watcher.inboxes[0].mode == "inotify",
+            lambda: (
+                watcher.close_events.close_watch not in (old, None)
+                and watcher.inboxes[0].mode == "inotify"
+            ),
             5,
             "the watch to be started anew",
         )

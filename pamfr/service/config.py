@@ -363,7 +363,7 @@ def load_settings(
     if renamed:
         raise ConfigError(
             f"{renamed[0]}: the [logging] section is now [log]: "
-            f"use PAMFR_LOG_{renamed[0][len('PAMFR_LOGGING_'):].upper()}"
+            f"use PAMFR_LOG_{renamed[0][len('PAMFR_LOGGING_') :].upper()}"
         )
     init: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():

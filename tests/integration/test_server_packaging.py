@@ -50,11 +50,18 @@ def test_serve_json_logs_one_object_a_line_without_patient_data(sqlite_url, tmp_
 def test_watch_json_logs_one_object_a_line_for_the_file_door(sqlite_url, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    person = Person(ipp="JSON-2", birth_name="ZORGLUBESCU", given_names=("PERPETUE",),
-                    birth_date="19610713")
+    person = Person(
+        ipp="JSON-2", birth_name="ZORGLUBESCU", given_names=("PERPETUE",), birth_date="19610713"
+    )
     (inbox / "a.hl7").write_text(message("A28", person, "JSON-FILE-1"), encoding="utf-8")
     result = run_cli(
-        "watch", str(inbox), "--once", "--db", sqlite_url, "--quiet-period", "0",
+        "watch",
+        str(inbox),
+        "--once",
+        "--db",
+        sqlite_url,
+        "--quiet-period",
+        "0",
         env={"PAMFR_LOG_FORMAT": "json"},
     )
     assert result.returncode == 0, result.stderr

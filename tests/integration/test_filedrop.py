@@ -416,9 +416,11 @@ def test_empty_and_msh_less_files_wait_for_the_limit_binary_files_go_at_once(sql
         time.sleep(0.5)
         with open(inbox / "0-header.hl7", "ab") as f:
             f.write(a28("HEADER", "HEADER-1").encode())
-        wait_for(lambda: (done / "0-header.hl7.ack").exists(), 10, "0-header.hl7")
+        # The .ack is written just before the move: wait for both.
+        header = done / "0-header.hl7"
+        wait_for(lambda: header.exists() and (done / "0-header.hl7.ack").exists(), 10, "0-header")
         assert not (error / "0-header.hl7").exists(), "taken while its upload was paused"
-        assert (done / "0-header.hl7").read_bytes().startswith(b"# export GAM\rMSH|")
+        assert header.read_bytes().startswith(b"# export GAM\rMSH|")
         wait_for(lambda: (error / "a-junk.hl7.error").exists(), 10, "a-junk.hl7")
         assert time.monotonic() - dropped < limit
         assert not (error / "b-empty.hl7").exists()

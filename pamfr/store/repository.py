@@ -390,13 +390,12 @@ class IdentityRepository:
             "active": [True, False],
             "merged_into": [None, survivor_id],
         }
-        released = self._active_holders(source["ins_value"], exclude=source_id)
-        flags = plan_collision(source_id, holders_of_released=released)
-        if bool(source["ins_collision"]) != flags.collision:
-            self.conn.execute(sql.SET_COLLISION, {"pid": source_id, "flag": flags.collision})
-            source_changes["ins_collision"] = [not flags.collision, flags.collision]
+        if source["ins_collision"]:  # a merged-away record is never in collision
+            self.conn.execute(sql.SET_COLLISION, {"pid": source_id, "flag": False})
+            source_changes["ins_collision"] = [True, False]
         self._record(source_id, "merge", source_changes, plan.notes)
-        self._set_flags(flags.others)
+        released = self._active_holders(source["ins_value"], exclude=source_id)
+        self._set_flags(plan_collision(source_id, holders_of_released=released).others)
         after = sorted({*merged_before, source_id, *earlier_merges})
         self._record(survivor["id"], "merge", {"merged_patients": [merged_before, after]})
 

@@ -94,13 +94,16 @@ def running_watcher(
     *,
     writer_open: Callable[[Path], bool] | None = None,
     wrap: Callable[[AsyncReceiver], MessageHandler] | None = None,
+    max_message_size: int | None = None,
     **settings,
 ) -> Iterator[FileDropWatcher]:
     """The watcher of `inbox` on a loop in a background thread; `writer_open` replaces its
     /proc look for a process writing a file, `wrap` wraps the receiver it gives messages to."""
     engine = make_engine(db_url)
     handler = AsyncReceiver(Receiver(engine), door="file")
-    extra = {} if writer_open is None else {"writer_open": writer_open}
+    extra: dict = {} if writer_open is None else {"writer_open": writer_open}
+    if max_message_size is not None:
+        extra["max_message_size"] = max_message_size
     settings = FiledropSettings(dirs=[str(inbox)], **settings)
     watcher = FileDropWatcher(wrap(handler) if wrap else handler, settings, **extra)
     loop = asyncio.new_event_loop()

@@ -269,11 +269,8 @@ class FileDropWatcher:
                 break
             try:
                 result = await self._never_applied(path, sig, inbox, look=True)
-            except ChangedSinceSeen:
-                continue
-            except Exception as exc:
-                self._failed(path, inbox, exc)
-                break
+            except (ChangedSinceSeen, OSError):
+                continue  # changed, or unreadable: its own turn will tell
             if isinstance(result, FileResult):
                 self._taken(path, result, inbox, results)
                 moved += 1

@@ -216,3 +216,17 @@ def test_a_name_holding_a_newline_is_quoted_on_one_log_line(sqlite_url, tmp_path
     assert all("\n" not in r.getMessage() for r in caplog.records)
     assert os.path.exists(inbox / "done" / name)
     assert Path(inbox / "done" / f"{name}.ack").exists()
+
+
+def test_a_name_that_is_not_utf8_is_filed_and_quoted(sqlite_url, tmp_path, caplog):
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    junk = os.fsdecode(b"a-junk\xff.zip")
+    (inbox / junk).write_bytes(b"PK\x03\x04 not HL7")
+    caplog.set_level(logging.INFO, logger="pamfr.ingest.filedrop")
+    (result,) = drop_once(sqlite_url, inbox)
+    side = inbox / "error" / f"{junk}.error"
+    assert result.moved_to == inbox / "error" / junk and side.exists()
+    assert side.read_bytes().startswith(b"a-junk\xff.zip: not an HL7 v2 file")
+    said = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("file 'a-junk\\udcff.zip': unreadable (")

@@ -129,8 +129,8 @@ class Inbox:
                 if self._skipped(entry.name):
                     continue
                 path = Path(entry.path)
+                link = entry.is_symlink()
                 try:
-                    link = entry.is_symlink()
                     if link:
                         target = os.path.realpath(entry.path)
                         if os.path.commonpath([real, target]) != real:
@@ -140,7 +140,8 @@ class Inbox:
                         self.inside[path] = Path(target)
                     st = os.stat(entry.path)
                 except FileNotFoundError:
-                    if not link:
+                    if not link or path in self.outside:
+                        self.outside.pop(path, None)
                         continue  # gone meanwhile
                     st = os.lstat(entry.path)  # dangling: it will fail to read, go to error/
                 except OSError:

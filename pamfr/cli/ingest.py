@@ -109,7 +109,9 @@ async def _watch(settings: Settings, once: bool) -> int:
         door=Door.FILE,
     )
     await handler.start()
-    watcher = FileDropWatcher(handler, settings.filedrop)
+    watcher = FileDropWatcher(
+        handler, settings.filedrop, max_message_size=settings.server.max_frame_size
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, watcher.stop)

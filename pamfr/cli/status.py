@@ -125,6 +125,14 @@ def summary(s: Samples) -> dict[str, Any]:
             "waiting": s.total("pamfr_filedrop_backlog_files"),
             "errored": s.total("pamfr_filedrop_files_total", result="error"),
             "done": s.total("pamfr_filedrop_files_total", result="done"),
+            "held": {
+                box: {
+                    "seconds": seconds,
+                    "behind": s.total("pamfr_filedrop_held_back_files", inbox=box),
+                }
+                for box, seconds in s.by("pamfr_filedrop_held_seconds", "inbox").items()
+                if seconds > 0
+            },
         }
     if s.has("pamfr_identities") or s.has("pamfr_ins_collisions"):
         out["identities"] = {
@@ -194,6 +202,11 @@ def render(address: str, readiness: dict[str, Any], figures: dict[str, Any]) -> 
             f"file drop        {_n(f['waiting'])} waiting, {_n(f['done'])} done, "
             f"{_n(f['errored'])} to error/"
         )
+        for box, held in sorted(f["held"].items()):
+            lines.append(
+                f"  held           {box}: its first file held for {held['seconds']:,.0f} s, "
+                f"{_n(held['behind'])} file(s) behind it (the daemon's log names it)"
+            )
     if "identities" in figures:
         i = figures["identities"]
         lines.append(

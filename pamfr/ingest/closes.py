@@ -34,9 +34,11 @@ class Signature:
         return cls(st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
 
 
-def signature_of(path: str | os.PathLike[str]) -> Signature:
+def signature_of(path: str | os.PathLike[str], *, follow: bool = True) -> Signature:
     """The file's signature (of a symlink itself when it leads nowhere, or cannot be
-    followed: such a file fails to read and goes to error/); FileNotFoundError once gone."""
+    followed, or `follow` is False: such a file goes to error/); FileNotFoundError once gone."""
+    if not follow:
+        return Signature.of(os.lstat(path))
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -10,8 +10,15 @@ A file is taken once it is complete and settled, and is never moved while it cha
   other users are hidden), and its content must be complete (files.incomplete_reason: not
   empty, an MSH segment, a final segment terminator, a batch with its BTS/FTS trailers and
   matching counts); an incomplete file waits, and goes to error/ only once unchanged for
-  [filedrop] incomplete_timeout. Only binary content (files.not_hl7_reason) goes to error/
-  at once.
+  [filedrop] incomplete_timeout.
+Files are taken in order; the first file in line that is settled yet not taken holds the
+folder back (one WARNING names it, why, until when, how many files wait; /metrics and
+`pamfr status` show it). Files that can never be applied go to error/ unread as soon as they
+are settled, even behind a held file: a link leading outside the folder, a file over
+[filedrop] max_file_size, binary content (files.not_hl7_reason, from its first bytes). What
+was learnt of a file's content is kept while its signature stays the same: an incomplete
+file is not read again at every pass. A message longer than [server] max_frame_size is
+answered as the MLLP door answers such a frame (AR 100, its head kept in the log).
 Temporary suffixes and dot-files are never taken. Its messages go one by one, in order,
 through the same receiver as the MLLP door, and only when all of them are committed does the
 file move to done/ (all AA) or error/ (any AE/AR, or unreadable), next to its ACKs
@@ -35,11 +42,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 from pamfr.hl7.frame import Door, Inbound, Outcome
-from pamfr.ingest.closes import Signature
+from pamfr.ingest.closes import Close, Signature
 from pamfr.ingest.files import UnreadableFile, file_messages, incomplete_reason, not_hl7_reason
 from pamfr.ingest.filing import (
     ChangedSinceSeen,
@@ -48,13 +56,17 @@ from pamfr.ingest.filing import (
     file_away,
     open_for_writing,
     put_back,
+    read_head,
     read_settled,
     written_since_filed,
 )
+from pamfr.ingest.hold import Hold
 from pamfr.ingest.inbox import Inbox
+from pamfr.ingest.shown import quoted
 from pamfr.ingest.watches import CloseEvents
 from pamfr.service.config import FiledropSettings
 from pamfr.service.metrics import Metrics
+from pamfr.transport.codec import DEFAULT_MAX_FRAME_SIZE, HEAD_KEPT
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +93,18 @@ class FileResult:
         return self.error is None and set(self.codes) <= {"AA"}
 
 
+@dataclass(frozen=True, slots=True)
+class _Wait:
+    """A file not taken at this pass: why, until when at most (the watcher's clock; None: no
+    deadline), what happens then, and whether it holds its folder back (False: a passing
+    change, looked at again at the next pass)."""
+
+    why: str
+    until: float | None = None
+    then: str = ""
+    hold: bool = True
+
+
 class _StoreUnavailable(Exception):
     """A message could not be logged: leave the file in the inbox and try again later."""
 
@@ -91,7 +115,8 @@ class FileDropWatcher:
 
     `writer_open` tells whether some process holds a file open for writing (open_for_writing
     reads /proc); a test gives one that sees nothing, as pamfr sees nothing of an FTP server
-    running as another user.
+    running as another user. A message longer than `max_message_size` ([server]
+    max_frame_size) is answered as an oversized MLLP frame.
     """
 
     def __init__(
@@ -103,8 +128,10 @@ class FileDropWatcher:
         clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
         writer_open: Callable[[Path], bool] = open_for_writing,
+        max_message_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
         self.handler = handler
+        self.max_message_size = max_message_size
         self.writer_open = writer_open
         self.metrics = metrics if metrics is not None else Metrics()
         self.settings = settings
@@ -189,73 +216,172 @@ class FileDropWatcher:
                 "file %s: written and not closed by its writer since, yet unchanged for %g s "
                 "([filedrop] incomplete_timeout): the polling rules decide from now on (quiet "
                 "period, no writer in /proc, complete content)",
-                path.name,
+                quoted(path.name),
                 self.settings.incomplete_timeout,
             )
-        if inbox.held is not None:
-            held, close = inbox.held
-            self._wait(held, close.value)
-        for path, sig in ready:
+        held: tuple[Path, _Wait] | None = None
+        if inbox.held is not None and inbox.held[1] is Close.OPEN:
+            # (Close.NO_EVENT passes: inotify's events come within a second, else the folder
+            # is polled after EVENT_GRACE.)
+            path, close = inbox.held
+            held = (path, _Wait(close.value, inbox.until(path, close), "the polling rules decide"))
+        stopped_at = len(ready)
+        for n, (path, sig) in enumerate(ready):
             if self.stopping:
-                break
+                return settling
             try:
                 result = await self._process(path, sig, inbox)
             except Exception as exc:  # the store or the disk failed: keep the file, retry later
-                self.failures += 1
-                inbox.backoff = min(_MAX_BACKOFF, max(inbox.backoff * 2, 1.0))
-                inbox.retry_at = self.clock() + inbox.backoff
-                log.error(
-                    "file %s left in %s, retry in %.0fs: %s",
-                    path.name,
-                    inbox.path,
-                    inbox.backoff,
-                    exc,
-                    exc_info=not isinstance(exc, (_StoreUnavailable, OSError)),
-                )
+                self._failed(path, inbox, exc)
                 return settling + 1
-            if result is None:
+            if isinstance(result, _Wait):
                 settling += 1
-                break  # changed under us or stopping: look again at the next pass
-            inbox.backoff = 0.0
-            inbox.forget(path)
-            if results is not None:
-                results.append(result)
+                stopped_at = n
+                if result.hold:
+                    held = (path, result)
+                else:
+                    self._wait(path, result.why)
+                break  # taken at a later pass, and the files after it after it
+            self._taken(path, result, inbox, results)
+        if stopped_at < len(ready):
+            blocker: Path | None = ready[stopped_at][0]
+            after = len(ready) - stopped_at - 1 + (inbox.after_blocker + 1 if inbox.blocker else 0)
+        else:
+            blocker, after = inbox.blocker, inbox.after_blocker
+        if blocker is not None:
+            behind = ready[stopped_at + 1 :] + inbox.behind
+            after -= await self._past_the_hold(behind, inbox, results)
+        self._track_hold(inbox, blocker, held, after)
         return settling
+
+    async def _past_the_hold(
+        self,
+        files: list[tuple[Path, Signature]],
+        inbox: Inbox,
+        results: list[FileResult] | None,
+    ) -> int:
+        """Files that can never be applied (binary, over max_file_size, links leading outside
+        the folder) apply nothing, so none waits behind a file that holds the folder back: to
+        error/ at once. HL7 files keep their order. The number of files moved."""
+        moved = 0
+        for path, sig in files:
+            if self.stopping:
+                break
+            try:
+                result = await self._never_applied(path, sig, inbox, look=True)
+            except (ChangedSinceSeen, OSError):
+                continue  # changed, or unreadable: its own turn will tell
+            if isinstance(result, FileResult):
+                self._taken(path, result, inbox, results)
+                moved += 1
+        return moved
+
+    def _taken(
+        self, path: Path, result: FileResult, inbox: Inbox, results: list[FileResult] | None
+    ) -> None:
+        inbox.backoff = 0.0
+        inbox.forget(path)
+        self._waiting.pop(path, None)
+        if results is not None:
+            results.append(result)
+
+    def _failed(self, path: Path, inbox: Inbox, exc: Exception) -> None:
+        self.failures += 1
+        inbox.backoff = min(_MAX_BACKOFF, max(inbox.backoff * 2, 1.0))
+        inbox.retry_at = self.clock() + inbox.backoff
+        log.error(
+            "file %s left in %s, retry in %.0fs: %s",
+            quoted(path.name),
+            inbox.path,
+            inbox.backoff,
+            exc,
+            exc_info=not isinstance(exc, (_StoreUnavailable, OSError)),
+        )
+
+    def _track_hold(
+        self, inbox: Inbox, blocker: Path | None, held: tuple[Path, _Wait] | None, after: int
+    ) -> None:
+        """Keep the folder's hold: begun (one WARNING) when the first file in line is settled
+        and not taken, over once that file is taken or another one is first."""
+        hold = inbox.hold
+        if hold is not None and hold.path != blocker:
+            inbox.hold = hold = None
+        if hold is not None:
+            hold.behind = after
+        elif held is not None and held[0] == blocker:
+            path, wait = held
+            now = self.clock()
+            inbox.hold = Hold(path, wait.why, now, wait.until, wait.then, after)
+            log.warning("%s", inbox.hold.warning(now))
+
+    def holds(self) -> dict[str, Hold | None]:
+        """The file holding each inbound folder back, by folder (as configured)."""
+        return {str(inbox.path): inbox.hold for inbox in self.inboxes}
 
     def _wait(self, path: Path, why: str) -> None:
         if self._waiting.get(path) != why:
-            log.info("file %s: not taken yet, %s", path.name, why)
+            log.info("file %s: not taken yet, %s", quoted(path.name), why)
         self._waiting[path] = why
 
-    async def _process(self, path: Path, sig: Signature, inbox: Inbox) -> FileResult | None:
-        """Apply a settled file's messages and file it away; None to look at it again later
-        (a writer still has it open, its content is not complete yet, or it changed)."""
+    async def _never_applied(
+        self, path: Path, sig: Signature, inbox: Inbox, *, look: bool
+    ) -> FileResult | _Wait | None:
+        """To error/ unread when the file can never be applied: a link leading outside the
+        folder, a file over max_file_size, and (`look`: from its first bytes) binary content;
+        None when it may be HL7."""
+        if path in inbox.outside:
+            why = "a symbolic link leading outside the inbound folder: not followed, nothing read"
+            return await self._unreadable(path, inbox, why, sig, follow=False)
+        limit = self.settings.max_file_size
+        if sig.size > limit:
+            why = f"{sig.size} bytes, over [filedrop] max_file_size ({limit} bytes): not read"
+            return await self._unreadable(path, inbox, why, sig)
+        if not look or inbox.not_binary.get(path) == sig:
+            return None
+        head = await asyncio.to_thread(read_head, path, sig, through=inbox.inside.get(path))
+        never = not_hl7_reason(head)
+        if never is not None:
+            return await self._unreadable(path, inbox, never, sig)
+        inbox.not_binary[path] = sig
+        return None
+
+    async def _process(self, path: Path, sig: Signature, inbox: Inbox) -> FileResult | _Wait:
+        """Apply a settled file's messages and file it away; a _Wait to look at it again
+        later (a writer still has it open, its content is not complete yet, or it changed)."""
         try:
+            refused = await self._never_applied(path, sig, inbox, look=False)
+            if refused is not None:
+                return refused
             if await asyncio.to_thread(self.writer_open, path):
-                self._wait(path, "a process still has it open for writing")
-                return None
-            data = await asyncio.to_thread(read_settled, path, sig)
-            never = not_hl7_reason(data)
-            if never is not None:
-                self._waiting.pop(path, None)
-                return await self._unreadable(path, inbox, never, sig)
-            reason = incomplete_reason(data)
+                return _Wait("a process has it open for writing (as /proc shows)")
+            known = inbox.incomplete.get(path)
+            data = b""
+            if known is not None and known[0] == sig:
+                reason: str | None = known[1]  # unchanged since it was read: not read again
+            else:
+                through = inbox.inside.get(path)
+                data = await asyncio.to_thread(read_settled, path, sig, through=through)
+                never = not_hl7_reason(data)
+                if never is not None:
+                    return await self._unreadable(path, inbox, never, sig)
+                reason = incomplete_reason(data)
             if reason is not None:
-                seen = inbox.seen.get(path)
-                waited = self.clock() - seen.since if seen else 0.0
-                if waited < self.settings.incomplete_timeout:
-                    self._wait(path, f"{reason} (a writer may not be done)")
-                    return None
-                self._waiting.pop(path, None)
+                inbox.incomplete[path] = (sig, reason)
+                waited = inbox.waited(path, self.clock())
+                limit = self.settings.incomplete_timeout
+                if waited < limit:
+                    why = f"its content is incomplete, {reason} (a writer may not be done)"
+                    until = self.clock() - waited + limit
+                    then = "error/ unless completed ([filedrop] incomplete_timeout)"
+                    return _Wait(why, until, then)
                 why = f"incomplete, unchanged for {waited:.0f} s: {reason}"
                 return await self._unreadable(path, inbox, why, sig)
-            self._waiting.pop(path, None)
             messages = file_messages(data)
         except ChangedSinceSeen:
-            return None
+            return _Wait("it changed while it was read", hold=False)
         except FileNotFoundError as exc:
             if not os.path.lexists(path):
-                return None  # taken away by someone else
+                return _Wait("it is gone", hold=False)  # taken away by someone else
             why = f"cannot read the file: {exc.strerror}"
             return await self._unreadable(path, inbox, why, sig)
         except OSError as exc:
@@ -269,12 +395,16 @@ class FileDropWatcher:
             if self.stopping:
                 log.info(
                     "file %s: stopping after %d of %d message(s), the file stays in its inbox",
-                    path.name,
+                    quoted(path.name),
                     len(acks),
                     len(messages),
                 )
-                return None
-            outcome = await self.handler.receive(Inbound(raw, str(path), DOOR))
+                return _Wait("stopping", hold=False)
+            if len(raw) > self.max_message_size:  # answered as the MLLP door answers the frame
+                inbound = Inbound(raw[:HEAD_KEPT], str(path), DOOR, size=len(raw))
+            else:
+                inbound = Inbound(raw, str(path), DOOR)
+            outcome = await self.handler.receive(inbound)
             if outcome.message_id is None:
                 raise _StoreUnavailable(outcome.error_text or "the message could not be logged")
             acks.append(outcome.ack)
@@ -286,42 +416,63 @@ class FileDropWatcher:
         if filed is None:
             # Written to while it was applied: taken again later; what was applied is answered
             # from the log (same control ids), what was added is applied then.
-            self._wait(path, "it changed, or a process opened it for writing, while applied")
-            return None
+            return _Wait(
+                "it changed, or a process opened it for writing, while applied", hold=False
+            )
         moved = filed.target
         self.metrics.file_done(ok)
         counts = " ".join(f"{code}={n}" for code, n in sorted(codes.items()))
         log.log(
             logging.INFO if ok else logging.WARNING,
             "file %s: %d message(s), %s -> %s",
-            path.name,
+            quoted(path.name),
             len(messages),
             counts,
-            _shown(moved, inbox),
+            quoted(_shown(moved, inbox)),
         )
         return FileResult(path, moved, len(messages), dict(codes))
 
     async def _unreadable(
-        self, path: Path, inbox: Inbox, reason: str, sig: Signature
-    ) -> FileResult | None:
-        text = f"{path.name}: {reason}\n".encode()
-        filed = await self._file_away(path, inbox.error_dir, ".error", text, sig, inbox)
+        self, path: Path, inbox: Inbox, reason: str, sig: Signature, *, follow: bool = True
+    ) -> FileResult | _Wait:
+        text = f"{path.name}: {reason}\n".encode(errors="surrogateescape")
+        filed = await self._file_away(
+            path, inbox.error_dir, ".error", text, sig, inbox, follow=follow
+        )
         if filed is None:
-            self._wait(path, "it changed, or a process opened it for writing, since it was read")
-            return None
+            why = "it changed, or a process opened it for writing, since it was read"
+            return _Wait(why, hold=False)
         moved = filed.target
         self.metrics.file_done(False)
-        log.warning("file %s: unreadable (%s) -> %s", path.name, reason, _shown(moved, inbox))
+        log.warning(
+            "file %s: unreadable (%s) -> %s",
+            quoted(path.name),
+            reason,
+            quoted(_shown(moved, inbox)),
+        )
         return FileResult(path, moved, 0, {}, reason)
 
     async def _file_away(
-        self, path: Path, folder: Path, side_name: str, side: bytes, sig: Signature, inbox: Inbox
+        self,
+        path: Path,
+        folder: Path,
+        side_name: str,
+        side: bytes,
+        sig: Signature,
+        inbox: Inbox,
+        *,
+        follow: bool = True,
     ) -> Filed | None:
         """Move the file (None when it changed, or a writer has it open); one written during
         the move goes back to the inbox (None), any other is watched for a writer's late write
         for one quiet period."""
         filed = await asyncio.to_thread(
-            file_away, path, folder, side_name, side, sig, writer_open=self.writer_open
+            partial(file_away, writer_open=self.writer_open, follow=follow),
+            path,
+            folder,
+            side_name,
+            side,
+            sig,
         )
         if filed is None:
             return None
@@ -352,14 +503,14 @@ class FileDropWatcher:
                 "file %s: written after it was moved there (a writer had opened it before): "
                 "moved back to the inbox to be taken again (what was applied is answered as "
                 "duplicates)",
-                _shown(filed.target, inbox),
+                quoted(_shown(filed.target, inbox)),
             )
         else:
             log.error(
                 "file %s: written after it was moved there (a writer had opened it before), "
                 "and %s: it stays there, what was written after the move is NOT applied (copy "
                 "it into the inbox under a new name: what was applied is answered as duplicates)",
-                filed.target,
+                quoted(filed.target),
                 why,
             )
         return back

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,20 +19,44 @@ class ChangedSinceSeen(Exception):
     """The file changed while it was read: it is not complete yet."""
 
 
-def read_settled(path: Path, expected: Signature) -> bytes:
-    """The file's bytes, provided it did not change since it was seen settled."""
-    with open(path, "rb") as f:
-        data = f.read()
-        st = os.fstat(f.fileno())
-    if Signature.of(st) != expected or len(data) != st.st_size:
+def read_settled(path: Path, expected: Signature, *, through: Path | None = None) -> bytes:
+    """The file's bytes, provided it did not change since it was seen settled: its signature
+    is checked on the open file before anything is read, and no more than its size is read.
+    A symlink is never followed here (O_NOFOLLOW): the file of a link checked to lead inside
+    the inbox is opened by its resolved path, `through`."""
+    data = _read(path, expected, through, expected.size + 1)
+    if len(data) != expected.size:
         raise ChangedSinceSeen(str(path))
     return data
 
 
-def unchanged(path: Path, expected: Signature) -> bool:
+def read_head(path: Path, expected: Signature, *, through: Path | None = None) -> bytes:
+    """The first HEAD_SIZE bytes of the file, under the same checks as read_settled."""
+    return _read(path, expected, through, HEAD_SIZE)
+
+
+HEAD_SIZE = 64 * 1024
+
+
+def _read(path: Path, expected: Signature, through: Path | None, most: int) -> bytes:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(through or path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link now where a file was listed: seen anew
+            raise ChangedSinceSeen(str(path)) from None
+        raise
+    with open(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if Signature.of(st) != expected or not stat.S_ISREG(st.st_mode):
+            raise ChangedSinceSeen(str(path))
+        return f.read(most)
+
+
+def unchanged(path: Path, expected: Signature, *, follow: bool = True) -> bool:
     """The file is still as it was read (just before it is moved away)."""
     try:
-        return signature_of(path) == expected
+        return signature_of(path, follow=follow) == expected
     except FileNotFoundError:
         return False
 
@@ -39,10 +64,12 @@ def unchanged(path: Path, expected: Signature) -> bool:
 def open_for_writing(path: Path) -> bool:
     """Whether a process holds the file open for writing, as /proc shows it (Linux). The
     processes of other users may be hidden from pamfr: then the quiet period and the
-    completeness of the content are what protect a file being written."""
+    completeness of the content are what protect a file being written. pamfr's own handles
+    (its store, its logs) never count: pamfr writes no dropped file."""
     target = os.path.realpath(path)
+    own = str(os.getpid())
     try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and p != own]
     except OSError:
         return False
     for pid in pids:
@@ -112,11 +139,13 @@ def file_away(
     expected: Signature,
     *,
     writer_open: Callable[[Path], bool],
+    follow: bool = True,
 ) -> Filed | None:
     """Write the .ack/.error file, then move the source beside it; nothing is overwritten.
     None, and nothing moved, when just before the move the source's signature is no longer
     `expected` (the one it was read with), or a process holds it open for writing (an upload
-    that began again)."""
+    that began again). `follow` False: a symlink refused as such, moved without a look at
+    where it leads (`expected` is the link's own signature)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = free_name(folder, source.name)
     side = folder / f"{final}{side_name}"
@@ -124,13 +153,14 @@ def file_away(
         f.write(side_content)
         f.flush()
         os.fsync(f.fileno())
-    if not unchanged(source, expected) or writer_open(source):
+    if not unchanged(source, expected, follow=follow) or (follow and writer_open(source)):
         side.unlink()
         return None
     target = folder / final
     link = source.is_symlink()
     renamed = _move(source, target)
-    return Filed(source, target, side, expected, signature_of(target), renamed, link)
+    moved = signature_of(target, follow=follow)
+    return Filed(source, target, side, expected, moved, renamed, link)
 
 
 def written_since_filed(filed: Filed) -> bool:

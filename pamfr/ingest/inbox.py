@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from pamfr.ingest.closes import Close, Signature, WriteEvents
 from pamfr.ingest.filing import Filed
+from pamfr.ingest.hold import Hold
 from pamfr.service.config import FiledropSettings
 
 # inotify events reach pamfr within a second (watchdog holds a move out of the folder back half
@@ -60,6 +61,20 @@ class Inbox:
     # Files moved to done/ or error/ lately, watched until then for a writer that had opened
     # them before the move.
     filed: list[tuple[Filed, float]] = field(default_factory=list)
+    # Symlinks of the last listing: where those leading outside the inbox lead (refused), and
+    # the resolved file of those leading inside (read through that path).
+    outside: dict[Path, str] = field(default_factory=dict)
+    inside: dict[Path, Path] = field(default_factory=dict)
+    # Of the last decision: the first file in line not ready (it holds the others back), the
+    # files ready behind it, and how many files are after it.
+    blocker: Path | None = None
+    behind: list[tuple[Path, Signature]] = field(default_factory=list)
+    after_blocker: int = 0
+    # What the watcher learnt of a file's content, kept while its signature stays the same:
+    # incomplete (and why), or its first bytes not binary. An unchanged file is not read again.
+    incomplete: dict[Path, tuple[Signature, str]] = field(default_factory=dict)
+    not_binary: dict[Path, Signature] = field(default_factory=dict)
+    hold: Hold | None = None  # the file held at the head of the line, as last logged
     _unclosed: dict[Path, Signature] = field(default_factory=dict)  # never closed, as then
     _generation: int = -1
     _before: set[str] = field(default_factory=set)  # there before the watch: polling rules
@@ -103,16 +118,30 @@ class Inbox:
         )
 
     def list_files(self) -> list[tuple[Path, Signature]]:
-        """Regular files (and symlinks to them, or dangling ones) that may be messages."""
+        """Regular files, and symlinks to them or dangling ones, that may be messages. A
+        symlink that resolves outside the inbox is listed by its own signature (lstat), and
+        where it leads is kept in `outside`: it is refused, never followed."""
         found = []
+        self.outside, self.inside = {}, {}
+        real = os.path.realpath(self.path)
         with os.scandir(self.path) as entries:
             for entry in entries:
                 if self._skipped(entry.name):
                     continue
+                path = Path(entry.path)
+                link = entry.is_symlink()
                 try:
+                    if link:
+                        target = os.path.realpath(entry.path)
+                        if os.path.commonpath([real, target]) != real:
+                            self.outside[path] = target
+                            found.append((path, Signature.of(os.lstat(entry.path))))
+                            continue
+                        self.inside[path] = Path(target)
                     st = os.stat(entry.path)
                 except FileNotFoundError:
-                    if not entry.is_symlink():
+                    if not link or path in self.outside:
+                        self.outside.pop(path, None)
                         continue  # gone meanwhile
                     st = os.lstat(entry.path)  # dangling: it will fail to read, go to error/
                 except OSError:
@@ -120,7 +149,7 @@ class Inbox:
                 else:
                     if not stat.S_ISREG(st.st_mode):
                         continue  # sub-folders (done/, error/), FIFOs, sockets, devices
-                found.append((Path(entry.path), Signature.of(st)))
+                found.append((path, Signature.of(st)))
         return found
 
     def settled(self, now: float) -> tuple[list[tuple[Path, Signature]], int]:
@@ -176,17 +205,40 @@ class Inbox:
                 unclosed[path] = sig
             closes[path] = close
         self._unclosed = unclosed
-        ready = []
-        for path, sig, _ in ordered:
+        ready: list[tuple[Path, Signature]] = []
+        self.blocker, self.behind, self.after_blocker = None, [], 0
+        for n, (path, sig, _) in enumerate(ordered):
             close = closes[path]
             quiet = now - seen[path].since >= self.settings.quiet_period
-            if not quiet or close not in (Close.UNKNOWN, Close.CLOSED):
+            settled = quiet and close in (Close.UNKNOWN, Close.CLOSED)
+            if self.blocker is not None:
+                if settled:
+                    self.behind.append((path, sig))
+            elif settled:
+                ready.append((path, sig))
+            else:
+                self.blocker, self.after_blocker = path, len(ordered) - n - 1
                 if quiet:
                     self.held = (path, close)
-                break
-            ready.append((path, sig))
+        for learnt in (self.incomplete, self.not_binary):
+            for path in set(learnt) - set(seen):
+                del learnt[path]
         return ready, len(listed) - len(ready)
+
+    def until(self, path: Path, close: Close) -> float | None:
+        """When a file held for its writer's close stops waiting for it (clock time)."""
+        seen = self.seen.get(path)
+        if seen is None or close is not Close.OPEN:
+            return None
+        return seen.since + self.settings.incomplete_timeout
+
+    def waited(self, path: Path, now: float) -> float:
+        """How long the file has been unchanged."""
+        seen = self.seen.get(path)
+        return now - seen.since if seen else 0.0
 
     def forget(self, path: Path) -> None:
         self.seen.pop(path, None)
+        self.incomplete.pop(path, None)
+        self.not_binary.pop(path, None)
         self._before.discard(path.name)

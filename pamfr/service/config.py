@@ -120,6 +120,8 @@ class FiledropSettings(_Section):
     # a batch without its BTS/FTS trailers or with wrong counts) waits this long unchanged,
     # then error/. A file written and never closed has the polling rules after this long.
     incomplete_timeout: float = Field(300.0, gt=0)
+    # A file larger than this (by stat, before any read) goes to error/ unread.
+    max_file_size: int = Field(64 * 1024 * 1024, ge=1024)
     # Where inotify works, a file that appears is taken only after its writer closed it
     # (IN_CLOSE_WRITE); false: the folders are polled only.
     close_events: bool = True

@@ -100,7 +100,9 @@ async def run_daemon(
     )
     watcher = None
     if settings.filedrop.dirs:  # the file door shares the receiver and its writer
-        watcher = FileDropWatcher(handler, settings.filedrop, metrics=metrics)
+        watcher = FileDropWatcher(
+            handler, settings.filedrop, metrics=metrics, max_message_size=s.max_frame_size
+        )
     health = Health(server, handler, engine, settings.http.check_timeout)
     await handler.start()
     http = None

@@ -3,7 +3,8 @@
 The doors call Metrics on their path (a counter increment, a histogram observation); what the
 daemon's objects already know (open connections, queues, parse workers, the file-drop
 backlog) is read from them at scrape time. No label ever carries patient data: doors, events
-of the supported set, ACK codes, ERR codes and identity statuses only.
+of the supported set, ACK codes, ERR codes, identity statuses and inbound folders (as
+configured, never a file name) only.
 """
 
 from __future__ import annotations
@@ -264,4 +265,20 @@ def watch_daemon(
             "pamfr_filedrop_backlog_files",
             "Files waiting in the inbound folders (settling or not processed yet)",
             lambda: watcher.backlog,
+        )
+        metrics.gauge(
+            "pamfr_filedrop_held_seconds",
+            "Seconds the first file in line of an inbound folder has held the folder back "
+            "(settled, yet incomplete or its writer not done); 0 when none does",
+            lambda: {
+                (box,): h.held_for(watcher.clock()) if h else 0.0
+                for box, h in watcher.holds().items()
+            },
+            ("inbox",),
+        )
+        metrics.gauge(
+            "pamfr_filedrop_held_back_files",
+            "Files waiting behind the file that holds an inbound folder back; 0 when none does",
+            lambda: {(box,): h.behind if h else 0 for box, h in watcher.holds().items()},
+            ("inbox",),
         )

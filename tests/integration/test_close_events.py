@@ -124,12 +124,14 @@ def test_a_folder_given_as_a_symlink_is_watched_where_it_leads(sqlite_url, tmp_p
 def test_links_and_a_truncate_by_path_never_hold_the_folder(sqlite_url, tmp_path, caplog):
     """A symlink or a hard link made in the folder, and a truncate(2) by path, get no
     IN_CLOSE_WRITE: links keep the polling rules, a file written and never closed does once
-    unchanged for [filedrop] incomplete_timeout, and the files after them are taken too."""
+    unchanged for [filedrop] incomplete_timeout, and the files after them are taken too.
+    (The symlinks lead inside the inbox: one leading outside is refused, test_filedrop.)"""
     inbox, outside = tmp_path / "in", tmp_path / "outside"
-    inbox.mkdir()
+    kept = inbox / "kept"  # a sub-folder of the inbox: inside it
+    kept.mkdir(parents=True)
     outside.mkdir()
-    (outside / "a.hl7").write_text(a28("SYM", "SYM-1"), newline="")
-    (outside / "a2.hl7").write_text(a28("SYM2", "SYM-2"), newline="")
+    (kept / "a.hl7").write_text(a28("SYM", "SYM-1"), newline="")
+    (kept / "a2.hl7").write_text(a28("SYM2", "SYM-2"), newline="")
     (outside / "b.hl7").write_text(a28("HARD", "HARD-1"), newline="")
     cut = a28("CUT", "CUT-1").encode()
     done = inbox / "done"
@@ -138,8 +140,8 @@ def test_links_and_a_truncate_by_path_never_hold_the_folder(sqlite_url, tmp_path
     settings = dict(quiet_period=0.2, poll_interval=0.05, incomplete_timeout=limit)
     with running_watcher(sqlite_url, inbox, **settings) as watcher:
         wait_for(lambda: watcher.inboxes[0].mode == "inotify", 10, "the watch")
-        (inbox / "a-sym.hl7").symlink_to(outside / "a.hl7")
-        (inbox / "a-sym-relative.hl7").symlink_to(Path("..", "outside", "a2.hl7"))
+        (inbox / "a-sym.hl7").symlink_to(kept / "a.hl7")
+        (inbox / "a-sym-relative.hl7").symlink_to(Path("kept", "a2.hl7"))
         os.link(outside / "b.hl7", inbox / "b-hard.hl7")
         wait_for(lambda: (done / "b-hard.hl7.ack").exists(), 5, "the links to be taken")
         (inbox / "c-cut.hl7").write_bytes(cut + b"PID|1||half")
@@ -156,8 +158,10 @@ def test_links_and_a_truncate_by_path_never_hold_the_folder(sqlite_url, tmp_path
         {"SYM-1": 1, "SYM-2": 1, "HARD-1": 1, "CUT-1": 1, "AFTER-1": 1}
     )
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warned) == 1 and warned[0].startswith("file c-cut.hl7: ")
-    assert "incomplete_timeout" in warned[0]
+    assert len(warned) == 2
+    assert warned[0].startswith("file 'c-cut.hl7' holds its folder back: its writer has not ")
+    assert "then the polling rules decide; 1 file(s) wait behind it" in warned[0]
+    assert warned[1].startswith("file 'c-cut.hl7': ") and "incomplete_timeout" in warned[1]
 
 
 def test_a_dead_folder_reader_is_seen_and_the_watch_started_anew(sqlite_url, tmp_path, caplog):
@@ -203,4 +207,8 @@ def test_a_dead_folder_reader_is_seen_and_the_watch_started_anew(sqlite_url, tmp
             assert not done.exists(), "taken while its writer still had it open"
         wait_for(lambda: (done / "a.hl7.ack").exists(), 5, "a.hl7 to be taken")
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warned) == 1 and "started anew" in warned[0]
+    assert len(warned) == 2 and "started anew" in warned[0]
+    assert warned[1].startswith(
+        "file 'a.hl7' holds its folder back: its writer has not closed it since it last wrote; "
+        "held until "
+    )

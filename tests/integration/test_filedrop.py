@@ -94,13 +94,16 @@ def running_watcher(
     *,
     writer_open: Callable[[Path], bool] | None = None,
     wrap: Callable[[AsyncReceiver], MessageHandler] | None = None,
+    max_message_size: int | None = None,
     **settings,
 ) -> Iterator[FileDropWatcher]:
     """The watcher of `inbox` on a loop in a background thread; `writer_open` replaces its
     /proc look for a process writing a file, `wrap` wraps the receiver it gives messages to."""
     engine = make_engine(db_url)
     handler = AsyncReceiver(Receiver(engine), door="file")
-    extra = {} if writer_open is None else {"writer_open": writer_open}
+    extra: dict = {} if writer_open is None else {"writer_open": writer_open}
+    if max_message_size is not None:
+        extra["max_message_size"] = max_message_size
     settings = FiledropSettings(dirs=[str(inbox)], **settings)
     watcher = FileDropWatcher(wrap(handler) if wrap else handler, settings, **extra)
     loop = asyncio.new_event_loop()
@@ -145,7 +148,7 @@ def test_watch_once_cli_basic_flow(db_url, tmp_path):
     assert len(file_lines) == 3
     assert f"file drop {inbox}: close-of-writer events (inotify IN_CLOSE_WRITE)" in file_lines[0]
     file_lines = file_lines[1:]
-    assert "a.hl7: 2 message(s), AA=2 -> done/a.hl7" in file_lines[0]
+    assert "file 'a.hl7': 2 message(s), AA=2 -> 'done/a.hl7'" in file_lines[0]
     assert not any("Lefèvre" in line or "IPP-A" in line for line in file_lines)
     engine = make_engine(db_url)
     try:
@@ -377,7 +380,7 @@ def test_unreadable_files_go_to_error_with_the_reason(sqlite_url, tmp_path):
     garbage = b"\x1f\x8b\x08" + random.Random(7).randbytes(4096)  # a gzip file, say
     assert b"\x0b" in garbage and b"\x1c" in garbage  # looks like MLLP framing, too
     (inbox / "a-garbage.bin").write_bytes(garbage)
-    (inbox / "b-lost.hl7").symlink_to(tmp_path / "nowhere.hl7")  # cannot be opened
+    (inbox / "b-lost.hl7").symlink_to(inbox / "nowhere.hl7")  # inside, cannot be opened
     (inbox / "c-folder.hl7").mkdir()  # a folder is not a file: left alone
     (inbox / "d-good.hl7").write_text(a28("AFTER", "AFTER-1"), newline="")
     result = run_cli("watch", str(inbox), "--db", sqlite_url, "--quiet-period", "0", "--once")
@@ -443,6 +446,39 @@ def test_empty_and_msh_less_files_wait_for_the_limit_binary_files_go_at_once(sql
     assert [a.control_id for a in acks_of(done / "0-header.hl7.ack")] == ["HEADER-1"]
 
 
+class Appender:
+    """Another process holding a file open for appending, as an FTP server does (pamfr's own
+    handles never count as a writer: the writer must be another process)."""
+
+    _CODE = (
+        "import sys\n"
+        "with open(sys.argv[1], 'ab') as f:\n"
+        "    print('open', flush=True)\n"
+        "    for line in sys.stdin.buffer:\n"
+        "        f.write(bytes.fromhex(line.decode())); f.flush(); print('written', flush=True)\n"
+    )
+
+    def __init__(self, path: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self._CODE, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout.readline() == b"open\n"
+
+    def write(self, data: bytes) -> None:
+        self.proc.stdin.write(data.hex().encode() + b"\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline() == b"written\n"
+
+    def __enter__(self) -> Appender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.stdin.close()
+        assert self.proc.wait(30) == 0
+
+
 def file_away_seeing_writers(path: Path, folder: Path, side: str, read: Signature):
     return file_away(path, folder, side, b"why\n", read, writer_open=open_for_writing)
 
@@ -453,9 +489,8 @@ def test_a_file_that_changed_or_is_open_for_writing_is_not_moved(tmp_path):
     path = inbox / "a.hl7"
     path.write_bytes(b"XYZ")
     read = signature_of(path)
-    with open(path, "ab") as f:  # written again between the read and the move
-        f.write(b" more")
-        f.flush()
+    with Appender(path) as appe:  # written again between the read and the move, held open
+        appe.write(b" more")
         for folder, side in [(inbox / "error", ".error"), (inbox / "done", ".ack")]:
             assert file_away_seeing_writers(path, folder, side, read) is None
             assert list(folder.iterdir()) == []  # the .ack/.error written first is taken back
@@ -549,12 +584,12 @@ class OpensItOnceApplied:
 
     def __init__(self, handler: AsyncReceiver, last_control_id: str) -> None:
         self.handler, self.last = handler, last_control_id
-        self.opened: dict[str, object] = {}
+        self.opened: dict[str, Appender] = {}
 
     async def receive(self, inbound: Inbound) -> Outcome:
         outcome = await self.handler.receive(inbound)
         if f"|{self.last}|".encode() in inbound.raw and not self.opened:
-            self.opened["file"] = open(inbound.peer, "ab")  # noqa: SIM115
+            self.opened["file"] = Appender(Path(inbound.peer)).__enter__()
         return outcome
 
 
@@ -575,8 +610,8 @@ def test_a_file_a_writer_opened_just_before_its_move_stays_until_written(sqlite_
         wait_for(lambda: appender[0].opened, 10, "APPE-1 to be applied")
         time.sleep(0.5)
         assert not done.joinpath("a.hl7").exists(), "moved while a writer had it open"
-        with appender[0].opened["file"] as f:
-            f.write(second)
+        with appender[0].opened["file"] as appe:
+            appe.write(second)
         wait_for(lambda: originals(sqlite_url)["APPE-2"], 10, "APPE-2 to be applied")
         wait_for(lambda: (done / "a.hl7.ack").exists(), 10, "a.hl7 to be filed")
     assert (done / "a.hl7").read_bytes() == first + second
@@ -628,7 +663,7 @@ def test_a_file_written_after_its_move_goes_back_to_be_taken_again(sqlite_url, t
     assert originals(sqlite_url) == Counter({"LATE-1": 1, "LATE-2": 1, "TAKEN-1": 1, "NEW-1": 1})
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
     assert [level for level, _ in said] == ["WARNING", "ERROR"]
-    assert said[0][1].startswith("file done/a.hl7: written after it was moved there")
+    assert said[0][1].startswith("file 'done/a.hl7': written after it was moved there")
     assert str(done / "b.hl7") in said[1][1] and str(inbox / "b.hl7") in said[1][1]
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import ftplib
 import io
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,10 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pyftpdlib.authorizers import DummyAuthorizer
-from pyftpdlib.filesystems import AbstractedFS
-from pyftpdlib.handlers import FTPHandler
-from pyftpdlib.servers import FTPServer
 
 from pamfr.hl7.samples import Person, message
 from pamfr.ingest.closes import Close, Signature, signature_of
@@ -39,29 +37,19 @@ PAUSE = 1.5  # longer than the quiet period: the file sits unchanged, half writt
 LIMIT = 4.0  # [filedrop] incomplete_timeout of the test
 
 
-class DirectFS(AbstractedFS):
-    """Files written as vsftpd writes them: each block received goes to the file at once (no
-    buffer in the server), so a pause leaves on disk exactly what was sent."""
-
-    def open(self, filename, mode):
-        return open(filename, mode, buffering=0)
-
-
 @contextmanager
 def ftp_server(root: Path) -> Iterator[int]:
-    authorizer = DummyAuthorizer()
-    authorizer.add_user("gam", "secret", str(root), perm="elradfmw")
-    attributes = {"authorizer": authorizer, "banner": "test", "abstracted_fs": DirectFS}
-    handler = type("Handler", (FTPHandler,), attributes)
-    server = FTPServer(("127.0.0.1", 0), handler)
-    port = server.socket.getsockname()[1]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.1}, daemon=True)
-    thread.start()
+    """The FTP server in a process of its own (tests/ftp_server.py): its port."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.ftp_server", str(root)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
     try:
-        yield port
+        yield int(server.stdout.readline())
     finally:
-        server.close_all()
-        thread.join(10)
+        server.terminate()
+        server.wait(10)
 
 
 class SlowUpload(io.RawIOBase):

@@ -143,6 +143,6 @@ def test_no_patient_data_in_the_log_at_info(sqlite_url, tmp_path):
     # ... and none is in the daemon's log.
     log = daemon.log()
     assert "control_id=HYG-5 event=A28 outcome=AE" in log  # the log does tell what happened
-    assert "file feed.hl7: 2 message(s)" in log
+    assert "file 'feed.hl7': 2 message(s)" in log
     leaked = sorted(n for n in needles if n.lower() in log.lower())
     assert leaked == [], f"patient data in the INFO log: {leaked}"

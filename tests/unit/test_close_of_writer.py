@@ -211,3 +211,21 @@ def test_a_folder_polled_for_its_silence_tries_inotify_again_later(tmp_path):
     box.fall_back(1_000.0, "silent again")  # each time it stays silent, twice as long
     assert not box.events_again(1_000.0 + 2 * NO_EVENTS_RETRY - 1)
     assert box.events_again(1_000.0 + 2 * NO_EVENTS_RETRY)
+
+
+def test_the_files_settled_behind_the_first_file_not_ready_are_listed_apart(tmp_path):
+    """They may go to error/ at once when they can never be applied (the watcher decides);
+    a file not quiet yet behind it is not among them."""
+    box, _ = watched(tmp_path)
+    a, b, c, d = (tmp_path / f"{n}.hl7" for n in "abcd")
+    early = [Listed(a, A, Close.CLOSED), Listed(b, A, Close.OPEN), Listed(c, A, Close.CLOSED)]
+    box.decide(early, 100.0)
+    listed = [*early, Listed(d, A, Close.CLOSED)]
+    box.decide(listed, 100.0 + QUIET - 0.5)  # d appears later
+    ready, settling = box.decide(listed, 100.0 + QUIET)
+    assert names(ready) == ["a.hl7"] and settling == 3
+    assert box.blocker == b and box.held == (b, Close.OPEN)
+    assert box.behind == [(c, A)] and box.after_blocker == 2
+    assert box.until(b, Close.OPEN) == 100.0 + box.settings.incomplete_timeout
+    assert names(box.decide(listed, 200.0)[0]) == ["a.hl7"]
+    assert names(box.behind) == ["c.hl7", "d.hl7"]

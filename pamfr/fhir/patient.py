@@ -101,6 +101,22 @@ def parse_system(system: str) -> tuple[str, str] | None:
     return None
 
 
+def search_token(system: str) -> tuple[str, str] | None:
+    """What an identifier search's system designates among the identifiers pamfr serves:
+    ("ins", INS OID), ("nss", the OID a billing NIR is stored under) or ("key", the
+    authority_key of an assigning authority); None for a system pamfr never serves."""
+    read = parse_system(system)
+    if read is None:
+        return None
+    kind, key = read
+    if kind == "oid" and key in INS_SYSTEMS:
+        return "ins", key
+    stored = {nss: oid for oid, nss in NSS_SYSTEMS.items()}
+    if kind == "oid" and key in stored:
+        return "nss", stored[key]
+    return "key", key
+
+
 def _coding(system: str, code: str) -> dict[str, str]:
     return {"system": system, "code": code}
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from sqlalchemy import Engine
 from starlette.requests import Request
@@ -203,13 +203,37 @@ def _cursor(request: Request) -> int | None:
     return int(raw)
 
 
-def fhir_routes(engine: Engine) -> list[BaseRoute]:
+def public_url_problem(url: str) -> str | None:
+    """Why [http] public_url cannot be the base of FHIR links (one line), or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"[http] public_url: expected scheme://host[:port][/prefix], got {url[:80]!r}"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "[http] public_url: no query, fragment or user information"
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return f"[http] public_url: the port of {url[:80]!r} is not a number"
+    return None
+
+
+def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
     """The routes of /fhir (mounted there by build_app), reading from `engine`, which must
-    never take the write lock (pamfr.store.db.make_read_engine)."""
+    never take the write lock (pamfr.store.db.make_read_engine). Links and fullUrl start
+    with `public_url` + /fhir, else with the address the connection reached (scheme, the
+    listening socket's host and port): never with the request's Host header."""
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    public = public_url.strip().rstrip("/")
 
     def base(request: Request) -> str:
-        return str(request.base_url).rstrip("/") + "/fhir"
+        if public:
+            return public + "/fhir"
+        host, port = request.scope["server"] or ("127.0.0.1", None)
+        host = f"[{host}]" if ":" in host else host
+        scheme = request.url.scheme
+        default = {"http": 80, "https": 443}.get(scheme)
+        address = host if port in (None, default) else f"{host}:{port}"
+        return f"{scheme}://{address}/fhir"
 
     def metadata(_request: Request) -> Response:
         return FhirResponse(capability_statement(_software_version(), started))

@@ -6,12 +6,14 @@ served is checked against the published FR Core package (tests/frcore.py)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -31,6 +33,7 @@ from pamfr.store.fhirquery import (
     search_page,
 )
 from tests.frcore import check_bundle, check_outcome, check_patient
+from tests.helpers import run_cli
 from tests.integration.test_fhir_api import get
 
 TOKEN = "search-0123456789abcdef0123"
@@ -53,9 +56,15 @@ ABROAD = Person(ipp="S04", birth_name="OKONKWO", insee="99134", ins=nir_with_key
 
 
 @contextmanager
-def fhir_api(db_url: str, log_path) -> Iterator[str]:
-    """`pamfr api` on the store, on a free loopback port: its /fhir base URL."""
-    env = {**os.environ, "PAMFR_CONFIG": "", "PAMFR_HTTP_TOKENS": json.dumps({"t": TOKEN})}
+def fhir_api(db_url: str, log_path, **settings: str) -> Iterator[str]:
+    """`pamfr api` on the store, on a free loopback port: its base URL. `settings` are
+    environment variables of the configuration."""
+    env = {
+        **os.environ,
+        "PAMFR_CONFIG": "",
+        "PAMFR_HTTP_TOKENS": json.dumps({"t": TOKEN}),
+        **settings,
+    }
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pamfr", "api", "--db", db_url, "--listen", "127.0.0.1:0"],
@@ -175,6 +184,51 @@ def test_a_malformed_after_of_the_change_feed_is_a_400(served, after):
     base, _, _ = served
     status, _, body = get(f"{base}/events?after={after}", token=TOKEN)
     assert status == 400 and "after" in body["error"]
+
+
+def raw_get(url: str, host: str) -> dict:
+    """A GET whose Host header says `host` (what a client behind a proxy, or a forger, sends)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.putrequest("GET", f"{parts.path}?{parts.query}", skip_host=True)
+        conn.putheader("Host", host)
+        conn.putheader("Authorization", f"Bearer {TOKEN}")
+        conn.endheaders()
+        answer = conn.getresponse()
+        assert answer.status == 200
+        return json.loads(answer.read())
+    finally:
+        conn.close()
+
+
+def _urls(bundle: dict) -> list[str]:
+    return [e["fullUrl"] for e in bundle["entry"]] + [link["url"] for link in bundle["link"]]
+
+
+def test_links_use_the_public_url_never_the_host_header(db_url, tmp_path, feed):
+    feed.ok(*(message("A28", p, f"P-{p.ipp}") for p in (ACCENTED, QUALIFIED, NO_GIVEN)))
+    public = "https://identities.example.org:8443/pamfr"
+    with fhir_api(db_url, tmp_path / "public.log", PAMFR_HTTP_PUBLIC_URL=public + "/") as base:
+        bundle = raw_get(f"{base}/fhir/Patient?_count=1", host="evil.example.net")
+        urls = _urls(bundle)
+        assert len(urls) == 3 and all(u.startswith(public + "/fhir/Patient") for u in urls), urls
+    with fhir_api(db_url, tmp_path / "listen.log") as base:
+        bundle = raw_get(f"{base}/fhir/Patient?_count=1", host="evil.example.net")
+        urls = _urls(bundle)
+        assert all(u.startswith(f"{base}/fhir/Patient") for u in urls), urls
+
+
+@pytest.mark.parametrize(
+    "bad", ["identities.example.org", "ftp://x.example.org", "https://x.example.org/?a=1"]
+)
+def test_a_public_url_that_cannot_be_a_base_is_refused_in_one_line(sqlite_url, bad):
+    result = run_cli(
+        "api", "--db", sqlite_url, "--listen", "127.0.0.1:0", env={"PAMFR_HTTP_PUBLIC_URL": bad}
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "public_url" in line
 
 
 def count_statements(engine) -> list[str]:

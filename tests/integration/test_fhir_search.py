@@ -279,3 +279,19 @@ def test_a_page_and_a_history_cost_a_few_statements_whatever_their_size(db_url, 
         assert single_cost <= history_cost
     finally:
         engine.dispose()
+
+
+def test_an_unpublished_zfd_code_is_applied_kept_in_the_history_not_put_in_fhir(db_url, feed):
+    person = replace(QUALIFIED, ipp="Z01", zfd5="AV")
+    text = re.sub(r"ZFD\|[^\r]*", "ZFD|||Y|N|AV|20211201|LEP||", message("A28", person, "Z-1"))
+    feed.ok(text)
+    view = feed.show("--ipp", "Z01")
+    assert (view["identity_mode"], view["identity_document"]) == ("AV", "LEP")
+    (row,) = feed.history("--ipp", "Z01")
+    assert row["changes"]["identity_document"][1] == "LEP"
+    assert row["changes"]["identity_mode"][1] == "AV"
+    resource = patient_resource(view, version_id="1", last_updated="2026-01-01T00:00:00+00:00")
+    check_patient(resource, view)
+    subs = {s["url"] for e in resource["extension"] for s in e.get("extension", [])}
+    assert "identityStatus" in subs
+    assert not {"validationMode", "methodCollection"} & subs

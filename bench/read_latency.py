@@ -9,8 +9,9 @@ keep-alive HTTP connection on 127.0.0.1, R requests of each kind one after anoth
 identifier search (system|value), a family search (a prefix, 20 a page), a page of 100, a
 read, a _history (of patients the ingest created, so with several versions). MLLP throughput
 is measured with 8 connections (bench.driver, another process) first alone, then while the
-reads run in a thread. Also counts, in this process, the statements of a 100-patient page and
-of a _history read. Prints one JSON object.
+reads run in a thread at --read-rate requests a second (50: a product polling steadily).
+Also counts, in this process, the statements of a 100-patient page and of a _history read.
+Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -85,10 +86,15 @@ class Reader:
         if answer.status != 200:
             raise SystemExit(f"{path}: {answer.status} {body[:200]!r}")
 
-    def run(self, reads: int, stop: threading.Event | None = None) -> dict:
+    def run(self, reads: int, stop: threading.Event | None = None, rate: float = 0) -> dict:
+        """`reads` rounds of the five kinds; `rate` > 0 paces them (requests a second)."""
         times: dict[str, list[float]] = {k: [] for k in KINDS}
+        begin, sent = time.perf_counter(), 0
         for _ in range(reads):
             for kind in KINDS:
+                if rate:
+                    time.sleep(max(0.0, begin + sent / rate - time.perf_counter()))
+                sent += 1
                 path = self.path(kind)
                 start = time.perf_counter()
                 self.get(path)
@@ -138,13 +144,21 @@ def main() -> None:
     parser.add_argument("--reads", type=int, default=None, help="requests of each kind")
     parser.add_argument("--messages", type=int, default=None, help="per ingest run")
     parser.add_argument("--pg", action="store_true", help="PostgreSQL instead of SQLite")
+    parser.add_argument(
+        "--read-rate", type=float, default=50.0, help="requests a second during the ingest"
+    )
     args = parser.parse_args()
     patients = args.patients or (200_000 if args.quick else 1_000_000)
     reads = args.reads or (200 if args.quick else 1000)
     count = args.messages or (1500 if args.quick else 6000)
     work = Path(tempfile.mkdtemp(prefix="pamfr-bench-read-"))
     db = fresh_db(work, args.pg, "read")
-    figures: dict = {"store": "pg" if args.pg else "sqlite", "patients": patients, "reads": reads}
+    figures: dict = {
+        "store": "pg" if args.pg else "sqlite",
+        "patients": patients,
+        "reads": reads,
+        "read_rate_during_ingest": args.read_rate,
+    }
     try:
         started = time.perf_counter()
         prefill(db, patients)
@@ -165,7 +179,9 @@ def main() -> None:
             stop = threading.Event()
             loaded: dict = {}
             during = Reader(http_port, patients, history_ids, seed=8)
-            thread = threading.Thread(target=lambda: loaded.update(during.run(reads * 10, stop)))
+            thread = threading.Thread(
+                target=lambda: loaded.update(during.run(reads * 10, stop, args.read_rate))
+            )
             thread.start()
             figures["ingest_with_reads"] = drive(daemon.port, loaded_msgs)
             stop.set()

@@ -230,7 +230,7 @@ def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
             return public + "/fhir"
         host, port = request.scope["server"] or ("127.0.0.1", None)
         host = f"[{host}]" if ":" in host else host
-        scheme = request.url.scheme
+        scheme = request.scope["scheme"]
         default = {"http": 80, "https": 443}.get(scheme)
         address = host if port in (None, default) else f"{host}:{port}"
         return f"{scheme}://{address}/fhir"

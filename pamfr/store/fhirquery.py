@@ -98,8 +98,8 @@ def _identifier_clause(c: IdentifierCriterion) -> ColumnElement[bool]:
             holders.where(identifier.c.authority_key == c.key, _SHOWN_AS_STORED)
         )
     assert value is not None
-    return or_(
-        patient.c.id.in_(holders.where(_SHOWN_AS_STORED)),
+    return or_(  # a value alone: an IPP, another identifier, a billing NIR or the INS
+        patient.c.id.in_(holders.where(identifier.c.type != "INS")),
         and_(patient.c.ins_value == value.upper(), _usable_ins()),
     )
 
@@ -201,13 +201,6 @@ class _Step:
     at: str
     operations: list[str] = field(default_factory=list)
     changes: dict[str, list] = field(default_factory=dict)  # field: [old, new] over the step
-
-
-def _merged_ids(conn: Connection, patient_id: int) -> tuple[int, ...]:
-    rows = conn.execute(
-        select(patient.c.id).where(patient.c.merged_into == patient_id).order_by(patient.c.id)
-    )
-    return tuple(r[0] for r in rows)
 
 
 def _steps(conn: Connection, patient_id: int) -> list[_Step]:

@@ -133,6 +133,7 @@ def test_token_search_forms(served):
     assert found(base, "identifier=%7CS01") == set()  # |value: no system, pamfr serves none
     assert found(base, "identifier=S01") == {ids["S01"]}  # value: any system
     assert found(base, "identifier=S01,S02") == {ids["S01"], ids["S02"]}  # comma: OR
+    assert found(base, f"identifier={BILLING_NIR}") == {ids["S01"]}
     assert found(base, f"identifier=urn:oid:1.2.250.1.213.1.4.10%7C{NIR}") == {ids["S02"]}
     assert found(base, "identifier=urn:oid:1.2.250.1.213.1.4.10%7C") == {ids["S02"], ids["S04"]}
     # a system pamfr does not know: an empty searchset, not an error

@@ -42,6 +42,7 @@ MAX_COUNT = 100
 CONTROL_PARAMS = ("_count", "_cursor", "_format")
 _FORMATS = {"json", "application/json", "application/fhir+json"}
 _ID = re.compile(r"[0-9]{1,18}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DATE = re.compile(r"(eq)?([0-9]{4}(-[0-9]{2}(-[0-9]{2})?)?)")
 
 
@@ -153,6 +154,9 @@ def _criteria(request: Request) -> PatientCriteria:
                 f"unknown or unsupported search parameter {shown!r} "
                 f"(supported: {', '.join(sorted(known))})"
             )
+    for name, value in request.query_params.multi_items():
+        if _CONTROL.search(value):  # a NUL is refused by PostgreSQL: say so, not a 500
+            raise BadRequest(f"{name}: control characters are not allowed")
     params = request.query_params
     found: dict[str, Any] = {}
     if "_format" in params and _one(request, "_format") not in _FORMATS:

@@ -170,6 +170,8 @@ def test_string_search_ignores_case_and_accents_and_matches_a_prefix(served):
         ("identifier=%7C", "identifier"),
         ("address=PARIS", "address"),
         ("family:exact=LEVEQUE", "family:exact"),
+        ("family=LEV%00", "family"),  # a NUL: PostgreSQL refuses it in a text value
+        ("identifier=S01%00", "identifier"),
     ],
 )
 def test_a_malformed_parameter_is_a_400_naming_it(served, query, named):

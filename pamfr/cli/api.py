@@ -87,7 +87,14 @@ async def _serve(engine, host: str, port: int, tokens, tls, settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = HttpServer(
-        build_app(None, None, fhir_engine=engine, events_engine=engine, tokens=tokens),
+        build_app(
+            None,
+            None,
+            fhir_engine=engine,
+            events_engine=engine,
+            tokens=tokens,
+            public_url=settings.http.public_url,
+        ),
         host,
         port,
         tls,

@@ -1,8 +1,9 @@
-"""A stored identity as an FR Core Patient (FHIR R4, FR Core 2.1.0), from the read side's view.
+"""A stored identity as an FR Core Patient (FHIR R4, FR Core 2.2.0), from the read side's view.
 
 Pure: it takes the dict `pamfr.store.readside.patient_view` returns (or a past version of it
 rebuilt from the history) and gives the resource as a JSON-ready dict. docs/fhir.md is the
-mapping table; the choices it documents are made here.
+mapping table, each decision with the file of the FR Core package it follows; the choices it
+documents are made here, the published codes are in pamfr/fhir/codes.py.
 """
 
 from __future__ import annotations
@@ -12,9 +13,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
-FR_CORE_VERSION = "2.1.0"
+from pamfr.fhir.codes import (
+    CODES_0445,
+    CS_0445,
+    CS_FR_V2_0203,
+    CS_INSEE_COMMUNE,
+    CS_METHOD_COLLECTION,
+    CS_V2_0203,
+    CS_VALIDATION_MODE,
+    FR_CORE,
+    FR_CORE_VERSION,
+    GENDER,
+    METHOD_COLLECTION,
+    NSS_SYSTEMS,
+    V2_0203_DISPLAYS,
+    VALIDATION_MODE,
+    VALIDATION_MODE_INS,
+)
+
 FHIR_VERSION = "4.0.1"
-FR_CORE = "https://hl7.fr/ig/fhir/core"
 FR_CORE_IG = f"{FR_CORE}/ImplementationGuide/hl7.fhir.fr.core"
 PROFILE_PATIENT = f"{FR_CORE}/StructureDefinition/fr-core-patient"
 PROFILE_PATIENT_INS = f"{FR_CORE}/StructureDefinition/fr-core-patient-ins"
@@ -24,65 +41,34 @@ EXT_BIRTH_LIST_GIVEN_NAME = f"{FR_CORE}/StructureDefinition/fr-core-patient-birt
 EXT_BIRTH_PLACE = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
 EXT_INSEE_CODE = f"{FR_CORE}/StructureDefinition/fr-core-address-insee-code"
 
-CS_IDENTITY_STATUS = f"{FR_CORE}/CodeSystem/fr-core-cs-identity-status"
-CS_STATUS_COMMENT = f"{FR_CORE}/CodeSystem/fr-core-cs-identity-status-comment"
-CS_METHOD_COLLECTION = f"{FR_CORE}/CodeSystem/fr-core-cs-method-collection"
-CS_VALIDATION_MODE = f"{FR_CORE}/CodeSystem/fr-core-cs-mode-validation-identity"
-CS_FR_V2_0203 = f"{FR_CORE}/CodeSystem/fr-core-cs-v2-0203"
-CS_V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-CS_INSEE_COMMUNE = "https://mos.esante.gouv.fr/NOS/TRE_R13-CommuneOM/FHIR/TRE-R13-CommuneOM"
-
-# An assigning authority known by its namespace only (CX-4.1, no OID): this pamfr-owned URI,
-# the namespace percent-encoded, is its system. It never changes for a given namespace.
+# An assigning authority without an ISO OID (CX-4.1 alone, or a CX-4.2 whose CX-4.3 is not
+# ISO): this pamfr-owned URI, its key (the universal id, else the namespace) percent-encoded,
+# is its system. It never changes for a given authority and a search by it finds the patient.
 NAMESPACE_SYSTEM = "urn:pamfr:authority:"
 
-# The INS assigning authorities: (FR Core identifier type, use).
-INS_SYSTEMS: dict[str, tuple[str, str]] = {
-    "1.2.250.1.213.1.4.8": ("INS-NIR", "official"),
-    "1.2.250.1.213.1.4.9": ("INS-NIA", "temp"),
-    "1.2.250.1.213.1.4.10": ("INS-NIR-TEST", "official"),
-    "1.2.250.1.213.1.4.11": ("INS-NIR-DEMO", "official"),
+# The INS assigning authorities -> FR Core identifier type; use is always official (fr-core-1).
+INS_SYSTEMS: dict[str, str] = {
+    "1.2.250.1.213.1.4.8": "INS-NIR",
+    "1.2.250.1.213.1.4.9": "INS-NIA",
+    "1.2.250.1.213.1.4.10": "INS-NIR-TEST",
+    "1.2.250.1.213.1.4.11": "INS-NIR-DEMO",
 }
 
-# pamfr's status -> identityStatus, as FR Core 2.1.0 reads it: a qualified identity is VALI
-# with its INS (invariant fr-core-1); QUAL exists in the code system but belongs to the
-# later builds' reading. A qualified identity whose INS may not be used is shown VALI
-# without its INS, as a validated one.
+# pamfr's status -> identityStatus (table 0445): qualifiee is VALI with its INS (fr-core-1),
+# validee VALI without, provisoire and recuperee PROV (0445 has no RECUP nor QUAL).
 IDENTITY_STATUS = {
     "provisoire": "PROV",
-    "recuperee": "RECUP",
+    "recuperee": "PROV",
     "validee": "VALI",
     "qualifiee": "VALI",
 }
 ATTRIBUTE_CODES = {"douteuse": "DOUT", "fictive": "FICT", "homonyme": "HOMA"}
-# table 0445 codes FR Core's comment code system has (others are left out, not invented)
-COMMENT_CODES = frozenset(
-    "VIDE DOUB DESA DPOT DOUA COLP COLV FILI CACH ANOM IDVER RECD IDRA USUR HOMD INVA "
-    "HOMA FICT DOUT".split()
-)
-# ZFD-5 (identity obtention mode): the same codes in FR Core.
-METHOD_COLLECTION = frozenset({"SM", "CV", "INSI", "CB", "RFID", "AV"})
-# ZFD-7 (document checked) -> validationMode. The v2 list and FR Core's differ: LE (livret de
-# famille) is FR Core's LEP (livret de famille des parents), AC (acte de naissance with the
-# carte Vitale with photograph) is ANCV. PC (driving licence), CE, CM, TC, DC and IE have no
-# equivalent in the required value set and are not sent.
-VALIDATION_MODE = {
-    "CN": "CN",
-    "PA": "PA",
-    "CS": "CS",
-    "AN": "AN",
-    "CC": "CC",
-    "AV": "AV",
-    "LE": "LEP",
-    "AC": "ANCV",
-}
-# PID-8 (HL7 table 0001) -> gender; N (not applicable) gives no gender.
-GENDER = {"M": "male", "F": "female", "U": "unknown", "O": "other", "A": "other"}
+COLLISION_CODE = "COLP"  # an INS held by two active records: collision potentielle
 SEXES_OF_GENDER: dict[str, tuple[str, ...]] = {
     "male": ("M",),
     "female": ("F",),
     "unknown": ("U",),
-    "other": ("O", "A"),
+    "other": (),  # O and A have no code in FR Core's gender value set: served without gender
 }
 
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
@@ -94,20 +80,41 @@ def canonical(url: str) -> str:
     return f"{url}|{FR_CORE_VERSION}"
 
 
+def is_oid(text: str | None) -> bool:
+    return bool(text) and _OID.fullmatch(text) is not None
+
+
 def identifier_system(authority: str | None, oid: str | None) -> str:
-    """urn:oid:<OID> when the assigning authority has one, else the namespace's own URI."""
-    if oid:
+    """urn:oid:<OID> when the assigning authority has an ISO OID, else the URI of its key (the
+    store's authority_key: the universal id when there is one, else the namespace)."""
+    if oid and is_oid(oid):
         return f"urn:oid:{oid}"
-    return NAMESPACE_SYSTEM + quote(authority or "", safe="")
+    return NAMESPACE_SYSTEM + quote(oid or authority or "", safe="")
 
 
 def parse_system(system: str) -> tuple[str, str] | None:
-    """("oid", OID) or ("namespace", name) for a system this API emits; None otherwise."""
-    if system.startswith("urn:oid:") and _OID.fullmatch(system[8:]):
+    """("oid", OID) or ("key", authority_key) for a system this API emits; None otherwise."""
+    if system.startswith("urn:oid:") and is_oid(system[8:]):
         return "oid", system[8:]
     if system.startswith(NAMESPACE_SYSTEM) and len(system) > len(NAMESPACE_SYSTEM):
-        return "namespace", unquote(system[len(NAMESPACE_SYSTEM) :])
+        return "key", unquote(system[len(NAMESPACE_SYSTEM) :])
     return None
+
+
+def search_token(system: str) -> tuple[str, str] | None:
+    """What an identifier search's system designates among the identifiers pamfr serves:
+    ("ins", INS OID), ("nss", the OID a billing NIR is stored under) or ("key", the
+    authority_key of an assigning authority); None for a system pamfr never serves."""
+    read = parse_system(system)
+    if read is None:
+        return None
+    kind, key = read
+    if kind == "oid" and key in INS_SYSTEMS:
+        return "ins", key
+    stored = {nss: oid for oid, nss in NSS_SYSTEMS.items()}
+    if kind == "oid" and key in stored:
+        return "nss", stored[key]
+    return "key", key
 
 
 def _coding(system: str, code: str) -> dict[str, str]:
@@ -124,47 +131,80 @@ def _fhir_date(value: str | None) -> str | None:
     return f"{text[:4]}-{text[4:6]}-{text[6:8]}"
 
 
-def _reliability(view: Mapping[str, Any]) -> dict[str, Any]:
+def _reliability(view: Mapping[str, Any], ins_profile: bool) -> list[dict[str, Any]]:
+    """identityReliability extensions: the status with how it was collected and validated,
+    then one per identity attribute or other table 0445 code (identityStatus is 0..1 in one
+    extension, the extension repeats). A ZFD-5 or ZFD-7 code outside the published code
+    systems is left out (the history keeps the message that carried it)."""
     subs: list[dict[str, Any]] = []
     mode = (view.get("identity_mode") or "").upper()
     if mode in METHOD_COLLECTION:
         subs.append({"url": "methodCollection", "valueCoding": _coding(CS_METHOD_COLLECTION, mode)})
     queried = _fhir_date(view.get("insi_query_date"))
     if queried:
-        subs.append({"url": "dateCollection", "valueDate": queried})  # 2.1.0's name
+        subs.append({"url": "dateCollection", "valueDate": queried})
     status = IDENTITY_STATUS.get(view["status"], "PROV")
-    subs.append({"url": "identityStatus", "valueCoding": _coding(CS_IDENTITY_STATUS, status)})
-    comments = [ATTRIBUTE_CODES[a] for a in view.get("attributes", ()) if a in ATTRIBUTE_CODES]
-    comments += [c for c in view.get("other_status_codes", ()) if c in COMMENT_CODES]
-    for code in dict.fromkeys(comments):
-        subs.append({"url": "comment", "valueCoding": _coding(CS_STATUS_COMMENT, code)})
-    document = VALIDATION_MODE.get((view.get("identity_document") or "").upper())
-    if document:
+    subs.append({"url": "identityStatus", "valueCoding": _coding(CS_0445, status)})
+    document = (view.get("identity_document") or "").upper()
+    if document in (VALIDATION_MODE_INS if ins_profile else VALIDATION_MODE):
         subs.append({"url": "validationMode", "valueCoding": _coding(CS_VALIDATION_MODE, document)})
-    return {"url": EXT_RELIABILITY, "extension": subs}
+    out = [{"url": EXT_RELIABILITY, "extension": subs}]
+    codes = [ATTRIBUTE_CODES[a] for a in view.get("attributes", ()) if a in ATTRIBUTE_CODES]
+    codes += [c for c in view.get("other_status_codes", ()) if c in CODES_0445]
+    if view.get("ins_collision") and view.get("active"):
+        codes.append(COLLISION_CODE)
+    for code in dict.fromkeys(c for c in codes if c != status):
+        out.append(
+            {
+                "url": EXT_RELIABILITY,
+                "extension": [{"url": "identityStatus", "valueCoding": _coding(CS_0445, code)}],
+            }
+        )
+    return out
+
+
+def _identifier_type(system: str, code: str) -> dict[str, Any]:
+    coding = _coding(system, code)
+    if system == CS_V2_0203 and code in V2_0203_DISPLAYS:
+        coding["display"] = V2_0203_DISPLAYS[code]
+    return {"coding": [coding]}
 
 
 def _identifiers(view: Mapping[str, Any], with_ins: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if with_ins and view.get("ins"):
         ins = view["ins"]
-        kind, use = INS_SYSTEMS[ins["oid"]]
         out.append(
             {
-                "use": use,
-                "type": {"coding": [_coding(CS_FR_V2_0203, kind)]},
+                "use": "official",
+                "type": _identifier_type(CS_FR_V2_0203, INS_SYSTEMS[ins["oid"]]),
                 "system": f"urn:oid:{ins['oid']}",
                 "value": ins["value"],
             }
         )
+    billing_served: set[str] = set()
     for ident in view["identifiers"]:
-        if ident["type"] == "INS":  # the INS is the one above, or none
+        kind = ident["type"]
+        if kind == "INS":  # the INS is the one above, or none
             continue
         entry: dict[str, Any] = {}
-        if ident["type"] == "PI":
+        system = identifier_system(ident["authority"], ident["oid"])
+        if kind == "NH":
+            # The billing NIR goes in the NSS-NIR / NSS-NIA slices (use official, their own
+            # system, one each). With an INS the identity has one official identifier only
+            # (fr-core-2), and an NH under another authority fits no slice: left out.
+            nss = NSS_SYSTEMS.get(ident["oid"] or "")
+            if with_ins or nss is None or nss in billing_served:
+                continue
+            billing_served.add(nss)
+            entry["use"] = "official"
+            system = f"urn:oid:{nss}"
+        elif kind == "PI":
             entry["use"] = "usual"
-        entry["type"] = {"coding": [_coding(CS_V2_0203, ident["type"])]}
-        entry["system"] = identifier_system(ident["authority"], ident["oid"])
+        elif kind == "RRI":
+            entry["use"] = "secondary"
+        entry["type"] = _identifier_type(CS_V2_0203, kind)
+        entry["system"] = system
         entry["value"] = ident["value"]
         out.append(entry)
     return out
@@ -174,20 +214,29 @@ def _names(view: Mapping[str, Any]) -> list[dict[str, Any]]:
     names: list[dict[str, Any]] = []
     given_list = [g for g in view.get("birth_given_names") or () if g]
     first = view.get("first_given_name") or (given_list[0] if given_list else None)
-    if view.get("birth_name") or first:
-        official: dict[str, Any] = {"use": "official"}
-        if given_list or first:
-            official["extension"] = [
-                {
-                    "url": EXT_BIRTH_LIST_GIVEN_NAME,
-                    "valueString": " ".join(given_list) if given_list else first,
-                }
-            ]
+    if view.get("birth_name") and first:
+        names.append(
+            {
+                "extension": [
+                    {
+                        "url": EXT_BIRTH_LIST_GIVEN_NAME,
+                        "valueString": " ".join(given_list) if given_list else first,
+                    }
+                ],
+                "use": "official",
+                "family": view["birth_name"],
+                "given": [first],
+            }
+        )
+    elif view.get("birth_name") or first:
+        # The officialName slice needs both family and given: a birth name without any given
+        # name (or the reverse) is a name without use.
+        partial: dict[str, Any] = {}
         if view.get("birth_name"):
-            official["family"] = view["birth_name"]
+            partial["family"] = view["birth_name"]
         if first:
-            official["given"] = [first]
-        names.append(official)
+            partial["given"] = [first]
+        names.append(partial)
     if view.get("used_name") or view.get("used_given_name"):
         usual: dict[str, Any] = {"use": "usual"}
         if view.get("used_name"):
@@ -196,6 +245,20 @@ def _names(view: Mapping[str, Any]) -> list[dict[str, Any]]:
             usual["given"] = [view["used_given_name"]]
         names.append(usual)
     return names
+
+
+def _birth_place(code: str) -> dict[str, Any] | None:
+    """The INSEE code of a commune, else (99 + country: born abroad) the country, as the
+    INSEE country code; 99999 (birth place unknown) gives no birthPlace."""
+    if code == "99999":
+        return None
+    if code.startswith("99"):
+        address: dict[str, Any] = {"country": code}
+    else:
+        address = {
+            "extension": [{"url": EXT_INSEE_CODE, "valueCoding": _coding(CS_INSEE_COMMUNE, code)}]
+        }
+    return {"url": EXT_BIRTH_PLACE, "valueAddress": address}
 
 
 def patient_resource(
@@ -212,22 +275,16 @@ def patient_resource(
     that made this version (docs/fhir.md: the versionId convention).
     """
     with_ins = bool(view.get("ins_usable")) and bool(view.get("ins"))
+    place = view.get("birth_place_insee") or ""
+    # fr-core-patient-ins requires a birthPlace INSEE code, which only a commune has.
+    ins_profile = with_ins and bool(place) and not place.startswith("99")
     profiles = [canonical(PROFILE_PATIENT)]
-    if with_ins:
+    if ins_profile:
         profiles.append(canonical(PROFILE_PATIENT_INS))
-    extensions: list[dict[str, Any]] = [_reliability(view)]
-    if view.get("birth_place_insee"):
-        code = view["birth_place_insee"]
-        extensions.append(
-            {
-                "url": EXT_BIRTH_PLACE,
-                "valueAddress": {
-                    "extension": [
-                        {"url": EXT_INSEE_CODE, "valueCoding": _coding(CS_INSEE_COMMUNE, code)}
-                    ]
-                },
-            }
-        )
+    extensions: list[dict[str, Any]] = _reliability(view, ins_profile)
+    birth_place = _birth_place(place) if place else None
+    if birth_place:
+        extensions.append(birth_place)
     resource: dict[str, Any] = {
         "resourceType": "Patient",
         "id": str(view["id"]),

@@ -19,12 +19,14 @@ SEARCH_PARAMS: tuple[tuple[str, str, str], ...] = (
     (
         "identifier",
         "token",
-        "system|value: an IPP (urn:oid:<authority OID>, or urn:pamfr:authority:<namespace>) "
-        "or a usable INS (urn:oid:1.2.250.1.213.1.4.8 INS-NIR, ...9 INS-NIA, ...10 test, "
-        "...11 demo); a value alone matches any of them",
+        "system|value, |value, system| or value, comma separated (any): an IPP "
+        "(urn:oid:<authority OID>, or urn:pamfr:authority:<key> for an authority without an "
+        "ISO OID), a usable INS (urn:oid:1.2.250.1.213.1.4.8 INS-NIR, ...9 INS-NIA, ...10 "
+        "test, ...11 demo) or a billing NIR (urn:oid:1.2.250.1.213.1.4.13, ...14)",
     ),
-    ("family", "string", "Start of the birth or used name (case-insensitive)"),
-    ("given", "string", "Start of a birth given name or of the used given name"),
+    ("family", "string", "Start of the birth or used name (case- and accent-insensitive)"),
+    ("given", "string", "Start of the first birth given name or of the used given name (idem)"),
+    ("name", "string", "Start of any of the four names above (idem)"),
     ("birthdate", "date", "YYYY, YYYY-MM or YYYY-MM-DD (eq only)"),
     ("gender", "token", "male, female, other, unknown (comma separated: any)"),
     ("active", "token", "true or false (false: the records merged into another)"),

@@ -31,10 +31,12 @@ def build_app(
     fhir_engine: Engine | None = None,
     events_engine: Engine | None = None,
     tokens: Mapping[str, str] | None = None,
+    public_url: str = "",
 ) -> Starlette:
     """The port's application: /healthz always; /readyz and /metrics with the daemon's
     health and metrics; /fhir when given a read engine (make_read_engine); /events when
-    given the store's engine. `tokens` (name: token) guard the data routes."""
+    given the store's engine. `tokens` (name: token) guard the data routes; `public_url`
+    ([http] public_url) is the base of FHIR's fullUrl and links."""
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -60,7 +62,7 @@ def build_app(
     if fhir_engine is not None:
         from pamfr.http.fhir import fhir_routes
 
-        routes.append(Mount("/fhir", routes=fhir_routes(fhir_engine)))
+        routes.append(Mount("/fhir", routes=fhir_routes(fhir_engine, public_url)))
     if events_engine is not None:
         from pamfr.http.events import event_routes
 

@@ -8,6 +8,7 @@ only; the query string is not logged.
 from __future__ import annotations
 
 import asyncio
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import Engine
@@ -18,13 +19,14 @@ from starlette.routing import Route
 from pamfr.feed.store import MAX_LIMIT, read_events
 
 DEFAULT_LIMIT = 100
+MAX_EVENT_ID = 2**63 - 1  # the event id column is a BIGINT
 
 
 def _int(request: Request, name: str, default: int, low: int, high: int | None) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.strip().isdigit():
+    if not re.fullmatch(r"[0-9]{1,19}", raw.strip()):
         raise ValueError(f"{name} must be a whole number, got {raw[:40]!r}")
     value = int(raw)
     if value < low or (high is not None and value > high):
@@ -47,7 +49,7 @@ def event_routes(reader: Engine) -> list[Route]:
         try:
             if unknown:
                 raise ValueError(f"unknown parameter {unknown[0][:40]!r} (after, limit)")
-            after = _int(request, "after", 0, 0, None)
+            after = _int(request, "after", 0, 0, MAX_EVENT_ID)
             limit = _int(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)

@@ -14,26 +14,26 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from sqlalchemy import Engine
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pamfr.fhir.patient import parse_system, patient_resource, sexes_for
+from pamfr.fhir.patient import patient_resource, search_token, sexes_for
 from pamfr.fhir.rest import SEARCH_PARAMS, bundle, capability_statement, operation_outcome
 from pamfr.http.access import FHIR_JSON
+from pamfr.identity.names import fold
 from pamfr.store.fhirquery import (
     IdentifierCriterion,
     PatientCriteria,
     PatientVersion,
-    count_patients,
     current_version,
     find_version,
     patient_versions,
     reading,
-    search_patients,
+    search_page,
 )
 
 DEFAULT_COUNT = 20
@@ -42,6 +42,7 @@ MAX_COUNT = 100
 CONTROL_PARAMS = ("_count", "_cursor", "_format")
 _FORMATS = {"json", "application/json", "application/fhir+json"}
 _ID = re.compile(r"[0-9]{1,18}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DATE = re.compile(r"(eq)?([0-9]{4}(-[0-9]{2}(-[0-9]{2})?)?)")
 
 
@@ -121,6 +122,28 @@ def _birth_date(raw: str) -> str:
     return value
 
 
+def _identifier_tokens(raw: str) -> tuple[IdentifierCriterion, ...]:
+    """identifier=: tokens separated by commas (any of them), each `system|value`, `|value`
+    (no system: pamfr serves none), `system|` or `value`. A system pamfr never serves, or no
+    system, matches nothing; BadRequest for an empty token."""
+    tokens: list[IdentifierCriterion] = []
+    for token in raw.split(","):
+        system, sep, value = token.partition("|")
+        if not sep:
+            system, value = "", system
+        value = value.strip()
+        if not value and not system.strip():
+            raise BadRequest(f"identifier: expected system|value, system| or value, got {raw!r}")
+        if not sep:
+            tokens.append(IdentifierCriterion(value))
+            continue
+        designated = search_token(system.strip()) if system.strip() else None
+        if designated is not None:
+            kind, key = designated
+            tokens.append(IdentifierCriterion(value or None, kind, key))
+    return tuple(tokens)
+
+
 def _criteria(request: Request) -> PatientCriteria:
     """The search's criteria; BadRequest names what is wrong (an unknown parameter too)."""
     known = {name for name, _, _ in SEARCH_PARAMS} | set(CONTROL_PARAMS)
@@ -131,6 +154,9 @@ def _criteria(request: Request) -> PatientCriteria:
                 f"unknown or unsupported search parameter {shown!r} "
                 f"(supported: {', '.join(sorted(known))})"
             )
+    for name, value in request.query_params.multi_items():
+        if _CONTROL.search(value):  # a NUL is refused by PostgreSQL: say so, not a 500
+            raise BadRequest(f"{name}: control characters are not allowed")
     params = request.query_params
     found: dict[str, Any] = {}
     if "_format" in params and _one(request, "_format") not in _FORMATS:
@@ -140,28 +166,13 @@ def _criteria(request: Request) -> PatientCriteria:
         ids = [_patient_id(p) for p in raw]
         found["ids"] = tuple(i for i in ids if i is not None)
     if "identifier" in params:
-        raw = _one(request, "identifier")
-        if "," in raw:
-            raise BadRequest("identifier: one system|value per search")
-        system, sep, value = raw.rpartition("|")
-        if not value.strip():
-            raise BadRequest("identifier: expected system|value or value")
-        if sep and system:
-            read = parse_system(system)
-            if read is None:
-                found["matches_nothing"] = True
-            elif read[0] == "oid":
-                found["identifier"] = IdentifierCriterion(value, oid=read[1])
-            else:
-                found["identifier"] = IdentifierCriterion(value, namespace=read[1])
-        else:
-            found["identifier"] = IdentifierCriterion(value)
-    for name in ("family", "given"):
+        found["identifiers"] = _identifier_tokens(_one(request, "identifier"))
+    for name in ("family", "given", "name"):
         if name in params:
-            text = _one(request, name).strip()
-            if not text:
+            folded = fold(_one(request, name))
+            if not folded:
                 raise BadRequest(f"{name}: empty")
-            found[name] = text
+            found[name] = folded
     if "birthdate" in params:
         found["birth_date"] = _birth_date(_one(request, "birthdate"))
     if "gender" in params:
@@ -182,7 +193,7 @@ def _count(request: Request) -> int:
     if "_count" not in request.query_params:
         return DEFAULT_COUNT
     raw = _one(request, "_count").strip()
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_COUNT:
+    if not re.fullmatch(r"[0-9]{1,4}", raw) or not 1 <= int(raw) <= MAX_COUNT:
         raise BadRequest(f"_count: a number from 1 to {MAX_COUNT}, got {raw!r}")
     return int(raw)
 
@@ -196,13 +207,37 @@ def _cursor(request: Request) -> int | None:
     return int(raw)
 
 
-def fhir_routes(engine: Engine) -> list[BaseRoute]:
+def public_url_problem(url: str) -> str | None:
+    """Why [http] public_url cannot be the base of FHIR links (one line), or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"[http] public_url: expected scheme://host[:port][/prefix], got {url[:80]!r}"
+    if parts.query or parts.fragment or parts.username or parts.password:
+        return "[http] public_url: no query, fragment or user information"
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return f"[http] public_url: the port of {url[:80]!r} is not a number"
+    return None
+
+
+def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
     """The routes of /fhir (mounted there by build_app), reading from `engine`, which must
-    never take the write lock (pamfr.store.db.make_read_engine)."""
+    never take the write lock (pamfr.store.db.make_read_engine). Links and fullUrl start
+    with `public_url` + /fhir, else with the address the connection reached (scheme, the
+    listening socket's host and port): never with the request's Host header."""
     started = datetime.now(UTC).isoformat(timespec="seconds")
+    public = public_url.strip().rstrip("/")
 
     def base(request: Request) -> str:
-        return str(request.base_url).rstrip("/") + "/fhir"
+        if public:
+            return public + "/fhir"
+        host, port = request.scope["server"] or ("127.0.0.1", None)
+        host = f"[{host}]" if ":" in host else host
+        scheme = request.scope["scheme"]
+        default = {"http": 80, "https": 443}.get(scheme)
+        address = host if port in (None, default) else f"{host}:{port}"
+        return f"{scheme}://{address}/fhir"
 
     def metadata(_request: Request) -> Response:
         return FhirResponse(capability_statement(_software_version(), started))
@@ -233,9 +268,7 @@ def fhir_routes(engine: Engine) -> list[BaseRoute]:
         except BadRequest as exc:
             return _outcome(400, "invalid", str(exc))
         with reading(engine) as conn:
-            ids = search_patients(conn, criteria, after=after, limit=count + 1)
-            total = count_patients(conn, criteria)
-            page = [current_version(conn, i) for i in ids[:count]]
+            page = search_page(conn, criteria, after=after, count=count)
         root = base(request)
         entries = [
             {
@@ -243,18 +276,17 @@ def fhir_routes(engine: Engine) -> list[BaseRoute]:
                 "resource": _resource(v),
                 "search": {"mode": "match"},
             }
-            for v in page
-            if v is not None
+            for v in page.versions
         ]
         kept = [(k, v) for k, v in request.query_params.multi_items() if k != "_cursor"]
         query = urlencode(request.query_params.multi_items())
         links = [("self", f"{root}/Patient" + (f"?{query}" if query else ""))]
-        if len(ids) > count:
-            following = [*kept, ("_cursor", str(ids[count - 1]))]
+        if page.more:
+            following = [*kept, ("_cursor", str(page.versions[-1].view["id"]))]
             if "_count" not in request.query_params:
                 following.append(("_count", str(count)))
             links.append(("next", f"{root}/Patient?{urlencode(following)}"))
-        return FhirResponse(bundle("searchset", total, entries, links))
+        return FhirResponse(bundle("searchset", page.total, entries, links))
 
     def history(request: Request) -> Response:
         loaded = load(request, patient_versions)

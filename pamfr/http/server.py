@@ -49,6 +49,9 @@ class HttpServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._socket = socket.create_server((self.host, self.port), family=family, backlog=128)
         self.port = self._socket.getsockname()[1]
+        # Inherited by each accepted socket: without it, a response written in two parts
+        # (head, then a small body) waits for the client's delayed ACK, about 40 ms.
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._task = asyncio.create_task(self._server.serve(sockets=[self._socket]))
         while not self._server.started and not self._task.done():
             await asyncio.sleep(0.01)

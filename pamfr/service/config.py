@@ -162,6 +162,9 @@ class HttpSettings(_Section):
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # The address products use to reach this port (scheme://host[:port][/prefix]), for FHIR
+    # fullUrl and paging links and the accepted Host headers. Empty: the listen address.
+    public_url: str = ""
 
     @field_validator("listen")
     @classmethod

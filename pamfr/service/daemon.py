@@ -131,6 +131,7 @@ async def run_daemon(
             fhir_engine=fhir_engine,
             events_engine=None if feed_exposed else read_engine(),
             tokens=settings.http.tokens,
+            public_url=settings.http.public_url,
         )
         http = HttpServer(app, *split_listen(settings.http.listen), tls=http_tls)
         try:
@@ -215,6 +216,12 @@ def http_refusal(settings: Settings, tls: object | None, serves_data: bool = Fal
     h = settings.http
     if not h.listen or not (h.fhir or serves_data):
         return None
+    if h.fhir and h.public_url:
+        from pamfr.http.fhir import public_url_problem
+
+        problem = public_url_problem(h.public_url)
+        if problem:
+            return problem
     from pamfr.http.access import check_exposure
 
     host, _ = split_listen(h.listen)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +20,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, false, func, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
-from pamfr.identity.ins import INS_OIDS
 from pamfr.identity.model import Status
-from pamfr.store.readside import iso, linked_patient_ids, patient_view, view_of
+from pamfr.store.readside import iso, view_of
 from pamfr.store.schema import authority, history, identifier, patient
 
 NO_CHANGE = "{}"
@@ -45,26 +45,27 @@ def reading(engine: Engine) -> Iterator[Connection]:
 
 @dataclass(frozen=True, slots=True)
 class IdentifierCriterion:
-    """identifier=[system|]value, the system already read: by OID (an INS authority or an
-    assigning authority), by namespace (an authority without OID), or none (any)."""
+    """One token of identifier=: `system` already read into what it designates (an INS
+    authority, a billing NIR system, an assigning authority's key) or None (a value alone:
+    any system); `value` None is `system|` (any value of it)."""
 
-    value: str
-    oid: str | None = None
-    namespace: str | None = None
+    value: str | None
+    kind: str = "any"  # any, ins (oid), nss (oid of the NH as stored), key (authority_key)
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PatientCriteria:
-    """Every criterion given must hold; None: not asked."""
+    """Every criterion given must hold; None: not asked. `identifiers` are OR'd (comma)."""
 
     ids: tuple[int, ...] | None = None
-    identifier: IdentifierCriterion | None = None
-    family: str | None = None
-    given: str | None = None
+    identifiers: tuple[IdentifierCriterion, ...] | None = None
+    family: str | None = None  # folded (pamfr.identity.names.fold)
+    given: str | None = None  # folded
+    name: str | None = None  # folded
     birth_date: str | None = None  # YYYY, YYYY-MM or YYYY-MM-DD
     sexes: tuple[str, ...] | None = None
     active: bool | None = None
-    matches_nothing: bool = False  # an identifier system this store never emits
 
 
 def _usable_ins() -> ColumnElement[bool]:
@@ -76,48 +77,61 @@ def _usable_ins() -> ColumnElement[bool]:
     )
 
 
+# The identifier types a resource shows under their authority's own system (pamfr.fhir.patient:
+# the INS is the patient row's, an NH only as a billing NIR).
+_SHOWN_AS_STORED = identifier.c.type.not_in(("INS", "NH"))
+
+
 def _identifier_clause(c: IdentifierCriterion) -> ColumnElement[bool]:
-    value = c.value.strip()
-    if c.oid is not None and c.oid in INS_OIDS:
-        return and_(patient.c.ins_value == value.upper(), patient.c.ins_oid == c.oid, _usable_ins())
-    holders = select(identifier.c.patient_id).where(
-        identifier.c.value == value, identifier.c.type != "INS"
+    value = c.value.strip() if c.value is not None else None
+    if c.kind == "ins":
+        clause = and_(patient.c.ins_oid == c.key, _usable_ins())
+        return and_(clause, patient.c.ins_value == value.upper()) if value else clause
+    holders = select(identifier.c.patient_id)
+    if value is not None:
+        holders = holders.where(identifier.c.value == value)
+    if c.kind == "nss":  # shown only on a Patient without its INS
+        holders = holders.where(identifier.c.authority_key == c.key, identifier.c.type == "NH")
+        return and_(patient.c.id.in_(holders), or_(patient.c.ins_value.is_(None), ~_usable_ins()))
+    if c.kind == "key":
+        return patient.c.id.in_(
+            holders.where(identifier.c.authority_key == c.key, _SHOWN_AS_STORED)
+        )
+    assert value is not None
+    return or_(  # a value alone: an IPP, another identifier, a billing NIR or the INS
+        patient.c.id.in_(holders.where(identifier.c.type != "INS")),
+        and_(patient.c.ins_value == value.upper(), _usable_ins()),
     )
-    if c.oid is not None:
-        holders = holders.where(or_(identifier.c.oid == c.oid, identifier.c.authority_key == c.oid))
-        return patient.c.id.in_(holders)
-    if c.namespace is not None:
-        holders = holders.where(identifier.c.authority == c.namespace, identifier.c.oid == "")
-        return patient.c.id.in_(holders)
-    return or_(patient.c.id.in_(holders), and_(patient.c.ins_value == value.upper(), _usable_ins()))
 
 
-def _starts(column, text: str) -> ColumnElement[bool]:
-    return func.lower(column).startswith(text.lower(), autoescape=True)
+def _starts(column, prefix: str) -> ColumnElement[bool]:
+    """A folded key that starts with the folded prefix: a range of the key's index."""
+    return and_(column >= prefix, column < prefix + "\U0010ffff")
+
+
+def _family(prefix: str) -> ColumnElement[bool]:
+    return or_(_starts(patient.c.birth_name_key, prefix), _starts(patient.c.used_name_key, prefix))
+
+
+def _given(prefix: str) -> ColumnElement[bool]:
+    return or_(
+        _starts(patient.c.first_given_key, prefix), _starts(patient.c.used_given_key, prefix)
+    )
 
 
 def _where(c: PatientCriteria) -> list[ColumnElement[bool]]:
-    if c.matches_nothing:
-        return [false()]
     clauses: list[ColumnElement[bool]] = []
     if c.ids is not None:
         clauses.append(patient.c.id.in_(c.ids))
-    if c.identifier is not None:
-        clauses.append(_identifier_clause(c.identifier))
+    if c.identifiers is not None:
+        tokens = [_identifier_clause(i) for i in c.identifiers]
+        clauses.append(or_(*tokens) if tokens else false())
     if c.family:
-        clauses.append(
-            or_(_starts(patient.c.birth_name, c.family), _starts(patient.c.used_name, c.family))
-        )
+        clauses.append(_family(c.family))
     if c.given:
-        word = c.given.lower()
-        clauses.append(
-            or_(
-                _starts(patient.c.first_given_name, c.given),
-                _starts(patient.c.used_given_name, c.given),
-                _starts(patient.c.birth_given_names, c.given),
-                func.lower(patient.c.birth_given_names).contains(" " + word, autoescape=True),
-            )
-        )
+        clauses.append(_given(c.given))
+    if c.name:
+        clauses.append(or_(_family(c.name), _given(c.name)))
     if c.birth_date:
         clauses.append(
             or_(
@@ -147,6 +161,26 @@ def count_patients(conn: Connection, criteria: PatientCriteria) -> int:
     return conn.execute(query).scalar_one()
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a search: the patients as they are now, in id order, the total, and
+    whether more follow."""
+
+    versions: list[PatientVersion]
+    total: int
+    more: bool
+
+
+def search_page(
+    conn: Connection, criteria: PatientCriteria, *, after: int | None, count: int
+) -> Page:
+    """A search's page in six statements whatever `count` (current_versions loads it)."""
+    ids = search_patients(conn, criteria, after=after, limit=count + 1)
+    total = count_patients(conn, criteria)
+    found = current_versions(conn, ids[:count])
+    return Page([found[i] for i in ids[:count] if i in found], total, len(ids) > count)
+
+
 # -- versions --------------------------------------------------------------------------------
 
 
@@ -167,13 +201,6 @@ class _Step:
     at: str
     operations: list[str] = field(default_factory=list)
     changes: dict[str, list] = field(default_factory=dict)  # field: [old, new] over the step
-
-
-def _merged_ids(conn: Connection, patient_id: int) -> tuple[int, ...]:
-    rows = conn.execute(
-        select(patient.c.id).where(patient.c.merged_into == patient_id).order_by(patient.c.id)
-    )
-    return tuple(r[0] for r in rows)
 
 
 def _steps(conn: Connection, patient_id: int) -> list[_Step]:
@@ -197,36 +224,68 @@ def _steps(conn: Connection, patient_id: int) -> list[_Step]:
     return [s for s in steps.values() if s.changes]
 
 
-def _exists(conn: Connection, patient_id: int) -> bool:
-    found = conn.execute(select(patient.c.id).where(patient.c.id == patient_id)).scalar()
-    return found is not None
+def current_versions(conn: Connection, ids: Sequence[int]) -> dict[int, PatientVersion]:
+    """The patients of `ids` as they are now, each with the version that made it so, in four
+    statements whatever their number (unknown ids are absent). A24 links are not read: no
+    resource shows them (docs/fhir.md)."""
+    if not ids:
+        return {}
+    rows = conn.execute(select(patient).where(patient.c.id.in_(ids))).mappings().all()
+    idents: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for i in conn.execute(
+        select(identifier).where(identifier.c.patient_id.in_(ids)).order_by(identifier.c.id)
+    ).mappings():
+        idents[i["patient_id"]].append(
+            {
+                "value": i["value"],
+                "type": i["type"],
+                "authority": i["authority"],
+                "oid": i["oid"] or None,
+            }
+        )
+    merged: dict[int, list[int]] = defaultdict(list)
+    for pid, into in conn.execute(
+        select(patient.c.id, patient.c.merged_into)
+        .where(patient.c.merged_into.in_(ids))
+        .order_by(patient.c.id)
+    ):
+        merged[into].append(pid)
+    span = (
+        select(
+            history.c.patient_id,
+            func.max(history.c.id).label("last"),
+            func.min(history.c.message_id).label("first"),
+        )
+        .where(history.c.patient_id.in_(ids), history.c.changes != NO_CHANGE)
+        .group_by(history.c.patient_id)
+        .subquery()
+    )
+    lasts = {
+        pid: (first, message_id, at)
+        for pid, first, message_id, at in conn.execute(
+            select(span.c.patient_id, span.c.first, history.c.message_id, history.c.at).join(
+                history, history.c.id == span.c.last
+            )
+        )
+    }
+    out: dict[int, PatientVersion] = {}
+    for row in rows:
+        pid = row["id"]
+        view = view_of(row, idents[pid], [])
+        replaces = tuple(merged[pid])
+        if pid not in lasts:
+            out[pid] = PatientVersion(view, replaces, "0", view["updated_at"], True)
+            continue
+        first, message_id, at = lasts[pid]
+        out[pid] = PatientVersion(
+            view, replaces, str(message_id), iso(at), created=first == message_id
+        )
+    return out
 
 
 def current_version(conn: Connection, patient_id: int) -> PatientVersion | None:
     """The patient as it is now, with the version that made it so; None if unknown."""
-    if not _exists(conn, patient_id):
-        return None
-    last = conn.execute(
-        select(history.c.message_id, history.c.at)
-        .where(history.c.patient_id == patient_id, history.c.changes != NO_CHANGE)
-        .order_by(history.c.id.desc())
-        .limit(1)
-    ).first()
-    view = patient_view(conn, patient_id)
-    first_message = conn.execute(
-        select(func.min(history.c.message_id)).where(
-            history.c.patient_id == patient_id, history.c.changes != NO_CHANGE
-        )
-    ).scalar()
-    if last is None:
-        return PatientVersion(view, _merged_ids(conn, patient_id), "0", view["updated_at"], True)
-    return PatientVersion(
-        view,
-        _merged_ids(conn, patient_id),
-        str(last.message_id),
-        iso(last.at),
-        created=first_message == last.message_id,
-    )
+    return current_versions(conn, [patient_id]).get(patient_id)
 
 
 def patient_versions(conn: Connection, patient_id: int) -> list[PatientVersion] | None:
@@ -236,35 +295,68 @@ def patient_versions(conn: Connection, patient_id: int) -> list[PatientVersion] 
     A past version is the current row with each field set to what the history says it was
     then: the new value of the latest change up to that message, else the old value of the
     first change after it."""
-    current = current_version(conn, patient_id)
-    if current is None:
+    rebuild = _Rebuild.load(conn, patient_id)
+    if rebuild is None:
         return None
-    steps = _steps(conn, patient_id)
-    if not steps:
-        return [current]
-    row = dict(conn.execute(select(patient).where(patient.c.id == patient_id)).mappings().one())
-    idents = conn.execute(
-        select(identifier).where(identifier.c.patient_id == patient_id).order_by(identifier.c.id)
-    ).mappings()
-    now_idents = [_ident_text(i) for i in idents]
-    resolve = _AuthorityResolver(conn, patient_id, steps)
-    links = linked_patient_ids(conn, patient_id)
-    versions: list[PatientVersion] = []
-    for k, step in enumerate(steps):
-        if k == len(steps) - 1:
-            versions.append(
-                PatientVersion(
-                    current.view,
-                    current.replaces,
-                    current.version_id,
-                    current.last_updated,
-                    created=k == 0,
-                )
+    return [rebuild.version(k) for k in range(max(len(rebuild.steps), 1))]
+
+
+def find_version(conn: Connection, patient_id: int, version_id: str) -> PatientVersion | None:
+    """One version, rebuilt alone."""
+    rebuild = _Rebuild.load(conn, patient_id)
+    if rebuild is None:
+        return None
+    if not rebuild.steps:
+        return rebuild.current if rebuild.current.version_id == version_id else None
+    for k, step in enumerate(rebuild.steps):
+        if str(step.message_id) == version_id:
+            return rebuild.version(k)
+    return None
+
+
+@dataclass
+class _Rebuild:
+    conn: Connection
+    current: PatientVersion
+    steps: list[_Step]
+    row: dict[str, Any]
+    now_idents: list[str]
+    resolve: _AuthorityResolver
+    collisions: dict[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, conn: Connection, patient_id: int) -> _Rebuild | None:
+        current = current_version(conn, patient_id)
+        if current is None:
+            return None
+        steps = _steps(conn, patient_id)
+        if not steps:
+            return cls(conn, current, [], {}, [], _AuthorityResolver(conn, patient_id, []))
+        row = dict(conn.execute(select(patient).where(patient.c.id == patient_id)).mappings().one())
+        idents = conn.execute(
+            select(identifier)
+            .where(identifier.c.patient_id == patient_id)
+            .order_by(identifier.c.id)
+        ).mappings()
+        now_idents = [_ident_text(i) for i in idents]
+        return cls(
+            conn, current, steps, row, now_idents, _AuthorityResolver(conn, patient_id, steps)
+        )
+
+    def version(self, k: int) -> PatientVersion:
+        steps, current = self.steps, self.current
+        if k >= len(steps) - 1:
+            return PatientVersion(
+                current.view,
+                current.replaces,
+                current.version_id,
+                current.last_updated,
+                created=k == 0,
             )
-            break
+        step = steps[k]
         state: dict[str, Any] = {
-            **row,
-            "identifiers": now_idents,
+            **self.row,
+            "identifiers": self.now_idents,
             "merged_patients": list(current.replaces),
         }
         for name in {n for s in steps for n in s.changes}:
@@ -277,16 +369,21 @@ def patient_versions(conn: Connection, patient_id: int) -> list[PatientVersion] 
         for column in ("attributes", "other_status_codes"):
             state[column] = state[column] or ""
         state["status"] = state["status"] or Status.PROVISOIRE.value
-        identifiers = [resolve(text) for text in state["identifiers"] or []]
-        view = view_of(state, identifiers, links)
-        if view.get("ins_usable") and _in_collision_now(conn, view.get("ins")):
+        identifiers = [self.resolve(text) for text in state["identifiers"] or []]
+        view = view_of(state, identifiers, [])
+        if view.get("ins_usable") and self._in_collision_now(view.get("ins")):
             # An INS another active patient now holds too is usable on neither: no version
             # serves it, lest a product reading the history take it up again. (An INS later
             # replaced or withdrawn stays in the versions it was in force for.)
             view = {**view, "ins_usable": False}
         merged = tuple(sorted(int(i) for i in state["merged_patients"] or []))
-        versions.append(PatientVersion(view, merged, str(step.message_id), step.at, created=k == 0))
-    return versions
+        return PatientVersion(view, merged, str(step.message_id), step.at, created=k == 0)
+
+    def _in_collision_now(self, ins: Any) -> bool:
+        value = ins.get("value") if isinstance(ins, dict) else ins
+        if value not in self.collisions:
+            self.collisions[value] = _in_collision_now(self.conn, value)
+        return self.collisions[value]
 
 
 def _in_collision_now(conn: Connection, ins: Any) -> bool:
@@ -336,10 +433,3 @@ class _AuthorityResolver:
         else:
             ns, oid = key, ""
         return {"value": value, "type": kind, "authority": ns, "oid": oid or None}
-
-
-def find_version(conn: Connection, patient_id: int, version_id: str) -> PatientVersion | None:
-    for version in patient_versions(conn, patient_id) or []:
-        if version.version_id == version_id:
-            return version
-    return None

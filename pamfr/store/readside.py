@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, and_, func, literal, or_, select
+from sqlalchemy import Connection, and_, literal, or_, select
 
 from pamfr.identity.ins import INS_OIDS
 from pamfr.identity.model import IPP_TYPE
+from pamfr.identity.names import fold
 from pamfr.identity.status import ins_usable
 from pamfr.store.schema import history, identifier, message, patient, patient_link
 
@@ -152,11 +153,11 @@ def find_patients(
     limit: int = 100,
 ) -> list[int]:
     query = select(patient.c.id).order_by(patient.c.id).limit(limit)
-    if name:
-        pattern = f"%{name.lower()}%"
+    key = fold(name)
+    if key:  # folded as FHIR's string search folds (HÉLÈNE finds Hélène and helene)
         query = query.where(
-            func.lower(patient.c.birth_name).like(pattern)
-            | func.lower(patient.c.used_name).like(pattern)
+            patient.c.birth_name_key.contains(key, autoescape=True)
+            | patient.c.used_name_key.contains(key, autoescape=True)
         )
     if birth_date:
         query = query.where(patient.c.birth_date == birth_date)

@@ -45,6 +45,7 @@ from pamfr.identity.rules import (
 from pamfr.store import statements as sql
 from pamfr.store.authorities import AuthorityBook
 from pamfr.store.changes import Change, NewPatient
+from pamfr.store.namekeys import name_keys
 from pamfr.store.pgbatch import Prefetched
 from pamfr.store.schema import identifier, patient_link
 
@@ -184,6 +185,7 @@ class IdentityRepository:
             "created_at": self.now,
             "updated_at": self.now,
             **columns,
+            **name_keys(columns),
         }
         patient_id: int | NewPatient
         plan = plan_collision(None, self._active_holders(new_ins, exclude=None))
@@ -280,7 +282,7 @@ class IdentityRepository:
                 ]
         changed = {k: v[1] for k, v in diff.items() if k in values}
         if changed:
-            row = {"pid": patient_id, "updated_at": self.now, **changed}
+            row = {"pid": patient_id, "updated_at": self.now, **changed, **name_keys(changed)}
             if self._held is not None:
                 self._held.updates.setdefault(tuple(sorted(changed)), []).append(row)
             else:

@@ -20,6 +20,9 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+# Byte order on PostgreSQL too, so that a prefix is a range of the index whatever the
+# database's collation (SQLite compares bytes already).
+SEARCH_KEY = Text().with_variant(Text(collation="C"), "postgresql")
 
 # Every frame received, whatever its fate, with the ACK that answered it.
 message = Table(
@@ -79,11 +82,19 @@ patient = Table(
     Column("ins_collision", Boolean, nullable=False, server_default=text("false")),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The names FHIR searches, folded (pamfr.identity.names.fold; written with them by
+    # pamfr.store.namekeys): a prefix search is a range on one index each.
+    Column("birth_name_key", SEARCH_KEY),
+    Column("used_name_key", SEARCH_KEY),
+    Column("first_given_key", SEARCH_KEY),
+    Column("used_given_key", SEARCH_KEY),
 )
 # The active holders of an INS (the collision rule) in one look-up; also a look-up by INS.
 Index("ix_patient_ins_value_active", patient.c.ins_value, patient.c.active)
 Index("ix_patient_merged_into", patient.c.merged_into)  # a merge re-points earlier merges
 Index("ix_patient_birth_name", patient.c.birth_name)
+for _key in ("birth_name_key", "used_name_key", "first_given_key", "used_given_key"):
+    Index(f"ix_patient_{_key}", patient.c[_key])
 # The /metrics scrape counts active identities by status and INS collision from it alone.
 Index("ix_patient_active_status", patient.c.active, patient.c.status, patient.c.ins_collision)
 

@@ -40,4 +40,4 @@ def test_no_version_of_a_patient_serves_an_ins_now_in_collision(tmp_path):
             v.view, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
         )
         assert ins not in json.dumps(resource), v.version_id
-        assert not any(p.endswith("fr-core-patient-ins|2.1.0") for p in resource["meta"]["profile"])
+        assert not any(p.endswith("fr-core-patient-ins|2.2.0") for p in resource["meta"]["profile"])

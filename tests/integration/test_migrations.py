@@ -17,7 +17,7 @@ def test_migrated_schema_matches_the_declared_tables(db_url):
         revision = context.get_current_revision()
     engine.dispose()
     assert differences == []
-    assert revision == "0005"
+    assert revision == "0006"
 
 
 def test_0003_flattens_merge_chains(tmp_path, pg_server_url):
@@ -70,3 +70,33 @@ def test_the_active_holders_of_an_ins_are_found_by_the_ins_index_on_sqlite(tmp_p
     assert [row[-1] for row in plan] == [
         "SEARCH patient USING INDEX ix_patient_ins_value_active (ins_value=? AND active=?)"
     ]
+
+
+def test_0006_backfills_the_folded_name_keys(tmp_path, pg_server_url):
+    """Patients stored before 0006 are found by an accent-insensitive name search after it."""
+    from sqlalchemy import text
+
+    from tests.conftest import _fresh_pg_schema
+
+    for url in (f"sqlite:///{tmp_path / 'names.db'}", _fresh_pg_schema(pg_server_url)):
+        upgrade(url, "0005")
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO patient (id, active, birth_name, first_given_name, used_name, "
+                    "status, attributes, other_status_codes, created_at, updated_at) VALUES "
+                    "(1, true, 'LÉVÊQUE', 'HÉLÈNE', NULL, 'provisoire', '', '', "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+            )
+        upgrade(url)
+        with engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT birth_name_key, first_given_key, used_name_key, used_given_key "
+                    "FROM patient WHERE birth_name_key >= 'lev' AND birth_name_key < 'lew'"
+                )
+            ).one()
+        engine.dispose()
+        assert tuple(row) == ("leveque", "helene", None, None), url

@@ -209,9 +209,14 @@ def _text(seps: _Separators, element, *path: int) -> str:
 
 def _er7(element) -> str:
     """The text of an element as received: hl7apy's to_er7() re-escapes the escape character
-    of a sequence it does not know (\\Xhh\\ comes back as \\E\\Xhh\\E\\)."""
-    raw = getattr(getattr(element, "value", None), "value", None)
-    return raw if isinstance(raw, str) else element.to_er7()
+    of a sequence it does not know (\\Xhh\\ comes back as \\E\\Xhh\\E\\). A component of
+    a primitive type (XPN-2, XPN-3, CX-1...) holds its value in its one child."""
+    children = element.children
+    for node in (element, *(children if len(children) == 1 else ())):
+        raw = getattr(getattr(node, "value", None), "value", None)
+        if isinstance(raw, str):
+            return raw
+    return element.to_er7()
 
 
 def _value(seps: _Separators, element, *path: int) -> TextField:

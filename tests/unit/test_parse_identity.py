@@ -160,6 +160,23 @@ def test_hex_escapes_decode_in_the_message_charset(charset, raw_name, name):
     assert got.birth_name == name
 
 
+@pytest.mark.parametrize("charset", ["8859/15", "8859/1"])
+def test_every_name_component_is_unescaped_the_same_way(charset):
+    names = "L\\XC9\\ON^ZO\\XCB\\^ZO\\XCB\\ ANA\\XCF\\S^^^^L~MART\\XC9\\^ZO\\XCB\\^^^^^D"
+    text = "\r".join(
+        [
+            msh("A01", "ADT_A01", "C1").replace("UNICODE UTF-8", charset),
+            pid(f3="IPP\\T\\1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI", f5=names),
+        ]
+    )
+    header = read_header(text.encode("latin-1"))
+    got = parse_adt(decode(text.encode("latin-1"), header), header).patients[0]
+    assert (got.birth_name, got.first_given_name) == ("LÉON", "ZOË")
+    assert got.birth_given_names == ("ZOË", "ANAÏS")
+    assert (got.used_name, got.used_given_name) == ("MARTÉ", "ZOË")
+    assert got.ipp is not None and got.ipp.value == "IPP&1"
+
+
 def test_names_are_unescaped_and_kept_as_received():
     got = identity(f5="O\\T\\BRIEN-D'ARC^Hélène^Hélène Noël^^^^L")
     assert got.birth_name == "O&BRIEN-D'ARC"

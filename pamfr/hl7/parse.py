@@ -26,8 +26,8 @@ from pamfr.hl7.errors import MessageRejected, Problem
 from pamfr.hl7.events import SUPPORTED_EVENTS, Operation, is_iti30, operation_for
 from pamfr.hl7.problems import refusal_problem
 from pamfr.identity.findings import IdentityRefused
+from pamfr.identity.identifiers import sort_identifiers
 from pamfr.identity.model import (
-    INS_TYPE,
     KEEP,
     BirthDate,
     Identifier,
@@ -319,16 +319,7 @@ class _Reader:
     def patient(self, pid: str, zfd: str | None, place: str = "PID^1") -> PatientIdentity:
         f = self.fields(pid)
         f += [""] * (33 - len(f))
-        identifiers = self.identifiers(f[3], "PID_3", f"{place}^3")
-        ins = tuple(
-            StatedIns(i.value, i.oid, i.authority)
-            for i in identifiers
-            if i.type == INS_TYPE and i.value != HL7_NULL
-        )
-        cleared = any(i.type == INS_TYPE and i.value == HL7_NULL for i in identifiers)
-        kept = tuple(
-            i for i in identifiers if i.type != INS_TYPE and i.value and i.value != HL7_NULL
-        )
+        stated = sort_identifiers(self.identifiers(f[3], "PID_3", f"{place}^3"))
 
         identity_mode: TextField = KEEP
         insi_date: TextField = KEEP
@@ -346,9 +337,9 @@ class _Reader:
                 for rep in self.reps(f[32], f"{place}^32")
             )
         return PatientIdentity(
-            identifiers=kept,
-            ins=ins,
-            ins_cleared=cleared,
+            identifiers=stated.identifiers,
+            ins=stated.ins,
+            ins_cleared=stated.ins_cleared,
             status_codes=status_codes,
             birth_date=self.birth_date(f[7], place),
             sex=self.sex(f[8], place),
@@ -445,11 +436,8 @@ class _Reader:
     def prior(self, mrg_text: str) -> tuple[tuple[Identifier, ...], tuple[StatedIns, ...]]:
         mrg = self.fields(mrg_text)
         mrg1 = mrg[1] if len(mrg) > 1 else ""
-        prior = [
-            i for i in self.identifiers(mrg1, "MRG_1", "MRG^1^1") if i.value and i.value != HL7_NULL
-        ]
-        ins = tuple(StatedIns(i.value, i.oid, i.authority) for i in prior if i.type == INS_TYPE)
-        return tuple(i for i in prior if i.type != INS_TYPE), ins
+        stated = sort_identifiers(self.identifiers(mrg1, "MRG_1", "MRG^1^1"))
+        return stated.identifiers, stated.ins
 
 
 def _refused(exc: IdentityRefused) -> MessageRejected:

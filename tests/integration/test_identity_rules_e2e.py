@@ -225,6 +225,36 @@ def test_g6_a_test_ins_in_a_production_message_is_not_kept(feed):
     assert (feed.show(*ipp("G6"))["ins"], feed.show(*ipp("G6"))["status"]) == (None, "validee")
 
 
+@pytest.mark.parametrize("cx5", ["INS-NIR", "INS", ""])
+@pytest.mark.parametrize("pid32", ["PROV", ""])
+def test_g8_a_refused_ins_is_never_among_the_identifiers(feed, cx5, pid32):
+    who = f"G8{cx5.replace('-', '')}{pid32}"
+    nir = nir_with_key("1790363220123")
+    pid3 = f"{who}^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-INS-NIR&{NIR_OID}&ISO^{cx5}"
+    ack = feed.one(production(with_pid(msg("A28", Person(who)), f3=pid3, f32=pid32)))
+    assert ("PID^1^32" in [where for _, where in warning(ack)]) is True
+    view = feed.show(*ipp(who))
+    assert view["ins"] is None and view["status"] == "provisoire"
+    assert [i["value"] for i in view["identifiers"]] == [who]
+    (row,) = feed.history(*ipp(who))
+    assert findings([row])[0] in ("ins-not-validated", "ins-status-absent")
+    assert nir not in json.dumps(row)
+    shown = feed.cli("patient", "show", "--ipp", who)
+    assert nir not in shown.stdout and "INS-NIR" not in shown.stdout
+
+
+def test_g8_an_ins_typed_ins_nir_is_the_ins_and_its_key_is_checked(feed):
+    nir = nir_with_key("1790363220123")
+    typed = f"G8K^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-INS-NIR&{NIR_OID}&ISO^INS-NIR"
+    assert feed.one(production(with_pid(msg("A28", Person("G8K")), f3=typed))).errs == []
+    view = feed.show(*ipp("G8K"))
+    assert (view["ins"]["value"], view["status"]) == (nir, "qualifiee")
+    assert [i["type"] for i in view["identifiers"]] == ["PI", "INS"]  # the kept INS, as INS
+    bad = typed.replace("G8K", "G8B").replace(nir, nir[:13] + f"{int(nir[13:]) % 97 + 1:02d}")
+    ack = feed.one(production(with_pid(msg("A28", Person("G8B")), f3=bad)))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["102"], ["PID^1^3"])
+
+
 def test_g7_one_ins_one_active_patient(feed):
     assert feed.one(msg("A28", Person("G7A", ins=INS))).errs == []
     ack = feed.one(msg("A28", Person("G7B", ins=INS)))

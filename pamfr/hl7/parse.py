@@ -1,6 +1,6 @@
 """One decoded ER7 message -> a typed AdtMessage, with hl7apy as the parser of record.
 
-Only the fields the identity rules read (PID-3, 5, 7, 8, 11, 32, MRG-1, ZFD-5/6/7) go through
+Only the fields the identity rules read (PID-3, 5, 7, 8, 11, 32, MRG-1, ZFD-1/5/6/7) go through
 hl7apy, one repetition at a time: MSH is read by the light tokenizer (er7.py), and the other
 fields and segments (PV1, ZBE, ZFA...) are kept in the raw message but not interpreted, which
 also keeps hl7apy from silently dropping Z segments. A whole PID costs hl7apy about twice its
@@ -27,6 +27,7 @@ from pamfr.hl7.events import SUPPORTED_EVENTS, Operation, is_iti30, operation_fo
 from pamfr.hl7.problems import refusal_problem
 from pamfr.identity.findings import IdentityRefused
 from pamfr.identity.identifiers import sort_identifiers
+from pamfr.identity.lunar import lunar_birth_date
 from pamfr.identity.model import (
     KEEP,
     BirthDate,
@@ -274,6 +275,13 @@ def _read_simple(name: str, rep: str, seps: _Separators) -> str:
     return _text(seps, parsed)
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
+def _read_na(rep: str, seps: _Separators) -> tuple[str, ...]:
+    """The components of a numeric array (ZFD-1, day^month^year), unescaped."""
+    parsed = _parse("ZFD_1", rep, seps)
+    return tuple(seps.unescape(_er7(c)).strip() for c in parsed.children)
+
+
 class _Reader:
     """Reads the fields of one message's PID / MRG / ZFD into domain values."""
 
@@ -324,8 +332,11 @@ class _Reader:
         identity_mode: TextField = KEEP
         insi_date: TextField = KEEP
         document: TextField = KEEP
+        birth_date = self.birth_date(f[7], place)
         if zfd is not None:
             z = self.fields(zfd)
+            if not isinstance(birth_date, BirthDate) and len(z) > 1 and z[1].strip():
+                birth_date = self.lunar_date(z[1].strip())
             identity_mode = self.optional(z, 5, "ZFD_5", "ZFD^1")
             insi_date = self.optional(z, 6, "ZFD_6", "ZFD^1")
             document = self.optional(z, 7, "ZFD_7", "ZFD^1")
@@ -341,7 +352,7 @@ class _Reader:
             ins=stated.ins,
             ins_cleared=stated.ins_cleared,
             status_codes=status_codes,
-            birth_date=self.birth_date(f[7], place),
+            birth_date=birth_date,
             sex=self.sex(f[8], place),
             birth_place_insee=self.birth_place(f[11], place),
             identity_mode=identity_mode,
@@ -404,6 +415,31 @@ class _Reader:
         except ValueError:
             raise MessageRejected(problem) from None
         return BirthDate(year, month, day if month is not None else None)
+
+    def lunar_date(self, field: str) -> BirthDate | None:
+        """ZFD-1, the "date lunaire" a GAM sends with PID-7 empty: its calendar part, kept
+        with its precision (identity/lunar.py)."""
+        if field == HL7_NULL:
+            return None
+        parts = self.at("ZFD^1^1", _read_na, field, self.seps)
+        problem = Problem(102, "ZFD^1^1", "ZFD-1 is not a date lunaire (DD^MM^YYYY)")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise MessageRejected(problem)
+        day, month, year = (int(p) for p in parts)
+        if not 1 <= year <= 9999:
+            raise MessageRejected(problem)
+        lunar = lunar_birth_date(day, month, year)
+        if lunar.dropped:
+            self.warnings.append(
+                Problem(
+                    102,
+                    "ZFD^1^1",
+                    "ZFD-1 holds a day or month no calendar has: the birth date is kept to "
+                    f"the {'month' if lunar.birth_date.month else 'year'}",
+                    severity="W",
+                )
+            )
+        return lunar.birth_date
 
     def sex(self, field: str, place: str) -> TextField:
         raw = field.strip()

@@ -477,3 +477,29 @@ def test_the_parse_workers_warm_up_message_reads_every_field_the_rules_read():
     got = prepared.message.patients[0]
     assert got.status_codes == ("VALI",) and got.birth_place_insee == "63220"
     assert got.ins and got.used_name == "USED" and got.identity_mode == "INSI"
+
+
+@pytest.mark.parametrize(
+    ("zfd1", "iso", "warned"),
+    [
+        ("00^00^1960", "1960", False),
+        ("00^03^1960", "1960-03", False),
+        ("14^03^1960", "1960-03-14", False),
+        ("30^02^1960", "1960-02", True),
+        ("15^00^1960", "1960", True),
+        ("00^13^1960", "1960", True),
+    ],
+)
+def test_a_date_lunaire_in_zfd1_is_the_birth_date_with_its_precision(zfd1, iso, warned):
+    message = parse(pid(f7=""), "PV1||N", f"ZFD|{zfd1}|||N|INSI|20211201||", event="A28")
+    assert message.patients[0].birth_date.iso() == iso
+    assert [(w.code, w.location) for w in message.warnings] == (
+        [(102, "ZFD^1^1")] if warned else []
+    )
+
+
+def test_pid7_wins_over_zfd1_and_a_bad_zfd1_is_refused():
+    message = parse(pid(f7="19790328"), "PV1||N", "ZFD|00^00^1960", event="A28")
+    assert message.patients[0].birth_date.iso() == "1979-03-28"
+    assert rejected(pid(f7=""), "PV1||N", "ZFD|00^00^19X0") == ("AE", 102, "ZFD^1^1")
+    assert rejected(pid(f7=""), "PV1||N", "ZFD|1960") == ("AE", 102, "ZFD^1^1")

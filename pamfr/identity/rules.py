@@ -453,6 +453,21 @@ def check_one_patient(patient: int, owners: Iterable[int | None]) -> None:
         )
 
 
+def link_notes(records: Sequence[Record | None]) -> list[Note]:
+    """A24: an IPP of a patient merged into another stands for its survivor (the link is read
+    on the survivor), with the warning of an A40 into a merged-away patient. `records`: the
+    patients of the two PIDs, None when unknown."""
+    return [
+        Note(
+            Finding.MERGE_TARGET_REDIRECTED,
+            "this IPP belongs to a patient merged into another: linked to its survivor",
+            patient=n,
+        )
+        for n, record in enumerate(records, start=1)
+        if record is not None and not record.active and record.merged_into is not None
+    ]
+
+
 def check_link(first: PatientIdentity, second: PatientIdentity) -> None:
     a, b = first.ipp, second.ipp
     if a is not None and b is not None and (a.authority_key, a.value) == (b.authority_key, b.value):

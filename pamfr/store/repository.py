@@ -36,6 +36,7 @@ from pamfr.identity.rules import (
     decide_ins_change,
     designate_by_prior_ins,
     identifiers_to_add,
+    link_notes,
     matching_ipp,
     plan_merge,
     plan_rename,
@@ -499,15 +500,18 @@ class IdentityRepository:
     def link(self, first: PatientIdentity, second: PatientIdentity) -> None:
         """A24: record a link between two identifiers (patients need not exist yet)."""
         a, b = self._link_ipps(first, second)
+        notes = link_notes([self._link_record(a), self._link_record(b)])
+        self._note(notes)
         exists = self.conn.execute(select(patient_link.c.id).where(self._link_where(a, b))).first()
         if exists:
+            self._record_link(a, b, "link", None, notes)
             return
         (ak, av), (bk, bv) = self._link_pair(a, b)
         # Written with the history, once the message row (which the link cites) exists.
         self.pending_link = dict(
             a_authority_key=ak, a_value=av, b_authority_key=bk, b_value=bv, created_at=self.now
         )
-        self._record_link(a, b, "link", [None, True])
+        self._record_link(a, b, "link", [None, True], notes)
 
     def unlink(self, first: PatientIdentity, second: PatientIdentity) -> None:
         """A37: remove a link; an unknown link is not an error."""
@@ -516,10 +520,26 @@ class IdentityRepository:
         if removed:
             self._record_link(a, b, "unlink", [True, None])
 
-    def _record_link(self, a: Identifier, b: Identifier, operation: str, change: list) -> None:
-        """History on each known patient, or on its survivor when it was merged away."""
-        for this, other in ((a, b), (b, a)):
+    def _link_record(self, ident: Identifier) -> Record | None:
+        pid = self.findpatient_id_of(ident)
+        if pid is None:
+            return None
+        survivor = survivor_id(self.conn, pid)
+        return Record(pid, survivor == pid, None if survivor == pid else survivor)
+
+    def _record_link(
+        self,
+        a: Identifier,
+        b: Identifier,
+        operation: str,
+        change: list | None,
+        notes: Sequence[Note] = (),
+    ) -> None:
+        """History on each known patient, or on its survivor when it was merged away; `change`
+        None: the link was there already, only the notes are written."""
+        for n, (this, other) in enumerate(((a, b), (b, a)), start=1):
             pid = self.findpatient_id_of(this)
             if pid is not None:
                 pid = survivor_id(self.conn, pid)
-                self._record(pid, operation, {f"link:{_ident_text(other)}": change})
+                changes = {} if change is None else {f"link:{_ident_text(other)}": change}
+                self._record(pid, operation, changes, [x for x in notes if x.patient == n])

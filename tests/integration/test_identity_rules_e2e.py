@@ -465,14 +465,19 @@ def test_m1_an_a24_on_a_merged_away_ipp_goes_to_the_survivor(feed):
     merged, survivor = feed.show(*ipp("M24A")), feed.show(*ipp("M24S"))
     merged_rows = len(feed.history(*ipp("M24A")))
     linked, other = feed.show(*ipp("M24L"))["id"], feed.show(*ipp("M24K"))["id"]
-    # PID-3 of the A24 is the merged-away IPP; then the linked identifier (PID-2 segment) is.
-    assert feed.one(msg("A24", Person("M24A"), other=Person("M24L"))).errs == []
-    assert feed.one(msg("A24", Person("M24K"), other=Person("M24A"))).errs == []
+    # PID-3 of the A24 is the merged-away IPP; then the linked identifier (PID-2 segment) is:
+    # each warns as an A40 into a merged-away patient does.
+    ack = feed.one(msg("A24", Person("M24A"), other=Person("M24L")))
+    assert warning(ack) == [("0", "PID^1^3")] and "merged into another" in ack.errs[0][8]
+    ack = feed.one(msg("A24", Person("M24K"), other=Person("M24A")))
+    assert warning(ack) == [("0", "PID^2^3")]
     assert len(feed.history(*ipp("M24A"))) == merged_rows  # the inactive record: untouched
-    assert [(r["event"], r["operation"]) for r in feed.history(*ipp("M24S"))[-2:]] == [
-        ("A24", "link"),
-        ("A24", "link"),
-    ]
+    rows = feed.history(*ipp("M24S"))[-2:]
+    assert [(r["event"], r["operation"]) for r in rows] == [("A24", "link"), ("A24", "link")]
+    assert findings(rows) == ["merge-target-redirected"] * 2
+    # The same A24 again: the link is there, the warning still says where it went.
+    again = feed.one(msg("A24", Person("M24A"), other=Person("M24L")))
+    assert warning(again) == [("0", "PID^1^3")]
     assert feed.show(*ipp("M24S"))["links"] == sorted([linked, other])
     for who in ("M24L", "M24K"):
         assert feed.show(*ipp(who))["links"] == [survivor["id"]], who

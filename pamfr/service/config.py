@@ -98,6 +98,9 @@ class Hl7Settings(_Section):
     iti31_updates_identity: bool = False
     # A control id already processed with other content: refused (AE 205) or applied anyway.
     reused_control_id: Literal["refuse", "apply"] = "refuse"
+    # MSH-15 and MSH-16 both asking for an ACK (HL7 table 0155): the one sent, "application"
+    # (AA/AE/AR) or "commit" (CA/CE/CR); "original" ignores MSH-15/16: always AA/AE/AR.
+    enhanced_ack: Literal["application", "commit", "original"] = "application"
 
     @field_validator("default_charset")
     @classmethod

@@ -34,6 +34,7 @@ class Policy:
 
     production: bool = False  # MSH-11 = P: test and demo INS are not kept
     rewrites_identity: bool = True  # A28/A31; the ITI-31 events only with the operator's switch
+    identity_event: bool = False  # ITI-30 (A28/A31 here): the sender means to change the identity
 
 
 @dataclass(slots=True)
@@ -250,6 +251,19 @@ def _status_stated(
         )
         return current
     return candidate
+
+
+def unchanged_notes(policy: Policy, changed: bool) -> list[Note]:
+    """An A28/A31 on a known patient that changes nothing pamfr keeps (it changed what pamfr
+    does not keep: an address, a phone, the visit): said, so that the sender and the history
+    know it was received and why nothing changed."""
+    if changed or not policy.identity_event:
+        return []
+    text = (
+        "nothing pamfr keeps changed: addresses, phones, visit (PV1) and movement (ZBE) "
+        "data are not kept"
+    )
+    return [Note(Finding.NOTHING_KEPT_CHANGED, text)]
 
 
 def missing_traits(values: Mapping[str, object]) -> list[str]:

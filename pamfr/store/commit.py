@@ -89,6 +89,7 @@ def apply_message(
     policy = Policy(
         production=message.production,
         rewrites_identity=is_iti30(message.header.event) or iti31_updates_identity,
+        identity_event=is_iti30(message.header.event),
     )
     match message.operation:
         case Operation.CREATE | Operation.UPDATE:

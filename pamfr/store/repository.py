@@ -42,6 +42,7 @@ from pamfr.identity.rules import (
     plan_rename,
     prior_ipp,
     rename_notes,
+    unchanged_notes,
 )
 from pamfr.store import statements as sql
 from pamfr.store.authorities import AuthorityBook
@@ -170,9 +171,7 @@ class IdentityRepository:
         if changes or notes:
             self.changes.append(Change(patient_id, operation, changes, list(notes)))
 
-    def _insert_patient(
-        self, identity: PatientIdentity, decision: Decision, operation: str
-    ) -> None:
+    def _insert_patient(self, identity: PatientIdentity, decision: Decision) -> None:
         """A new patient, whose IPPs the caller has just found free (a concurrent writer that
         takes one first makes the unique index refuse ours, and the message runs again)."""
         columns = {k: decision.values[k] for k in IDENTITY_FIELDS}
@@ -205,7 +204,8 @@ class IdentityRepository:
         if new_ids:
             changes["identifiers"] = [[], new_ids]
         self._note(notes)
-        self._record(patient_id, operation, changes, notes)
+        # "create" whatever the event: an A31 or an A01 that inserts creates the patient
+        self._record(patient_id, "create", changes, notes)
 
     def _write_identifiers(
         self, patient_id: int | NewPatient, identifiers: Sequence[Identifier]
@@ -246,6 +246,7 @@ class IdentityRepository:
         identity: PatientIdentity | None = None,
         extra: dict[str, list] | None = None,
         still_owned: Identifier | None = None,
+        policy: Policy | None = None,
     ) -> None:
         """Write what the rules decided. `identity`: the PID whose identifiers the patient
         gets; `still_owned`: an IPP looked up before the row lock, which must still be this
@@ -279,6 +280,8 @@ class IdentityRepository:
                     before if before is not None else [_ident_text(k) for k in known],
                     [*map(_ident_text, known), *added],
                 ]
+        if policy is not None:
+            notes += unchanged_notes(policy, bool(diff))
         changed = {k: v[1] for k, v in diff.items() if k in values}
         if changed:
             row = {"pid": patient_id, "updated_at": self.now, **changed}
@@ -321,7 +324,7 @@ class IdentityRepository:
         identity = self._canonical(identity)
         current, still_owned = self._find_and_load(identity)
         if current is None:
-            self._insert_patient(identity, decide_identity(identity, None, policy), operation)
+            self._insert_patient(identity, decide_identity(identity, None, policy))
             return
         patient_id = current["id"]
         if not current["active"]:
@@ -342,6 +345,7 @@ class IdentityRepository:
             current,
             identity=identity if policy.rewrites_identity else None,
             still_owned=still_owned,
+            policy=policy,
         )
 
     @staticmethod

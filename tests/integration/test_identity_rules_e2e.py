@@ -118,7 +118,8 @@ def test_g1_missing_trait_drops_the_ins(feed):
     assert (view["status"], view["ins"]) == ("validee", None)
     # An A31 that leaves the birth place empty keeps the stored one, and the INS with it.
     assert feed.one(msg("A31", Person("G1U", ins=INS))).errs == []
-    assert feed.one(msg("A31", Person("G1U", ins=INS, insee=None))).errs == []
+    unchanged = feed.one(msg("A31", Person("G1U", ins=INS, insee=None)))
+    assert warning(unchanged) == [("0", "PID^1")]  # nothing-kept-changed: nothing else to say
     assert feed.show(*ipp("G1U"))["ins"]["value"] == INS
 
 
@@ -198,7 +199,7 @@ def test_g5_a_later_nia_does_not_replace_the_nir(feed):
     assert feed.show(*ipp("G5"))["ins"]["kind"] == "NIR"
     only_nia = f"{base}~{ins_rep(nia, NIA_OID, 'ASIP-SANTE-INS-NIA')}"
     ack = feed.one(production(with_pid(msg("A31", Person("G5")), f3=only_nia)))
-    assert warning(ack) == [("0", "PID^1^3")]
+    assert warning(ack) == [("0", "PID^1^3"), ("0", "PID^1")]  # and nothing kept changed
     assert feed.show(*ipp("G5"))["ins"]["value"] == nir
 
 
@@ -423,6 +424,21 @@ def test_e4_empty_given_names_or_birth_place_keep_the_stored_traits(feed, db_url
     view = feed.show(*ipp("E4"))
     assert view["used_name"] == "MARTIN"
     assert {k: view[k] for k in traits} == {k: before[k] for k in traits}
+
+
+def test_e6_an_a31_changing_only_what_is_not_kept_says_so(feed):
+    assert feed.one(msg("A31", Person("E6"))).errs == []
+    moved = msg("A31", Person("E6")).replace(
+        "28 Av de Breteuil^^PARIS^^75007", "1 Rue Neuve^^LYON^^69001"
+    )
+    ack = feed.one(moved)
+    assert warning(ack) == [("0", "PID^1")]
+    assert "addresses, phones" in ack.errs[0][8]
+    rows = feed.history(*ipp("E6"))
+    assert [(r["event"], r["changes"]) for r in rows][-1] == ("A31", {})
+    assert findings(rows[-1:]) == ["nothing-kept-changed"]
+    # An encounter event that changes nothing is the everyday case: nothing said.
+    assert feed.one(msg("A01", Person("E6"))).errs == []
 
 
 def test_e5_a15_pending_transfer_is_accepted(feed):

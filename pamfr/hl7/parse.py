@@ -110,6 +110,16 @@ def decode(raw: bytes, header: Header, default_charset: str = DEFAULT_CHARSET) -
         codec = codec_for(charset)
     except UnknownCharset as exc:
         raise MessageRejected(Problem(103, "MSH^1^18", str(exc))) from None
+    if codec.startswith("iso-8859") and warning is None and _reads_as_utf8(raw):
+        # Ã© for é in every name otherwise: 8-bit text in these sets is next to never valid
+        # UTF-8 with multi-byte sequences, while a GAM that misdeclares its UTF-8 is common.
+        warning = Problem(
+            103,
+            "MSH^1^18",
+            f"MSH-18 says {charset} but the bytes are UTF-8: decoded as UTF-8",
+            severity="W",
+        )
+        codec = "utf-8"
     try:
         return Decoded(raw.decode(codec), codec, warning)
     except UnicodeDecodeError as exc:
@@ -121,6 +131,17 @@ def decode(raw: bytes, header: Header, default_charset: str = DEFAULT_CHARSET) -
                 f"at offset {exc.start}",
             )
         ) from None
+
+
+def _reads_as_utf8(raw: bytes) -> bool:
+    """Non-ASCII bytes that are all valid UTF-8 multi-byte sequences."""
+    if raw.isascii():
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

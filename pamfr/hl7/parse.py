@@ -25,7 +25,7 @@ from pamfr.hl7.er7 import Header, split_segments, unescape
 from pamfr.hl7.errors import MessageRejected, Problem
 from pamfr.hl7.events import SUPPORTED_EVENTS, Operation, is_iti30, operation_for
 from pamfr.hl7.problems import refusal_problem
-from pamfr.identity.findings import IdentityRefused
+from pamfr.identity.findings import IdentityRefused, Note
 from pamfr.identity.identifiers import sort_identifiers
 from pamfr.identity.lunar import lunar_birth_date
 from pamfr.identity.model import (
@@ -354,10 +354,11 @@ class _Reader:
         insi_date: TextField = KEEP
         document: TextField = KEEP
         birth_date = self.birth_date(f[7], place)
+        notes: tuple[Note, ...] = ()
         if zfd is not None:
             z = self.fields(zfd)
             if not isinstance(birth_date, BirthDate) and len(z) > 1 and z[1].strip():
-                birth_date = self.lunar_date(z[1].strip())
+                birth_date, notes = self.lunar_date(z[1].strip())
             identity_mode = self.optional(z, 5, "ZFD_5", "ZFD^1")
             insi_date = self.optional(z, 6, "ZFD_6", "ZFD^1")
             document = self.optional(z, 7, "ZFD_7", "ZFD^1")
@@ -379,6 +380,7 @@ class _Reader:
             identity_mode=identity_mode,
             insi_query_date=insi_date,
             identity_document=document,
+            notes=notes,
             **self.names(f[5], place),
         )
 
@@ -437,11 +439,11 @@ class _Reader:
             raise MessageRejected(problem) from None
         return BirthDate(year, month, day if month is not None else None)
 
-    def lunar_date(self, field: str) -> BirthDate | None:
+    def lunar_date(self, field: str) -> tuple[BirthDate | None, tuple[Note, ...]]:
         """ZFD-1, the "date lunaire" a GAM sends with PID-7 empty: its calendar part, kept
-        with its precision (identity/lunar.py)."""
+        with its precision (identity/lunar.py), and the note when a part was left out."""
         if field == HL7_NULL:
-            return None
+            return None, ()
         parts = self.at("ZFD^1^1", _read_na, field, self.seps)
         problem = Problem(102, "ZFD^1^1", "ZFD-1 is not a date lunaire (DD^MM^YYYY)")
         if len(parts) != 3 or not all(p.isdigit() for p in parts):
@@ -450,17 +452,7 @@ class _Reader:
         if not 1 <= year <= 9999:
             raise MessageRejected(problem)
         lunar = lunar_birth_date(day, month, year)
-        if lunar.dropped:
-            self.warnings.append(
-                Problem(
-                    102,
-                    "ZFD^1^1",
-                    "ZFD-1 holds a day or month no calendar has: the birth date is kept to "
-                    f"the {'month' if lunar.birth_date.month else 'year'}",
-                    severity="W",
-                )
-            )
-        return lunar.birth_date
+        return lunar.birth_date, lunar.notes()
 
     def sex(self, field: str, place: str) -> TextField:
         raw = field.strip()

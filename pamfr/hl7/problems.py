@@ -50,6 +50,7 @@ _FINDINGS: dict[Finding, tuple[int, str]] = {
     Finding.PRIOR_UNKNOWN: (204, "MRG^1^1"),
     Finding.MERGE_TARGET_REDIRECTED: (0, "PID^{p}^3"),
     Finding.NOTHING_KEPT_CHANGED: (0, "PID^{p}"),
+    Finding.BIRTH_DATE_TRUNCATED: (102, "ZFD^1^1"),
 }
 
 

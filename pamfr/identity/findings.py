@@ -41,6 +41,7 @@ class Finding(StrEnum):
     PRIOR_UNKNOWN = "prior-unknown"  # A40/A47: MRG-1 designates no patient
     MERGE_TARGET_REDIRECTED = "merge-target-redirected"  # A40 target merged: its survivor
     NOTHING_KEPT_CHANGED = "nothing-kept-changed"  # A28/A31 on a known patient: no stored change
+    BIRTH_DATE_TRUNCATED = "birth-date-truncated"  # ZFD-1: a day or month no calendar has
 
 
 # What goes back to the sender as an ERR of severity W; the other findings are history notes.
@@ -63,6 +64,7 @@ WARNINGS = frozenset(
         Finding.PRIOR_UNKNOWN,
         Finding.MERGE_TARGET_REDIRECTED,
         Finding.NOTHING_KEPT_CHANGED,
+        Finding.BIRTH_DATE_TRUNCATED,
     }
 )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
+from pamfr.identity.findings import Finding, Note
 from pamfr.identity.model import BirthDate
 
 
@@ -18,6 +19,13 @@ from pamfr.identity.model import BirthDate
 class LunarDate:
     birth_date: BirthDate
     dropped: bool  # a day or month other than 00 that is not a calendar one was left out
+
+    def notes(self) -> tuple[Note, ...]:
+        if not self.dropped:
+            return ()
+        kept = "month" if self.birth_date.month else "year"
+        text = f"ZFD-1 holds a day or month no calendar has: the birth date is kept to the {kept}"
+        return (Note(Finding.BIRTH_DATE_TRUNCATED, text, field="birth_date"),)
 
 
 def lunar_birth_date(day: int, month: int, year: int) -> LunarDate:

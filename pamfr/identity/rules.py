@@ -143,7 +143,8 @@ def decide_identity(
     values.update(identity.stated_values())
     decision = Decision(values)
     reading = _reading(identity)
-    candidate, decision.notes = choose_ins(identity.ins, reading)
+    candidate, ins_notes = choose_ins(identity.ins, reading)
+    decision.notes = [*identity.notes, *ins_notes]
     current = decision.ins
     if reading is None:
         new_ins = _status_absent(decision, identity, stored is None, current)

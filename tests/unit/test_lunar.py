@@ -23,3 +23,4 @@ from pamfr.identity.model import BirthDate
 def test_e5_the_longest_calendar_prefix_is_kept(day, month, year, kept, dropped):
     got = lunar_birth_date(day, month, year)
     assert (got.birth_date, got.dropped) == (kept, dropped)
+    assert [n.finding.value for n in got.notes()] == (["birth-date-truncated"] if dropped else [])

@@ -10,9 +10,10 @@ from pamfr.hl7.er7 import read_header
 from pamfr.hl7.errors import MessageRejected
 from pamfr.hl7.events import Operation
 from pamfr.hl7.parse import AdtMessage, decode, parse_adt
+from pamfr.hl7.problems import warning_problems
 from pamfr.hl7.samples import STRUCTURES, msh, nir_with_key
 from pamfr.identity.model import KEEP, BirthDate, Identifier, StatedIns
-from pamfr.identity.rules import choose_ins
+from pamfr.identity.rules import Policy, choose_ins, decide_identity
 from pamfr.identity.status import read_status
 
 IPP = "IPP1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
@@ -492,10 +493,13 @@ def test_the_parse_workers_warm_up_message_reads_every_field_the_rules_read():
 )
 def test_a_date_lunaire_in_zfd1_is_the_birth_date_with_its_precision(zfd1, iso, warned):
     message = parse(pid(f7=""), "PV1||N", f"ZFD|{zfd1}|||N|INSI|20211201||", event="A28")
-    assert message.patients[0].birth_date.iso() == iso
-    assert [(w.code, w.location) for w in message.warnings] == (
-        [(102, "ZFD^1^1")] if warned else []
-    )
+    patient = message.patients[0]
+    assert patient.birth_date.iso() == iso
+    assert [n.finding for n in patient.notes] == (["birth-date-truncated"] if warned else [])
+    # the note reaches the ACK (102 W at ZFD-1) and the history through the identity's decision
+    notes = decide_identity(patient, None, Policy()).notes
+    problems = [(p.code, p.location, p.severity) for p in warning_problems(notes)]
+    assert ((102, "ZFD^1^1", "W") in problems) is warned
 
 
 def test_pid7_wins_over_zfd1_and_a_bad_zfd1_is_refused():

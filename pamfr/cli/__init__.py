@@ -15,6 +15,7 @@ from pamfr.cli.common import (
     CommandError,
     Context,
     PamfrGroup,
+    config_option,
     database_errors,
     db_option,
     open_engine,
@@ -23,6 +24,7 @@ from pamfr.cli.common import (
 )
 from pamfr.cli.tlsopts import client_tls, tls_options
 from pamfr.service.logsetup import setup_logging
+from pamfr.transport.codec import END_BLOCK, START_BLOCK
 
 
 @click.group(cls=PamfrGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -49,7 +51,9 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 
 @main.command()
 @click.option("--host", help="Address to listen on (default 127.0.0.1: local only).")
-@click.option("--port", type=int, help="TCP port for MLLP (default 2575).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), help="TCP port for MLLP (default 2575; 0: any free)."
+)
 @db_option
 @click.option("--no-migrate", is_flag=True, help="Do not upgrade the database schema on start.")
 @click.option("--log-level", type=LOG_LEVELS, help="debug shows identifiers; info never does.")
@@ -62,7 +66,7 @@ def main(ctx: click.Context, config_file: str | None) -> None:
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
-    help="json: one JSON object a line (default: [logging] format, else text).",
+    help="json: one JSON object a line (default: [log] format, else text).",
 )
 @click.pass_obj
 def serve(
@@ -253,7 +257,7 @@ def messages(
 
     Times are UTC, with their offset. Filters combine (all must hold).
     """
-    settings = obj.settings(**{"database.url": db_url})
+    settings = obj.settings(reading=True, **{"database.url": db_url})
     from pamfr.store.readside import MessageFilter, iso, message_log
 
     selected = MessageFilter(
@@ -324,6 +328,7 @@ def messages(
 
 
 @main.command()
+@config_option
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--to", "target", required=True, metavar="HOST:PORT", help="MLLP receiver.")
 @click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per ACK.")
@@ -340,24 +345,34 @@ def send(
     """Send the messages of FILES over MLLP, one by one, and print each ACK.
 
     A file may hold one message, several, an HL7 batch or MLLP frames; LF, CR or CRLF.
-    Exit status 0 when every ACK is AA (or CA), 1 otherwise.
+    Exit status 0 when every ACK is AA (or CA), 1 otherwise, 2 when nothing could be sent
+    (an unreadable file, a receiver that does not take the connection).
     """
     from pamfr.ingest.files import UnreadableFile, split_messages
-    from pamfr.ingest.sender import ack_summary, send_messages
+    from pamfr.ingest.sender import CannotConnect, ack_summary, send_messages
     from pamfr.transport.client import MLLPError
 
     host, port = parse_host_port(target)
     context = client_tls(tls, tls_ca, tls_cert, tls_key)
     batches: list[tuple[str, list[bytes]]] = []
     for f in files:
+        data = Path(f).read_bytes()
+        if START_BLOCK in data and END_BLOCK not in data:
+            raise CommandError(
+                f"{f}: an MLLP frame starts (0x0B) but never ends (no 0x1C 0x0D end block): "
+                "the file is cut, or was written without its end block; nothing sent"
+            )
         try:
-            batches.append((f, split_messages(Path(f).read_bytes())))
+            batches.append((f, split_messages(data)))
         except UnreadableFile as exc:
-            raise click.ClickException(f"{f}: {exc}") from None
+            raise CommandError(f"{f}: {exc}; nothing sent") from None
     all_ok = True
-    for name, msgs in batches:
+    for n, (name, msgs) in enumerate(batches):
         try:
             acks = asyncio.run(send_messages(host, port, msgs, timeout=timeout, ssl=context))
+        except CannotConnect as exc:
+            done = "nothing sent" if n == 0 else f"nothing sent of {name} and after"
+            raise CommandError(f"{exc}: {done}") from None
         except (OSError, MLLPError) as exc:
             raise click.ClickException(f"no ACK from {host}:{port}: {exc}") from None
         for i, ack in enumerate(acks, 1):

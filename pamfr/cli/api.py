@@ -36,8 +36,8 @@ DEFAULT_LISTEN = "127.0.0.1:8091"
 @click.option("--log-level", type=LOG_LEVELS, help="debug shows identifiers; info never does.")
 @click.pass_obj
 def api(obj: Context, db_url: str | None, listen: str | None, log_level: str | None) -> None:
-    """Serve the FHIR R4 read API (/fhir: FR Core Patient, read, search, history) and
-    /healthz from the store, until SIGTERM or SIGINT.
+    """Serve the FHIR R4 read API (/fhir: FR Core Patient, read, search, history), the change
+    feed (/events) and /healthz from the store, until SIGTERM or SIGINT.
 
     Tokens and TLS are [http] tokens, tls_cert, tls_key and tls_client_ca of the
     configuration (PAMFR_HTTP_TOKENS='{"name": "token"}'). See docs/fhir.md.
@@ -105,7 +105,7 @@ async def _serve(engine, host: str, port: int, tokens, tls, settings) -> int:
         log.error("cannot listen on %s:%d (--listen): %s", host, port, exc)
         return 2
     log.info(
-        "FHIR API on %s:%d (/fhir, /healthz)%s, %s, database %s",
+        "FHIR API on %s:%d (/fhir, /events, /healthz)%s, %s, database %s",
         server.host,
         server.port,
         " over TLS" if tls is not None else "",

@@ -4,6 +4,7 @@ and errors as one line."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,9 +51,10 @@ class Context:
     def __init__(self, config_file: str | None = None) -> None:
         self.config_file = config_file
 
-    def settings(self, **overrides: Any) -> Settings:
+    def settings(self, *, reading: bool = False, **overrides: Any) -> Settings:
+        """`reading`: a command that only reads, which needs no webhook secret."""
         try:
-            return load_settings(self.config_file, overrides)
+            return load_settings(self.config_file, overrides, secrets=not reading)
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
 
@@ -81,7 +83,8 @@ def db_option(f):
         metavar="URL",
         help="Database URL (sqlite:///path.db, or postgresql+psycopg://user@host/db with "
         "pamfr[pg] installed). "
-        "Default: PAMFR_DATABASE_URL, else the configuration, else sqlite:///./var/pamfr.db.",
+        "Default: PAMFR_DATABASE_URL, else the configuration, else var/pamfr.db in pamfr's "
+        "home (the checkout it runs from, else ~/.local/share/pamfr).",
     )(f)
     return config_option(f)
 
@@ -106,14 +109,14 @@ def first_line(exc: BaseException) -> str:
 def database_errors(settings: Settings) -> Iterator[None]:
     """A database URL pamfr cannot use, a missing file, a server that does not answer:
     one line naming the flag and the key, exit 2."""
-    from sqlalchemy.exc import InterfaceError, NoSuchModuleError, OperationalError
+    from sqlalchemy.exc import DatabaseError, InterfaceError, NoSuchModuleError, OperationalError
 
-    from pamfr.store.db import DatabaseMissing, DatabaseUrlError
+    from pamfr.store.db import DatabaseMissing, DatabaseUrlError, SchemaNotAtHead
 
     url = settings.database.url
     try:
         yield
-    except DatabaseUrlError as exc:
+    except (DatabaseUrlError, SchemaNotAtHead) as exc:
         raise CommandError(f"{DB_KEY}: {exc}") from None
     except DatabaseMissing as exc:
         raise CommandError(
@@ -123,6 +126,13 @@ def database_errors(settings: Settings) -> Iterator[None]:
         raise CommandError(f"{DB_KEY}: {first_line(exc)}") from None
     except (OperationalError, InterfaceError) as exc:
         raise CommandError(f"{DB_KEY}: cannot use {safe_url(url)}: {first_line(exc)}") from None
+    except DatabaseError as exc:
+        if type(getattr(exc, "orig", None)) is not sqlite3.DatabaseError:
+            raise  # a constraint or a programming error: a bug, with its traceback
+        # sqlite3's own DatabaseError: "file is not a database" (a text file, a PDF...)
+        raise CommandError(
+            f"{DB_KEY}: {safe_url(url)} is not a SQLite database ({first_line(exc)})"
+        ) from None
 
 
 def open_engine(settings: Settings, *, read_only: bool = False, check: bool = False):

@@ -71,7 +71,7 @@ def events(
     """
     if sum((failed, retry is not None, follow)) > 1:
         raise click.UsageError("--failed, --retry and --follow go alone")
-    settings = obj.settings(**{"database.url": db_url})
+    settings = obj.settings(reading=retry is None, **{"database.url": db_url})
     from pamfr.feed.store import all_cursors, read_events, unpark
 
     if retry is not None:

@@ -16,6 +16,7 @@ from pamfr.cli.common import (
     LOG_LEVELS,
     CommandError,
     Context,
+    config_option,
     database_errors,
     db_option,
     open_engine,
@@ -299,6 +300,7 @@ def replay(
 
 
 @click.command()
+@config_option
 @click.option("--count", type=click.IntRange(min=1), required=True, help="Messages to write.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--seed", type=int, default=2575, show_default=True)

@@ -177,7 +177,7 @@ def db_backup(obj: Context, file: Path, db_url: str | None) -> None:
 
     The daemon may keep running. FILE must not exist. For PostgreSQL use pg_dump -Fc.
     """
-    settings = obj.settings(**{"database.url": db_url})
+    settings = obj.settings(reading=True, **{"database.url": db_url})
     from pamfr.store.backup import BackupRefused, backup_sqlite
 
     try:

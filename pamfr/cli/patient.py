@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 @contextmanager
 def _connect(obj: Context, db_url: str | None) -> Iterator[Connection]:
-    settings = obj.settings(**{"database.url": db_url})
+    settings = obj.settings(reading=True, **{"database.url": db_url})
     engine = open_engine(settings, read_only=True)
     try:
         with database_errors(settings), engine.connect() as conn:

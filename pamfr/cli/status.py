@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from pamfr.cli.common import Context
+from pamfr.cli.common import Context, config_option
 
 
 class NoAnswer(click.ClickException):
@@ -249,7 +249,7 @@ def _target(obj: Context, http: str | None) -> tuple[str, int]:
 
     listen = http
     if listen is None:
-        listen = obj.settings().http.listen
+        listen = obj.settings(reading=True).http.listen
         if not listen:
             raise NoAnswer(
                 "no HTTP port to ask: give --http HOST:PORT, or set [http] listen in the "
@@ -264,6 +264,7 @@ def _target(obj: Context, http: str | None) -> tuple[str, int]:
 
 
 @click.command()
+@config_option
 @click.option(
     "--http",
     metavar="HOST:PORT",

@@ -7,6 +7,7 @@ import os
 import time
 from datetime import datetime
 
+from pamfr.hl7.ackmode import EnhancedAck, choose_ack
 from pamfr.hl7.charset import UnknownCharset, codec_for
 from pamfr.hl7.er7 import Header, read_header, unescape
 from pamfr.hl7.errors import MessageRejected, Problem
@@ -29,15 +30,14 @@ def escape(text: str, header: Header | None) -> str:
     return out.replace("\r", " ").replace("\n", " ")
 
 
-def ack_code_for(header: Header | None, code: str) -> str:
-    """AA/AE/AR become CA/CE/CR for the commit ACK of enhanced mode."""
-    if header is not None and header.enhanced_mode:
-        return {"AA": "CA", "AE": "CE", "AR": "CR"}.get(code, code)
-    return code
-
-
-def build_ack(header: Header | None, code: str, problems: list[Problem] | tuple = ()) -> str:
-    """The ACK text (segments separated by CR) for a message whose header is known or not."""
+def build_ack(
+    header: Header | None,
+    code: str,
+    problems: list[Problem] | tuple = (),
+    mode: EnhancedAck = EnhancedAck.APPLICATION,
+) -> str:
+    """The ACK text (segments separated by CR) for a message whose header is known or not;
+    MSA-1 as MSH-15/16 and `mode` choose it (hl7/ackmode.py)."""
     fs = header.field_sep if header else "|"
     enc = header.encoding_chars if header else "^~\\&"
     comp = enc[0]
@@ -62,7 +62,9 @@ def build_ack(header: Header | None, code: str, problems: list[Problem] | tuple 
         msh += ["", "", "", "", "", charset]
     segments = [
         fs.join(msh),
-        fs.join(["MSA", ack_code_for(header, code), header.control_id if header else ""]),
+        fs.join(
+            ["MSA", choose_ack(header, code, mode).msa_code, header.control_id if header else ""]
+        ),
     ]
     for p in problems:
         location = p.location.replace("^", comp)

@@ -58,14 +58,15 @@ class Outcome:
     """What was answered: the ACK bytes and the facts of the log row."""
 
     ack: bytes
-    code: str  # AA / AE / AR (sent as CA / CE / CR in enhanced mode)
+    code: str  # AA / AE / AR (CA / CE / CR when the commit ACK is the one sent)
     message_id: int | None
     control_id: str = ""
     event: str = ""
     duplicate: bool = False
     error_text: str | None = None
     problems: tuple[Problem, ...] = ()  # every ERR of the ACK, warnings (severity W) included
-    msa_code: str = ""  # MSA-1 as sent: CA / CE / CR in enhanced mode
+    msa_code: str = ""  # MSA-1 of the ACK: CA / CE / CR for a commit ACK (hl7/ackmode.py)
+    sent: bool = True  # False: MSH-15/16 asked for no ACK of this outcome (still logged)
 
     @property
     def warnings(self) -> tuple[Problem, ...]:

@@ -1,6 +1,6 @@
 """One decoded ER7 message -> a typed AdtMessage, with hl7apy as the parser of record.
 
-Only the fields the identity rules read (PID-3, 5, 7, 8, 11, 32, MRG-1, ZFD-5/6/7) go through
+Only the fields the identity rules read (PID-3, 5, 7, 8, 11, 32, MRG-1, ZFD-1/5/6/7) go through
 hl7apy, one repetition at a time: MSH is read by the light tokenizer (er7.py), and the other
 fields and segments (PV1, ZBE, ZFA...) are kept in the raw message but not interpreted, which
 also keeps hl7apy from silently dropping Z segments. A whole PID costs hl7apy about twice its
@@ -25,9 +25,10 @@ from pamfr.hl7.er7 import Header, split_segments, unescape
 from pamfr.hl7.errors import MessageRejected, Problem
 from pamfr.hl7.events import SUPPORTED_EVENTS, Operation, is_iti30, operation_for
 from pamfr.hl7.problems import refusal_problem
-from pamfr.identity.findings import IdentityRefused
+from pamfr.identity.findings import IdentityRefused, Note
+from pamfr.identity.identifiers import sort_identifiers
+from pamfr.identity.lunar import lunar_birth_date
 from pamfr.identity.model import (
-    INS_TYPE,
     KEEP,
     BirthDate,
     Identifier,
@@ -109,6 +110,16 @@ def decode(raw: bytes, header: Header, default_charset: str = DEFAULT_CHARSET) -
         codec = codec_for(charset)
     except UnknownCharset as exc:
         raise MessageRejected(Problem(103, "MSH^1^18", str(exc))) from None
+    if codec.startswith("iso-8859") and warning is None and _reads_as_utf8(raw):
+        # Ã© for é in every name otherwise: 8-bit text in these sets is next to never valid
+        # UTF-8 with multi-byte sequences, while a GAM that misdeclares its UTF-8 is common.
+        warning = Problem(
+            103,
+            "MSH^1^18",
+            f"MSH-18 says {charset} but the bytes are UTF-8: decoded as UTF-8",
+            severity="W",
+        )
+        codec = "utf-8"
     try:
         return Decoded(raw.decode(codec), codec, warning)
     except UnicodeDecodeError as exc:
@@ -120,6 +131,17 @@ def decode(raw: bytes, header: Header, default_charset: str = DEFAULT_CHARSET) -
                 f"at offset {exc.start}",
             )
         ) from None
+
+
+def _reads_as_utf8(raw: bytes) -> bool:
+    """Non-ASCII bytes that are all valid UTF-8 multi-byte sequences."""
+    if raw.isascii():
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,9 +231,14 @@ def _text(seps: _Separators, element, *path: int) -> str:
 
 def _er7(element) -> str:
     """The text of an element as received: hl7apy's to_er7() re-escapes the escape character
-    of a sequence it does not know (\\Xhh\\ comes back as \\E\\Xhh\\E\\)."""
-    raw = getattr(getattr(element, "value", None), "value", None)
-    return raw if isinstance(raw, str) else element.to_er7()
+    of a sequence it does not know (\\Xhh\\ comes back as \\E\\Xhh\\E\\). A component of
+    a primitive type (XPN-2, XPN-3, CX-1...) holds its value in its one child."""
+    children = element.children
+    for node in (element, *(children if len(children) == 1 else ())):
+        raw = getattr(getattr(node, "value", None), "value", None)
+        if isinstance(raw, str):
+            return raw
+    return element.to_er7()
 
 
 def _value(seps: _Separators, element, *path: int) -> TextField:
@@ -269,6 +296,13 @@ def _read_simple(name: str, rep: str, seps: _Separators) -> str:
     return _text(seps, parsed)
 
 
+@lru_cache(maxsize=_CACHE_SIZE)
+def _read_na(rep: str, seps: _Separators) -> tuple[str, ...]:
+    """The components of a numeric array (ZFD-1, day^month^year), unescaped."""
+    parsed = _parse("ZFD_1", rep, seps)
+    return tuple(seps.unescape(_er7(c)).strip() for c in parsed.children)
+
+
 class _Reader:
     """Reads the fields of one message's PID / MRG / ZFD into domain values."""
 
@@ -314,22 +348,17 @@ class _Reader:
     def patient(self, pid: str, zfd: str | None, place: str = "PID^1") -> PatientIdentity:
         f = self.fields(pid)
         f += [""] * (33 - len(f))
-        identifiers = self.identifiers(f[3], "PID_3", f"{place}^3")
-        ins = tuple(
-            StatedIns(i.value, i.oid, i.authority)
-            for i in identifiers
-            if i.type == INS_TYPE and i.value != HL7_NULL
-        )
-        cleared = any(i.type == INS_TYPE and i.value == HL7_NULL for i in identifiers)
-        kept = tuple(
-            i for i in identifiers if i.type != INS_TYPE and i.value and i.value != HL7_NULL
-        )
+        stated = sort_identifiers(self.identifiers(f[3], "PID_3", f"{place}^3"))
 
         identity_mode: TextField = KEEP
         insi_date: TextField = KEEP
         document: TextField = KEEP
+        birth_date = self.birth_date(f[7], place)
+        notes: tuple[Note, ...] = ()
         if zfd is not None:
             z = self.fields(zfd)
+            if not isinstance(birth_date, BirthDate) and len(z) > 1 and z[1].strip():
+                birth_date, notes = self.lunar_date(z[1].strip())
             identity_mode = self.optional(z, 5, "ZFD_5", "ZFD^1")
             insi_date = self.optional(z, 6, "ZFD_6", "ZFD^1")
             document = self.optional(z, 7, "ZFD_7", "ZFD^1")
@@ -341,16 +370,17 @@ class _Reader:
                 for rep in self.reps(f[32], f"{place}^32")
             )
         return PatientIdentity(
-            identifiers=kept,
-            ins=ins,
-            ins_cleared=cleared,
+            identifiers=stated.identifiers,
+            ins=stated.ins,
+            ins_cleared=stated.ins_cleared,
             status_codes=status_codes,
-            birth_date=self.birth_date(f[7], place),
+            birth_date=birth_date,
             sex=self.sex(f[8], place),
             birth_place_insee=self.birth_place(f[11], place),
             identity_mode=identity_mode,
             insi_query_date=insi_date,
             identity_document=document,
+            notes=notes,
             **self.names(f[5], place),
         )
 
@@ -409,6 +439,21 @@ class _Reader:
             raise MessageRejected(problem) from None
         return BirthDate(year, month, day if month is not None else None)
 
+    def lunar_date(self, field: str) -> tuple[BirthDate | None, tuple[Note, ...]]:
+        """ZFD-1, the "date lunaire" a GAM sends with PID-7 empty: its calendar part, kept
+        with its precision (identity/lunar.py), and the note when a part was left out."""
+        if field == HL7_NULL:
+            return None, ()
+        parts = self.at("ZFD^1^1", _read_na, field, self.seps)
+        problem = Problem(102, "ZFD^1^1", "ZFD-1 is not a date lunaire (DD^MM^YYYY)")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise MessageRejected(problem)
+        day, month, year = (int(p) for p in parts)
+        if not 1 <= year <= 9999:
+            raise MessageRejected(problem)
+        lunar = lunar_birth_date(day, month, year)
+        return lunar.birth_date, lunar.notes()
+
     def sex(self, field: str, place: str) -> TextField:
         raw = field.strip()
         if raw == "":
@@ -440,11 +485,8 @@ class _Reader:
     def prior(self, mrg_text: str) -> tuple[tuple[Identifier, ...], tuple[StatedIns, ...]]:
         mrg = self.fields(mrg_text)
         mrg1 = mrg[1] if len(mrg) > 1 else ""
-        prior = [
-            i for i in self.identifiers(mrg1, "MRG_1", "MRG^1^1") if i.value and i.value != HL7_NULL
-        ]
-        ins = tuple(StatedIns(i.value, i.oid, i.authority) for i in prior if i.type == INS_TYPE)
-        return tuple(i for i in prior if i.type != INS_TYPE), ins
+        stated = sort_identifiers(self.identifiers(mrg1, "MRG_1", "MRG^1^1"))
+        return stated.identifiers, stated.ins
 
 
 def _refused(exc: IdentityRefused) -> MessageRejected:

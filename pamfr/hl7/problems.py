@@ -49,6 +49,8 @@ _FINDINGS: dict[Finding, tuple[int, str]] = {
     Finding.MERGED_AWAY: (204, "PID^{p}^3"),
     Finding.PRIOR_UNKNOWN: (204, "MRG^1^1"),
     Finding.MERGE_TARGET_REDIRECTED: (0, "PID^{p}^3"),
+    Finding.NOTHING_KEPT_CHANGED: (0, "PID^{p}"),
+    Finding.BIRTH_DATE_TRUNCATED: (102, "ZFD^1^1"),
 }
 
 

@@ -40,6 +40,8 @@ class Finding(StrEnum):
     MERGED_AWAY = "merged-away"  # the identifier belongs to a patient merged into another
     PRIOR_UNKNOWN = "prior-unknown"  # A40/A47: MRG-1 designates no patient
     MERGE_TARGET_REDIRECTED = "merge-target-redirected"  # A40 target merged: its survivor
+    NOTHING_KEPT_CHANGED = "nothing-kept-changed"  # A28/A31 on a known patient: no stored change
+    BIRTH_DATE_TRUNCATED = "birth-date-truncated"  # ZFD-1: a day or month no calendar has
 
 
 # What goes back to the sender as an ERR of severity W; the other findings are history notes.
@@ -61,6 +63,8 @@ WARNINGS = frozenset(
         Finding.MERGED_AWAY,
         Finding.PRIOR_UNKNOWN,
         Finding.MERGE_TARGET_REDIRECTED,
+        Finding.NOTHING_KEPT_CHANGED,
+        Finding.BIRTH_DATE_TRUNCATED,
     }
 )
 

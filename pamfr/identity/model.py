@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from pamfr.identity.findings import Note
+
 
 class _Keep:
     """An HL7 empty field or component: the receiver keeps what it has (`""` clears it)."""
@@ -115,6 +117,7 @@ class PatientIdentity:
     identity_mode: TextField = KEEP  # ZFD-5: how the identity was obtained (INSI, CV, SM...)
     insi_query_date: TextField = KEEP  # ZFD-6
     identity_document: TextField = KEEP  # ZFD-7
+    notes: tuple[Note, ...] = ()  # what reading the message alone found (ZFD-1 truncated...)
 
     @property
     def ipp(self) -> Identifier | None:

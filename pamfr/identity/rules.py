@@ -34,6 +34,7 @@ class Policy:
 
     production: bool = False  # MSH-11 = P: test and demo INS are not kept
     rewrites_identity: bool = True  # A28/A31; the ITI-31 events only with the operator's switch
+    identity_event: bool = False  # ITI-30 (A28/A31 here): the sender means to change the identity
 
 
 @dataclass(slots=True)
@@ -142,7 +143,8 @@ def decide_identity(
     values.update(identity.stated_values())
     decision = Decision(values)
     reading = _reading(identity)
-    candidate, decision.notes = choose_ins(identity.ins, reading)
+    candidate, ins_notes = choose_ins(identity.ins, reading)
+    decision.notes = [*identity.notes, *ins_notes]
     current = decision.ins
     if reading is None:
         new_ins = _status_absent(decision, identity, stored is None, current)
@@ -250,6 +252,19 @@ def _status_stated(
         )
         return current
     return candidate
+
+
+def unchanged_notes(policy: Policy, changed: bool) -> list[Note]:
+    """An A28/A31 on a known patient that changes nothing pamfr keeps (it changed what pamfr
+    does not keep: an address, a phone, the visit): said, so that the sender and the history
+    know it was received and why nothing changed."""
+    if changed or not policy.identity_event:
+        return []
+    text = (
+        "nothing pamfr keeps changed: addresses, phones, visit (PV1) and movement (ZBE) "
+        "data are not kept"
+    )
+    return [Note(Finding.NOTHING_KEPT_CHANGED, text)]
 
 
 def missing_traits(values: Mapping[str, object]) -> list[str]:
@@ -451,6 +466,21 @@ def check_one_patient(patient: int, owners: Iterable[int | None]) -> None:
             Refusal.IPPS_OF_TWO_PATIENTS,
             "PID-3 holds IPPs of two different patients (send an A40 merge)",
         )
+
+
+def link_notes(records: Sequence[Record | None]) -> list[Note]:
+    """A24: an IPP of a patient merged into another stands for its survivor (the link is read
+    on the survivor), with the warning of an A40 into a merged-away patient. `records`: the
+    patients of the two PIDs, None when unknown."""
+    return [
+        Note(
+            Finding.MERGE_TARGET_REDIRECTED,
+            "this IPP belongs to a patient merged into another: linked to its survivor",
+            patient=n,
+        )
+        for n, record in enumerate(records, start=1)
+        if record is not None and not record.active and record.merged_into is not None
+    ]
 
 
 def check_link(first: PatientIdentity, second: PatientIdentity) -> None:

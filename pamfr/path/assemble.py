@@ -17,4 +17,5 @@ def build_receiver(engine: Engine, settings: Settings) -> Receiver:
         default_charset=settings.hl7.default_charset,
         iti31_updates_identity=settings.hl7.iti31_updates_identity,
         reused_control_id=settings.hl7.reused_control_id,
+        enhanced_ack=settings.hl7.enhanced_ack,
     )

@@ -236,13 +236,13 @@ class AsyncReceiver:
         return self._processes
 
     # FrameHandler of pamfr.transport.server
-    async def on_frame(self, payload: bytes, peer) -> bytes:
+    async def on_frame(self, payload: bytes, peer) -> bytes | None:
         outcome = await self.receive(Inbound(payload, str(peer), self.door))
-        return outcome.ack
+        return outcome.ack if outcome.sent else None
 
-    async def on_oversized(self, head: bytes, size: int, peer) -> bytes:
+    async def on_oversized(self, head: bytes, size: int, peer) -> bytes | None:
         outcome = await self.receive(Inbound(head, str(peer), self.door, size=size))
-        return outcome.ack
+        return outcome.ack if outcome.sent else None
 
     def close(self) -> None:
         self.writer.close()

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Engine
 
+from pamfr.hl7.ackmode import EnhancedAck
 from pamfr.hl7.frame import Door, Inbound, Outcome, Prepared
 from pamfr.hl7.parse import DEFAULT_CHARSET
 from pamfr.hl7.prepare import DEFAULT_PROCESSING_IDS, prepare
@@ -28,6 +29,7 @@ class Receiver:
         default_charset: str = DEFAULT_CHARSET,
         iti31_updates_identity: bool = False,
         reused_control_id: ReusedControlId | str = ReusedControlId.REFUSE,
+        enhanced_ack: EnhancedAck | str = EnhancedAck.APPLICATION,
     ) -> None:
         self.engine = engine
         self.processing_ids = tuple(processing_ids)
@@ -35,7 +37,12 @@ class Receiver:
         self.allowed_senders = tuple(allowed_senders)
         self.default_charset = default_charset
         self.store = Store(
-            engine, StorePolicy(iti31_updates_identity, ReusedControlId(reused_control_id))
+            engine,
+            StorePolicy(
+                iti31_updates_identity,
+                ReusedControlId(reused_control_id),
+                EnhancedAck(enhanced_ack),
+            ),
         )
 
     def parse_args(self) -> tuple[tuple[str, ...], tuple[str, ...], str]:

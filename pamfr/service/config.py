@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,9 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pamfr.store.location import default_database_url, relative_to
 from pamfr.transport.access import PeerFilter
-
-DEFAULT_DATABASE_URL = "sqlite:///./var/pamfr.db"
 
 
 class _Section(BaseModel):
@@ -75,12 +75,18 @@ class ServerSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    url: str = DEFAULT_DATABASE_URL
+    # Default: var/pamfr.db in pamfr's home (store/location.py), never the current folder.
+    url: str = Field(default_factory=default_database_url)
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     # Seconds a SQLite writer waits for a lock held by another process before the messages
     # of its batch are answered AR 207 (resend later). None: the URL's ?timeout=, else 30.
     sqlite_busy_timeout: float | None = Field(None, gt=0)
     migrate_on_start: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _empty_is_the_default(cls, value: str) -> str:
+        return value.strip() or default_database_url()
 
 
 class ReceiverSettings(_Section):
@@ -98,6 +104,9 @@ class Hl7Settings(_Section):
     iti31_updates_identity: bool = False
     # A control id already processed with other content: refused (AE 205) or applied anyway.
     reused_control_id: Literal["refuse", "apply"] = "refuse"
+    # MSH-15 and MSH-16 both asking for an ACK (HL7 table 0155): the one sent, "application"
+    # (AA/AE/AR) or "commit" (CA/CE/CR); "original" ignores MSH-15/16: always AA/AE/AR.
+    enhanced_ack: Literal["application", "commit", "original"] = "application"
 
     @field_validator("default_charset")
     @classmethod
@@ -267,7 +276,7 @@ class WebhookSettings(_Section):
     def _secret(self) -> WebhookSettings:
         if (self.secret is None) == (self.secret_env is None):
             raise ValueError("give one of secret or secret_env")
-        if self.secret_env is not None:
+        if self.secret_env is not None and _RESOLVE_SECRETS.get():
             found = os.environ.get(self.secret_env)
             if not found:
                 raise ValueError(
@@ -293,6 +302,7 @@ class Settings(BaseSettings):
         env_prefix="PAMFR_",
         env_nested_delimiter="_",
         env_nested_max_split=1,
+        env_ignore_empty=True,  # PAMFR_X="" is unset, as PAMFR_CONFIG="" is
         extra="forbid",
     )
 
@@ -342,6 +352,9 @@ class Settings(BaseSettings):
 
 
 _CONFIG_FILE: Path | None = None
+# False while the settings of a command that only reads are loaded: it signs nothing, so a
+# webhook's secret_env need not be set in its environment.
+_RESOLVE_SECRETS: ContextVar[bool] = ContextVar("resolve_secrets", default=True)
 
 
 class ConfigError(Exception):
@@ -354,9 +367,13 @@ def _deep_set(target: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def load_settings(
-    config_file: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
+    config_file: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    secrets: bool = True,
 ) -> Settings:
-    """Load the settings; `overrides` maps "section.key" to a CLI value (None = not given)."""
+    """Load the settings; `overrides` maps "section.key" to a CLI value (None = not given).
+    `secrets=False` (the commands that only read): a webhook's secret_env is not looked up."""
     global _CONFIG_FILE
     path = config_file or os.environ.get("PAMFR_CONFIG")
     if path:
@@ -374,14 +391,21 @@ def load_settings(
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _deep_set(init, dotted, value)
+    resolving = _RESOLVE_SECRETS.set(secrets)
     try:
-        return Settings(**init)
+        settings = Settings(**init)
     except ValidationError as exc:
         raise ConfigError(
-            f"invalid configuration ({path or 'environment'}): {_explain(exc)}"
+            f"invalid configuration ({path or 'command line and environment'}): {_explain(exc)}"
         ) from None
     except ValueError as exc:  # a TOML syntax error
         raise ConfigError(f"invalid configuration ({path}): {exc}") from None
+    finally:
+        _RESOLVE_SECRETS.reset(resolving)
+    if path and "database" not in init and not os.environ.get("PAMFR_DATABASE_URL"):
+        # the file's own URL: a relative SQLite path is read from the file's folder
+        settings.database.url = relative_to(settings.database.url, Path(path).resolve().parent)
+    return settings
 
 
 def _explain(exc: ValidationError) -> str:

@@ -28,7 +28,7 @@ from pamfr.service.metrics import Metrics, watch_daemon
 from pamfr.service.reload import Reloader
 from pamfr.service.sdnotify import notify
 from pamfr.service.security import SecurityConfigError, describe_access, listener_tls, peer_filter
-from pamfr.store.db import make_engine, make_read_engine, upgrade
+from pamfr.store.db import check_at_head, make_engine, make_read_engine, upgrade
 from pamfr.store.retention import PurgeResult, purge_raw
 from pamfr.transport.server import MLLPServer, ServerLimits
 
@@ -72,6 +72,8 @@ async def run_daemon(
     shown = make_url(url).render_as_string(hide_password=True)
     if db.migrate_on_start:
         upgrade(url)
+    else:
+        check_at_head(url)
     engine = make_engine(
         url, synchronous=db.sqlite_synchronous, busy_timeout=db.sqlite_busy_timeout
     )

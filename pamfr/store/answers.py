@@ -7,7 +7,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from pamfr.hl7.ack import ack_code_for, build_ack, encode_ack
+from pamfr.hl7.ack import build_ack, encode_ack
+from pamfr.hl7.ackmode import EnhancedAck, choose_ack
 from pamfr.hl7.errors import Problem
 from pamfr.hl7.frame import Outcome, Prepared
 from pamfr.store.messagelog import LoggedMessage, Processed, dedup_key
@@ -45,10 +46,12 @@ def answer(
     duplicate_of: int | None = None,
     ack: bytes | None = None,
     keyed: bool = True,
+    mode: EnhancedAck = EnhancedAck.APPLICATION,
 ) -> Answered:
     h = p.header
     if ack is None:
-        ack = encode_ack(build_ack(h, code, problems), h)
+        ack = encode_ack(build_ack(h, code, problems, mode), h)
+    choice = choose_ack(h, code, mode)
     errors = [x for x in problems if x.severity == "E"]
     warnings = [x for x in problems if x.severity == "W"]
     # Only final outcomes are remembered: an AR invites the sender to resend; a duplicate,
@@ -86,17 +89,20 @@ def answer(
         duplicate=duplicate_of is not None,
         error_text=None if code == "AA" else "; ".join(x.text for x in errors) or None,
         problems=problems,
-        msa_code=ack_code_for(h, code),
+        msa_code=choice.msa_code,
+        sent=choice.sent,
     )
     return Answered(row, outcome)
 
 
-def answer_duplicate(p: Prepared, original: Processed) -> Answered:
+def answer_duplicate(
+    p: Prepared, original: Processed, mode: EnhancedAck = EnhancedAck.APPLICATION
+) -> Answered:
     """A resend: the first message's ACK again, logged as a duplicate of it."""
     h = p.header
     assert h is not None
-    stored = original.ack or encode_ack(build_ack(h, original.outcome), h)
-    return answer(p, original.outcome, (), duplicate_of=original.id, ack=stored)
+    stored = original.ack or encode_ack(build_ack(h, original.outcome, (), mode), h)
+    return answer(p, original.outcome, (), duplicate_of=original.id, ack=stored, mode=mode)
 
 
 def reused_control_id(p: Prepared, original: Processed) -> Problem:
@@ -115,10 +121,13 @@ def reused_control_id(p: Prepared, original: Processed) -> Problem:
     )
 
 
-def unlogged(p: Prepared, problem: Problem = UNAVAILABLE) -> Outcome:
+def unlogged(
+    p: Prepared, problem: Problem = UNAVAILABLE, mode: EnhancedAck = EnhancedAck.APPLICATION
+) -> Outcome:
     """An AR for a message that could not be logged (the database did not answer)."""
     h = p.header
-    ack = encode_ack(build_ack(h, "AR", (problem,)), h)
+    ack = encode_ack(build_ack(h, "AR", (problem,), mode), h)
+    choice = choose_ack(h, "AR", mode)
     return Outcome(
         ack,
         "AR",
@@ -128,5 +137,6 @@ def unlogged(p: Prepared, problem: Problem = UNAVAILABLE) -> Outcome:
         False,
         problem.text,
         (problem,),
-        ack_code_for(h, "AR"),
+        choice.msa_code,
+        choice.sent,
     )

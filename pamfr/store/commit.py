@@ -24,6 +24,7 @@ from enum import StrEnum
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from pamfr.hl7.ackmode import EnhancedAck
 from pamfr.hl7.errors import MessageRejected, Problem
 from pamfr.hl7.events import Operation, is_iti30
 from pamfr.hl7.frame import Outcome, Prepared
@@ -73,6 +74,7 @@ class ReusedControlId(StrEnum):
 class StorePolicy:
     iti31_updates_identity: bool = False
     reused_control_id: ReusedControlId = ReusedControlId.REFUSE
+    enhanced_ack: EnhancedAck = EnhancedAck.APPLICATION
 
 
 class _RunWithSavepoints(Exception):
@@ -87,6 +89,7 @@ def apply_message(
     policy = Policy(
         production=message.production,
         rewrites_identity=is_iti30(message.header.event) or iti31_updates_identity,
+        identity_event=is_iti30(message.header.event),
     )
     match message.operation:
         case Operation.CREATE | Operation.UPDATE:
@@ -105,6 +108,7 @@ class Store:
     def __init__(self, engine: Engine, policy: StorePolicy = StorePolicy()) -> None:
         self.engine = engine
         self.policy = policy
+        self._mode = policy.enhanced_ack
         self.authorities = AuthorityBook()
 
     def commit(self, batch: list[Prepared]) -> list[Outcome]:
@@ -124,7 +128,7 @@ class Store:
                 return outcomes[0]
             time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
         log.error("message still deadlocked after %d attempts, answered AR 206", _ATTEMPTS)
-        return unlogged(p, STILL_LOCKED)
+        return unlogged(p, STILL_LOCKED, self.policy.enhanced_ack)
 
     def _commit_once(self, batch: list[Prepared]) -> list[Outcome] | None:
         """The outcomes once committed; None when the transaction lost a deadlock."""
@@ -162,7 +166,7 @@ class Store:
         log.error(
             "database unavailable, %d message(s) answered AR 207: %s", len(batch), brief_error(exc)
         )
-        return [unlogged(p) for p in batch]
+        return [unlogged(p, mode=self.policy.enhanced_ack) for p in batch]
 
     def _run_without_savepoints(
         self, conn: Connection, batch: list[Prepared], keys: list[str | None], events: list[dict]
@@ -224,7 +228,7 @@ class Store:
             except MessageRejected as rejected:
                 savepoint.rollback()
                 self.authorities.rollback()
-                refused = answer(p, rejected.ack_code, tuple(rejected.problems))
+                refused = answer(p, rejected.ack_code, tuple(rejected.problems), mode=self._mode)
                 return self._write(conn, [refused], events)[0]
             except SQLAlchemyError:
                 raise
@@ -234,8 +238,9 @@ class Store:
                 log.error("unexpected %s while applying a message", type(exc).__name__)
                 log.debug("apply failure", exc_info=True)
                 problem = Problem(207, "", f"application internal error: {type(exc).__name__}")
-                return self._write(conn, [answer(p, "AR", (problem,))], events)[0]
-        return self._write(conn, [answer(p, "AR", (STILL_LOCKED,))], events)[0]
+                refused = answer(p, "AR", (problem,), mode=self._mode)
+                return self._write(conn, [refused], events)[0]
+        return self._write(conn, [answer(p, "AR", (STILL_LOCKED,), mode=self._mode)], events)[0]
 
     # -- one message -----------------------------------------------------------
 
@@ -255,14 +260,14 @@ class Store:
             if p.inbound.reprocess_of is not None and known.outcome != "AA":
                 holder = known.id
             elif known.same_content(p.content_sha256):
-                return answer_duplicate(p, known)
+                return answer_duplicate(p, known, self._mode)
             else:
                 reused = reused_control_id(p, known)
                 if self.policy.reused_control_id is ReusedControlId.REFUSE:
-                    return answer(p, "AE", (reused,), keyed=False)
+                    return answer(p, "AE", (reused,), keyed=False, mode=self._mode)
                 reused = replace(reused, severity="W")
         if p.code != "AA" or p.message is None:
-            answered = answer(p, p.code, p.problems, keyed=reused is None)
+            answered = answer(p, p.code, p.problems, keyed=reused is None, mode=self._mode)
         else:
             repo = IdentityRepository(conn, p.inbound.received_at, prefetched, self.authorities)
             try:
@@ -270,7 +275,7 @@ class Store:
             except IdentityRefused as refused:
                 raise MessageRejected(refusal_problem(refused)) from None
             problems = (*p.problems, *warning_problems(repo.notes), *((reused,) if reused else ()))
-            answered = answer(p, "AA", problems, keyed=reused is None)
+            answered = answer(p, "AA", problems, keyed=reused is None, mode=self._mode)
             answered.repo = repo
         if answered.row.dedup_key is not None:
             answered.releases_key_of = holder

@@ -14,6 +14,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
+from pamfr.store.location import default_folder, sqlite_path
+
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one's lock before failing
@@ -62,9 +64,26 @@ def database_url(url: str) -> URL:
 
 
 def _prepare_sqlite_folder(url: str) -> None:
-    database = make_url(url).database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    """The folder of a SQLite file must exist: a mistyped path must not start an empty store
+    nobody reads. pamfr's default folder (store/location.py) is created, readable by its
+    user only."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    folder = path.parent
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise DatabaseUrlError(f"{folder} is not a folder: check the path of the SQLite file")
+    default = default_folder()
+    if folder.absolute() == default.absolute():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return
+    raise DatabaseUrlError(
+        f"the folder {folder} does not exist: check the path, or create the folder "
+        f"(pamfr creates only its default one, {default})"
+    )
 
 
 def make_engine(
@@ -220,6 +239,30 @@ def current_revision(url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+class SchemaNotAtHead(ValueError):
+    """A store whose schema is not the one this pamfr writes (serve --no-migrate)."""
+
+
+def check_at_head(url: str) -> None:
+    """Raise SchemaNotAtHead unless the database is at the newest revision."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    quiet = logging.getLogger("alembic.runtime.migration")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its INFO lines say nothing when nothing is migrated
+    try:
+        current = current_revision(url)
+    finally:
+        quiet.setLevel(level)
+    if current != head:
+        at = f"at schema revision {current}" if current else "empty (no pamfr schema)"
+        raise SchemaNotAtHead(
+            f"the store is {at}, this pamfr needs {head}: run `pamfr db upgrade` first "
+            "(or start without --no-migrate)"
+        )
 
 
 def upgrade(url: str, revision: str = "head") -> None:

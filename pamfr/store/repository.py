@@ -36,11 +36,13 @@ from pamfr.identity.rules import (
     decide_ins_change,
     designate_by_prior_ins,
     identifiers_to_add,
+    link_notes,
     matching_ipp,
     plan_merge,
     plan_rename,
     prior_ipp,
     rename_notes,
+    unchanged_notes,
 )
 from pamfr.store import statements as sql
 from pamfr.store.authorities import AuthorityBook
@@ -170,9 +172,7 @@ class IdentityRepository:
         if changes or notes:
             self.changes.append(Change(patient_id, operation, changes, list(notes)))
 
-    def _insert_patient(
-        self, identity: PatientIdentity, decision: Decision, operation: str
-    ) -> None:
+    def _insert_patient(self, identity: PatientIdentity, decision: Decision) -> None:
         """A new patient, whose IPPs the caller has just found free (a concurrent writer that
         takes one first makes the unique index refuse ours, and the message runs again)."""
         columns = {k: decision.values[k] for k in IDENTITY_FIELDS}
@@ -206,7 +206,8 @@ class IdentityRepository:
         if new_ids:
             changes["identifiers"] = [[], new_ids]
         self._note(notes)
-        self._record(patient_id, operation, changes, notes)
+        # "create" whatever the event: an A31 or an A01 that inserts creates the patient
+        self._record(patient_id, "create", changes, notes)
 
     def _write_identifiers(
         self, patient_id: int | NewPatient, identifiers: Sequence[Identifier]
@@ -247,6 +248,7 @@ class IdentityRepository:
         identity: PatientIdentity | None = None,
         extra: dict[str, list] | None = None,
         still_owned: Identifier | None = None,
+        policy: Policy | None = None,
     ) -> None:
         """Write what the rules decided. `identity`: the PID whose identifiers the patient
         gets; `still_owned`: an IPP looked up before the row lock, which must still be this
@@ -280,6 +282,8 @@ class IdentityRepository:
                     before if before is not None else [_ident_text(k) for k in known],
                     [*map(_ident_text, known), *added],
                 ]
+        if policy is not None:
+            notes += unchanged_notes(policy, bool(diff))
         changed = {k: v[1] for k, v in diff.items() if k in values}
         if changed:
             row = {"pid": patient_id, "updated_at": self.now, **changed, **name_keys(changed)}
@@ -322,7 +326,7 @@ class IdentityRepository:
         identity = self._canonical(identity)
         current, still_owned = self._find_and_load(identity)
         if current is None:
-            self._insert_patient(identity, decide_identity(identity, None, policy), operation)
+            self._insert_patient(identity, decide_identity(identity, None, policy))
             return
         patient_id = current["id"]
         if not current["active"]:
@@ -343,6 +347,7 @@ class IdentityRepository:
             current,
             identity=identity if policy.rewrites_identity else None,
             still_owned=still_owned,
+            policy=policy,
         )
 
     @staticmethod
@@ -501,15 +506,18 @@ class IdentityRepository:
     def link(self, first: PatientIdentity, second: PatientIdentity) -> None:
         """A24: record a link between two identifiers (patients need not exist yet)."""
         a, b = self._link_ipps(first, second)
+        notes = link_notes([self._link_record(a), self._link_record(b)])
+        self._note(notes)
         exists = self.conn.execute(select(patient_link.c.id).where(self._link_where(a, b))).first()
         if exists:
+            self._record_link(a, b, "link", None, notes)
             return
         (ak, av), (bk, bv) = self._link_pair(a, b)
         # Written with the history, once the message row (which the link cites) exists.
         self.pending_link = dict(
             a_authority_key=ak, a_value=av, b_authority_key=bk, b_value=bv, created_at=self.now
         )
-        self._record_link(a, b, "link", [None, True])
+        self._record_link(a, b, "link", [None, True], notes)
 
     def unlink(self, first: PatientIdentity, second: PatientIdentity) -> None:
         """A37: remove a link; an unknown link is not an error."""
@@ -518,10 +526,26 @@ class IdentityRepository:
         if removed:
             self._record_link(a, b, "unlink", [True, None])
 
-    def _record_link(self, a: Identifier, b: Identifier, operation: str, change: list) -> None:
-        """History on each known patient, or on its survivor when it was merged away."""
-        for this, other in ((a, b), (b, a)):
+    def _link_record(self, ident: Identifier) -> Record | None:
+        pid = self.findpatient_id_of(ident)
+        if pid is None:
+            return None
+        survivor = survivor_id(self.conn, pid)
+        return Record(pid, survivor == pid, None if survivor == pid else survivor)
+
+    def _record_link(
+        self,
+        a: Identifier,
+        b: Identifier,
+        operation: str,
+        change: list | None,
+        notes: Sequence[Note] = (),
+    ) -> None:
+        """History on each known patient, or on its survivor when it was merged away; `change`
+        None: the link was there already, only the notes are written."""
+        for n, (this, other) in enumerate(((a, b), (b, a)), start=1):
             pid = self.findpatient_id_of(this)
             if pid is not None:
                 pid = survivor_id(self.conn, pid)
-                self._record(pid, operation, {f"link:{_ident_text(other)}": change})
+                changes = {} if change is None else {f"link:{_ident_text(other)}": change}
+                self._record(pid, operation, changes, [x for x in notes if x.patient == n])

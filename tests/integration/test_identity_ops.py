@@ -61,7 +61,7 @@ def test_a31_updates_and_a31_on_an_unknown_ipp_inserts(feed):
     assert view["birth_given_names"] == ["ANNE", "CLAIRE", "MARIE"]
     assert view["birth_date"] == "1979"
     rows = feed.history(*ipp("P2"))
-    assert ops(rows) == [("A31", "update"), ("A31", "update")]
+    assert ops(rows) == [("A31", "create"), ("A31", "update")]  # an A31 that inserts creates
     assert rows[1]["changes"] == {
         "birth_given_names": ["ANNE MARIE", "ANNE CLAIRE MARIE"],
         "birth_date": ["1979-03-28", "1979"],
@@ -132,7 +132,7 @@ def test_iti31_events_create_but_do_not_rewrite_a_known_identity(feed):
     assert (ack.code, ack.errs) == ("AA", [])
     assert feed.show(*ipp("P4")) == created
     rows = feed.history(*ipp("P4"))
-    assert ops(rows) == [("A01", "update"), ("A01", "update"), ("Z99", "update")] + [
+    assert ops(rows) == [("A01", "create"), ("A01", "update"), ("Z99", "update")] + [
         ("A08", "update"),
     ]
     assert all(r["changes"] == {} for r in rows[1:])

@@ -118,7 +118,8 @@ def test_g1_missing_trait_drops_the_ins(feed):
     assert (view["status"], view["ins"]) == ("validee", None)
     # An A31 that leaves the birth place empty keeps the stored one, and the INS with it.
     assert feed.one(msg("A31", Person("G1U", ins=INS))).errs == []
-    assert feed.one(msg("A31", Person("G1U", ins=INS, insee=None))).errs == []
+    unchanged = feed.one(msg("A31", Person("G1U", ins=INS, insee=None)))
+    assert warning(unchanged) == [("0", "PID^1")]  # nothing-kept-changed: nothing else to say
     assert feed.show(*ipp("G1U"))["ins"]["value"] == INS
 
 
@@ -198,7 +199,7 @@ def test_g5_a_later_nia_does_not_replace_the_nir(feed):
     assert feed.show(*ipp("G5"))["ins"]["kind"] == "NIR"
     only_nia = f"{base}~{ins_rep(nia, NIA_OID, 'ASIP-SANTE-INS-NIA')}"
     ack = feed.one(production(with_pid(msg("A31", Person("G5")), f3=only_nia)))
-    assert warning(ack) == [("0", "PID^1^3")]
+    assert warning(ack) == [("0", "PID^1^3"), ("0", "PID^1")]  # and nothing kept changed
     assert feed.show(*ipp("G5"))["ins"]["value"] == nir
 
 
@@ -223,6 +224,36 @@ def test_g6_a_test_ins_in_a_production_message_is_not_kept(feed):
     ack = feed.one(production(msg("A28", Person("G6", ins=INS))))
     assert warning(ack) == [("103", "PID^1^3")]
     assert (feed.show(*ipp("G6"))["ins"], feed.show(*ipp("G6"))["status"]) == (None, "validee")
+
+
+@pytest.mark.parametrize("cx5", ["INS-NIR", "INS", ""])
+@pytest.mark.parametrize("pid32", ["PROV", ""])
+def test_g8_a_refused_ins_is_never_among_the_identifiers(feed, cx5, pid32):
+    who = f"G8{cx5.replace('-', '')}{pid32}"
+    nir = nir_with_key("1790363220123")
+    pid3 = f"{who}^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-INS-NIR&{NIR_OID}&ISO^{cx5}"
+    ack = feed.one(production(with_pid(msg("A28", Person(who)), f3=pid3, f32=pid32)))
+    assert ("PID^1^32" in [where for _, where in warning(ack)]) is True
+    view = feed.show(*ipp(who))
+    assert view["ins"] is None and view["status"] == "provisoire"
+    assert [i["value"] for i in view["identifiers"]] == [who]
+    (row,) = feed.history(*ipp(who))
+    assert findings([row])[0] in ("ins-not-validated", "ins-status-absent")
+    assert nir not in json.dumps(row)
+    shown = feed.cli("patient", "show", "--ipp", who)
+    assert nir not in shown.stdout and "INS-NIR" not in shown.stdout
+
+
+def test_g8_an_ins_typed_ins_nir_is_the_ins_and_its_key_is_checked(feed):
+    nir = nir_with_key("1790363220123")
+    typed = f"G8K^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-INS-NIR&{NIR_OID}&ISO^INS-NIR"
+    assert feed.one(production(with_pid(msg("A28", Person("G8K")), f3=typed))).errs == []
+    view = feed.show(*ipp("G8K"))
+    assert (view["ins"]["value"], view["status"]) == (nir, "qualifiee")
+    assert [i["type"] for i in view["identifiers"]] == ["PI", "INS"]  # the kept INS, as INS
+    bad = typed.replace("G8K", "G8B").replace(nir, nir[:13] + f"{int(nir[13:]) % 97 + 1:02d}")
+    ack = feed.one(production(with_pid(msg("A28", Person("G8B")), f3=bad)))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["102"], ["PID^1^3"])
 
 
 def test_g7_one_ins_one_active_patient(feed):
@@ -395,6 +426,21 @@ def test_e4_empty_given_names_or_birth_place_keep_the_stored_traits(feed, db_url
     assert {k: view[k] for k in traits} == {k: before[k] for k in traits}
 
 
+def test_e6_an_a31_changing_only_what_is_not_kept_says_so(feed):
+    assert feed.one(msg("A31", Person("E6"))).errs == []
+    moved = msg("A31", Person("E6")).replace(
+        "28 Av de Breteuil^^PARIS^^75007", "1 Rue Neuve^^LYON^^69001"
+    )
+    ack = feed.one(moved)
+    assert warning(ack) == [("0", "PID^1")]
+    assert "addresses, phones" in ack.errs[0][8]
+    rows = feed.history(*ipp("E6"))
+    assert [(r["event"], r["changes"]) for r in rows][-1] == ("A31", {})
+    assert findings(rows[-1:]) == ["nothing-kept-changed"]
+    # An encounter event that changes nothing is the everyday case: nothing said.
+    assert feed.one(msg("A01", Person("E6"))).errs == []
+
+
 def test_e5_a15_pending_transfer_is_accepted(feed):
     ack = feed.one(msg("A15", Person("E5")))
     assert (ack.code, ack.errs) == ("AA", [])
@@ -435,14 +481,19 @@ def test_m1_an_a24_on_a_merged_away_ipp_goes_to_the_survivor(feed):
     merged, survivor = feed.show(*ipp("M24A")), feed.show(*ipp("M24S"))
     merged_rows = len(feed.history(*ipp("M24A")))
     linked, other = feed.show(*ipp("M24L"))["id"], feed.show(*ipp("M24K"))["id"]
-    # PID-3 of the A24 is the merged-away IPP; then the linked identifier (PID-2 segment) is.
-    assert feed.one(msg("A24", Person("M24A"), other=Person("M24L"))).errs == []
-    assert feed.one(msg("A24", Person("M24K"), other=Person("M24A"))).errs == []
+    # PID-3 of the A24 is the merged-away IPP; then the linked identifier (PID-2 segment) is:
+    # each warns as an A40 into a merged-away patient does.
+    ack = feed.one(msg("A24", Person("M24A"), other=Person("M24L")))
+    assert warning(ack) == [("0", "PID^1^3")] and "merged into another" in ack.errs[0][8]
+    ack = feed.one(msg("A24", Person("M24K"), other=Person("M24A")))
+    assert warning(ack) == [("0", "PID^2^3")]
     assert len(feed.history(*ipp("M24A"))) == merged_rows  # the inactive record: untouched
-    assert [(r["event"], r["operation"]) for r in feed.history(*ipp("M24S"))[-2:]] == [
-        ("A24", "link"),
-        ("A24", "link"),
-    ]
+    rows = feed.history(*ipp("M24S"))[-2:]
+    assert [(r["event"], r["operation"]) for r in rows] == [("A24", "link"), ("A24", "link")]
+    assert findings(rows) == ["merge-target-redirected"] * 2
+    # The same A24 again: the link is there, the warning still says where it went.
+    again = feed.one(msg("A24", Person("M24A"), other=Person("M24L")))
+    assert warning(again) == [("0", "PID^1^3")]
     assert feed.show(*ipp("M24S"))["links"] == sorted([linked, other])
     for who in ("M24L", "M24K"):
         assert feed.show(*ipp(who))["links"] == [survivor["id"]], who

@@ -41,8 +41,10 @@ def test_public_examples_through_pamfr_send(db_url):
     for n in range(4, 8):
         assert codes[f"{n:03d}"][1].startswith("ERR 0 PID^1 "), codes
     # 008 is PROV~FICT with an INS whose key does not verify (170017510112313): integrated
-    # without the INS, with warnings saying why.
-    assert codes["008"][1].startswith("ERR 102 PID^1^3 "), codes["008"]
+    # without the INS, with warnings saying why; it declares 8859/15 and is UTF-8 (read so).
+    assert codes["008"][1].startswith("ERR 103 MSH^1^18 "), codes["008"]
+    assert "UTF-8" in codes["008"][1].splitlines()[0]
+    assert "ERR 102 PID^1^3 " in codes["008"][1]
     assert "ERR 103 PID^1^32 " in codes["008"][1]
     assert result.returncode == 1  # not every ACK is AA
 
@@ -56,7 +58,7 @@ def test_public_examples_through_pamfr_send(db_url):
     assert [r["raw"] for r in rows] == [as_sent(f) for f in FILES]
     assert [r["outcome"] for r in rows] == ["AA", "AA", "AE"] + ["AA"] * 5
     assert rows[2]["duplicate_of"] is None and rows[2]["error_text"].startswith("205 MSH^1^10")
-    assert rows[7]["warnings"].startswith("102 PID^1^3")
+    assert rows[7]["warnings"].startswith("103 MSH^1^18") and "102 PID^1^3" in rows[7]["warnings"]
 
     view = json.loads(show("--ipp", "000003", "--authority", "000897406").stdout)
     assert view["ins"] == {"value": ANS_TEST_INS, "oid": "1.2.250.1.213.1.4.10", "kind": "NIR-TEST"}

@@ -1,6 +1,6 @@
 """The ACK pamfr builds (hl7/ack.build_ack, encode_ack): MSH echoing the message's
 separators, applications, processing id, version and character set; MSA with the code and the
-message's control id; one ERR per problem; the commit codes of enhanced mode."""
+message's control id; one ERR per problem; the ACK MSH-15/16 ask for (HL7 table 0155)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import re
 import pytest
 
 from pamfr.hl7.ack import build_ack, encode_ack
+from pamfr.hl7.ackmode import AckChoice, EnhancedAck, choose_ack
 from pamfr.hl7.er7 import Header, read_header
 from pamfr.hl7.errors import Problem
 
@@ -93,19 +94,63 @@ def test_the_messages_own_separators_are_used_throughout(f, enc):
     assert err[8] == (f"a{esc}F{esc}b{esc}S{esc}c{esc}R{esc}d{esc}T{esc}e{esc}E{esc}g h i")
 
 
+# HL7 table 0155 in MSH-15 (accept: commit ACK) and MSH-16 (application ACK): AL always, NE
+# never, ER on error or reject only, SU on success only, empty asks nothing of its kind (both
+# empty: original mode). One answer a message: when both kinds ask, the application ACK.
+CONDITIONS = ["", "AL", "NE", "ER", "SU"]
+
+
+def _asked(condition: str, success: bool) -> bool:
+    return {"": False, "AL": True, "NE": False, "ER": not success, "SU": success}[condition]
+
+
+def _expected(acc: str, app: str, code: str, mode: EnhancedAck) -> str | None:
+    """The table, spelled out independently of hl7/ackmode: MSA-1 sent, None for no answer."""
+    commit_code = {"AA": "CA", "AE": "CE", "AR": "CR"}[code]
+    if (acc, app) == ("", "") or mode is EnhancedAck.ORIGINAL:
+        return code
+    application, commit = _asked(app, code == "AA"), _asked(acc, code == "AA")
+    if application and commit:
+        return commit_code if mode is EnhancedAck.COMMIT else code
+    if application:
+        return code
+    return commit_code if commit else None
+
+
+@pytest.mark.parametrize("mode", list(EnhancedAck))
+@pytest.mark.parametrize("code", ["AA", "AE", "AR"])
+@pytest.mark.parametrize("app", CONDITIONS)
+@pytest.mark.parametrize("acc", CONDITIONS)
+def test_every_msh15_msh16_combination_is_answered_as_table_0155_says(acc, app, code, mode):
+    h = header(acc=acc, app=app)
+    choice = choose_ack(h, code, mode)
+    expected = _expected(acc, app, code, mode)
+    assert (choice.msa_code if choice.sent else None) == expected
+    msa = segments(build_ack(h, code, (), mode))[1]
+    assert msa == ["MSA", choice.msa_code, "C1"]
+
+
 @pytest.mark.parametrize(
-    ("acc", "app", "sent", "answered"),
+    ("acc", "app", "code", "answered"),
     [
-        ("", "", "AA", "AA"),
-        ("", "", "AE", "AE"),
-        ("AL", "NE", "AA", "CA"),
+        ("", "AL", "AA", "AA"),  # Softway Hôpital Manager: the application ACK
         ("AL", "", "AE", "CE"),
-        ("", "AL", "AR", "CR"),
+        ("AL", "NE", "AA", "CA"),
+        ("NE", "AL", "AR", "AR"),
+        ("AL", "AL", "AA", "AA"),
     ],
 )
-def test_enhanced_mode_answers_with_commit_codes(acc, app, sent, answered):
-    msa = segments(build_ack(header(acc=acc, app=app), sent))[1]
+def test_the_ack_a_gam_asks_for(acc, app, code, answered):
+    msa = segments(build_ack(header(acc=acc, app=app), code))[1]
     assert msa == ["MSA", answered, "C1"]
+
+
+def test_nothing_is_sent_when_no_ack_is_asked_for():
+    assert choose_ack(header(acc="NE", app="NE"), "AA").sent is False
+    assert choose_ack(header(acc="", app="ER"), "AA").sent is False
+    assert choose_ack(header(acc="", app="ER"), "AE") == AckChoice("AE", True)
+    assert choose_ack(header(acc="SU", app=""), "AR").sent is False
+    assert choose_ack(None, "AR") == AckChoice("AR", True)  # no header read: original mode
 
 
 def test_without_a_readable_header_the_ack_uses_the_defaults():

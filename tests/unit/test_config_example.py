@@ -27,6 +27,7 @@ def test_the_example_shows_the_defaults(monkeypatch):
         "default_charset": "8859/15",
         "iti31_updates_identity": False,
         "reused_control_id": "refuse",
+        "enhanced_ack": "application",
     }
 
 
@@ -35,6 +36,7 @@ def test_the_example_shows_the_defaults(monkeypatch):
     [
         ("hl7.default_charset", "EBCDIC", "hl7.default_charset"),
         ("hl7.reused_control_id", "ignore", "hl7.reused_control_id"),
+        ("hl7.enhanced_ack", "both", "hl7.enhanced_ack"),
     ],
 )
 def test_a_bad_hl7_value_names_its_key(key, value, named):

@@ -8,8 +8,9 @@ from pamfr.hl7.er7 import read_header
 from pamfr.hl7.errors import MessageRejected
 from pamfr.hl7.parse import decode, parse_adt
 from pamfr.hl7.samples import msh
+from pamfr.identity.identifiers import sort_identifiers, states_ins
 from pamfr.identity.ins import InsKind, InvalidIns, check_ins, nir_key
-from pamfr.identity.model import Status
+from pamfr.identity.model import Identifier, Status
 from pamfr.identity.rules import Decision, Policy, decide_identity
 
 NIR_OID = "1.2.250.1.213.1.4.8"
@@ -200,3 +201,25 @@ def test_bad_ins_in_pid3_is_ae_102(ins):
         parse_pid3(f"{IPP}~{ins}")
     (problem,) = caught.value.problems
     assert (caught.value.ack_code, problem.code, problem.location) == ("AE", 102, "PID^1^3")
+
+
+# -- G8: which identifiers state an INS ----------------------------------------------------------
+
+
+def test_g8_ins_typed_identifiers_are_ins_statements_never_identifiers():
+    ipp = Identifier("IPP1", "PI", "CHU-X", "1.2.250.1.999.1.1")
+    nir = with_key("1850775123456")
+    stated = [
+        ipp,
+        Identifier(nir, "INS-NIR", "ASIP-SANTE-INS-NIR", NIR_OID),
+        Identifier(nir, "INS-NIA", "ASIP-SANTE-INS-NIA", "1.2.250.1.213.1.4.9"),
+        Identifier(nir, "", "ASIP-SANTE-INS-NIR", NIR_OID),
+        Identifier(nir, "PI", "ASIP-SANTE-INS-NIR", NIR_OID),
+        Identifier(nir, "NH", "ASIP-SANTE-NIR", NIR_OID),  # the billing NIR, never the INS
+        Identifier('""', "INS", "ASIP-SANTE-INS-NIR", NIR_OID),
+    ]
+    got = sort_identifiers(stated)
+    assert got.identifiers == (ipp, stated[5])
+    assert [s.oid for s in got.ins] == [NIR_OID, "1.2.250.1.213.1.4.9", NIR_OID, NIR_OID]
+    assert got.ins_cleared is True
+    assert not states_ins(ipp) and states_ins(stated[1]) and not states_ins(stated[5])

@@ -10,9 +10,10 @@ from pamfr.hl7.er7 import read_header
 from pamfr.hl7.errors import MessageRejected
 from pamfr.hl7.events import Operation
 from pamfr.hl7.parse import AdtMessage, decode, parse_adt
+from pamfr.hl7.problems import warning_problems
 from pamfr.hl7.samples import STRUCTURES, msh, nir_with_key
 from pamfr.identity.model import KEEP, BirthDate, Identifier, StatedIns
-from pamfr.identity.rules import choose_ins
+from pamfr.identity.rules import Policy, choose_ins, decide_identity
 from pamfr.identity.status import read_status
 
 IPP = "IPP1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
@@ -158,6 +159,23 @@ def test_hex_escapes_decode_in_the_message_charset(charset, raw_name, name):
     header = read_header(text.encode("latin-1"))
     got = parse_adt(decode(text.encode("latin-1"), header), header).patients[0]
     assert got.birth_name == name
+
+
+@pytest.mark.parametrize("charset", ["8859/15", "8859/1"])
+def test_every_name_component_is_unescaped_the_same_way(charset):
+    names = "L\\XC9\\ON^ZO\\XCB\\^ZO\\XCB\\ ANA\\XCF\\S^^^^L~MART\\XC9\\^ZO\\XCB\\^^^^^D"
+    text = "\r".join(
+        [
+            msh("A01", "ADT_A01", "C1").replace("UNICODE UTF-8", charset),
+            pid(f3="IPP\\T\\1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI", f5=names),
+        ]
+    )
+    header = read_header(text.encode("latin-1"))
+    got = parse_adt(decode(text.encode("latin-1"), header), header).patients[0]
+    assert (got.birth_name, got.first_given_name) == ("LÉON", "ZOË")
+    assert got.birth_given_names == ("ZOË", "ANAÏS")
+    assert (got.used_name, got.used_given_name) == ("MARTÉ", "ZOË")
+    assert got.ipp is not None and got.ipp.value == "IPP&1"
 
 
 def test_names_are_unescaped_and_kept_as_received():
@@ -460,3 +478,32 @@ def test_the_parse_workers_warm_up_message_reads_every_field_the_rules_read():
     got = prepared.message.patients[0]
     assert got.status_codes == ("VALI",) and got.birth_place_insee == "63220"
     assert got.ins and got.used_name == "USED" and got.identity_mode == "INSI"
+
+
+@pytest.mark.parametrize(
+    ("zfd1", "iso", "warned"),
+    [
+        ("00^00^1960", "1960", False),
+        ("00^03^1960", "1960-03", False),
+        ("14^03^1960", "1960-03-14", False),
+        ("30^02^1960", "1960-02", True),
+        ("15^00^1960", "1960", True),
+        ("00^13^1960", "1960", True),
+    ],
+)
+def test_a_date_lunaire_in_zfd1_is_the_birth_date_with_its_precision(zfd1, iso, warned):
+    message = parse(pid(f7=""), "PV1||N", f"ZFD|{zfd1}|||N|INSI|20211201||", event="A28")
+    patient = message.patients[0]
+    assert patient.birth_date.iso() == iso
+    assert [n.finding for n in patient.notes] == (["birth-date-truncated"] if warned else [])
+    # the note reaches the ACK (102 W at ZFD-1) and the history through the identity's decision
+    notes = decide_identity(patient, None, Policy()).notes
+    problems = [(p.code, p.location, p.severity) for p in warning_problems(notes)]
+    assert ((102, "ZFD^1^1", "W") in problems) is warned
+
+
+def test_pid7_wins_over_zfd1_and_a_bad_zfd1_is_refused():
+    message = parse(pid(f7="19790328"), "PV1||N", "ZFD|00^00^1960", event="A28")
+    assert message.patients[0].birth_date.iso() == "1979-03-28"
+    assert rejected(pid(f7=""), "PV1||N", "ZFD|00^00^19X0") == ("AE", 102, "ZFD^1^1")
+    assert rejected(pid(f7=""), "PV1||N", "ZFD|1960") == ("AE", 102, "ZFD^1^1")

@@ -28,6 +28,7 @@ from pamfr.identity.rules import (
     decide_ins_change,
     designate_by_prior_ins,
     identifiers_to_add,
+    link_notes,
     plan_merge,
     plan_rename,
 )
@@ -504,6 +505,16 @@ def test_m1_a_merged_away_target_stands_for_its_final_survivor():
     plan = plan_merge(Record(1, True), Record(2, False, merged_into=3))
     assert (plan.action, plan.target) == (MergeAction.MERGE, 3)
     assert [n.finding for n in plan.notes] == [Finding.MERGE_TARGET_REDIRECTED]
+
+
+def test_m1_an_a24_on_a_merged_away_ipp_warns_like_an_a40():
+    assert link_notes([Record(1, True), None]) == []
+    notes = link_notes([Record(1, True), Record(2, False, merged_into=3)])
+    assert [(n.finding, n.patient, n.warning) for n in notes] == [
+        (Finding.MERGE_TARGET_REDIRECTED, 2, True)
+    ]
+    both = link_notes([Record(4, False, merged_into=5), Record(2, False, merged_into=3)])
+    assert [n.patient for n in both] == [1, 2]
 
 
 def test_m1_unknown_source_is_no_action_with_a_warning():

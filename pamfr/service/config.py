@@ -208,9 +208,12 @@ class LogSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    # Days after which the raw bytes of a final message (AA/AE) are emptied by `pamfr purge`
+    # Days after which the raw bytes of a message (any outcome) are emptied by `pamfr purge`
     # (and by the daemon, once a day); the log row, its ACK and the history stay. None: keep.
     raw_messages_days: int | None = Field(None, ge=1)
+    # Days after which the history of a patient merged into another one (its last change that
+    # old) is deleted by `pamfr purge` and the daemon's daily pass. None: kept for ever.
+    merged_history_days: int | None = Field(None, ge=1)
 
 
 _SUBSCRIBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -28,8 +28,9 @@ from pamfr.service.metrics import Metrics, watch_daemon
 from pamfr.service.reload import Reloader
 from pamfr.service.sdnotify import notify
 from pamfr.service.security import SecurityConfigError, describe_access, listener_tls, peer_filter
-from pamfr.store.db import make_engine, make_read_engine, upgrade
-from pamfr.store.retention import PurgeResult, purge_raw
+from pamfr.store.db import make_engine, make_read_engine, sqlite_file, upgrade
+from pamfr.store.filemodes import warn_if_exposed
+from pamfr.store.retention import PurgeResult, purge_merged_history, purge_raw
 from pamfr.transport.server import MLLPServer, ServerLimits
 
 log = logging.getLogger("pamfr.service.daemon")
@@ -70,6 +71,9 @@ async def run_daemon(
     db = settings.database
     url = db.url
     shown = make_url(url).render_as_string(hide_password=True)
+    store_file = sqlite_file(url)
+    if store_file is not None:
+        warn_if_exposed(store_file)
     if db.migrate_on_start:
         upgrade(url)
     engine = make_engine(
@@ -176,9 +180,10 @@ async def run_daemon(
         delivery.start()
         log.info("webhooks: delivering to %s", ", ".join(w.name for w in settings.webhooks))
     retention = None
-    if settings.retention.raw_messages_days is not None:
+    keep = settings.retention
+    if keep.raw_messages_days is not None or keep.merged_history_days is not None:
         retention = asyncio.create_task(
-            _purge_daily(engine, settings.retention.raw_messages_days, metrics)
+            _purge_daily(engine, keep.raw_messages_days, keep.merged_history_days, metrics)
         )
     notify("READY=1")  # systemd Type=notify: the listener accepts
     await stop.wait()
@@ -234,10 +239,23 @@ def purge_old_raw(engine: Engine, days: int, metrics: Metrics | None = None) -> 
     return result
 
 
-async def _purge_daily(engine: Engine, days: int, metrics: Metrics) -> None:
+def purge_old_history(engine: Engine, days: int) -> None:
+    """The history part of the daily retention pass: logs what it did, never raises."""
+    try:
+        purge_merged_history(engine, days)
+    except SQLAlchemyError as exc:
+        log.error("retention: history not purged, the database failed: %s", type(exc).__name__)
+
+
+async def _purge_daily(
+    engine: Engine, raw_days: int | None, history_days: int | None, metrics: Metrics
+) -> None:
     await asyncio.sleep(PURGE_FIRST_DELAY)
     while True:
-        await asyncio.to_thread(purge_old_raw, engine, days, metrics)
+        if raw_days is not None:
+            await asyncio.to_thread(purge_old_raw, engine, raw_days, metrics)
+        if history_days is not None:
+            await asyncio.to_thread(purge_old_history, engine, history_days)
         await asyncio.sleep(PURGE_INTERVAL)
 
 

@@ -14,6 +14,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
+from pamfr.store.filemodes import private_dir, private_file
+
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one's lock before failing
@@ -61,10 +63,24 @@ def database_url(url: str) -> URL:
     return parsed
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store; None for PostgreSQL or an in-memory store."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
 def _prepare_sqlite_folder(url: str) -> None:
-    database = make_url(url).database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    """The store's folder 0700 and its file 0600 before SQLite creates them with the umask's
+    modes (its -wal and -shm files take the database file's mode)."""
+    path = sqlite_file(url)
+    if path is not None:
+        private_dir(path.parent)
+        private_file(path)
 
 
 def make_engine(
@@ -106,6 +122,9 @@ def make_engine(
             cursor = dbapi_conn.cursor()
             if not read_only:  # a read-only connection finds the file's mode as it is
                 cursor.execute("PRAGMA journal_mode=WAL")
+                # deleted rows (a purge's raw bytes) are overwritten with zeros, not left in
+                # free pages, whatever SQLite was built with
+                cursor.execute("PRAGMA secure_delete=ON")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")

@@ -160,6 +160,18 @@ class HttpSettings(_Section):
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # The address products use to reach this port (scheme://host[:port][/prefix]), for FHIR
+    # fullUrl and paging links and the accepted Host headers. Empty: the listen address.
+    public_url: str = ""
+    # /fhir and /events without a token, on a loopback listen address only (every local
+    # process may then read patient data): set on purpose, a WARNING says so at start.
+    anonymous_loopback: bool = False
+    # /readyz and /metrics (no patient data) off the loopback without TLS: set on purpose.
+    health_without_tls: bool = False
+    # Requests handled at once (more get 503), and seconds a client has to send a request's
+    # headers once connected or answered (a half-sent request is closed).
+    max_concurrency: int = Field(64, ge=1)
+    header_timeout: float = Field(10.0, gt=0)
 
     @field_validator("listen")
     @classmethod

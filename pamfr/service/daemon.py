@@ -64,7 +64,7 @@ async def run_daemon(
     except SecurityConfigError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    refused = http_refusal(settings, http_tls)
+    refused = http_refusal(settings, http_tls) or http_port_refusal(settings, http_tls)
     if refused:
         log.error("cannot start: %s", refused)
         return 2
@@ -127,14 +127,22 @@ async def run_daemon(
         feed_exposed = http_refusal(settings, http_tls, serves_data=True)
         if feed_exposed:
             log.warning("GET /events not served: %s", feed_exposed)
+        for warning in http_access_warnings(settings):
+            log.warning("%s", warning)
         app = build_app(
             health,
             metrics,
             fhir_engine=fhir_engine,
             events_engine=None if feed_exposed else read_engine(),
-            tokens=settings.http.tokens,
+            **http_access(settings),
         )
-        http = HttpServer(app, *split_listen(settings.http.listen), tls=http_tls)
+        http = HttpServer(
+            app,
+            *split_listen(settings.http.listen),
+            tls=http_tls,
+            max_concurrency=settings.http.max_concurrency,
+            header_timeout=settings.http.header_timeout,
+        )
         try:
             await http.start()
         except OSError as exc:
@@ -224,6 +232,60 @@ def http_refusal(settings: Settings, tls: object | None, serves_data: bool = Fal
     return check_exposure(
         host, tls=tls is not None, tokens=h.tokens, client_ca=bool(h.tls_client_ca)
     )
+
+
+def http_port_refusal(settings: Settings, tls: object | None, health: bool = True) -> str | None:
+    """Why the HTTP port may not start as configured, beyond patient data (one line), or
+    None: a public URL that is not one, anonymous access off the loopback, /readyz and
+    /metrics (with `health`) off the loopback in clear without saying so on purpose."""
+    from pamfr.http.access import is_loopback, public_host
+
+    h = settings.http
+    if not h.listen:
+        return None
+    host, _ = split_listen(h.listen)
+    if h.public_url:
+        try:
+            public_host(h.public_url)
+        except ValueError as exc:
+            return str(exc)
+    if h.anonymous_loopback and not is_loopback(host):
+        return f"http.anonymous_loopback is for a loopback listen address, not {host}"
+    if health and not is_loopback(host) and tls is None and not h.health_without_tls:
+        return (
+            f"http.listen {host} is not the loopback: /readyz and /metrics off this host need "
+            "TLS (http.tls_cert and http.tls_key), or http.health_without_tls = true on purpose"
+        )
+    return None
+
+
+def http_access(settings: Settings) -> dict:
+    """The access arguments of build_app: tokens, anonymous loopback, accepted Host names."""
+    from pamfr.http.access import allowed_hosts, is_loopback
+
+    h = settings.http
+    host, _ = split_listen(h.listen)
+    return {
+        "tokens": h.tokens,
+        "anonymous": h.anonymous_loopback and is_loopback(host),
+        "hosts": allowed_hosts(host, h.public_url),
+    }
+
+
+def http_access_warnings(settings: Settings) -> list[str]:
+    """What the start-up log must say about who may read the data routes."""
+    h = settings.http
+    if h.anonymous_loopback:
+        return [
+            "http.anonymous_loopback = true: /fhir and /events answer every process of this "
+            "host without a token"
+        ]
+    if not h.tokens and not h.tls_client_ca:
+        return [
+            "no http.tokens: every route but /healthz, /readyz, /metrics and /fhir/metadata "
+            "answers 401"
+        ]
+    return []
 
 
 def purge_old_raw(engine: Engine, days: int, metrics: Metrics | None = None) -> PurgeResult | None:

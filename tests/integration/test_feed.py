@@ -21,7 +21,7 @@ from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from tests.conftest import REPO
 from tests.feed import msg, with_pid
-from tests.helpers import run_cli, send
+from tests.helpers import AUTHORIZATION, TEST_TOKEN, run_cli, send
 from tests.reliability.serving import Served, serve
 from tests.webhook_sink import WebhookSink
 
@@ -93,8 +93,9 @@ def start(
 
 
 def get(port: int, path: str) -> tuple[int, dict | str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=AUTHORIZATION)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=10) as answer:
             status, body = answer.status, answer.read().decode()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read().decode()
@@ -291,7 +292,10 @@ def test_get_events_pages_through_the_feed(db_url, tmp_path):
         line = next(
             ln for ln in README.splitlines() if ln.startswith("curl ") and "/events?after=0" in ln
         )
-        words = [w.replace("127.0.0.1:8090", f"127.0.0.1:{http}") for w in shlex.split(line)]
+        words = [
+            w.replace("127.0.0.1:8090", f"127.0.0.1:{http}").replace("$TOKEN", TEST_TOKEN)
+            for w in shlex.split(line)
+        ]
         result = subprocess.run(words, capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         assert (

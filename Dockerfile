@@ -16,9 +16,15 @@ RUN pip install ".[pg]" && rm -rf /root/.cache
 
 USER pamfr
 WORKDIR /var/lib/pamfr
+# Open to the network, so only the private address ranges may send (narrow them to the
+# GAM's own address with -e PAMFR_SERVER_ALLOWED_PEERS='["10.1.2.7"]', or use mutual TLS).
+# The HTTP port serves /healthz, /readyz and /metrics (no patient data) to the container's
+# health check and a scraper; PAMFR_HTTP_PUBLIC_URL names the host a scraper uses.
 ENV PAMFR_SERVER_HOST=0.0.0.0 \
+    PAMFR_SERVER_ALLOWED_PEERS='["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.1"]' \
     PAMFR_DATABASE_URL=sqlite:////var/lib/pamfr/pamfr.db \
     PAMFR_HTTP_LISTEN=0.0.0.0:8090 \
+    PAMFR_HTTP_HEALTH_WITHOUT_TLS=true \
     PAMFR_LOG_FORMAT=json
 VOLUME /var/lib/pamfr
 EXPOSE 2575 8090

@@ -18,7 +18,6 @@ rest, nor the query string), its status and the token's name, never the token.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 from collections.abc import Mapping
@@ -27,6 +26,9 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pamfr.fhir.rest import operation_outcome
+from pamfr.transport.access import is_loopback
+
+__all__ = ["OPEN_PATHS", "AccessGuard", "allowed_hosts", "check_exposure", "is_loopback"]
 
 log = logging.getLogger("pamfr.http.access")
 
@@ -34,15 +36,6 @@ OPEN_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz", "/metrics", "/fhi
 FHIR_JSON = "application/fhir+json"
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 _WILDCARDS = ("0.0.0.0", "::")
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
 
 
 def check_exposure(

@@ -36,6 +36,10 @@ class ServerSettings(_Section):
     idle_timeout: float = Field(300.0, gt=0)
     frame_timeout: float = Field(60.0, gt=0)
     max_connections: int = Field(256, ge=1)
+    # Connections one address may hold open; a new connection must complete its first frame
+    # within first_frame_timeout seconds (then idle_timeout applies).
+    max_connections_per_peer: int = Field(16, ge=1)
+    first_frame_timeout: float = Field(30.0, gt=0)
     shutdown_grace: float = Field(30.0, ge=0)
     # TLS: PEM files. With tls_client_ca, mutual TLS: a client certificate signed by it is required.
     tls_cert: str | None = None
@@ -45,6 +49,9 @@ class ServerSettings(_Section):
     # matched on MSH-3/MSH-4 (shell wildcards). Empty: everyone. Both are reloaded on SIGHUP.
     allowed_peers: list[str] = []
     allowed_senders: list[str] = []
+    # A listen address other than the loopback needs allowed_peers or tls_client_ca, or this
+    # set to true on purpose (any address may then send identities; a WARNING says so).
+    allow_any_peer: bool = False
 
     @field_validator("allowed_peers")
     @classmethod

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.path.assemble import build_receiver
 from pamfr.path.pipeline import AsyncReceiver
-from pamfr.service.config import Settings, split_listen
+from pamfr.service.config import ServerSettings, Settings, split_listen
 from pamfr.service.health import Health
 from pamfr.service.metrics import Metrics, watch_daemon
 from pamfr.service.reload import Reloader
@@ -31,6 +31,7 @@ from pamfr.service.security import SecurityConfigError, describe_access, listene
 from pamfr.store.db import make_engine, make_read_engine, sqlite_file, upgrade
 from pamfr.store.filemodes import warn_if_exposed
 from pamfr.store.retention import PurgeResult, purge_merged_history, purge_raw
+from pamfr.transport.access import is_loopback
 from pamfr.transport.server import MLLPServer, ServerLimits
 
 log = logging.getLogger("pamfr.service.daemon")
@@ -64,10 +65,18 @@ async def run_daemon(
     except SecurityConfigError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    refused = http_refusal(settings, http_tls) or http_port_refusal(settings, http_tls)
+    refused = (
+        mllp_refusal(s) or http_refusal(settings, http_tls) or http_port_refusal(settings, http_tls)
+    )
     if refused:
         log.error("cannot start: %s", refused)
         return 2
+    if s.allow_any_peer and not is_loopback(s.host):
+        log.warning(
+            "server.allow_any_peer = true: any address that reaches %s:%d may send identities",
+            s.host,
+            s.port,
+        )
     db = settings.database
     url = db.url
     shown = make_url(url).render_as_string(hide_password=True)
@@ -97,6 +106,8 @@ async def run_daemon(
             frame_timeout=s.frame_timeout,
             max_connections=s.max_connections,
             shutdown_grace=s.shutdown_grace,
+            max_connections_per_peer=s.max_connections_per_peer,
+            first_frame_timeout=s.first_frame_timeout,
         ),
         ssl=tls,
         peer_filter=peer_filter(s),
@@ -234,11 +245,23 @@ def http_refusal(settings: Settings, tls: object | None, serves_data: bool = Fal
     )
 
 
+def mllp_refusal(s: ServerSettings) -> str | None:
+    """Why the MLLP listener may not open as configured (one line), or None: off the
+    loopback, someone must say who may send identities."""
+    if is_loopback(s.host) or s.allowed_peers or s.tls_client_ca or s.allow_any_peer:
+        return None
+    return (
+        f"server.host {s.host} is not the loopback: say who may send, with "
+        "server.allowed_peers or client certificates (server.tls_client_ca), or "
+        "server.allow_any_peer = true on purpose"
+    )
+
+
 def http_port_refusal(settings: Settings, tls: object | None, health: bool = True) -> str | None:
     """Why the HTTP port may not start as configured, beyond patient data (one line), or
     None: a public URL that is not one, anonymous access off the loopback, /readyz and
     /metrics (with `health`) off the loopback in clear without saying so on purpose."""
-    from pamfr.http.access import is_loopback, public_host
+    from pamfr.http.access import public_host
 
     h = settings.http
     if not h.listen:
@@ -261,7 +284,7 @@ def http_port_refusal(settings: Settings, tls: object | None, health: bool = Tru
 
 def http_access(settings: Settings) -> dict:
     """The access arguments of build_app: tokens, anonymous loopback, accepted Host names."""
-    from pamfr.http.access import allowed_hosts, is_loopback
+    from pamfr.http.access import allowed_hosts
 
     h = settings.http
     host, _ = split_listen(h.listen)

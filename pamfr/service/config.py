@@ -235,12 +235,13 @@ class RetentionSettings(_Section):
     merged_history_days: int | None = Field(None, ge=1)
 
 
+WEBHOOK_SECRET_MIN = 32  # bytes
 _SUBSCRIBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class WebhookSettings(_Section):
     """One subscriber of the change feed: the events are POSTed to `url`, one at a time, in
-    order, each signed with `secret` (HMAC-SHA256 of the body)."""
+    order, each signed with `secret` (HMAC-SHA256 of "<timestamp>.<body>")."""
 
     name: str  # the cursor's key in the store, a label of /metrics: keep it stable
     url: str
@@ -248,7 +249,7 @@ class WebhookSettings(_Section):
     secret_env: str | None = None  # the environment variable holding the secret, instead
     events: list[str] | str = ["*"]  # event types, or "*" for all
     include_resource: bool = False  # the patient's FHIR resource in the body (when built in)
-    timeout: float = Field(10.0, gt=0)  # seconds a POST may take
+    timeout: float = Field(10.0, gt=0)  # seconds a POST may take, all of it
     park_after: int = Field(10, ge=1)  # consecutive failures before deliveries stop
 
     @field_validator("name")
@@ -291,6 +292,25 @@ class WebhookSettings(_Section):
                     f"secret_env: the environment variable {self.secret_env} is not set"
                 )
             self.secret = found
+        if len((self.secret or "").encode()) < WEBHOOK_SECRET_MIN:
+            raise ValueError(
+                f"the secret must be at least {WEBHOOK_SECRET_MIN} bytes "
+                "(for example: openssl rand -hex 32)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _plain_http_stays_local(self) -> WebhookSettings:
+        from urllib.parse import urlsplit
+
+        from pamfr.transport.access import is_loopback
+
+        parts = urlsplit(self.url)
+        if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+            raise ValueError(
+                f"url: http:// only to the loopback (events hold identifiers): use https:// "
+                f"for {parts.hostname}"
+            )
         return self
 
     def wants(self, event_type: str) -> bool:

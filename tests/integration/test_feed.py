@@ -25,7 +25,7 @@ from tests.helpers import AUTHORIZATION, TEST_TOKEN, run_cli, send
 from tests.reliability.serving import Served, serve
 from tests.webhook_sink import WebhookSink
 
-SECRET = "not-a-real-secret"
+SECRET = "not-a-real-secret-0123456789abcdef"
 INS = "279035121518989"  # the ANS test identity (test OID)
 SPEC = REPO / "tests" / "corpus" / "spec"
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -378,7 +378,7 @@ def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlit
     engine = make_engine(sqlite_url)
     receiver = Receiver(engine)
     assert receiver.handle(message("A28", Person(ipp="FAIL1"), "FAIL-1").encode()).code == "AA"
-    sink = WebhookSink("s3cret-s3cret")
+    sink = WebhookSink("s3cret-s3cret-s3cret-s3cret-s3cret")
     calls = []
 
     def resource_for(patient_id: int) -> dict:
@@ -389,7 +389,10 @@ def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlit
 
     async def scenario() -> None:
         webhook = WebhookSettings(
-            name="sub", url=sink.url, secret="s3cret-s3cret", include_resource=True
+            name="sub",
+            url=sink.url,
+            secret="s3cret-s3cret-s3cret-s3cret-s3cret",
+            include_resource=True,
         )
         feed = FeedSettings(poll_interval=0.1, retry_initial=0.1, retry_max=0.2)
         delivery = WebhookDelivery(engine, [webhook], feed, resource_for=resource_for)

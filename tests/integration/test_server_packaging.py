@@ -150,8 +150,12 @@ def test_dockerfile_is_non_root_with_healthcheck_and_no_test_tools():
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*\n.*/readyz", text, re.MULTILINE)
-    installs = re.findall(r"pip install (\S+)", text)
-    assert installs == ['".[pg]"']  # the daemon's dependencies, not the [test] extra
+    installs = re.findall(r"pip install ([^\n\\&]+)", text)
+    # the daemon's locked dependencies with their hashes, not the [test] extra, then pamfr
+    assert [i.strip() for i in installs] == [
+        "--require-hashes --no-deps -r requirements/daemon-pg.txt",
+        "--no-deps --no-build-isolation --no-index .",
+    ]
     assert re.search(r'^CMD \["pamfr", "serve"\]', text, re.MULTILINE)
 
 

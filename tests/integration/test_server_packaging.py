@@ -143,6 +143,8 @@ def test_compose_runs_pamfr_against_its_postgresql():
     url = re.search(r"PAMFR_DATABASE_URL: (\S+)", pamfr).group(1)
     assert url.startswith("postgresql+psycopg://pamfr:") and url.endswith("@db/pamfr")
     assert '"2575:2575"' in pamfr
+    # who may send identities is said, not left open to whoever reaches the port
+    assert re.search(r"PAMFR_SERVER_ALLOWED_PEERS: '\[\"[0-9.]+", pamfr), pamfr
 
 
 def test_dockerfile_is_non_root_with_healthcheck_and_no_test_tools():
@@ -157,6 +159,10 @@ def test_dockerfile_is_non_root_with_healthcheck_and_no_test_tools():
         "--no-deps --no-build-isolation --no-index .",
     ]
     assert re.search(r'^CMD \["pamfr", "serve"\]', text, re.MULTILINE)
+    # listening on 0.0.0.0 with an allow-list of private ranges, never open to any peer
+    assert "PAMFR_SERVER_HOST=0.0.0.0" in text and "ALLOW_ANY_PEER" not in text
+    peers = re.search(r"PAMFR_SERVER_ALLOWED_PEERS='(\[.*?\])'", text)
+    assert peers and json.loads(peers.group(1)), text
 
 
 def _docker_unavailable() -> str | None:

@@ -46,6 +46,9 @@ def test_a_huge_answer_is_not_read(db_url, tmp_path):
         served.kill_group()
         sink.stop()
     assert all(r.signed for r in sink.received)  # timestamped signature, checked by the sink
+    print(
+        f"\nwebhook: daemon RSS {before / 1024:.0f} MB, {after / 1024:.0f} MB after 300 MB answers"
+    )
     assert after - before < 50 * 1024, (before, after)
 
 

@@ -70,3 +70,10 @@ def test_the_daemon_locks_hold_no_test_tool():
         lock = read_lock(name)
         assert not {"pytest", "hypothesis", "ruff", "atheris"} & set(lock), name
     assert "psycopg" not in read_lock("daemon.txt") and "psycopg" in read_lock("daemon-pg.txt")
+
+
+def test_starlette_is_past_its_published_cves():
+    # CVE-2025-54121, CVE-2025-62727, CVE-2026-48710, CVE-2026-48818, CVE-2026-54283 and the
+    # Range limit of 1.5.1
+    (starlette,) = [r for r in declared([]) if r.name == "starlette"]
+    assert not starlette.specifier.contains("1.5.0") and starlette.specifier.contains("1.5.1")

@@ -22,12 +22,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.path.assemble import build_receiver
 from pamfr.path.pipeline import AsyncReceiver
-from pamfr.service.config import ServerSettings, Settings, split_listen
+from pamfr.service.config import Settings, split_listen
 from pamfr.service.health import Health
 from pamfr.service.metrics import Metrics, watch_daemon
 from pamfr.service.reload import Reloader
 from pamfr.service.sdnotify import notify
-from pamfr.service.security import SecurityConfigError, describe_access, listener_tls, peer_filter
+from pamfr.service.security import (
+    SecurityConfigError,
+    describe_access,
+    listener_tls,
+    mllp_refusal,
+    peer_filter,
+)
 from pamfr.store.db import make_engine, make_read_engine, sqlite_file, upgrade
 from pamfr.store.filemodes import warn_if_exposed
 from pamfr.store.retention import PurgeResult, purge_merged_history, purge_raw
@@ -242,18 +248,6 @@ def http_refusal(settings: Settings, tls: object | None, serves_data: bool = Fal
     host, _ = split_listen(h.listen)
     return check_exposure(
         host, tls=tls is not None, tokens=h.tokens, client_ca=bool(h.tls_client_ca)
-    )
-
-
-def mllp_refusal(s: ServerSettings) -> str | None:
-    """Why the MLLP listener may not open as configured (one line), or None: off the
-    loopback, someone must say who may send identities."""
-    if is_loopback(s.host) or s.allowed_peers or s.tls_client_ca or s.allow_any_peer:
-        return None
-    return (
-        f"server.host {s.host} is not the loopback: say who may send, with "
-        "server.allowed_peers or client certificates (server.tls_client_ca), or "
-        "server.allow_any_peer = true on purpose"
     )
 
 

@@ -85,3 +85,25 @@ def test_an_open_listen_address_needs_an_allow_list_or_client_certificates(sqlit
         "server.allowed_peers or client certificates (server.tls_client_ca), or "
         "server.allow_any_peer = true on purpose"
     ) in done.stderr
+
+
+def test_a_reload_that_empties_the_allow_list_of_an_open_listener_is_refused(caplog):
+    from pamfr.service.config import ServerSettings, Settings
+    from pamfr.service.reload import Reloader
+    from pamfr.transport.access import PeerFilter
+    from pamfr.transport.server import MLLPServer
+
+    running = Settings.model_construct(
+        server=ServerSettings(host="0.0.0.0", allowed_peers=["10.1.2.0/24"])
+    )
+    server = MLLPServer(handler=None, host="0.0.0.0", peer_filter=PeerFilter.parse(["10.1.2.0/24"]))
+    emptied = Settings.model_construct(server=ServerSettings(host="0.0.0.0", allowed_peers=[]))
+    reloader = Reloader(lambda: emptied, running, server, receiver=None)
+    assert reloader.reload() is False
+    assert server.peer_filter == PeerFilter.parse(["10.1.2.0/24"])  # still the allow-list
+    assert "configuration not reloaded, the running one is kept: server.host 0.0.0.0" in caplog.text
+    narrowed = Settings.model_construct(
+        server=ServerSettings(host="0.0.0.0", allowed_peers=["10.1.2.7"])
+    )
+    assert Reloader(lambda: narrowed, running, server, receiver=None).reload() is True
+    assert server.peer_filter == PeerFilter.parse(["10.1.2.7"])

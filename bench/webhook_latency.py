@@ -22,6 +22,8 @@ from bench.__main__ import drive, drop_pg, fresh_db, start_serve, write_messages
 from pamfr.feed.store import last_event_id
 from pamfr.store.db import make_engine
 
+SECRET = "bench-secret-0123456789abcdef0123"  # 32 bytes at least, as pamfr requires
+
 
 class Subscriber:
     """Answers 204 after `delay` seconds; counts the distinct events it was sent."""
@@ -66,7 +68,7 @@ def config(work: Path, name: str, url: str | None) -> Path:
     path = work / f"{name}.toml"
     text = "[feed]\npoll_interval = 0.2\n"
     if url is not None:
-        text += f'\n[[webhooks]]\nname = "{name}"\nurl = "{url}"\nsecret = "bench"\n'
+        text += f'\n[[webhooks]]\nname = "{name}"\nurl = "{url}"\nsecret = "{SECRET}"\n'
     path.write_text(text)
     return path
 

@@ -17,6 +17,11 @@ from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine
 from pamfr.transport.server import MLLPServer, ServerLimits
 
+# The bearer token every daemon a test starts accepts (the HTTP port denies by default).
+TEST_TOKEN = "tests-0123456789abcdef"
+TEST_TOKENS = json.dumps({"tests": TEST_TOKEN})
+AUTHORIZATION = {"Authorization": f"Bearer {TEST_TOKEN}"}
+
 
 @dataclass
 class Ack:
@@ -126,7 +131,7 @@ def start_daemon(db_url: str, log_path, *args: str, env: dict | None = None) -> 
         [sys.executable, "-m", "pamfr", "serve", "--port", "0", "--db", db_url, *args],
         stdout=log_file,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PAMFR_HTTP_TOKENS": TEST_TOKENS, **(env or {})},
     )
     log_file.close()
     deadline = time.monotonic() + 60

@@ -1,9 +1,11 @@
 """A real HTTP receiver of webhooks on 127.0.0.1 (http.server in a thread), as a product
 consuming pamfr's change feed would run one: it records what it is sent and checks the
-signature; a test makes it slow, failing, or down for a while."""
+signature and its timestamp; a test makes it slow, failing, down for a while, answering a
+huge body or dripping one."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -11,6 +13,18 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+MAX_AGE = 300  # seconds: an older X-Pamfr-Timestamp is a replay
+
+
+def verified(secret: bytes, timestamp: str, signature: str, body: bytes) -> bool:
+    """What a product checks, as the README shows: the signature of "<timestamp>.<body>",
+    and a timestamp of the last 5 minutes."""
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > MAX_AGE:
+        return False
+    signed = timestamp.encode() + b"." + body
+    expected = "sha256=" + hmac.new(secret, signed, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature)
 
 
 @dataclass
@@ -24,10 +38,19 @@ class WebhookSink:
     """Answers `status` after `delay` seconds; `stop()` and `start()` take it down and up on
     the same port."""
 
-    def __init__(self, secret: str, status: int = 204, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        secret: str,
+        status: int = 204,
+        delay: float = 0.0,
+        answer_size: int = 0,
+        drip: float = 0.0,
+    ) -> None:
         self.secret = secret.encode()
         self.status = status
         self.delay = delay
+        self.answer_size = answer_size  # bytes of body in each answer (0: none)
+        self.drip = drip  # seconds between the bytes of an endless answer (0: no drip)
         self.received: list[Received] = []
         self.attempts = 0
         self._lock = threading.Lock()
@@ -51,9 +74,11 @@ class WebhookSink:
                     time.sleep(sink.delay)
                 status = sink.status
                 if 200 <= status < 300:
-                    expected = "sha256=" + hmac.new(sink.secret, body, hashlib.sha256).hexdigest()
-                    signed = hmac.compare_digest(
-                        expected, self.headers.get("X-Pamfr-Signature", "")
+                    signed = verified(
+                        sink.secret,
+                        self.headers.get("X-Pamfr-Timestamp", ""),
+                        self.headers.get("X-Pamfr-Signature", ""),
+                        body,
                     )
                     event = json.loads(body)
                     with sink._lock:
@@ -61,6 +86,23 @@ class WebhookSink:
                             Received(int(self.headers["X-Pamfr-Event-Id"]), event, signed)
                         )
                 self.send_response(status)
+                if sink.answer_size:  # a huge answer, sent as fast as the socket takes it
+                    self.send_header("Content-Length", str(sink.answer_size))
+                    self.end_headers()
+                    block = b"x" * 65536
+                    with contextlib.suppress(OSError):
+                        for _ in range(sink.answer_size // len(block)):
+                            self.wfile.write(block)
+                    return
+                if sink.drip:  # a byte of body every `drip` seconds, for ever
+                    self.send_header("Content-Length", "1000000")
+                    self.end_headers()
+                    with contextlib.suppress(OSError):
+                        while sink.drip:
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(sink.drip)
+                    return
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 

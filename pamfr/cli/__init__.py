@@ -24,6 +24,7 @@ from pamfr.cli.common import (
 )
 from pamfr.cli.tlsopts import client_tls, tls_options
 from pamfr.service.logsetup import setup_logging
+from pamfr.store.filemodes import private_umask
 from pamfr.transport.codec import END_BLOCK, START_BLOCK
 
 
@@ -43,6 +44,7 @@ def main(ctx: click.Context, config_file: str | None) -> None:
     It stores each patient's INS, the five INS traits and the identity status, with a full
     history, and answers every message with an HL7 ACK once it is durably committed.
     """
+    private_umask()  # the store, its backups and locks hold health data: 0600 / 0700
     ctx.ensure_object(Context).config_file = config_file
 
 

@@ -51,7 +51,7 @@ def api(obj: Context, db_url: str | None, listen: str | None, log_level: str | N
         host, port = split_listen(address)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from None
-    from pamfr.service.daemon import http_refusal
+    from pamfr.service.daemon import http_access_warnings, http_port_refusal, http_refusal
     from pamfr.service.security import SecurityConfigError, listener_tls
 
     try:
@@ -61,7 +61,7 @@ def api(obj: Context, db_url: str | None, listen: str | None, log_level: str | N
     checked = settings.model_copy(
         update={"http": settings.http.model_copy(update={"listen": address, "fhir": True})}
     )
-    refused = http_refusal(checked, tls)
+    refused = http_refusal(checked, tls) or http_port_refusal(checked, tls, health=False)
     if refused:
         raise CommandError(refused.replace("http.listen", "--listen", 1))
     open_engine(settings, read_only=True).dispose()  # the store exists and holds pamfr's schema
@@ -72,32 +72,33 @@ def api(obj: Context, db_url: str | None, listen: str | None, log_level: str | N
             settings.database.url, busy_timeout=settings.database.sqlite_busy_timeout
         )
     try:
-        code = asyncio.run(_serve(engine, host, port, settings.http.tokens, tls, settings))
+        for warning in http_access_warnings(checked):
+            log.warning("%s", warning)
+        code = asyncio.run(_serve(engine, host, port, tls, checked))
     finally:
         engine.dispose()
     sys.exit(code)
 
 
-async def _serve(engine, host: str, port: int, tokens, tls, settings) -> int:
+async def _serve(engine, host: str, port: int, tls, settings) -> int:
     from pamfr.http.app import build_app
     from pamfr.http.server import HttpServer
+    from pamfr.service.daemon import http_access
+
+    access = http_access(settings)
+    tokens = access["tokens"]
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = HttpServer(
-        build_app(
-            None,
-            None,
-            fhir_engine=engine,
-            events_engine=engine,
-            tokens=tokens,
-            public_url=settings.http.public_url,
-        ),
+        build_app(None, None, fhir_engine=engine, events_engine=engine, **access),
         host,
         port,
         tls,
+        max_concurrency=settings.http.max_concurrency,
+        header_timeout=settings.http.header_timeout,
     )
     try:
         await server.start()
@@ -109,7 +110,7 @@ async def _serve(engine, host: str, port: int, tokens, tls, settings) -> int:
         server.host,
         server.port,
         " over TLS" if tls is not None else "",
-        f"tokens: {', '.join(sorted(tokens))}" if tokens else "no token asked",
+        f"tokens: {', '.join(sorted(tokens))}" if tokens else "no token",
         safe_url(settings.database.url),
     )
     await stop.wait()

@@ -144,25 +144,35 @@ def reprocess(
 def purge(obj: Context, days: int | None, dry_run: bool, db_url: str | None) -> None:
     """Empty the raw bytes of old messages (health data), keeping their log rows.
 
-    Only messages whose outcome is final (AA, AE, or an AR since reprocessed to AA/AE) and
-    received more than DAYS days ago. The control id, outcome, ERR text, ACK and the patient
-    history stay; `pamfr reprocess` can no longer run a purged message.
+    Every message received more than DAYS days ago, whatever its outcome. The control id,
+    outcome, ERR text, ACK and the patient history stay; `pamfr reprocess` can no longer run
+    a purged message. With [retention] merged_history_days, the history of patients merged
+    away that long ago is deleted too.
     """
     settings = obj.settings(**{"database.url": db_url})
     days = days or settings.retention.raw_messages_days
     if days is None:
         raise Refused("purge: give --older-than DAYS or set [retention] raw_messages_days")
     setup_logging(settings.log.level, settings.log.format)
-    from pamfr.store.retention import purge_raw
+    from pamfr.store.retention import purge_merged_history, purge_raw
 
+    history_days = settings.retention.merged_history_days
     with _store(settings) as engine:
         result = purge_raw(engine, days, dry_run=dry_run)
+        merged = None
+        if history_days is not None:
+            merged = purge_merged_history(engine, history_days, dry_run=dry_run)
     verb = "would be purged" if dry_run else "purged"
+    dry = "dry run: " if dry_run else ""
     click.echo(
-        f"{'dry run: ' if dry_run else ''}raw bytes of {result.purged} message(s) received "
-        f"before {result.cutoff:%Y-%m-%d %H:%M} UTC {verb} ({result.bytes} bytes); "
-        f"{result.kept_not_final} older message(s) kept, not final"
+        f"{dry}raw bytes of {result.purged} message(s) received "
+        f"before {result.cutoff:%Y-%m-%d %H:%M} UTC {verb} ({result.bytes} bytes)"
     )
+    if merged is not None:
+        click.echo(
+            f"{dry}{merged.rows} history row(s) of {merged.patients} patient(s) merged away "
+            f"before {merged.cutoff:%Y-%m-%d %H:%M} UTC {verb}"
+        )
 
 
 # -- db backup ---------------------------------------------------------------------------

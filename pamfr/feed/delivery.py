@@ -71,9 +71,17 @@ _SUBSCRIBER_LOCK_SPACE = 0x70616D66
 ResourceFor = Callable[[int], dict | None]
 
 
-def signature(secret: str, body: bytes) -> str:
-    """The X-Pamfr-Signature header: sha256=<hex HMAC-SHA256 of the body with the secret>."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+# Bytes of a subscriber's answer read (then discarded): only its status counts.
+ANSWER_READ = 4096
+# Sockets to one subscriber: events go one at a time, one more for a reconnect.
+_LIMITS = httpx.Limits(max_connections=2, max_keepalive_connections=1)
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """The X-Pamfr-Signature header: sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">, so a
+    captured delivery cannot be replayed once its X-Pamfr-Timestamp is too old."""
+    signed = f"{timestamp}.".encode() + body
+    return "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 class _Lock:
@@ -269,7 +277,9 @@ class WebhookDelivery:
 
     async def _run(self, s: Subscriber) -> None:
         poll = self.settings.poll_interval
-        async with httpx.AsyncClient(timeout=s.settings.timeout, follow_redirects=False) as client:
+        async with httpx.AsyncClient(
+            timeout=s.settings.timeout, follow_redirects=False, limits=_LIMITS
+        ) as client:
             while True:
                 try:
                     cursor, page, backlog = await self._db(self._fetch, s)
@@ -328,19 +338,27 @@ class WebhookDelivery:
                 await self._db(resource_for, event["patient_id"]) if resource_for else None
             )
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "pamfr-webhook",
             "X-Pamfr-Event-Id": str(event["id"]),
             "X-Pamfr-Event-Type": event["type"],
-            "X-Pamfr-Signature": signature(s.settings.secret or "", body),
+            "X-Pamfr-Timestamp": str(timestamp),
+            "X-Pamfr-Signature": signature(s.settings.secret or "", timestamp, body),
         }
         try:
-            answer = await client.post(s.settings.url, content=body, headers=headers)
+            # One deadline for the whole POST: connecting, sending, the answer's head and
+            # the few bytes of its body read (httpx's timeout is per read: a subscriber
+            # dripping a byte at a time would never reach it).
+            async with asyncio.timeout(s.settings.timeout):
+                status = await _post_once(client, s.settings.url, body, headers)
+        except TimeoutError:
+            error = f"no answer within {s.settings.timeout:g}s"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         else:
-            error = None if 200 <= answer.status_code < 300 else f"HTTP {answer.status_code}"
+            error = None if 200 <= status < 300 else f"HTTP {status}"
         if self.metrics is not None:
             self.metrics.webhook_result(s.name, error is None)
         return error
@@ -369,6 +387,20 @@ class WebhookDelivery:
     def _backoff(self, failures: int) -> float:
         f = self.settings
         return min(f.retry_max, f.retry_initial * 2 ** max(0, failures - 1))
+
+
+async def _post_once(
+    client: httpx.AsyncClient, url: str, body: bytes, headers: dict[str, str]
+) -> int:
+    """POST, read at most ANSWER_READ bytes of the answer and drop the rest with the
+    connection: a subscriber answering 300 MB costs a few KiB. The answer's status."""
+    async with client.stream("POST", url, content=body, headers=headers) as answer:
+        read = 0
+        async for chunk in answer.aiter_raw():
+            read += len(chunk)
+            if read >= ANSWER_READ:
+                break
+        return answer.status_code
 
 
 def _brief(exc: BaseException) -> str:

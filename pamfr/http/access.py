@@ -1,10 +1,15 @@
-"""Who may read patient data on the HTTP port.
+"""Who may read what on the HTTP port.
 
-The data routes (GUARDED_PREFIXES: /fhir, and /events beside it) pass AccessGuard: when
-tokens are configured, a request without `Authorization: Bearer <one of them>` gets 401 and
-an OperationOutcome, never data. /healthz, /readyz and /metrics carry no patient data and
-are not guarded. A listen address other than the loopback needs TLS and a way to tell the
-client (tokens, or client certificates): check_exposure says why a set-up is refused.
+Deny by default: every route needs `Authorization: Bearer <one of the tokens>` except
+OPEN_PATHS (/healthz, /readyz, /metrics and /fhir/metadata, which carry no patient data), so
+a route added later is closed unless opened here on purpose. Without tokens every other
+request gets 401, unless `[http] anonymous_loopback` lets the loopback in on purpose.
+
+The Host header must name this port (allowed_hosts, checked by Starlette's
+TrustedHostMiddleware): a page of another site that a browser on this host loads cannot read
+the port through DNS rebinding. A listen address other than the loopback needs TLS and a way
+to tell the client (tokens, or client certificates): check_exposure says why a set-up is
+refused.
 
 Each guarded request is logged with its method, its first two path segments (never the
 rest, nor the query string), its status and the token's name, never the token.
@@ -13,28 +18,24 @@ rest, nor the query string), its status and the token's name, never the token.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
 import logging
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pamfr.fhir.rest import operation_outcome
+from pamfr.transport.access import is_loopback
+
+__all__ = ["OPEN_PATHS", "AccessGuard", "allowed_hosts", "check_exposure", "is_loopback"]
 
 log = logging.getLogger("pamfr.http.access")
 
-GUARDED_PREFIXES: tuple[str, ...] = ("/fhir", "/events")
+OPEN_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz", "/metrics", "/fhir/metadata"})
 FHIR_JSON = "application/fhir+json"
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve to anything
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+_WILDCARDS = ("0.0.0.0", "::")
 
 
 def check_exposure(
@@ -56,8 +57,29 @@ def check_exposure(
     )
 
 
-def _guarded(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in GUARDED_PREFIXES)
+def public_host(public_url: str) -> str:
+    """The host of `[http] public_url` as a Host header names it; ValueError when the URL
+    is not scheme://host[:port][/prefix]."""
+    parts = urlsplit(public_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"http.public_url: expected http(s)://host[:port][/prefix], got {public_url!r}"
+        )
+    host = parts.hostname.lower()
+    return f"[{host}]" if ":" in host else host
+
+
+def allowed_hosts(listen_host: str, public_url: str = "") -> list[str]:
+    """The Host header values this port answers: its listen address, the loopback names when
+    it listens on the loopback (or on every address), and the host of the public URL."""
+    hosts: list[str] = []
+    if is_loopback(listen_host) or listen_host in _WILDCARDS:
+        hosts += _LOOPBACK_NAMES
+    if listen_host not in _WILDCARDS:
+        hosts.append(f"[{listen_host}]" if ":" in listen_host else listen_host.lower())
+    if public_url:
+        hosts.append(public_host(public_url))
+    return list(dict.fromkeys(hosts))
 
 
 def _shown(path: str) -> str:
@@ -66,45 +88,47 @@ def _shown(path: str) -> str:
 
 
 class AccessGuard:
-    """ASGI middleware: bearer tokens on GUARDED_PREFIXES. The token's name, for the routes
-    that want it, is in scope["pamfr.token"] (None when no token is asked)."""
+    """ASGI middleware: bearer tokens on every path but OPEN_PATHS. With `anonymous`, a
+    loopback client without an Authorization header is let in. The token's name, for the
+    routes that want it, is in scope["pamfr.token"] (None when let in without one)."""
 
-    def __init__(self, app: ASGIApp, tokens: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, tokens: Mapping[str, str] | None = None, anonymous: bool = False
+    ) -> None:
         self.app = app
         self.tokens = [(name, token.encode()) for name, token in (tokens or {}).items()]
+        self.anonymous = anonymous
 
-    def _who(self, scope: Scope) -> str | None:
-        """The name of the token presented, or None."""
+    def _who(self, scope: Scope) -> tuple[bool, str | None]:
+        """(an Authorization header was sent, the name of the valid token presented)."""
         for name, value in scope.get("headers", ()):
             if name == b"authorization":
                 scheme, _, credential = value.partition(b" ")
                 if scheme.lower() != b"bearer":
-                    return None
+                    return True, None
                 credential = credential.strip()
                 found = None
                 for token_name, token in self.tokens:  # every one compared: no timing hint
                     if hmac.compare_digest(credential, token):
                         found = token_name
-                return found
-        return None
+                return True, found
+        return False, None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not _guarded(scope["path"]):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         client = scope.get("client") or ("-", 0)
-        name = None
-        if self.tokens:
-            name = self._who(scope)
-            if name is None:
-                log.warning(
-                    "http %s %s -> 401 from %s: no valid bearer token",
-                    scope["method"],
-                    _shown(scope["path"]),
-                    client[0],
-                )
-                await _unauthorized(send)
-                return
+        sent, name = self._who(scope)
+        if name is None and not (self.anonymous and not sent and is_loopback(client[0])):
+            log.warning(
+                "http %s %s -> 401 from %s: no valid bearer token",
+                scope["method"],
+                _shown(scope["path"]),
+                client[0],
+            )
+            await _unauthorized(send)
+            return
         scope["pamfr.token"] = name
         status = {"code": 0}
 
@@ -120,7 +144,7 @@ class AccessGuard:
             _shown(scope["path"]),
             status["code"],
             client[0],
-            name or "none asked",
+            name or "none: anonymous loopback",
         )
 
 

@@ -2,19 +2,21 @@
 /events (pamfr/http/events.py).
 
 The first three carry no patient data: readiness says which part is down and why (no SQL, no
-values), the metrics only counts. /fhir serves patient data, behind the access guard
-(pamfr/http/access.py). Query strings are never logged.
+values), the metrics only counts. Every other route is behind the access guard
+(pamfr/http/access.py), and every request behind the Host check. Query strings are never
+logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -31,11 +33,14 @@ def build_app(
     fhir_engine: Engine | None = None,
     events_engine: Engine | None = None,
     tokens: Mapping[str, str] | None = None,
+    anonymous: bool = False,
+    hosts: Sequence[str] = ("localhost", "127.0.0.1", "[::1]"),
     public_url: str = "",
 ) -> Starlette:
     """The port's application: /healthz always; /readyz and /metrics with the daemon's
     health and metrics; /fhir when given a read engine (make_read_engine); /events when
-    given the store's engine. `tokens` (name: token) guard the data routes; `public_url`
+    given the store's engine. `tokens` (name: token) guard every other route (`anonymous`:
+    not for loopback clients); a Host header not among `hosts` gets 400; `public_url`
     ([http] public_url) is the base of FHIR's fullUrl and links."""
 
     async def healthz(_request: Request) -> Response:
@@ -67,4 +72,10 @@ def build_app(
         from pamfr.http.events import event_routes
 
         routes += event_routes(events_engine)  # GET /events: the change feed
-    return Starlette(routes=routes, middleware=[Middleware(AccessGuard, tokens=tokens)])
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False),
+            Middleware(AccessGuard, tokens=tokens, anonymous=anonymous),
+        ],
+    )

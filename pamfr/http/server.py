@@ -1,4 +1,10 @@
-"""uvicorn inside the daemon's event loop: the daemon owns the signals and the shutdown."""
+"""uvicorn inside the daemon's event loop: the daemon owns the signals and the shutdown.
+
+Bounded: at most `max_concurrency` requests at once (more get 503), request heads of 16 KiB
+at most (h11), and a client that does not finish a request's headers within
+`header_timeout` of connecting (or of its previous answer) is disconnected: uvicorn itself
+only times out a connection idle between two requests, not one sending a request slowly.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,54 @@ from collections.abc import Iterator
 
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
+
+MAX_REQUEST_HEAD = 16 * 1024  # bytes of a request line and its headers
+
+
+class _HeadDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request's head."""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _too_slow(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            log.info(
+                "http: request headers not received within %.0fs; closing", self.header_timeout
+            )
+            self.transport.close()
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request's head was read whole
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
 
 class _Server(uvicorn.Server):
@@ -26,12 +78,23 @@ class HttpServer:
     """Binds HOST:PORT itself (a bind error is the daemon's to report), then serves `app`."""
 
     def __init__(
-        self, app: Starlette, host: str, port: int, tls: ssl.SSLContext | None = None
+        self,
+        app: Starlette,
+        host: str,
+        port: int,
+        tls: ssl.SSLContext | None = None,
+        *,
+        max_concurrency: int = 64,
+        header_timeout: float = 10.0,
     ) -> None:
         self.host = host
         self.port = port
+        protocol = type("HeadDeadline", (_HeadDeadline,), {"header_timeout": header_timeout})
         config = uvicorn.Config(
             app,
+            http=protocol,
+            limit_concurrency=max_concurrency,
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
             lifespan="off",
             log_config=None,  # the daemon's logging as it is
             access_log=False,  # request lines may carry query strings: not logged

@@ -72,7 +72,7 @@ def candidates(
         if r["raw_purged_at"] is not None:
             cannot = f"raw purged on {r['raw_purged_at']:%Y-%m-%d} (retention)"
         elif r["raw_size"] > len(r["raw"]):
-            cannot = f"frame of {r['raw_size']} bytes was cut at the size limit"
+            cannot = f"frame of {r['raw_size']} bytes, only its first {len(r['raw'])} kept"
         yield Candidate(
             r["id"],
             r["received_at"],

@@ -36,6 +36,10 @@ class ServerSettings(_Section):
     idle_timeout: float = Field(300.0, gt=0)
     frame_timeout: float = Field(60.0, gt=0)
     max_connections: int = Field(256, ge=1)
+    # Connections one address may hold open; a new connection must complete its first frame
+    # within first_frame_timeout seconds (then idle_timeout applies).
+    max_connections_per_peer: int = Field(16, ge=1)
+    first_frame_timeout: float = Field(30.0, gt=0)
     shutdown_grace: float = Field(30.0, ge=0)
     # TLS: PEM files. With tls_client_ca, mutual TLS: a client certificate signed by it is required.
     tls_cert: str | None = None
@@ -45,6 +49,9 @@ class ServerSettings(_Section):
     # matched on MSH-3/MSH-4 (shell wildcards). Empty: everyone. Both are reloaded on SIGHUP.
     allowed_peers: list[str] = []
     allowed_senders: list[str] = []
+    # A listen address other than the loopback needs allowed_peers or tls_client_ca, or this
+    # set to true on purpose (any address may then send identities; a WARNING says so).
+    allow_any_peer: bool = False
 
     @field_validator("allowed_peers")
     @classmethod
@@ -174,6 +181,15 @@ class HttpSettings(_Section):
     # The address products use to reach this port (scheme://host[:port][/prefix]), for FHIR
     # fullUrl and paging links and the accepted Host headers. Empty: the listen address.
     public_url: str = ""
+    # /fhir and /events without a token, on a loopback listen address only (every local
+    # process may then read patient data): set on purpose, a WARNING says so at start.
+    anonymous_loopback: bool = False
+    # /readyz and /metrics (no patient data) off the loopback without TLS: set on purpose.
+    health_without_tls: bool = False
+    # Requests handled at once (more get 503), and seconds a client has to send a request's
+    # headers once connected or answered (a half-sent request is closed).
+    max_concurrency: int = Field(64, ge=1)
+    header_timeout: float = Field(10.0, gt=0)
 
     @field_validator("listen")
     @classmethod
@@ -222,17 +238,21 @@ class LogSettings(_Section):
 
 
 class RetentionSettings(_Section):
-    # Days after which the raw bytes of a final message (AA/AE) are emptied by `pamfr purge`
+    # Days after which the raw bytes of a message (any outcome) are emptied by `pamfr purge`
     # (and by the daemon, once a day); the log row, its ACK and the history stay. None: keep.
     raw_messages_days: int | None = Field(None, ge=1)
+    # Days after which the history of a patient merged into another one (its last change that
+    # old) is deleted by `pamfr purge` and the daemon's daily pass. None: kept for ever.
+    merged_history_days: int | None = Field(None, ge=1)
 
 
+WEBHOOK_SECRET_MIN = 32  # bytes
 _SUBSCRIBER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class WebhookSettings(_Section):
     """One subscriber of the change feed: the events are POSTed to `url`, one at a time, in
-    order, each signed with `secret` (HMAC-SHA256 of the body)."""
+    order, each signed with `secret` (HMAC-SHA256 of "<timestamp>.<body>")."""
 
     name: str  # the cursor's key in the store, a label of /metrics: keep it stable
     url: str
@@ -240,7 +260,7 @@ class WebhookSettings(_Section):
     secret_env: str | None = None  # the environment variable holding the secret, instead
     events: list[str] | str = ["*"]  # event types, or "*" for all
     include_resource: bool = False  # the patient's FHIR resource in the body (when built in)
-    timeout: float = Field(10.0, gt=0)  # seconds a POST may take
+    timeout: float = Field(10.0, gt=0)  # seconds a POST may take, all of it
     park_after: int = Field(10, ge=1)  # consecutive failures before deliveries stop
 
     @field_validator("name")
@@ -283,6 +303,25 @@ class WebhookSettings(_Section):
                     f"secret_env: the environment variable {self.secret_env} is not set"
                 )
             self.secret = found
+        if len((self.secret or "").encode()) < WEBHOOK_SECRET_MIN:
+            raise ValueError(
+                f"the secret must be at least {WEBHOOK_SECRET_MIN} bytes "
+                "(for example: openssl rand -hex 32)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _plain_http_stays_local(self) -> WebhookSettings:
+        from urllib.parse import urlsplit
+
+        from pamfr.transport.access import is_loopback
+
+        parts = urlsplit(self.url)
+        if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
+            raise ValueError(
+                f"url: http:// only to the loopback (events hold identifiers): use https:// "
+                f"for {parts.hostname}"
+            )
         return self
 
     def wants(self, event_type: str) -> bool:

@@ -27,9 +27,18 @@ from pamfr.service.health import Health
 from pamfr.service.metrics import Metrics, watch_daemon
 from pamfr.service.reload import Reloader
 from pamfr.service.sdnotify import notify
-from pamfr.service.security import SecurityConfigError, describe_access, listener_tls, peer_filter
+from pamfr.service.security import (
+    SecurityConfigError,
+    describe_access,
+    listener_tls,
+    mllp_refusal,
+    peer_filter,
+)
 from pamfr.store.db import check_at_head, make_engine, make_read_engine, upgrade
-from pamfr.store.retention import PurgeResult, purge_raw
+from pamfr.store.filemodes import warn_if_exposed
+from pamfr.store.location import sqlite_path
+from pamfr.store.retention import PurgeResult, purge_merged_history, purge_raw
+from pamfr.transport.access import is_loopback
 from pamfr.transport.server import MLLPServer, ServerLimits
 
 log = logging.getLogger("pamfr.service.daemon")
@@ -63,13 +72,24 @@ async def run_daemon(
     except SecurityConfigError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    refused = http_refusal(settings, http_tls)
+    refused = (
+        mllp_refusal(s) or http_refusal(settings, http_tls) or http_port_refusal(settings, http_tls)
+    )
     if refused:
         log.error("cannot start: %s", refused)
         return 2
+    if s.allow_any_peer and not is_loopback(s.host):
+        log.warning(
+            "server.allow_any_peer = true: any address that reaches %s:%d may send identities",
+            s.host,
+            s.port,
+        )
     db = settings.database
     url = db.url
     shown = make_url(url).render_as_string(hide_password=True)
+    store_file = sqlite_path(url)
+    if store_file is not None:
+        warn_if_exposed(store_file)
     if db.migrate_on_start:
         upgrade(url)
     else:
@@ -95,6 +115,8 @@ async def run_daemon(
             frame_timeout=s.frame_timeout,
             max_connections=s.max_connections,
             shutdown_grace=s.shutdown_grace,
+            max_connections_per_peer=s.max_connections_per_peer,
+            first_frame_timeout=s.first_frame_timeout,
         ),
         ssl=tls,
         peer_filter=peer_filter(s),
@@ -127,15 +149,22 @@ async def run_daemon(
         feed_exposed = http_refusal(settings, http_tls, serves_data=True)
         if feed_exposed:
             log.warning("GET /events not served: %s", feed_exposed)
+        for warning in http_access_warnings(settings):
+            log.warning("%s", warning)
         app = build_app(
             health,
             metrics,
             fhir_engine=fhir_engine,
             events_engine=None if feed_exposed else read_engine(),
-            tokens=settings.http.tokens,
-            public_url=settings.http.public_url,
+            **http_access(settings),
         )
-        http = HttpServer(app, *split_listen(settings.http.listen), tls=http_tls)
+        http = HttpServer(
+            app,
+            *split_listen(settings.http.listen),
+            tls=http_tls,
+            max_concurrency=settings.http.max_concurrency,
+            header_timeout=settings.http.header_timeout,
+        )
         try:
             await http.start()
         except OSError as exc:
@@ -181,9 +210,10 @@ async def run_daemon(
         delivery.start()
         log.info("webhooks: delivering to %s", ", ".join(w.name for w in settings.webhooks))
     retention = None
-    if settings.retention.raw_messages_days is not None:
+    keep = settings.retention
+    if keep.raw_messages_days is not None or keep.merged_history_days is not None:
         retention = asyncio.create_task(
-            _purge_daily(engine, settings.retention.raw_messages_days, metrics)
+            _purge_daily(engine, keep.raw_messages_days, keep.merged_history_days, metrics)
         )
     notify("READY=1")  # systemd Type=notify: the listener accepts
     await stop.wait()
@@ -232,6 +262,61 @@ def http_refusal(settings: Settings, tls: object | None, serves_data: bool = Fal
     )
 
 
+def http_port_refusal(settings: Settings, tls: object | None, health: bool = True) -> str | None:
+    """Why the HTTP port may not start as configured, beyond patient data (one line), or
+    None: a public URL that is not one, anonymous access off the loopback, /readyz and
+    /metrics (with `health`) off the loopback in clear without saying so on purpose."""
+    from pamfr.http.access import public_host
+
+    h = settings.http
+    if not h.listen:
+        return None
+    host, _ = split_listen(h.listen)
+    if h.public_url:
+        try:
+            public_host(h.public_url)
+        except ValueError as exc:
+            return str(exc)
+    if h.anonymous_loopback and not is_loopback(host):
+        return f"http.anonymous_loopback is for a loopback listen address, not {host}"
+    if health and not is_loopback(host) and tls is None and not h.health_without_tls:
+        return (
+            f"http.listen {host} is not the loopback: /readyz and /metrics off this host need "
+            "TLS (http.tls_cert and http.tls_key), or http.health_without_tls = true on purpose"
+        )
+    return None
+
+
+def http_access(settings: Settings) -> dict:
+    """The access arguments of build_app: tokens, anonymous loopback, accepted Host names."""
+    from pamfr.http.access import allowed_hosts
+
+    h = settings.http
+    host, _ = split_listen(h.listen)
+    return {
+        "tokens": h.tokens,
+        "anonymous": h.anonymous_loopback and is_loopback(host),
+        "hosts": allowed_hosts(host, h.public_url),
+        "public_url": h.public_url,
+    }
+
+
+def http_access_warnings(settings: Settings) -> list[str]:
+    """What the start-up log must say about who may read the data routes."""
+    h = settings.http
+    if h.anonymous_loopback:
+        return [
+            "http.anonymous_loopback = true: /fhir and /events answer every process of this "
+            "host without a token"
+        ]
+    if not h.tokens and not h.tls_client_ca:
+        return [
+            "no http.tokens: every route but /healthz, /readyz, /metrics and /fhir/metadata "
+            "answers 401"
+        ]
+    return []
+
+
 def purge_old_raw(engine: Engine, days: int, metrics: Metrics | None = None) -> PurgeResult | None:
     """One retention pass (the daemon runs it daily): logs and counts what it did, never
     raises."""
@@ -245,10 +330,23 @@ def purge_old_raw(engine: Engine, days: int, metrics: Metrics | None = None) -> 
     return result
 
 
-async def _purge_daily(engine: Engine, days: int, metrics: Metrics) -> None:
+def purge_old_history(engine: Engine, days: int) -> None:
+    """The history part of the daily retention pass: logs what it did, never raises."""
+    try:
+        purge_merged_history(engine, days)
+    except SQLAlchemyError as exc:
+        log.error("retention: history not purged, the database failed: %s", type(exc).__name__)
+
+
+async def _purge_daily(
+    engine: Engine, raw_days: int | None, history_days: int | None, metrics: Metrics
+) -> None:
     await asyncio.sleep(PURGE_FIRST_DELAY)
     while True:
-        await asyncio.to_thread(purge_old_raw, engine, days, metrics)
+        if raw_days is not None:
+            await asyncio.to_thread(purge_old_raw, engine, raw_days, metrics)
+        if history_days is not None:
+            await asyncio.to_thread(purge_old_history, engine, history_days)
         await asyncio.sleep(PURGE_INTERVAL)
 
 

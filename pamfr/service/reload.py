@@ -15,6 +15,7 @@ from typing import Any
 from pamfr.path.receiver import Receiver
 from pamfr.service.config import Settings
 from pamfr.service.logsetup import set_level
+from pamfr.service.security import mllp_refusal
 from pamfr.transport.access import PeerFilter
 from pamfr.transport.server import MLLPServer
 
@@ -57,6 +58,12 @@ class Reloader:
             new = self._load()
         except Exception as exc:  # ConfigError, or a file that vanished or became unreadable
             log.error("configuration not reloaded, the running one is kept: %s", exc)
+            return False
+        # the listen address stays: an allow-list emptied on it must not open it to everyone
+        kept = self.running.server.model_copy(update={"allowed_peers": new.server.allowed_peers})
+        refused = mllp_refusal(kept)
+        if refused:
+            log.error("configuration not reloaded, the running one is kept: %s", refused)
             return False
         old_flat, new_flat = _flat(self.running), _flat(new)
         changed = [k for k in old_flat if old_flat[k] != new_flat[k]]

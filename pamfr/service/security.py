@@ -10,7 +10,7 @@ import ssl
 from pathlib import Path
 
 from pamfr.service.config import HttpSettings, ServerSettings
-from pamfr.transport.access import PeerFilter, server_tls_context
+from pamfr.transport.access import PeerFilter, is_loopback, server_tls_context
 
 _CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 _PRIVATE_KEY = b"PRIVATE KEY-----"
@@ -60,6 +60,18 @@ def listener_tls(
             f"{section}.tls_cert / {section}.tls_key: {server.tls_cert} and {server.tls_key} "
             f"do not load as a certificate and its private key: {exc}"
         ) from None
+
+
+def mllp_refusal(s: ServerSettings) -> str | None:
+    """Why the MLLP listener may not open as configured (one line), or None: off the
+    loopback, someone must say who may send identities."""
+    if is_loopback(s.host) or s.allowed_peers or s.tls_client_ca or s.allow_any_peer:
+        return None
+    return (
+        f"server.host {s.host} is not the loopback: say who may send, with "
+        "server.allowed_peers or client certificates (server.tls_client_ca), or "
+        "server.allow_any_peer = true on purpose"
+    )
 
 
 def peer_filter(server: ServerSettings) -> PeerFilter:

@@ -33,6 +33,10 @@ class Answered:
     releases_key_of: int | None = None  # the row whose duplicate-control key this one takes
 
 
+# Bytes of a frame answered AR kept in the message log (enough to read its MSH and PID).
+AR_RAW_KEPT = 4096
+
+
 def key_of(p: Prepared) -> str | None:
     h = p.header
     return dedup_key(h.sending_app, h.sending_facility, h.control_id) if h else None
@@ -61,7 +65,8 @@ def answer(
         received_at=p.inbound.received_at,
         door=str(p.inbound.door),
         peer=p.inbound.peer,
-        raw=p.inbound.raw,
+        # a refused frame may be junk from any peer: only its head is kept, its size noted
+        raw=p.inbound.raw[:AR_RAW_KEPT] if code == "AR" else p.inbound.raw,
         raw_size=p.inbound.size or len(p.inbound.raw),
         outcome=code,
         ack=ack,

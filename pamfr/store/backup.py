@@ -12,6 +12,8 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from pamfr.store.filemodes import private_file
+
 
 class BackupRefused(Exception):
     """A reason not to back up (existing target, not SQLite, no such store): one line."""
@@ -38,6 +40,12 @@ def backup_sqlite(url: str, target: Path) -> int:
         raise BackupRefused(f"{target} already exists; pamfr never overwrites a backup")
     if not source_path.is_file():
         raise BackupRefused(f"no SQLite store at {source_path}")
+    try:  # the copy holds the same health data: its owner's only, before a byte is written
+        private_file(target, exclusive=True)
+    except FileExistsError:
+        raise BackupRefused(f"{target} already exists; pamfr never overwrites a backup") from None
+    except OSError as exc:
+        raise BackupRefused(f"cannot write {target}: {exc.strerror or exc}") from None
     # mode=rw: never create a database by reading one.
     source = sqlite3.connect(f"{source_path.resolve().as_uri()}?mode=rw", uri=True)
     try:

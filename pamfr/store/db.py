@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
+from pamfr.store.filemodes import private_dir, private_file
 from pamfr.store.location import default_folder, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -65,25 +66,24 @@ def database_url(url: str) -> URL:
 
 def _prepare_sqlite_folder(url: str) -> None:
     """The folder of a SQLite file must exist: a mistyped path must not start an empty store
-    nobody reads. pamfr's default folder (store/location.py) is created, readable by its
-    user only."""
+    nobody reads. pamfr's default folder (store/location.py) is created 0700, and the store's
+    file 0600 before SQLite creates it with the umask's modes (its -wal and -shm files take the
+    database file's mode)."""
     path = sqlite_path(url)
     if path is None:
         return
     folder = path.parent
-    if folder.is_dir():
-        return
-    if folder.exists():
-        raise DatabaseUrlError(f"{folder} is not a folder: check the path of the SQLite file")
-    default = default_folder()
-    if folder.absolute() == default.absolute():
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        folder.mkdir(mode=0o700, exist_ok=True)
-        return
-    raise DatabaseUrlError(
-        f"the folder {folder} does not exist: check the path, or create the folder "
-        f"(pamfr creates only its default one, {default})"
-    )
+    if not folder.is_dir():
+        if folder.exists():
+            raise DatabaseUrlError(f"{folder} is not a folder: check the path of the SQLite file")
+        default = default_folder()
+        if folder.absolute() != default.absolute():
+            raise DatabaseUrlError(
+                f"the folder {folder} does not exist: check the path, or create the folder "
+                f"(pamfr creates only its default one, {default})"
+            )
+        private_dir(folder)
+    private_file(path)
 
 
 def make_engine(
@@ -125,6 +125,9 @@ def make_engine(
             cursor = dbapi_conn.cursor()
             if not read_only:  # a read-only connection finds the file's mode as it is
                 cursor.execute("PRAGMA journal_mode=WAL")
+                # deleted rows (a purge's raw bytes) are overwritten with zeros, not left in
+                # free pages, whatever SQLite was built with
+                cursor.execute("PRAGMA secure_delete=ON")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
             cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             cursor.execute("PRAGMA foreign_keys=ON")

@@ -52,6 +52,11 @@ class ServerLimits:
     frame_timeout: float = 60.0
     max_connections: int = 256
     shutdown_grace: float = 30.0
+    # connections one address may hold open, so that one peer cannot take them all (the
+    # daemon sets [server] max_connections_per_peer; None: no cap)
+    max_connections_per_peer: int | None = None
+    # seconds a new connection has to complete its first frame
+    first_frame_timeout: float = 30.0
 
 
 @dataclass(eq=False)
@@ -87,6 +92,7 @@ class MLLPServer:
         self._ssl = ssl
         self._server: asyncio.Server | None = None
         self._connections: set[_Served] = set()
+        self._per_peer: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._closed: asyncio.Event | None = None
@@ -197,9 +203,22 @@ class MLLPServer:
             self.metrics.connection_refused("max_connections")
             await close_writer(writer)
             return
+        held = self._per_peer.get(peer.host, 0)
+        cap = self._limits.max_connections_per_peer
+        if cap is not None and held >= cap:
+            logger.warning(
+                "connection from %s refused: %d connections open from that address (max %d)",
+                peer,
+                held,
+                cap,
+            )
+            self.metrics.connection_refused("max_connections_per_peer")
+            await close_writer(writer)
+            return
         served = _Served(MLLPConnection(reader, writer, max_frame_size=self._limits.max_frame_size))
         conn = served.conn
         self._connections.add(served)
+        self._per_peer[peer.host] = held + 1
         logger.info("connection from %s opened", peer)
         try:
             await self._serve(served)
@@ -212,6 +231,9 @@ class MLLPServer:
             raise
         finally:
             self._connections.discard(served)
+            left = self._per_peer.pop(peer.host, 1) - 1
+            if left > 0:
+                self._per_peer[peer.host] = left
             await conn.close()
             if conn.discarded:
                 logger.warning(
@@ -227,14 +249,16 @@ class MLLPServer:
         """Read, decode, answer each frame before reading on.
 
         Two clocks close a connection that makes no progress, whatever bytes it sends: no
-        complete frame for ``idle_timeout`` (silence, or junk outside frames), and a frame
-        started but not finished within ``frame_timeout`` (slowloris; abandoning it for a new
-        start block does not restart the clock).
+        complete frame for ``idle_timeout`` (silence, or junk outside frames; the first frame
+        within ``first_frame_timeout``), and a frame started but not finished within
+        ``frame_timeout`` (slowloris; abandoning it for a new start block does not restart
+        the clock).
         """
         limits = self._limits
         conn = served.conn
         loop = asyncio.get_running_loop()
-        idle_deadline = loop.time() + limits.idle_timeout
+        first_wait = min(limits.first_frame_timeout, limits.idle_timeout)
+        idle_deadline = loop.time() + first_wait
         frame_deadline: float | None = None
         while not self._stopping:
             try:
@@ -248,6 +272,10 @@ class MLLPServer:
                         conn.peer,
                         limits.frame_timeout,
                         conn.buffered,
+                    )
+                elif served.handled == 0:
+                    logger.warning(
+                        "%s: no message within %.1fs of connecting; closing", conn.peer, first_wait
                     )
                 else:
                     logger.info("%s: no message for %.1fs; closing", conn.peer, limits.idle_timeout)

@@ -283,9 +283,10 @@ def test_daemon_answers_hostile_streams_with_bounded_memory(sqlite_url, tmp_path
 # -- atheris (coverage-guided) --------------------------------------------------------------
 
 
-def test_atheris_codec_and_parser(tmp_path):
-    """libFuzzer through atheris, ~20 s, on the codec (with the reference reading) and the
-    parser and ACK builder behind it; an exception or a hang fails the run."""
+def test_atheris_codec_parser_splitter_and_fhir_query(tmp_path):
+    """libFuzzer through atheris, ~20 s, on the codec (with the reference reading), the ER7
+    header reader, the parser and ACK builder, the file door's splitter and the FHIR search
+    parser with its query; an exception or a hang fails the run."""
     assert importlib.util.find_spec("atheris"), "atheris missing: pip install -e '.[test]'"
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -294,6 +295,11 @@ def test_atheris_codec_and_parser(tmp_path):
         b"\x01\x07" + encode_frame(SAMPLE) + encode_frame(b"MSH|^~\\&|A|B"),
         b"\x00" + message("A40", Person(ipp="HX3"), "HX-3", prior_ipp="HX1").encode(),
         b"\x00" + message("A24", Person(ipp="HX4"), "HX-4", other=Person(ipp="HX5")).encode(),
+        b"\x02" + SAMPLE,
+        b"\x03FHS|^~\\&\rBHS|^~\\&\r" + SAMPLE + b"\rBTS|1\rFTS|1\r",
+        b"\x03" + encode_frame(SAMPLE) + encode_frame(SAMPLE),
+        b"\x04family=DUP&birthdate=1979-03&gender=female&_count=5",
+        b"\x04identifier=urn:oid:1.2.250.1.213.1.4.8|279035121518989&_cursor=1",
     ]
     for i, seed in enumerate(seeds):
         (corpus / f"seed{i}").write_bytes(seed)
@@ -318,7 +324,7 @@ def test_atheris_codec_and_parser(tmp_path):
     assert run.returncode == 0, output[-5000:]
     runs = re.search(r"Done (\d+) runs", output)
     assert runs, output[-3000:]
-    TRIED["atheris (codec + parser)"] = int(runs.group(1))
+    TRIED["atheris (codec, header, parser, splitter, FHIR query)"] = int(runs.group(1))
     cov = re.search(r"cov: (\d+)", output)
     print(f"\natheris: {runs.group(1)} inputs, cov {cov.group(1) if cov else '?'}")
     print(f"inputs tried: {TRIED}")

@@ -21,11 +21,11 @@ from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from tests.conftest import REPO
 from tests.feed import msg, with_pid
-from tests.helpers import run_cli, send
+from tests.helpers import AUTHORIZATION, TEST_TOKEN, run_cli, send
 from tests.reliability.serving import Served, serve
 from tests.webhook_sink import WebhookSink
 
-SECRET = "not-a-real-secret"
+SECRET = "not-a-real-secret-0123456789abcdef"
 INS = "279035121518989"  # the ANS test identity (test OID)
 SPEC = REPO / "tests" / "corpus" / "spec"
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -93,8 +93,9 @@ def start(
 
 
 def get(port: int, path: str) -> tuple[int, dict | str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=AUTHORIZATION)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=10) as answer:
             status, body = answer.status, answer.read().decode()
     except urllib.error.HTTPError as exc:
         status, body = exc.code, exc.read().decode()
@@ -291,7 +292,10 @@ def test_get_events_pages_through_the_feed(db_url, tmp_path):
         line = next(
             ln for ln in README.splitlines() if ln.startswith("curl ") and "/events?after=0" in ln
         )
-        words = [w.replace("127.0.0.1:8090", f"127.0.0.1:{http}") for w in shlex.split(line)]
+        words = [
+            w.replace("127.0.0.1:8090", f"127.0.0.1:{http}").replace("$TOKEN", TEST_TOKEN)
+            for w in shlex.split(line)
+        ]
         result = subprocess.run(words, capture_output=True, text=True, timeout=30)
         assert result.returncode == 0, result.stderr
         assert (
@@ -374,7 +378,7 @@ def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlit
     engine = make_engine(sqlite_url)
     receiver = Receiver(engine)
     assert receiver.handle(message("A28", Person(ipp="FAIL1"), "FAIL-1").encode()).code == "AA"
-    sink = WebhookSink("s3cret-s3cret")
+    sink = WebhookSink("s3cret-s3cret-s3cret-s3cret-s3cret")
     calls = []
 
     def resource_for(patient_id: int) -> dict:
@@ -385,7 +389,10 @@ def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlit
 
     async def scenario() -> None:
         webhook = WebhookSettings(
-            name="sub", url=sink.url, secret="s3cret-s3cret", include_resource=True
+            name="sub",
+            url=sink.url,
+            secret="s3cret-s3cret-s3cret-s3cret-s3cret",
+            include_resource=True,
         )
         feed = FeedSettings(poll_interval=0.1, retry_initial=0.1, retry_max=0.2)
         delivery = WebhookDelivery(engine, [webhook], feed, resource_for=resource_for)

@@ -100,7 +100,7 @@ def test_health_readiness_and_metrics_of_a_real_daemon(db_url, tmp_path):
         # A query string is neither needed nor logged (it could carry anything).
         code, metrics_text = get(port, "/metrics?ipp=HTTP0001&name=SECRETNAME")
         assert code == 200
-        assert get(port, "/patient?ipp=HTTP0001")[0] == 404
+        assert get(port, "/patient?ipp=HTTP0001")[0] == 401  # a route is closed unless opened
     finally:
         assert daemon.stop() == 0
     found = samples(metrics_text)

@@ -143,6 +143,8 @@ def test_compose_runs_pamfr_against_its_postgresql():
     url = re.search(r"PAMFR_DATABASE_URL: (\S+)", pamfr).group(1)
     assert url.startswith("postgresql+psycopg://pamfr:") and url.endswith("@db/pamfr")
     assert '"2575:2575"' in pamfr
+    # who may send identities is said, not left open to whoever reaches the port
+    assert re.search(r"PAMFR_SERVER_ALLOWED_PEERS: '\[\"[0-9.]+", pamfr), pamfr
 
 
 def test_dockerfile_is_non_root_with_healthcheck_and_no_test_tools():
@@ -150,9 +152,17 @@ def test_dockerfile_is_non_root_with_healthcheck_and_no_test_tools():
     users = re.findall(r"^USER (\S+)", text, re.MULTILINE)
     assert users and users[-1] not in ("root", "0")
     assert re.search(r"^HEALTHCHECK .*\n.*/readyz", text, re.MULTILINE)
-    installs = re.findall(r"pip install (\S+)", text)
-    assert installs == ['".[pg]"']  # the daemon's dependencies, not the [test] extra
+    installs = re.findall(r"pip install ([^\n\\&]+)", text)
+    # the daemon's locked dependencies with their hashes, not the [test] extra, then pamfr
+    assert [i.strip() for i in installs] == [
+        "--require-hashes --no-deps -r requirements/daemon-pg.txt",
+        "--no-deps --no-build-isolation --no-index .",
+    ]
     assert re.search(r'^CMD \["pamfr", "serve"\]', text, re.MULTILINE)
+    # listening on 0.0.0.0 with an allow-list of private ranges, never open to any peer
+    assert "PAMFR_SERVER_HOST=0.0.0.0" in text and "ALLOW_ANY_PEER" not in text
+    peers = re.search(r"PAMFR_SERVER_ALLOWED_PEERS='(\[.*?\])'", text)
+    assert peers and json.loads(peers.group(1)), text
 
 
 def _docker_unavailable() -> str | None:

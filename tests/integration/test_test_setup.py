@@ -77,6 +77,7 @@ def scripts_with_a_recording_python(tmp_path: Path) -> tuple[Path, Path]:
     (repo / "scripts").mkdir(parents=True)
     for name in ("run.sh", "test.sh", "scripts/setup.sh", "pyproject.toml"):
         shutil.copy2(REPO / name, repo / name)
+    shutil.copytree(REPO / "requirements", repo / "requirements")
     calls = tmp_path / "calls"
     bin_dir = repo / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
@@ -101,7 +102,15 @@ def _calls(calls: Path) -> list[str]:
 
 
 def _installs(lines: list[str]) -> list[str]:
-    return [line.split(" -e ", 1)[1] for line in lines if " install " in line and " -e " in line]
+    """The lock file each set-up installed; each one with its hashes, then pamfr alone."""
+    locks = []
+    for n, line in enumerate(lines):
+        if " install " in line and " -r " in line:
+            assert "--require-hashes" in line and "--no-deps" in line, line
+            assert "--index-url https://pypi.org/simple" in line, line
+            assert lines[n + 1].endswith("--no-deps --no-build-isolation --no-index -e ."), lines
+            locks.append(line.split(" -r ", 1)[1])
+    return locks
 
 
 def test_run_sh_installs_the_daemon_only_and_test_sh_adds_the_rest(
@@ -110,15 +119,15 @@ def test_run_sh_installs_the_daemon_only_and_test_sh_adds_the_rest(
     repo, calls = scripts_with_a_recording_python
     _run(repo, "./run.sh", "--port", "0")
     first = _calls(calls)
-    assert _installs(first) == ["."]
+    assert _installs(first) == ["requirements/daemon.txt"]
     assert first[-1] == "pamfr serve --port 0"
     _run(repo, "./run.sh")  # set up already: nothing installed again
     assert _installs(_calls(calls)) == []
     _run(repo, "./run.sh", env={"PAMFR_EXTRAS": "pg"})
-    assert _installs(_calls(calls)) == [".[pg]"]
+    assert _installs(_calls(calls)) == ["requirements/daemon-pg.txt"]
     _run(repo, "./test.sh", "-q")
     tested = _calls(calls)
-    assert _installs(tested) == [".[pg,test]"]
+    assert _installs(tested) == ["requirements/test.txt"]
     assert tested[-2:] == ["ruff check .", "pytest -q"]
     _run(repo, "./run.sh")  # the test set-up serves the daemon too
     assert _installs(_calls(calls)) == []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pamfr.transport.client import MLLPClient
+from tests.helpers import TEST_TOKENS
 
 _LISTENING = re.compile(r"pamfr listening on [^ ]+:(\d+)")
 
@@ -71,7 +72,7 @@ def serve(
             command,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env={**clean, **(env or {})},
+            env={**clean, "PAMFR_HTTP_TOKENS": TEST_TOKENS, **(env or {})},
             start_new_session=True,
         )
     served = Served(proc, 0, Path(log_path))

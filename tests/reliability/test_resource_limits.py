@@ -113,6 +113,7 @@ def test_connection_flood_slow_and_idle_peers_do_not_hurt_a_good_sender(sqlite_u
         tmp_path / "serve.log",
         env={
             "PAMFR_SERVER_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+            "PAMFR_SERVER_MAX_CONNECTIONS_PER_PEER": str(MAX_CONNECTIONS),  # all from 127.0.0.1
             "PAMFR_SERVER_FRAME_TIMEOUT": str(FRAME_TIMEOUT),
             "PAMFR_SERVER_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
         },

@@ -15,14 +15,14 @@ export PIP_CONFIG_FILE=/dev/null  # PyPI only: no local index, find-links or con
 unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_INDEX_URL PIP_CONSTRAINT || true
 if [ ! -x "$tools/bin/pip-compile" ]; then
   "$PYTHON" -m venv "$tools"
-  "$tools/bin/python" -m pip install --quiet --index-url https://pypi.org/simple "pip-tools>=7.4,<8"
+  "$tools/bin/python" -m pip install --quiet "pip-tools>=7.4,<8"
 fi
 compile() {
   local out=$1
   shift
   CUSTOM_COMPILE_COMMAND="scripts/lock.sh" "$tools/bin/pip-compile" --quiet --generate-hashes \
     --allow-unsafe --strip-extras --all-build-deps --no-emit-index-url \
-    --index-url https://pypi.org/simple --output-file "$out" "$@" pyproject.toml
+    --output-file "$out" "$@" pyproject.toml
 }
 mkdir -p requirements
 compile requirements/daemon.txt

@@ -41,8 +41,7 @@ if [ "$missing" = 1 ]; then
   (
     export PIP_CONFIG_FILE=/dev/null
     unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_INDEX_URL PIP_CONSTRAINT || true
-    .venv/bin/python -m pip install --quiet --require-hashes --no-deps \
-      --index-url https://pypi.org/simple -r "$lock"
+    .venv/bin/python -m pip install --quiet --require-hashes --no-deps -r "$lock"
     # (setuptools warns that an editable install is one; nothing to act on)
     PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet --no-deps --no-build-isolation \
       --no-index -e .

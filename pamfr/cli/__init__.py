@@ -189,7 +189,7 @@ def _sender(ctx, param, value: str | None) -> tuple[str, str | None] | None:
 
 
 def _err_code(ctx, param, value: str | None) -> str | None:
-    if value is not None and not value.isdigit():
+    if value is not None and not (value.isascii() and value.isdigit()):
         raise click.BadParameter(f"expected an HL7 error code (table 0357: 204...), got {value!r}")
     return value
 

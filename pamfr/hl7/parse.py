@@ -446,7 +446,7 @@ class _Reader:
             return None, ()
         parts = self.at("ZFD^1^1", _read_na, field, self.seps)
         problem = Problem(102, "ZFD^1^1", "ZFD-1 is not a date lunaire (DD^MM^YYYY)")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
             raise MessageRejected(problem)
         day, month, year = (int(p) for p in parts)
         if not 1 <= year <= 9999:

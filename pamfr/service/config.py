@@ -154,7 +154,7 @@ def split_listen(value: str) -> tuple[str, int]:
     host = host.strip()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise ValueError(f"expected HOST:PORT (for example 127.0.0.1:8090), got {value!r}")
     return host, int(port)
 

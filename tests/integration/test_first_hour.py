@@ -311,3 +311,11 @@ def test_9_utf8_bytes_declared_8859_15_are_read_as_utf8_with_a_warning(sqlite_ur
     assert (ack.code, ack.err_codes, ack.err_locations) == ("AA", ["103"], ["MSH^1^18"])
     assert ack.errs[0][4] == "W" and "UTF-8" in ack.errs[0][8]
     assert show_json(sqlite_url, "--ipp", "U8")["used_name"] == "Hélène"
+
+
+def test_a_port_of_digits_outside_ascii_is_one_line(tmp_path):
+    good = tmp_path / "a28.hl7"
+    good.write_text(message("A28", Person("S10"), "S10"))
+    # "²" is a digit to str.isdigit(), not to int(): it must not reach int()
+    one_line(run_cli("send", str(good), "--to", "127.0.0.1:2²"), "HOST:PORT", "2²")
+    one_line(run_cli("serve", env={"PAMFR_HTTP_LISTEN": "127.0.0.1:8²"}), "http.listen")

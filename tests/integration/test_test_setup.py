@@ -107,7 +107,8 @@ def _installs(lines: list[str]) -> list[str]:
     for n, line in enumerate(lines):
         if " install " in line and " -r " in line:
             assert "--require-hashes" in line and "--no-deps" in line, line
-            assert "--index-url https://pypi.org/simple" in line, line
+            # pip's default index alone: no other index or local wheel folder
+            assert "--index-url" not in line and "--find-links" not in line, line
             assert lines[n + 1].endswith("--no-deps --no-build-isolation --no-index -e ."), lines
             locks.append(line.split(" -r ", 1)[1])
     return locks

@@ -507,3 +507,5 @@ def test_pid7_wins_over_zfd1_and_a_bad_zfd1_is_refused():
     assert message.patients[0].birth_date.iso() == "1979-03-28"
     assert rejected(pid(f7=""), "PV1||N", "ZFD|00^00^19X0") == ("AE", 102, "ZFD^1^1")
     assert rejected(pid(f7=""), "PV1||N", "ZFD|1960") == ("AE", 102, "ZFD^1^1")
+    # digits outside ASCII ("²" is a digit to str.isdigit, not to int)
+    assert rejected(pid(f7=""), "PV1||N", "ZFD|00^00^19²0") == ("AE", 102, "ZFD^1^1")

@@ -10,18 +10,26 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from pamfr.http.access import AccessGuard
 from pamfr.service.health import Health
 from pamfr.service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from pamfr.desk.app import Desk
+
+
+async def _to_desk(_request: Request) -> Response:
+    return RedirectResponse("/desk/", status_code=307)
 
 
 def build_app(
@@ -31,10 +39,12 @@ def build_app(
     fhir_engine: Engine | None = None,
     events_engine: Engine | None = None,
     tokens: Mapping[str, str] | None = None,
+    desk: Desk | None = None,
 ) -> Starlette:
     """The port's application: /healthz always; /readyz and /metrics with the daemon's
     health and metrics; /fhir when given a read engine (make_read_engine); /events when
-    given the store's engine. `tokens` (name: token) guard the data routes."""
+    given the store's engine; /desk when given the desk (its own sign-in). `tokens`
+    (name: token) guard the data routes."""
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -65,4 +75,9 @@ def build_app(
         from pamfr.http.events import event_routes
 
         routes += event_routes(events_engine)  # GET /events: the change feed
+    if desk is not None:
+        from pamfr.desk.app import build_desk
+
+        routes.append(Route("/desk", _to_desk, methods=["GET"]))
+        routes.append(Mount("/desk", app=build_desk(desk)))
     return Starlette(routes=routes, middleware=[Middleware(AccessGuard, tokens=tokens)])

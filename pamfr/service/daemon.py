@@ -123,12 +123,14 @@ async def run_daemon(
         feed_exposed = http_refusal(settings, http_tls, serves_data=True)
         if feed_exposed:
             log.warning("GET /events not served: %s", feed_exposed)
+        desk = desk_of(settings, feed_exposed, read_engine, engine)
         app = build_app(
             health,
             metrics,
             fhir_engine=fhir_engine,
             events_engine=None if feed_exposed else read_engine(),
             tokens=settings.http.tokens,
+            desk=desk,
         )
         http = HttpServer(app, *split_listen(settings.http.listen), tls=http_tls)
         try:
@@ -138,11 +140,12 @@ async def run_daemon(
             handler.close()
             return 2
         log.info(
-            "HTTP port on %s:%d (/healthz, /readyz, /metrics%s%s)%s",
+            "HTTP port on %s:%d (/healthz, /readyz, /metrics%s%s%s)%s",
             http.host,
             http.port,
             ", /fhir" if settings.http.fhir else "",
             "" if feed_exposed else ", /events",
+            ", /desk" if desk is not None else "",
             " over TLS" if http_tls is not None else "",
         )
     try:
@@ -205,6 +208,21 @@ async def run_daemon(
         engine.dispose()
     log.info("stopped")
     return 0
+
+
+def desk_of(settings: Settings, exposed: str | None, read_engine, write_engine):
+    """The identity-vigilance desk when [desk] enabled asks for it and it may be served."""
+    if not settings.desk.enabled:
+        return None
+    if exposed:
+        log.warning("/desk not served: %s", exposed)
+        return None
+    if not settings.http.tokens:
+        log.warning("/desk not served: no [http] tokens to sign in with")
+        return None
+    from pamfr.desk.app import Desk
+
+    return Desk(read_engine(), write_engine, settings)
 
 
 def http_refusal(settings: Settings, tls: object | None, serves_data: bool = False) -> str | None:

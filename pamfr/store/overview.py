@@ -109,7 +109,8 @@ def messages_per_hour(conn: Connection, now: datetime, days: int = 7) -> dict:
 
 def provisional_share_per_week(conn: Connection, now: datetime, weeks: int = 12) -> dict:
     """{"weeks": [...], "share": [percent...]}: of the active identities created up to the
-    end of each week, the share that is provisional now (a trend of the work left)."""
+    end of each week, the share that is provisional now (a trend of the work left); None
+    for a week before the first identity."""
     rows = conn.execute(
         select(patient.c.created_at, patient.c.status).where(patient.c.active.is_(True))
     ).all()
@@ -118,5 +119,5 @@ def provisional_share_per_week(conn: Connection, now: datetime, weeks: int = 12)
     for end in ends:
         created = [s for at, s in rows if _utc(at) <= end]
         provisional = sum(1 for s in created if s == "provisoire")
-        share.append(round(100 * provisional / len(created), 1) if created else 0)
+        share.append(round(100 * provisional / len(created), 1) if created else None)
     return {"weeks": [e.strftime("%Y-%m-%d") for e in ends], "share": share}

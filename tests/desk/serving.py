@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -48,7 +49,9 @@ def desk_daemon(tmp_path, **env: str) -> Iterator[Desk]:
     """The daemon with the fixed configuration: reused control ids applied."""
     db_url = f"sqlite:///{tmp_path / 'desk.db'}"
     upgrade(db_url)
-    loaded = load(db_url)
+    # in a thread of its own: the browser tests' Playwright holds an event loop in this one
+    with ThreadPoolExecutor(1) as pool:
+        loaded = pool.submit(load, db_url).result()
     daemon = start_daemon(
         db_url,
         tmp_path / "daemon.log",

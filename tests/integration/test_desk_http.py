@@ -300,3 +300,61 @@ def test_exports_match_the_cli_and_every_access_is_logged_without_patient_data(d
     for secret in ("QUALIF", "LEFEVRE", "Lefèvre", "COLLIN", "DBL1", "QUA1", "1980", "2800175"):
         assert secret not in log
     assert READER_TOKEN not in log and OPERATOR_TOKEN not in log
+
+
+def test_pamfr_api_serves_the_desk_over_tls_with_a_secure_cookie(tmp_path):
+    import os
+    import ssl
+    import subprocess
+    import sys
+
+    import httpx
+
+    from pamfr.store.db import upgrade
+    from tests.reliability.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    db_url = f"sqlite:///{tmp_path / 'api.db'}"
+    upgrade(db_url)
+    env = {
+        "PAMFR_CONFIG": "",
+        "PAMFR_HTTP_TLS_CERT": str(pki.server.cert),
+        "PAMFR_HTTP_TLS_KEY": str(pki.server.key),
+        "PAMFR_HTTP_TOKENS": json.dumps({"alice": OPERATOR_TOKEN}),
+        "PAMFR_DESK_ENABLED": "true",
+        "PAMFR_DESK_OPERATORS": '["alice"]',
+    }
+    log_path = tmp_path / "api.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pamfr", "api", "--db", db_url, "--listen", "127.0.0.1:0"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(
+                r"FHIR API on [^ ]+:(\d+) \(/fhir, /healthz, /desk\)", log_path.read_text()
+            )
+            port = int(found.group(1)) if found else None
+            time.sleep(0.05)
+        assert port is not None, log_path.read_text()
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{port}", verify=context, follow_redirects=False
+        ) as client:
+            form = client.get("/desk/signin")
+            answer = client.post(
+                "/desk/signin", data={"csrf": csrf_of(form.text), "token": OPERATOR_TOKEN}
+            )
+            cookie = [c for c in answer.headers.get_list("set-cookie") if "pamfr_desk=" in c]
+            assert answer.status_code == 303 and "Secure" in cookie[0]
+            assert "alice (opérateur)" in client.get("/desk/").text
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    rows_seen = rows(db_url, select(desk_access.c.token_name, desk_access.c.action))
+    assert rows_seen == [("alice", "sign-in")]

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,28 @@ WORKLISTS = {
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
+@dataclass(frozen=True, slots=True)
+class DoorState:
+    """One door of the daemon as the overview shows it (counts and states, no patient data)."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
 class Desk:
     """What the desk's pages need: the store (a read engine, and the write engine for the
-    access log, the decisions and reprocessing) and the settings."""
+    access log, the decisions and reprocessing), the settings, and in the daemon the state
+    of its doors."""
 
-    def __init__(self, read_engine: Engine, write_engine: Engine, settings: Settings) -> None:
+    def __init__(
+        self,
+        read_engine: Engine,
+        write_engine: Engine,
+        settings: Settings,
+        doors: Callable[[], Awaitable[list[DoorState]]] | None = None,
+    ) -> None:
+        self.doors = doors
         self.read_engine = read_engine
         self.write_engine = write_engine
         self.settings = settings
@@ -257,9 +275,11 @@ def build_desk(desk: Desk) -> Starlette:
                 overview.messages_per_hour(conn, now),
                 overview.provisional_share_per_week(conn, now),
                 len(worklists.potential_doublons(conn)),
+                overview.webhook_lag(conn, [w.name for w in desk.settings.webhooks]),
             )
 
-        found, senders, hourly, weekly, doublons = await desk.read(figures)
+        found, senders, hourly, weekly, doublons, webhooks = await desk.read(figures)
+        doors = await desk.doors() if desk.doors is not None else None
         # Inside a <script> element: "</" could end it early.
         charts = json.dumps({"hourly": hourly, "weekly": weekly}).replace("</", "<\\/")
         return desk.page(
@@ -270,6 +290,8 @@ def build_desk(desk: Desk) -> Starlette:
             senders=senders,
             doublons=doublons,
             charts=charts,
+            doors=doors,
+            webhooks=webhooks,
         )
 
     # -- patients --------------------------------------------------------------------------

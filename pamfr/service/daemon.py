@@ -123,7 +123,7 @@ async def run_daemon(
         feed_exposed = http_refusal(settings, http_tls, serves_data=True)
         if feed_exposed:
             log.warning("GET /events not served: %s", feed_exposed)
-        desk = desk_of(settings, feed_exposed, read_engine, engine)
+        desk = desk_of(settings, feed_exposed, read_engine, engine, door_states(health, watcher))
         app = build_app(
             health,
             metrics,
@@ -210,8 +210,25 @@ async def run_daemon(
     return 0
 
 
-def desk_of(settings: Settings, exposed: str | None, read_engine, write_engine):
-    """The identity-vigilance desk when [desk] enabled asks for it and it may be served."""
+def door_states(health: Health, watcher: FileDropWatcher | None):
+    """What the desk's overview shows of the doors: the readiness checks (MLLP listener,
+    database, parse workers, webhooks) and the file drop's backlog."""
+
+    async def states():
+        from pamfr.desk.app import DoorState
+
+        readiness = await health.readiness()
+        found = [DoorState(c.name, c.ok, c.detail) for c in readiness.checks]
+        if watcher is not None:
+            found.append(DoorState("filedrop", True, f"{watcher.backlog} file(s) waiting"))
+        return found
+
+    return states
+
+
+def desk_of(settings: Settings, exposed: str | None, read_engine, write_engine, doors=None):
+    """The identity-vigilance desk when [desk] enabled asks for it and it may be served;
+    `doors` gives the state of the daemon's doors for its overview."""
     if not settings.desk.enabled:
         return None
     if exposed:
@@ -222,7 +239,7 @@ def desk_of(settings: Settings, exposed: str | None, read_engine, write_engine):
         return None
     from pamfr.desk.app import Desk
 
-    return Desk(read_engine(), write_engine, settings)
+    return Desk(read_engine(), write_engine, settings, doors)
 
 
 def http_refusal(settings: Settings, tls: object | None, serves_data: bool = False) -> str | None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, case, func, select
 
-from pamfr.store.schema import message, patient
+from pamfr.store.schema import event, message, patient, webhook_cursor
 
 
 def _bound(conn: Connection, moment: datetime) -> datetime:
@@ -121,3 +121,19 @@ def provisional_share_per_week(conn: Connection, now: datetime, weeks: int = 12)
         provisional = sum(1 for s in created if s == "provisoire")
         share.append(round(100 * provisional / len(created), 1) if created else None)
     return {"weeks": [e.strftime("%Y-%m-%d") for e in ends], "share": share}
+
+
+def webhook_lag(conn: Connection, names: list[str]) -> list[dict]:
+    """Each webhook subscriber: the events it has yet to receive and whether it is parked."""
+    newest = conn.execute(select(func.max(event.c.id))).scalar() or 0
+    cursors = {
+        r.name: r
+        for r in conn.execute(select(webhook_cursor).where(webhook_cursor.c.name.in_(names)))
+    }
+    found = []
+    for name in names:
+        cursor = cursors.get(name)
+        last = cursor.last_id if cursor is not None else 0
+        parked = cursor is not None and cursor.parked_at is not None
+        found.append({"name": name, "behind": newest - last, "parked": parked})
+    return found

@@ -46,7 +46,11 @@ def csrf_of(page: str) -> str:
 
 @contextmanager
 def desk_daemon(tmp_path, **env: str) -> Iterator[Desk]:
-    """The daemon with the fixed configuration: reused control ids applied."""
+    """The daemon with the fixed configuration: reused control ids applied; its file drop
+    holds one file whose last segment has no terminator (incomplete: it waits)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "half.hl7").write_bytes(b"MSH|^~\\&|GAM|CHU-X|DPI|CHU-X|2024||ADT^A28|H1|T|2.5")
     db_url = f"sqlite:///{tmp_path / 'desk.db'}"
     upgrade(db_url)
     # in a thread of its own: the browser tests' Playwright holds an event loop in this one
@@ -63,6 +67,7 @@ def desk_daemon(tmp_path, **env: str) -> Iterator[Desk]:
             "PAMFR_DESK_OPERATORS": '["alice"]',
             "PAMFR_DESK_SECRET": SECRET,
             "PAMFR_HL7_REUSED_CONTROL_ID": "apply",
+            "PAMFR_FILEDROP_DIRS": json.dumps([str(inbox)]),
             **env,
         },
     )

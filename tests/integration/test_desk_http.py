@@ -83,6 +83,16 @@ def test_sign_in_gives_a_strict_http_only_cookie_and_a_bad_token_is_refused(desk
     assert "bob (lecture)" in overview.text
 
 
+def test_the_overview_shows_the_doors_and_the_figures(desk):
+    page = desk.signed_in(READER_TOKEN).get("/desk/").text
+    assert re.search(r"<td>mllp</td><td class=\"ok\">en service</td>", page)
+    assert "<td>filedrop</td>" in page and "1 file(s) waiting" in page
+    assert re.search(r"<strong>1</strong> refusé \(AE\)", page)
+    assert re.search(r"<strong>2</strong> en collision d'INS", page)
+    charts = json.loads(re.search(r'id="chart-data">(.*?)</script>', page).group(1))
+    assert sum(charts["hourly"]["AE"]) == 1 and sum(charts["hourly"]["AR"]) == 1
+
+
 def test_a_sign_in_without_its_csrf_token_is_refused(desk):
     client = desk.client()
     client.get("/desk/signin")

@@ -9,9 +9,11 @@ event loop the MLLP door shares.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import time as clock
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -41,6 +43,7 @@ log = logging.getLogger("pamfr.desk")
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
+FIGURES_MAX_AGE = 300.0  # seconds
 BIRTH_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
 EVENT = re.compile(r"[A-Z][0-9A-Z]{2}")
 WORKLISTS = {
@@ -91,6 +94,9 @@ class Desk:
         )
         self.templates.env.filters["moment"] = _moment
         self._receiver = None
+        self._figures: dict[str, tuple[float, datetime, Any]] = {}
+        self._refreshing: set[str] = set()
+        self._tasks: set[asyncio.Future] = set()
 
     def read(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         """fn(conn, *args) on a read connection, in a thread."""
@@ -100,6 +106,30 @@ class Desk:
                 return fn(conn, *args)
 
         return run_in_threadpool(run)
+
+    async def figures(self, name: str, fn: Callable[..., Any]) -> tuple[datetime, Any]:
+        """fn(conn) for the figures that read the whole store (potential doublons, the weekly
+        chart): computed once, then served as of their time and refreshed in the background
+        once older than FIGURES_MAX_AGE, so that a page never waits for them twice."""
+        found = self._figures.get(name)
+        if found is None:
+            value = await self.read(fn)
+            self._figures[name] = (clock.monotonic(), datetime.now(UTC), value)
+            return self._figures[name][1:]
+        at, when, value = found
+        if clock.monotonic() - at > FIGURES_MAX_AGE and name not in self._refreshing:
+            self._refreshing.add(name)
+
+            async def refresh() -> None:
+                try:
+                    fresh = await self.read(fn)
+                    self._figures[name] = (clock.monotonic(), datetime.now(UTC), fresh)
+                finally:
+                    self._refreshing.discard(name)
+
+            self._tasks.add(asyncio.ensure_future(refresh()))
+            self._tasks = {t for t in self._tasks if not t.done()}
+        return when, value
 
     async def audit(self, session: Session, action: str, **ids: Any) -> None:
         await run_in_threadpool(
@@ -273,12 +303,17 @@ def build_desk(desk: Desk) -> Starlette:
                 overview.overview(conn, today),
                 overview.last_message_per_sender(conn),
                 overview.messages_per_hour(conn, now),
-                overview.provisional_share_per_week(conn, now),
-                len(worklists.potential_doublons(conn)),
                 overview.webhook_lag(conn, [w.name for w in desk.settings.webhooks]),
             )
 
-        found, senders, hourly, weekly, doublons, webhooks = await desk.read(figures)
+        def whole_store(conn):
+            return (
+                len(worklists.potential_doublons(conn)),
+                overview.provisional_share_per_week(conn, datetime.now(UTC)),
+            )
+
+        found, senders, hourly, webhooks = await desk.read(figures)
+        as_of, (doublons, weekly) = await desk.figures("whole-store", whole_store)
         doors = await desk.doors() if desk.doors is not None else None
         # Inside a <script> element: "</" could end it early.
         charts = json.dumps({"hourly": hourly, "weekly": weekly}).replace("</", "<\\/")
@@ -289,6 +324,7 @@ def build_desk(desk: Desk) -> Starlette:
             o=found,
             senders=senders,
             doublons=doublons,
+            as_of=as_of,
             charts=charts,
             doors=doors,
             webhooks=webhooks,

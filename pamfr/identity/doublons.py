@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
+from typing import NamedTuple
 
-_DROPPED = frozenset("-' \t\u2019\u2010\u2011")
+_DROPPED = "-' \t\u2019\u2010\u2011"
+_DROP = str.maketrans("", "", _DROPPED)
 
 
+@lru_cache(maxsize=65536)  # names repeat: a store has far fewer names than identities
 def fold(text: str) -> str:
     """Upper case, without accents, hyphens, apostrophes or spaces: "Lefèvre-Dupont" gives
     "LEFEVREDUPONT"."""
+    if text.isascii():
+        return text.translate(_DROP).upper()
     decomposed = unicodedata.normalize("NFKD", text)
-    kept = (c for c in decomposed if not unicodedata.combining(c) and c not in _DROPPED)
-    return "".join(kept).upper()
+    kept = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return kept.translate(_DROP).upper()
 
 
-@dataclass(frozen=True, slots=True)
-class DoublonKey:
+class DoublonKey(NamedTuple):  # a tuple: built once per identity of the store
     birth_name: str
     first_given_name: str
     birth_date: str
@@ -41,16 +45,17 @@ def doublon_key(
 ) -> DoublonKey | None:
     """The key of one identity; the first birth given name is the first of PID-5's birth
     given names, else the first given name. None when one of the four traits is missing."""
-    given = (birth_given_names or "").split()
-    first = given[0] if given else (first_given_name or "")
-    parts = (fold(birth_name or ""), fold(first), (birth_date or "").strip(), (sex or "").strip())
-    if not all(parts):
+    if not (birth_name and birth_date and sex):
         return None
-    return DoublonKey(*parts)
+    given = birth_given_names.split(None, 1) if birth_given_names else None
+    first = fold(given[0] if given else (first_given_name or ""))
+    name = fold(birth_name)
+    if not (name and first and birth_date.strip() and sex.strip()):
+        return None
+    return DoublonKey(name, first, birth_date.strip(), sex.strip())
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(NamedTuple):
     patient_id: int
     key: DoublonKey | None
 
@@ -61,9 +66,9 @@ def doublon_pairs(
     """The pairs (smaller id first) of identities sharing a key, without the excluded pairs
     (linked identities, pairs decided "not a doublon"), sorted."""
     groups: dict[DoublonKey, list[int]] = {}
-    for c in candidates:
-        if c.key is not None:
-            groups.setdefault(c.key, []).append(c.patient_id)
+    for patient_id, key in candidates:
+        if key is not None:
+            groups.setdefault(key, []).append(patient_id)
     excluded = excluded or set()
     pairs = [
         pair

@@ -110,16 +110,19 @@ def messages_per_hour(conn: Connection, now: datetime, days: int = 7) -> dict:
 def provisional_share_per_week(conn: Connection, now: datetime, weeks: int = 12) -> dict:
     """{"weeks": [...], "share": [percent...]}: of the active identities created up to the
     end of each week, the share that is provisional now (a trend of the work left); None
-    for a week before the first identity."""
-    rows = conn.execute(
-        select(patient.c.created_at, patient.c.status).where(patient.c.active.is_(True))
-    ).all()
+    for a week before the first identity. One pass over the active identities."""
     ends = [now - timedelta(weeks=w) for w in range(weeks - 1, -1, -1)]
-    share = []
+    provisional = patient.c.status == "provisoire"
+    sums = []
     for end in ends:
-        created = [s for at, s in rows if _utc(at) <= end]
-        provisional = sum(1 for s in created if s == "provisoire")
-        share.append(round(100 * provisional / len(created), 1) if created else None)
+        created = patient.c.created_at <= _bound(conn, end)
+        sums.append(func.sum(case((created, 1), else_=0)))
+        sums.append(func.sum(case((created & provisional, 1), else_=0)))
+    row = conn.execute(select(*sums).where(patient.c.active.is_(True))).one()
+    share = []
+    for i in range(weeks):
+        created, kept = row[2 * i] or 0, row[2 * i + 1] or 0
+        share.append(round(100 * kept / created, 1) if created else None)
     return {"weeks": [e.strftime("%Y-%m-%d") for e in ends], "share": share}
 
 

@@ -34,26 +34,26 @@ def _bound(conn: Connection, moment: datetime) -> datetime:
 
 
 def _linked_pairs(conn: Connection) -> set[tuple[int, int]]:
-    """Pairs of patients (smaller id first) linked by an A24: not doublons of each other."""
-    ipp = (
-        select(identifier.c.authority_key, identifier.c.value, identifier.c.patient_id)
-        .where(identifier.c.type == IPP_TYPE)
-        .subquery()
-    )
-    owner = {(k, v): pid for k, v, pid in conn.execute(select(ipp))}
-    pairs = set()
-    for a_key, a_value, b_key, b_value in conn.execute(
-        select(
-            patient_link.c.a_authority_key,
-            patient_link.c.a_value,
-            patient_link.c.b_authority_key,
-            patient_link.c.b_value,
+    """Pairs of patients (smaller id first) linked by an A24: not doublons of each other.
+    Links are kept between IPPs; each side is found by its identifier index."""
+    a, b = identifier.alias("a"), identifier.alias("b")
+    query = (
+        select(a.c.patient_id, b.c.patient_id)
+        .select_from(patient_link)
+        .join(
+            a,
+            (a.c.authority_key == patient_link.c.a_authority_key)
+            & (a.c.value == patient_link.c.a_value)
+            & (a.c.type == IPP_TYPE),
         )
-    ):
-        a, b = owner.get((a_key, a_value)), owner.get((b_key, b_value))
-        if a is not None and b is not None and a != b:
-            pairs.add((min(a, b), max(a, b)))
-    return pairs
+        .join(
+            b,
+            (b.c.authority_key == patient_link.c.b_authority_key)
+            & (b.c.value == patient_link.c.b_value)
+            & (b.c.type == IPP_TYPE),
+        )
+    )
+    return {(min(x, y), max(x, y)) for x, y in conn.execute(query) if x != y}
 
 
 @dataclass(frozen=True, slots=True)

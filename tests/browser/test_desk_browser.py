@@ -128,3 +128,40 @@ def test_a_reader_cannot_reprocess(browser, desk):
         csrf,
     )
     assert status == 403
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/desk/",
+        "/desk/patients?nom=lef",
+        "/desk/messages",
+        "/desk/listes/doublons",
+        "/desk/listes/collisions",
+    ],
+)
+def test_pages_read_at_200_percent_zoom_without_sideways_scrolling(browser, desk, path):
+    context = browser.new_context(base_url=desk.base, viewport={"width": 640, "height": 480})
+    page = context.new_page()
+    page.goto("/desk/signin")
+    page.get_by_label("Jeton d'accès").fill(READER_TOKEN)
+    page.keyboard.press("Enter")
+    page.wait_for_url(re.compile(r".*/desk/$"))
+    page.goto(path)
+    # a 1280-pixel screen at 200 %: the page is laid out in 640 CSS pixels
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"{path} is {overflow} px wider than the window"
+    context.close()
+
+
+def test_a_range_trace_export_from_the_patients_page(browser, desk):
+    page = signed_in(browser, desk, READER_TOKEN)
+    page.goto("/desk/patients")
+    page.get_by_label("Depuis").fill("2000-01-01")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Exporter").click()
+    rows = download.value.path().read_text(encoding="utf-8-sig").splitlines()
+    assert rows[0].startswith("patient_id,at,ins,oid,status,identity_mode")
+    assert any(",DESK-12,A31," in row and "ins-removed" in row for row in rows)

@@ -657,5 +657,5 @@ def _worklist(conn, name: str, days: int) -> tuple[list[str], list[list], dict, 
         found = worklists.refusals_per_sender(conn, 7)
         rows = [[r["sender"], r["outcome"], r["count"], r["last"].isoformat()] for r in found]
         ids = []
-    patients = {pid: readside.patient_view(conn, pid) for pid in dict.fromkeys(ids)}
+    patients = worklists.patient_summaries(conn, list(dict.fromkeys(ids)))
     return header, rows, patients, decisions

@@ -56,6 +56,12 @@ def _linked_pairs(conn: Connection) -> set[tuple[int, int]]:
     return {(min(x, y), max(x, y)) for x, y in conn.execute(query) if x != y}
 
 
+_DOUBLON_TRAITS = (
+    "SELECT id, birth_name, birth_given_names, first_given_name, birth_date, sex FROM patient"
+    " WHERE active AND birth_name IS NOT NULL AND birth_date IS NOT NULL AND sex IS NOT NULL"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     patient_a: int
@@ -75,21 +81,15 @@ def doublon_decisions(conn: Connection) -> list[Decision]:
 def potential_doublons(conn: Connection) -> list[tuple[int, int]]:
     """Active patients, neither linked nor decided "not a doublon", sharing the doublon key
     (pamfr/identity/doublons.py): the pairs, smaller id first."""
-    rows = conn.execute(
-        select(
-            patient.c.id,
-            patient.c.birth_name,
-            patient.c.birth_given_names,
-            patient.c.first_given_name,
-            patient.c.birth_date,
-            patient.c.sex,
-        ).where(
-            patient.c.active.is_(True),
-            patient.c.birth_name.is_not(None),
-            patient.c.birth_date.is_not(None),
-        )
-    )
-    candidates = (Candidate(r[0], doublon_key(*r[1:])) for r in rows)
+    # Every active identity is read: on the DB-API cursor, for SQLAlchemy's row objects
+    # would cost more than the rule itself.
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(_DOUBLON_TRAITS)
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    candidates = (Candidate(r[0], doublon_key(r[1], r[2], r[3], r[4], r[5])) for r in rows)
     excluded = _linked_pairs(conn) | {(d.patient_a, d.patient_b) for d in doublon_decisions(conn)}
     return doublon_pairs(candidates, excluded)
 
@@ -185,3 +185,31 @@ def refusals_per_sender(conn: Connection, days: int = 7) -> list[dict]:
         }
         for app, facility, outcome, count, last in conn.execute(query)
     ]
+
+
+def patient_summaries(conn: Connection, ids: list[int]) -> dict[int, dict]:
+    """What a worklist row shows of each patient (traits, status, badges, IPPs), in two
+    queries whatever the number of patients: {id: {...}} with patient_view's keys."""
+    found: dict[int, dict] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for r in conn.execute(select(patient).where(patient.c.id.in_(chunk))).mappings():
+            found[r["id"]] = {
+                "id": r["id"],
+                "active": bool(r["active"]),
+                "merged_into": r["merged_into"],
+                "birth_name": r["birth_name"],
+                "first_given_name": r["first_given_name"],
+                "birth_date": r["birth_date"],
+                "sex": r["sex"],
+                "status": r["status"],
+                "attributes": r["attributes"].split() if r["attributes"] else [],
+                "ins_collision": bool(r["ins_collision"]),
+                "identifiers": [],
+            }
+        query = select(identifier.c.patient_id, identifier.c.value, identifier.c.type).where(
+            identifier.c.patient_id.in_(chunk), identifier.c.type == IPP_TYPE
+        )
+        for pid, value, kind in conn.execute(query.order_by(identifier.c.id)):
+            found[pid]["identifiers"].append({"value": value, "type": kind})
+    return found

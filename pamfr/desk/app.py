@@ -306,14 +306,12 @@ def build_desk(desk: Desk) -> Starlette:
                 overview.webhook_lag(conn, [w.name for w in desk.settings.webhooks]),
             )
 
-        def whole_store(conn):
-            return (
-                len(worklists.potential_doublons(conn)),
-                overview.provisional_share_per_week(conn, datetime.now(UTC)),
-            )
-
         found, senders, hourly, webhooks = await desk.read(figures)
-        as_of, (doublons, weekly) = await desk.figures("whole-store", whole_store)
+        as_of, weekly = await desk.figures(
+            "weekly", lambda conn: overview.provisional_share_per_week(conn, datetime.now(UTC))
+        )
+        _, pairs = await desk.figures("doublon-pairs", worklists.pairs_by_key)
+        doublons = len(await desk.read(worklists.still_doublons, pairs))
         doors = await desk.doors() if desk.doors is not None else None
         # Inside a <script> element: "</" could end it early.
         charts = json.dumps({"hourly": hourly, "weekly": weekly}).replace("</", "<\\/")
@@ -522,7 +520,10 @@ def build_desk(desk: Desk) -> Starlette:
         if name not in WORKLISTS or kind not in (None, "csv"):
             raise HTTPException(404, "Liste inconnue.")
         days = _int(request.query_params.get("jours"), "jours", desk.settings.desk.provisional_days)
-        header, rows, patients, decisions = await desk.read(_worklist, name, days)
+        pairs, as_of = None, None
+        if name == "doublons":
+            as_of, pairs = await desk.figures("doublon-pairs", worklists.pairs_by_key)
+        header, rows, patients, decisions = await desk.read(_worklist, name, days, pairs)
         if kind == "csv":
             await desk.audit(session, "export-worklist", detail=name)
             return csv_response(f"{name}.csv", header, rows)
@@ -537,6 +538,7 @@ def build_desk(desk: Desk) -> Starlette:
             patients=patients,
             decisions=decisions,
             days=days,
+            as_of=as_of,
         )
 
     async def decide(request: Request, session: Session) -> Response:
@@ -546,7 +548,8 @@ def build_desk(desk: Desk) -> Starlette:
         reason = str(form.get("raison", "")).strip()
         if not reason:
             raise _bad("raison : dites pourquoi ce n'est pas un doublon")
-        pairs = await desk.read(worklists.potential_doublons)
+        _, by_key = await desk.figures("doublon-pairs", worklists.pairs_by_key)
+        pairs = await desk.read(worklists.still_doublons, by_key)
         if (min(a, b), max(a, b)) not in pairs:
             raise HTTPException(409, "Cette paire n'est pas (ou plus) un doublon potentiel.")
         try:
@@ -627,8 +630,11 @@ def _trace_answer(rows: list[dict], stem: str, kind: str) -> Response:
     )
 
 
-def _worklist(conn, name: str, days: int) -> tuple[list[str], list[list], dict, list]:
-    """(CSV header, rows, {patient id: view} of the patients named, decisions)."""
+def _worklist(
+    conn, name: str, days: int, pairs: list[tuple[int, int]] | None
+) -> tuple[list[str], list[list], dict, list]:
+    """(CSV header, rows, {patient id: view} of the patients named, decisions); `pairs`:
+    the doublon pairs by key, as the desk keeps them."""
     decisions: list = []
     if name == "collisions":
         header = ["ins", "patients"]
@@ -637,7 +643,7 @@ def _worklist(conn, name: str, days: int) -> tuple[list[str], list[list], dict, 
         ids = [pid for _, pids in found for pid in pids]
     elif name == "doublons":
         header = ["patient_a", "patient_b"]
-        pairs = worklists.potential_doublons(conn)
+        pairs = worklists.still_doublons(conn, pairs or [])
         rows = [list(p) for p in pairs]
         ids = [pid for pair in pairs[:200] for pid in pair]
         decisions = worklists.doublon_decisions(conn)

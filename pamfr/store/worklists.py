@@ -81,17 +81,36 @@ def doublon_decisions(conn: Connection) -> list[Decision]:
 def potential_doublons(conn: Connection) -> list[tuple[int, int]]:
     """Active patients, neither linked nor decided "not a doublon", sharing the doublon key
     (pamfr/identity/doublons.py): the pairs, smaller id first."""
-    # Every active identity is read: on the DB-API cursor, for SQLAlchemy's row objects
-    # would cost more than the rule itself.
+    return still_doublons(conn, pairs_by_key(conn))
+
+
+def pairs_by_key(conn: Connection) -> list[tuple[int, int]]:
+    """The pairs of active patients sharing the doublon key: the part of the rule that reads
+    every identity (the desk keeps it a few minutes; still_doublons is applied each time)."""
+    # on the DB-API cursor: SQLAlchemy's row objects would cost more than the rule itself
     cursor = conn.connection.dbapi_connection.cursor()
     try:
         cursor.execute(_DOUBLON_TRAITS)
         rows = cursor.fetchall()
     finally:
         cursor.close()
-    candidates = (Candidate(r[0], doublon_key(r[1], r[2], r[3], r[4], r[5])) for r in rows)
+    return doublon_pairs(Candidate(r[0], doublon_key(r[1], r[2], r[3], r[4], r[5])) for r in rows)
+
+
+def still_doublons(conn: Connection, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The pairs whose two patients are still active, not linked, and not decided "not a
+    doublon"."""
+    if not pairs:
+        return []
     excluded = _linked_pairs(conn) | {(d.patient_a, d.patient_b) for d in doublon_decisions(conn)}
-    return doublon_pairs(candidates, excluded)
+    ids = sorted({pid for pair in pairs for pid in pair})
+    active: set[int] = set()
+    for start in range(0, len(ids), 500):
+        query = select(patient.c.id).where(
+            patient.c.id.in_(ids[start : start + 500]), patient.c.active.is_(True)
+        )
+        active.update(r[0] for r in conn.execute(query))
+    return [p for p in pairs if p not in excluded and p[0] in active and p[1] in active]
 
 
 class DecisionExists(Exception):

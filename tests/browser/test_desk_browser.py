@@ -36,6 +36,7 @@ def test_sign_in_and_the_overview(browser, desk):
     assert "refusé (AE)" in text and "GAM|CHU-X" in text
     assert re.search(r"\b1\s+paires de doublons potentiels", text)
     assert re.search(r"\b2\s+en collision d'INS", text)
+    assert re.search(r"filedrop\s+en service\s+1 file\(s\) waiting", text)  # the held file
     nav = page.locator("nav a").all_inner_texts()
     assert nav[:3] == ["Vue d'ensemble", "Patients", "Messages"]
     assert "Doublons potentiels" in nav and "Collisions d'INS" in nav

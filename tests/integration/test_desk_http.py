@@ -368,3 +368,20 @@ def test_pamfr_api_serves_the_desk_over_tls_with_a_secure_cookie(tmp_path):
         assert proc.wait(30) == 0
     rows_seen = rows(db_url, select(desk_access.c.token_name, desk_access.c.action))
     assert rows_seen == [("alice", "sign-in")]
+
+
+def test_a_merge_takes_a_kept_doublon_pair_off_the_list_at_once(tmp_path):
+    from pamfr.hl7.samples import message as hl7_message
+    from tests.desk.store import DOUBLON_1
+    from tests.helpers import send
+
+    with desk_daemon(tmp_path) as running:
+        client = running.signed_in(READER_TOKEN)
+        assert "1 ligne(s)" in client.get("/desk/listes/doublons").text  # the pairs kept
+        ack = send(
+            running.daemon.port, [hl7_message("A40", DOUBLON_1, "MERGE-1", prior_ipp="DBL2")]
+        )
+        assert ack[0].code == "AA"
+        after = client.get("/desk/listes/doublons")
+        assert "0 ligne(s)" in after.text
+        assert client.get("/desk/listes/doublons.csv").text.strip() == "\ufeffpatient_a,patient_b"

@@ -35,25 +35,29 @@ def _bound(conn: Connection, moment: datetime) -> datetime:
 
 def _linked_pairs(conn: Connection) -> set[tuple[int, int]]:
     """Pairs of patients (smaller id first) linked by an A24: not doublons of each other.
-    Links are kept between IPPs; each side is found by its identifier index."""
-    a, b = identifier.alias("a"), identifier.alias("b")
-    query = (
-        select(a.c.patient_id, b.c.patient_id)
-        .select_from(patient_link)
-        .join(
-            a,
-            (a.c.authority_key == patient_link.c.a_authority_key)
-            & (a.c.value == patient_link.c.a_value)
-            & (a.c.type == IPP_TYPE),
+    Links are kept between IPPs (few rows): their owners are then found by IPP value."""
+    links = conn.execute(
+        select(
+            patient_link.c.a_authority_key,
+            patient_link.c.a_value,
+            patient_link.c.b_authority_key,
+            patient_link.c.b_value,
         )
-        .join(
-            b,
-            (b.c.authority_key == patient_link.c.b_authority_key)
-            & (b.c.value == patient_link.c.b_value)
-            & (b.c.type == IPP_TYPE),
+    ).all()
+    values = sorted({v for link in links for v in (link[1], link[3])})
+    owner: dict[tuple[str, str], int] = {}
+    for start in range(0, len(values), 500):
+        query = select(identifier.c.authority_key, identifier.c.value, identifier.c.patient_id)
+        query = query.where(
+            identifier.c.value.in_(values[start : start + 500]), identifier.c.type == IPP_TYPE
         )
-    )
-    return {(min(x, y), max(x, y)) for x, y in conn.execute(query) if x != y}
+        owner.update({(k, v): pid for k, v, pid in conn.execute(query)})
+    pairs = set()
+    for a_key, a_value, b_key, b_value in links:
+        a, b = owner.get((a_key, a_value)), owner.get((b_key, b_value))
+        if a is not None and b is not None and a != b:
+            pairs.add((min(a, b), max(a, b)))
+    return pairs
 
 
 _DOUBLON_TRAITS = (
@@ -106,10 +110,11 @@ def still_doublons(conn: Connection, pairs: list[tuple[int, int]]) -> list[tuple
     ids = sorted({pid for pair in pairs for pid in pair})
     active: set[int] = set()
     for start in range(0, len(ids), 500):
-        query = select(patient.c.id).where(
-            patient.c.id.in_(ids[start : start + 500]), patient.c.active.is_(True)
+        # by primary key; "active IS 1" in the WHERE would lead SQLite to the status index
+        query = select(patient.c.id, patient.c.active).where(
+            patient.c.id.in_(ids[start : start + 500])
         )
-        active.update(r[0] for r in conn.execute(query))
+        active.update(pid for pid, is_active in conn.execute(query) if is_active)
     return [p for p in pairs if p not in excluded and p[0] in active and p[1] in active]
 
 

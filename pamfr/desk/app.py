@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import re
+import threading
 import time as clock
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -44,6 +46,7 @@ log = logging.getLogger("pamfr.desk")
 HERE = Path(__file__).parent
 PAGE_SIZE = 50
 FIGURES_MAX_AGE = 300.0  # seconds
+SIGNIN = "/desk/signin"
 BIRTH_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
 EVENT = re.compile(r"[A-Z][0-9A-Z]{2}")
 WORKLISTS = {
@@ -94,6 +97,7 @@ class Desk:
         )
         self.templates.env.filters["moment"] = _moment
         self._receiver = None
+        self._reprocessing = threading.Lock()  # one receiver: one reprocess at a time
         self._figures: dict[str, tuple[float, datetime, Any]] = {}
         self._refreshing: set[str] = set()
         self._tasks: set[asyncio.Future] = set()
@@ -124,6 +128,8 @@ class Desk:
                 try:
                     fresh = await self.read(fn)
                     self._figures[name] = (clock.monotonic(), datetime.now(UTC), fresh)
+                except SQLAlchemyError as exc:  # the figures as of before: said on the page
+                    log.warning("desk: %s not refreshed: %s", name, type(exc).__name__)
                 finally:
                     self._refreshing.discard(name)
 
@@ -136,13 +142,16 @@ class Desk:
             accesslog.record_access, self.write_engine, session.name, action, **ids
         )
 
-    def receiver(self):
-        """The receiver of every door, with the operator's policy (built on first use)."""
-        if self._receiver is None:
-            from pamfr.path.assemble import build_receiver
+    def reprocess(self, rows: list) -> Any:
+        """path/reprocess with the receiver of every door and the operator's policy (built on
+        first use), one request at a time; in a thread."""
+        from pamfr.path.assemble import build_receiver
+        from pamfr.path.reprocess import reprocess
 
-            self._receiver = build_receiver(self.write_engine, self.settings)
-        return self._receiver
+        with self._reprocessing:
+            if self._receiver is None:
+                self._receiver = build_receiver(self.write_engine, self.settings)
+            return reprocess(self._receiver, rows)
 
     # -- answers ---------------------------------------------------------------------------
 
@@ -178,7 +187,7 @@ class Desk:
             if session is None:
                 if request.method != "GET":
                     return await self.refuse(request, None, "no valid session")
-                return RedirectResponse(_signin_url(request), status_code=303)
+                return RedirectResponse(SIGNIN, status_code=303)
             if request.method == "POST":
                 form = await request.form()
                 if not csrf_ok(session, str(form.get("csrf", ""))):
@@ -209,10 +218,6 @@ _REFUSED = {
 def _shown(path: str) -> str:
     """The first two segments of a path: never an id."""
     return "/" + "/".join(path.strip("/").split("/")[:2])
-
-
-def _signin_url(request: Request) -> str:
-    return "/desk/signin"
 
 
 def _moment(value: datetime | str | None) -> str:
@@ -489,7 +494,6 @@ def build_desk(desk: Desk) -> Starlette:
 
     async def reprocess(request: Request, session: Session) -> Response:
         from pamfr.path.reprocess import candidates
-        from pamfr.path.reprocess import reprocess as run
 
         mid = request.path_params["mid"]
         row = await desk.read(_message_row, mid)
@@ -507,7 +511,7 @@ def build_desk(desk: Desk) -> Starlette:
             raise HTTPException(409, "Ce message a déjà été retraité (voir ses retraitements).")
         if rows[0].cannot:
             raise HTTPException(409, f"Ce message ne peut être retraité : {rows[0].cannot}")
-        result = await run_in_threadpool(run, desk.receiver(), rows)
+        result = await run_in_threadpool(desk.reprocess, rows)
         _, code, new_id = result.rows[0]
         log.info("desk reprocess of message %d by %s: %s", mid, session.name, code)
         await desk.audit(session, "reprocess", message_id=mid, detail=f"{code} {new_id}")

@@ -21,7 +21,9 @@ FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API holds an event loop in this thread while it runs, and
+# the tests after these ones call asyncio.run.
+@pytest.fixture(scope="module")
 def browser() -> Iterator:
     if not shutil.which("chromium"):
         pytest.skip(

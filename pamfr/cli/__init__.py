@@ -196,15 +196,9 @@ def _err_code(ctx, param, value: str | None) -> str | None:
 
 def _decoded(raw: bytes, charset: str) -> str:
     """A stored message as text, in the character set its own MSH-18 names."""
-    from pamfr.hl7.charset import UnknownCharset, codec_for
+    from pamfr.hl7.charset import stored_text
 
-    try:
-        codec = codec_for(charset or "")
-    except UnknownCharset:
-        codec = "utf-8"
-    if codec == "ascii":  # MSH-18 empty: ASCII by the standard, UTF-8 read as what it is
-        codec = "utf-8"
-    return raw.decode(codec, errors="replace")
+    return stored_text(raw, charset)
 
 
 @main.command()

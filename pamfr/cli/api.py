@@ -37,7 +37,8 @@ DEFAULT_LISTEN = "127.0.0.1:8091"
 @click.pass_obj
 def api(obj: Context, db_url: str | None, listen: str | None, log_level: str | None) -> None:
     """Serve the FHIR R4 read API (/fhir: FR Core Patient, read, search, history), the change
-    feed (/events) and /healthz from the store, until SIGTERM or SIGINT.
+    feed (/events), /healthz, and the desk (/desk) when [desk] enabled, from the store, until
+    SIGTERM or SIGINT.
 
     Tokens and TLS are [http] tokens, tls_cert, tls_key and tls_client_ca of the
     configuration (PAMFR_HTTP_TOKENS='{"name": "token"}'). See docs/fhir.md.
@@ -71,16 +72,23 @@ def api(obj: Context, db_url: str | None, listen: str | None, log_level: str | N
         engine = make_read_engine(
             settings.database.url, busy_timeout=settings.database.sqlite_busy_timeout
         )
+    desk = None
+    if settings.desk.enabled:  # the desk writes its access log and decisions: a write engine
+        from pamfr.service.daemon import desk_of
+
+        desk = desk_of(settings, None, lambda: engine, open_engine(settings))
     try:
         for warning in http_access_warnings(checked):
             log.warning("%s", warning)
-        code = asyncio.run(_serve(engine, host, port, tls, checked))
+        code = asyncio.run(_serve(engine, host, port, tls, checked, desk))
     finally:
         engine.dispose()
+        if desk is not None:
+            desk.write_engine.dispose()
     sys.exit(code)
 
 
-async def _serve(engine, host: str, port: int, tls, settings) -> int:
+async def _serve(engine, host: str, port: int, tls, settings, desk=None) -> int:
     from pamfr.http.app import build_app
     from pamfr.http.server import HttpServer
     from pamfr.service.daemon import http_access
@@ -93,7 +101,7 @@ async def _serve(engine, host: str, port: int, tls, settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = HttpServer(
-        build_app(None, None, fhir_engine=engine, events_engine=engine, **access),
+        build_app(None, None, fhir_engine=engine, events_engine=engine, desk=desk, **access),
         host,
         port,
         tls,
@@ -106,9 +114,10 @@ async def _serve(engine, host: str, port: int, tls, settings) -> int:
         log.error("cannot listen on %s:%d (--listen): %s", host, port, exc)
         return 2
     log.info(
-        "FHIR API on %s:%d (/fhir, /events, /healthz)%s, %s, database %s",
+        "FHIR API on %s:%d (/fhir, /events, /healthz%s)%s, %s, database %s",
         server.host,
         server.port,
+        ", /desk" if desk is not None else "",
         " over TLS" if tls is not None else "",
         f"tokens: {', '.join(sorted(tokens))}" if tokens else "no token",
         safe_url(settings.database.url),

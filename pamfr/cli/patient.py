@@ -212,3 +212,75 @@ def collisions(obj: Context, db_url, as_json) -> None:
         if not found:
             click.echo("no INS collision")
     sys.exit(1 if found else 0)
+
+
+@patient.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {patients, key}.")
+@click.pass_obj
+def doublons(obj: Context, db_url, as_json) -> None:
+    """Potential doublons: active patients, neither linked nor decided "not a doublon" on
+    the desk, with the same birth name, first birth given name, birth date and sex (accents,
+    case, hyphens and spaces folded). Exit 0 when there is none, 1 otherwise."""
+    from pamfr.store.worklists import potential_doublons
+
+    with _connect(obj, db_url) as conn:
+        pairs = potential_doublons(conn)
+    if as_json:
+        click.echo(json.dumps([{"patients": list(pair)} for pair in pairs]))
+    else:
+        for a, b in pairs:
+            click.echo(f"patients {a}, {b}")
+        if not pairs:
+            click.echo("no potential doublon")
+    sys.exit(1 if pairs else 0)
+
+
+def _moment_option(ctx, param, value: str | None):
+    from datetime import UTC, datetime
+
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"expected an ISO date or time, got {value!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@patient.command()
+@_selector_options
+@click.option(
+    "--since", callback=_moment_option, help="Every identity's INS states from this time (ISO)."
+)
+@click.option("--until", callback=_moment_option, help="...up to this time (ISO, excluded).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True
+)
+@db_option
+@click.pass_obj
+def trace(obj: Context, ipp, authority, ins, patient_id, since, until, fmt, db_url) -> None:
+    """INS traceability: every INS state of one identity (--ipp, --ins, --id), or of every
+    identity changed in a time range (--since [--until]): INS, OID, status, ZFD-5/6/7, the
+    message that set it and why it was removed."""
+    import csv
+
+    from pamfr.store.trace import TRACE_COLUMNS, ins_trace, patients_changed_since
+
+    one = any(x is not None for x in (ipp, ins, patient_id))
+    if one == (since is not None):
+        click.echo("give one of --ipp, --ins or --id, or --since (a time range)", err=True)
+        sys.exit(2)
+    with _connect(obj, db_url) as conn:
+        if one:
+            ids = [_resolve(conn, ipp, authority, ins, patient_id)]
+        else:
+            ids = patients_changed_since(conn, since)
+        rows = ins_trace(conn, ids, since, until)
+    if fmt == "json":
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(TRACE_COLUMNS)
+    for r in rows:
+        writer.writerow(["" if r[c] is None else r[c] for c in TRACE_COLUMNS])

@@ -24,3 +24,14 @@ def codec_for(msh18: str) -> str:
         return _CODECS[key]
     except KeyError:
         raise UnknownCharset(f"unsupported character set {msh18!r} in MSH-18") from None
+
+
+def stored_text(raw: bytes, charset: str) -> str:
+    """A stored message as text, in the character set its own MSH-18 names."""
+    try:
+        codec = codec_for(charset or "")
+    except UnknownCharset:
+        codec = "utf-8"
+    if codec == "ascii":  # MSH-18 empty: ASCII by the standard, UTF-8 read as what it is
+        codec = "utf-8"
+    return raw.decode(codec, errors="replace")

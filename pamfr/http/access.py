@@ -1,8 +1,9 @@
 """Who may read what on the HTTP port.
 
 Deny by default: every route needs `Authorization: Bearer <one of the tokens>` except
-OPEN_PATHS (/healthz, /readyz, /metrics and /fhir/metadata, which carry no patient data), so
-a route added later is closed unless opened here on purpose. Without tokens every other
+OPEN_PATHS (/healthz, /readyz, /metrics and /fhir/metadata, which carry no patient data) and
+the mounts of OWN_SIGN_IN (the desk, which signs its users in with the same tokens), so a
+route added later is closed unless opened here on purpose. Without tokens every other
 request gets 401, unless `[http] anonymous_loopback` lets the loopback in on purpose.
 
 The Host header must name this port (allowed_hosts, checked by Starlette's
@@ -28,11 +29,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pamfr.fhir.rest import operation_outcome
 from pamfr.transport.access import is_loopback
 
-__all__ = ["OPEN_PATHS", "AccessGuard", "allowed_hosts", "check_exposure", "is_loopback"]
+__all__ = ["OPEN_PATHS", "OWN_SIGN_IN", "AccessGuard", "allowed_hosts", "check_exposure", "is_loopback"]
 
 log = logging.getLogger("pamfr.http.access")
 
 OPEN_PATHS: frozenset[str] = frozenset({"/healthz", "/readyz", "/metrics", "/fhir/metadata"})
+# Mounts that sign their users in themselves (the desk: a session cookie after a sign-in with
+# a token, pamfr/desk/session.py); a bearer token is not asked of them.
+OWN_SIGN_IN: tuple[str, ...] = ("/desk",)
 FHIR_JSON = "application/fhir+json"
 _LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 _WILDCARDS = ("0.0.0.0", "::")
@@ -115,7 +119,12 @@ class AccessGuard:
         return False, None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or path in OPEN_PATHS
+            or any(path == p or path.startswith(p + "/") for p in OWN_SIGN_IN)
+        ):
             await self.app(scope, receive, send)
             return
         client = scope.get("client") or ("-", 0)

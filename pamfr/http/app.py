@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine
@@ -18,12 +19,19 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from pamfr.http.access import AccessGuard
 from pamfr.service.health import Health
 from pamfr.service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from pamfr.desk.app import Desk
+
+
+async def _to_desk(_request: Request) -> Response:
+    return RedirectResponse("/desk/", status_code=307)
 
 
 def build_app(
@@ -36,12 +44,14 @@ def build_app(
     anonymous: bool = False,
     hosts: Sequence[str] = ("localhost", "127.0.0.1", "[::1]"),
     public_url: str = "",
+    desk: Desk | None = None,
 ) -> Starlette:
     """The port's application: /healthz always; /readyz and /metrics with the daemon's
     health and metrics; /fhir when given a read engine (make_read_engine); /events when
-    given the store's engine. `tokens` (name: token) guard every other route (`anonymous`:
-    not for loopback clients); a Host header not among `hosts` gets 400; `public_url`
-    ([http] public_url) is the base of FHIR's fullUrl and links."""
+    given the store's engine; /desk when given the desk (its own sign-in). `tokens`
+    (name: token) guard every other route (`anonymous`: not for loopback clients); a Host
+    header not among `hosts` gets 400; `public_url` ([http] public_url) is the base of FHIR's
+    fullUrl and links."""
 
     async def healthz(_request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -72,6 +82,11 @@ def build_app(
         from pamfr.http.events import event_routes
 
         routes += event_routes(events_engine)  # GET /events: the change feed
+    if desk is not None:
+        from pamfr.desk.app import build_desk
+
+        routes.append(Route("/desk", _to_desk, methods=["GET"]))
+        routes.append(Mount("/desk", app=build_desk(desk)))
     return Starlette(
         routes=routes,
         middleware=[

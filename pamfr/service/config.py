@@ -237,6 +237,21 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"  # json: one object a line, for a log collector
 
 
+class DeskSettings(_Section):
+    # The identity-vigilance desk under /desk on the HTTP port (docs/desk.md): off by default.
+    enabled: bool = False
+    # Names of [http] tokens that may reprocess messages and record doublon decisions; every
+    # other token reads.
+    operators: list[str] = []
+    # Minutes without a request after which a desk session must sign in again.
+    idle_minutes: float = Field(30.0, gt=0)
+    # Signs the session cookies (32 characters at least); unset: a new one at each start,
+    # which signs everyone out when pamfr restarts.
+    secret: str | None = Field(None, min_length=32)
+    # The worklist of provisional identities lists those older than this many days.
+    provisional_days: int = Field(30, ge=0)
+
+
 class RetentionSettings(_Section):
     # Days after which the raw bytes of a message (any outcome) are emptied by `pamfr purge`
     # (and by the daemon, once a day); the log row, its ACK and the history stay. None: keep.
@@ -353,6 +368,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     log: LogSettings = LogSettings()
     retention: RetentionSettings = RetentionSettings()
+    desk: DeskSettings = DeskSettings()
     feed: FeedSettings = FeedSettings()
     webhooks: list[WebhookSettings] = []
 
@@ -365,6 +381,13 @@ class Settings(BaseSettings):
             data = {**data, "log": {**data["logging"], **data.get("log", {})}}
             del data["logging"]
         return data
+
+    @model_validator(mode="after")
+    def _operators_are_tokens(self) -> Settings:
+        for name in self.desk.operators:
+            if name not in self.http.tokens:
+                raise ValueError(f"desk.operators: {name!r} is not the name of an [http] token")
+        return self
 
     @field_validator("webhooks")
     @classmethod

@@ -151,11 +151,13 @@ async def run_daemon(
             log.warning("GET /events not served: %s", feed_exposed)
         for warning in http_access_warnings(settings):
             log.warning("%s", warning)
+        desk = desk_of(settings, feed_exposed, read_engine, engine, door_states(health, watcher))
         app = build_app(
             health,
             metrics,
             fhir_engine=fhir_engine,
             events_engine=None if feed_exposed else read_engine(),
+            desk=desk,
             **http_access(settings),
         )
         http = HttpServer(
@@ -172,11 +174,12 @@ async def run_daemon(
             handler.close()
             return 2
         log.info(
-            "HTTP port on %s:%d (/healthz, /readyz, /metrics%s%s)%s",
+            "HTTP port on %s:%d (/healthz, /readyz, /metrics%s%s%s)%s",
             http.host,
             http.port,
             ", /fhir" if settings.http.fhir else "",
             "" if feed_exposed else ", /events",
+            ", /desk" if desk is not None else "",
             " over TLS" if http_tls is not None else "",
         )
     try:
@@ -240,6 +243,38 @@ async def run_daemon(
         engine.dispose()
     log.info("stopped")
     return 0
+
+
+def door_states(health: Health, watcher: FileDropWatcher | None):
+    """What the desk's overview shows of the doors: the readiness checks (MLLP listener,
+    database, parse workers, webhooks) and the file drop's backlog."""
+
+    async def states():
+        from pamfr.desk.app import DoorState
+
+        readiness = await health.readiness()
+        found = [DoorState(c.name, c.ok, c.detail) for c in readiness.checks]
+        if watcher is not None:
+            found.append(DoorState("filedrop", True, f"{watcher.backlog} file(s) waiting"))
+        return found
+
+    return states
+
+
+def desk_of(settings: Settings, exposed: str | None, read_engine, write_engine, doors=None):
+    """The identity-vigilance desk when [desk] enabled asks for it and it may be served;
+    `doors` gives the state of the daemon's doors for its overview."""
+    if not settings.desk.enabled:
+        return None
+    if exposed:
+        log.warning("/desk not served: %s", exposed)
+        return None
+    if not settings.http.tokens:
+        log.warning("/desk not served: no [http] tokens to sign in with")
+        return None
+    from pamfr.desk.app import Desk
+
+    return Desk(read_engine(), write_engine, settings, doors)
 
 
 def http_refusal(settings: Settings, tls: object | None, serves_data: bool = False) -> str | None:

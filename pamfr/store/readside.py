@@ -243,7 +243,9 @@ class MessageFilter:
     ipp: str | None = None  # messages with a history row of a patient holding this IPP
     err_code: str | None = None
     warnings: bool = False  # AA with warnings
+    event: str | None = None  # MSH-9.2 (A28...)
     limit: int = 20
+    offset: int = 0  # rows skipped, newest first (a page of the desk)
 
 
 def _moment(conn: Connection, moment: datetime) -> datetime:
@@ -254,7 +256,7 @@ def _moment(conn: Connection, moment: datetime) -> datetime:
 
 def message_log(conn: Connection, f: MessageFilter) -> list[dict]:
     """Rows of the message log, newest first."""
-    query = select(message).order_by(message.c.id.desc()).limit(f.limit)
+    query = select(message).order_by(message.c.id.desc()).limit(f.limit).offset(f.offset)
     if f.outcome:
         query = query.where(message.c.outcome == f.outcome)
     if f.since is not None:
@@ -267,6 +269,8 @@ def message_log(conn: Connection, f: MessageFilter) -> list[dict]:
         query = query.where(message.c.sending_facility == f.sending_facility)
     if f.control_id is not None:
         query = query.where(message.c.control_id == f.control_id)
+    if f.event is not None:
+        query = query.where(message.c.event == f.event)
     if f.ipp is not None:
         holders = select(identifier.c.patient_id).where(
             identifier.c.value == f.ipp, identifier.c.type == IPP_TYPE

@@ -195,3 +195,35 @@ webhook_cursor = Table(
     Column("last_error", Text, nullable=True),
     Column("updated_at", DateTime(timezone=True), nullable=True),
 )
+
+# The identity-vigilance desk: who viewed which patient's data, exported or acted (the token's
+# name and the internal ids, never patient data), and the pairs judged "not a doublon".
+desk_access = Table(
+    "desk_access",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("token_name", String(64), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("patient_id", Integer, nullable=True),
+    Column("message_id", Integer, nullable=True),
+    Column("detail", String(255), nullable=False, server_default=""),
+)
+
+doublon_decision = Table(
+    "doublon_decision",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("patient_a", Integer, ForeignKey("patient.id"), nullable=False),  # the smaller id
+    Column("patient_b", Integer, ForeignKey("patient.id"), nullable=False),
+    Column("decided_by", String(64), nullable=False),  # the token's name
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+Index(
+    "ux_doublon_decision_pair",
+    doublon_decision.c.patient_a,
+    doublon_decision.c.patient_b,
+    unique=True,
+)
+Index("ix_desk_access_patient", desk_access.c.patient_id)

@@ -100,7 +100,7 @@ def test_postgres_scheme_is_taken_as_postgresql(pg_server_url):
     short = url.replace("postgresql+psycopg://", "postgres://", 1)
     upgraded = cli("db", "upgrade", "--db", short)
     assert upgraded.exit_code == 0, upgraded.output
-    assert current_revision(url) == "0006"
+    assert current_revision(url) == "0007"
     assert cli("messages", "--db", short).exit_code == 0
 
 
@@ -152,14 +152,14 @@ def test_db_upgrade_reports_the_real_revision_and_never_goes_down(tmp_path):
     assert first.stdout.startswith("database schema at 0002:")
     assert current_revision(url) == "0002"
     head = cli("db", "upgrade", "--db", url)
-    assert head.stdout.startswith("database schema at 0006:")
+    assert head.stdout.startswith("database schema at 0007:")
     down = cli("db", "upgrade", "--db", url, "--revision", "0001")
     assert down.exit_code == 2 and down.stdout == ""
-    one_line_error(down.stderr, "--revision", "0006", "never downgrades")
-    assert current_revision(url) == "0006"
-    unknown = cli("db", "upgrade", "--db", url, "--revision", "0009")
+    one_line_error(down.stderr, "--revision", "0007", "never downgrades")
+    assert current_revision(url) == "0007"
+    unknown = cli("db", "upgrade", "--db", url, "--revision", "0099")
     assert unknown.exit_code == 2
-    one_line_error(unknown.stderr, "--revision", "unknown revision '0009'")
+    one_line_error(unknown.stderr, "--revision", "unknown revision '0099'")
 
 
 def test_patient_find_refuses_what_is_not_a_date(sqlite_url, receiver_on_sqlite):

@@ -17,7 +17,7 @@ def test_migrated_schema_matches_the_declared_tables(db_url):
         revision = context.get_current_revision()
     engine.dispose()
     assert differences == []
-    assert revision == "0006"
+    assert revision == "0007"
 
 
 def test_0003_flattens_merge_chains(tmp_path, pg_server_url):

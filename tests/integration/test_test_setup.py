@@ -54,7 +54,7 @@ def test_without_postgresql_the_pg_tests_say_why_once_and_do_not_error() -> None
 
 # -- what ./run.sh and ./test.sh install ---------------------------------------------------
 
-TEST_TOOLS = ("pytest", "hypothesis", "ruff", "cryptography", "atheris")
+TEST_TOOLS = ("pytest", "hypothesis", "ruff", "cryptography", "atheris", "playwright")
 
 
 def _names(requirements: list[str]) -> set[str]:

@@ -84,3 +84,10 @@ def test_patient_data_off_the_loopback_needs_tls_and_a_known_client(host, tls, t
         assert found is None
     else:
         assert found is not None and refused in found and f"http.listen {host} " in found
+
+
+def test_desk_operators_must_name_configured_tokens(monkeypatch):
+    monkeypatch.setenv("PAMFR_HTTP_TOKENS", '{"alice": "alice-0123456789abcdef"}')
+    assert load_settings(overrides={"desk.operators": ["alice"]}).desk.operators == ["alice"]
+    with pytest.raises(ConfigError, match="desk.operators: 'bob' is not the name of an"):
+        load_settings(overrides={"desk.operators": ["bob"]})

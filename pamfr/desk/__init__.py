@@ -1,0 +1,2 @@
+"""The identity-vigilance desk: server-rendered pages under /desk on the HTTP port
+(docs/desk.md)."""

@@ -1,0 +1,127 @@
+"""The identity-vigilance worklists and the INS trace from the CLI (`pamfr patient doublons`,
+`pamfr patient trace`), on SQLite and PostgreSQL, read from a store fed over MLLP."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from click.testing import CliRunner
+
+from pamfr.cli import main
+from pamfr.store.db import make_engine
+from pamfr.store.worklists import (
+    DecisionExists,
+    doublon_decisions,
+    ins_removed_since,
+    potential_doublons,
+    provisional_older_than,
+    record_not_doublon,
+    refusals_per_sender,
+)
+from tests.desk.store import NIR_REMOVED, NIR_SHARED, load
+
+
+def cli(db_url: str, *args: str):
+    return CliRunner().invoke(main, [*args, "--db", db_url])
+
+
+def ids_of(db_url: str, ipp: str) -> int:
+    result = cli(db_url, "patient", "show", "--ipp", ipp, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)["id"]
+
+
+def test_doublons_are_the_folded_pair_not_the_merged_nor_the_linked(db_url):
+    load(db_url)
+    pair = sorted((ids_of(db_url, "DBL1"), ids_of(db_url, "DBL2")))
+    result = cli(db_url, "patient", "doublons", "--json")
+    # MRG1/MRG2 and LNK1/LNK2 have the same traits, but are merged or linked
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == [{"patients": pair}]
+    text = cli(db_url, "patient", "doublons")
+    assert text.stdout.strip() == f"patients {pair[0]}, {pair[1]}"
+
+
+def test_a_not_a_doublon_decision_takes_the_pair_off_the_list_once(db_url):
+    load(db_url)
+    a, b = ids_of(db_url, "DBL2"), ids_of(db_url, "DBL1")
+    engine = make_engine(db_url)
+    try:
+        record_not_doublon(engine, a, b, "alice", "twins, checked with the ID cards")
+        try:
+            record_not_doublon(engine, b, a, "bob", "again")
+            raised = False
+        except DecisionExists:
+            raised = True
+        with engine.connect() as conn:
+            assert potential_doublons(conn) == []
+            decisions = doublon_decisions(conn)
+    finally:
+        engine.dispose()
+    assert raised
+    assert [(d.patient_a, d.patient_b, d.decided_by, d.reason) for d in decisions] == [
+        (min(a, b), max(a, b), "alice", "twins, checked with the ID cards")
+    ]
+    result = cli(db_url, "patient", "doublons")
+    assert (result.exit_code, result.stdout.strip()) == (0, "no potential doublon")
+
+
+def test_the_other_worklists(db_url):
+    load(db_url)
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            removed = ins_removed_since(conn, 30)
+            refusals = refusals_per_sender(conn)
+            provisional = provisional_older_than(conn, 0)
+            provisional_old = provisional_older_than(conn, 30)
+    finally:
+        engine.dispose()
+    qualified = ids_of(db_url, "QUA1")
+    assert [(r["patient_id"], r["finding"], r["event"]) for r in removed] == [
+        (qualified, "ins-removed", "A31")
+    ]
+    assert {(r["sender"], r["outcome"], r["count"]) for r in refusals} == {
+        ("GAM|CHU-X", "AE", 1),
+        ("GAM|CHU-X", "AR", 1),
+    }
+    provisional_ids = {r["patient_id"] for r in provisional}
+    assert {ids_of(db_url, "DBL1"), ids_of(db_url, "QUA1")} <= provisional_ids
+    assert ids_of(db_url, "COL1") not in provisional_ids  # qualifiée
+    assert provisional_old == []  # created today
+
+
+def test_the_trace_of_one_identity_in_csv_and_json(db_url):
+    load(db_url)
+    result = cli(db_url, "patient", "trace", "--ipp", "QUA1", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["ins"], r["status"], r["control_id"], r["event"]) for r in rows] == [
+        (NIR_REMOVED, "qualifiee", "DESK-11", "A28"),
+        (None, "provisoire", "DESK-12", "A31"),
+    ]
+    assert rows[0]["oid"] == "1.2.250.1.213.1.4.10"
+    assert rows[0]["identity_mode"] == "INSI" and rows[0]["insi_query_date"] == "20211201"
+    assert rows[0]["removed_why"] is None
+    assert rows[1]["removed_why"].startswith("ins-removed: ")
+    table = cli(db_url, "patient", "trace", "--ipp", "QUA1")
+    parsed = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert [r["ins"] for r in parsed] == [NIR_REMOVED, ""]
+    assert [r["message_id"] for r in parsed] == [str(r["message_id"]) for r in rows]
+
+
+def test_the_trace_of_a_time_range_and_its_bad_arguments(db_url):
+    load(db_url)
+    result = cli(db_url, "patient", "trace", "--since", "2000-01-01", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert {r["ins"] for r in rows if r["ins"]} == {NIR_REMOVED, NIR_SHARED}
+    assert len({r["patient_id"] for r in rows}) >= 10
+    future = cli(db_url, "patient", "trace", "--since", "2999-01-01", "--format", "json")
+    assert json.loads(future.stdout) == []
+    for bad in (["--since", "yesterday"], [], ["--ipp", "QUA1", "--since", "2000-01-01"]):
+        wrong = cli(db_url, "patient", "trace", *bad)
+        assert wrong.exit_code == 2, wrong.output
+        assert "Traceback" not in wrong.output

@@ -29,7 +29,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pamfr.fhir.rest import operation_outcome
 from pamfr.transport.access import is_loopback
 
-__all__ = ["OPEN_PATHS", "OWN_SIGN_IN", "AccessGuard", "allowed_hosts", "check_exposure", "is_loopback"]
+__all__ = [
+    "OPEN_PATHS",
+    "OWN_SIGN_IN",
+    "AccessGuard",
+    "allowed_hosts",
+    "check_exposure",
+    "is_loopback",
+]
 
 log = logging.getLogger("pamfr.http.access")
 

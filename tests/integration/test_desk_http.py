@@ -350,7 +350,7 @@ def test_pamfr_api_serves_the_desk_over_tls_with_a_secure_cookie(tmp_path):
         deadline = time.monotonic() + 60
         while port is None and time.monotonic() < deadline and proc.poll() is None:
             found = re.search(
-                r"FHIR API on [^ ]+:(\d+) \(/fhir, /healthz, /desk\)", log_path.read_text()
+                r"FHIR API on [^ ]+:(\d+) \(/fhir, /events, /healthz, /desk\)", log_path.read_text()
             )
             port = int(found.group(1)) if found else None
             time.sleep(0.05)

@@ -16,6 +16,7 @@ from pamfr.hl7.samples import Person, message
 from pamfr.path.receiver import Receiver
 from pamfr.store.answers import AR_RAW_KEPT
 from pamfr.store.db import make_engine
+from pamfr.store.filemodes import private_dir
 from pamfr.store.schema import history
 from pamfr.store.schema import message as message_table
 from tests.helpers import send, start_daemon
@@ -39,8 +40,19 @@ def with_umask_022(*command: str, **kw) -> subprocess.CompletedProcess:
     )
 
 
-def test_store_folder_files_and_backup_are_the_owner_s_only(tmp_path):
+def test_private_dir_makes_every_missing_folder_the_owner_s_only(tmp_path):
+    # what db.py uses for pamfr's default folder (any other folder must already exist)
+    old = os.umask(0o022)
+    try:
+        private_dir(tmp_path / "var" / "store")
+    finally:
+        os.umask(old)
+    assert mode(tmp_path / "var" / "store") == 0o700 and mode(tmp_path / "var") == 0o700
+
+
+def test_store_files_and_backup_are_the_owner_s_only(tmp_path):
     folder = tmp_path / "var" / "store"
+    folder.mkdir(parents=True)  # a store's folder must exist, but pamfr's default one
     url = f"sqlite:///{folder / 'pamfr.db'}"
     old = os.umask(0o022)
     try:  # the daemon inherits the umask of whoever started it
@@ -52,7 +64,6 @@ def test_store_folder_files_and_backup_are_the_owner_s_only(tmp_path):
     try:
         acks = send(daemon.port, [message("A28", Person("REST1", birth_name=MARKER), "R1")])
         assert acks[0].code == "AA"
-        assert mode(folder) == 0o700 and mode(tmp_path / "var") == 0o700
         for name in ("pamfr.db", "pamfr.db-wal", "pamfr.db-shm"):
             assert mode(folder / name) == 0o600, name
         backup = tmp_path / "copy.db"
@@ -65,11 +76,12 @@ def test_store_folder_files_and_backup_are_the_owner_s_only(tmp_path):
 
 
 def test_upgrade_creates_a_private_store_and_an_exposed_one_is_warned(tmp_path):
+    (tmp_path / "new").mkdir()
     url = f"sqlite:///{tmp_path / 'new' / 'pamfr.db'}"
     done = with_umask_022("db", "upgrade", "--db", url)
     assert done.returncode == 0, done.stderr
     store = tmp_path / "new" / "pamfr.db"
-    assert mode(store) == 0o600 and mode(store.parent) == 0o700
+    assert mode(store) == 0o600
     store.chmod(0o644)
     daemon = start_daemon(url, tmp_path / "serve.log", env={"PAMFR_RECEIVER_PARSE_WORKERS": "0"})
     assert daemon.stop() == 0

@@ -212,12 +212,15 @@ def _urls(bundle: dict) -> list[str]:
 def test_links_use_the_public_url_never_the_host_header(db_url, tmp_path, feed):
     feed.ok(*(message("A28", p, f"P-{p.ipp}") for p in (ACCENTED, QUALIFIED, NO_GIVEN)))
     public = "https://identities.example.org:8443/pamfr"
+    # a Host header the port does not answer to is refused (400, http/access.py); among the
+    # accepted ones, the links follow public_url, else the address the connection reached
     with fhir_api(db_url, tmp_path / "public.log", PAMFR_HTTP_PUBLIC_URL=public + "/") as base:
-        bundle = raw_get(f"{base}/fhir/Patient?_count=1", host="evil.example.net")
+        bundle = raw_get(f"{base}/fhir/Patient?_count=1", host="localhost")
         urls = _urls(bundle)
         assert len(urls) == 3 and all(u.startswith(public + "/fhir/Patient") for u in urls), urls
     with fhir_api(db_url, tmp_path / "listen.log") as base:
-        bundle = raw_get(f"{base}/fhir/Patient?_count=1", host="evil.example.net")
+        assert base.startswith("http://127.0.0.1:")
+        bundle = raw_get(f"{base}/fhir/Patient?_count=1", host="localhost")
         urls = _urls(bundle)
         assert all(u.startswith(f"{base}/fhir/Patient") for u in urls), urls
 

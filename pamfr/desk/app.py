@@ -52,6 +52,9 @@ SIGNIN = "/desk/signin"
 # (the sign-in form is open to anyone who reaches the port) is refused with 413 unread.
 MAX_FORM = 16 * 1024
 MAX_FORM_FIELDS = 16
+MAX_ID = 2**62  # ids, pages: within SQL's 64-bit integers
+MAX_DAYS = 36_600  # ?jours: a hundred years
+YEARS = (1000, 9998)  # of a time filter: a day later is still a date
 BIRTH_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
 EVENT = re.compile(r"[A-Z][0-9A-Z]{2}")
 WORKLISTS = {
@@ -188,6 +191,8 @@ class Desk:
         "csrf") and, for operator actions, the operator role."""
 
         async def endpoint(request: Request) -> Response:
+            if any(isinstance(v, int) and v > MAX_ID for v in request.path_params.values()):
+                raise HTTPException(404, "Cette page n'existe pas.")  # SQL would overflow
             session = self.sessions.read(request.cookies.get(COOKIE))
             if session is None:
                 if request.method != "GET":
@@ -244,9 +249,14 @@ def _time_bound(value: str | None, name: str, *, end: bool = False) -> datetime 
         return None
     try:
         if len(value) == 10:
-            day = date.fromisoformat(value) + (timedelta(days=1) if end else timedelta())
+            day = date.fromisoformat(value)
+            if not YEARS[0] <= day.year <= YEARS[1]:
+                raise ValueError(value)
+            day += timedelta(days=1) if end else timedelta()
             return datetime.combine(day, time(), tzinfo=UTC)
         moment = datetime.fromisoformat(value)
+        if not YEARS[0] <= moment.year <= YEARS[1]:  # 9999-12-31 + a day: OverflowError
+            raise ValueError(value)
     except ValueError:
         raise _bad(f"{name} : date (AAAA-MM-JJ) ou heure ISO attendue") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
@@ -271,7 +281,7 @@ async def read_form(request: Request) -> FormData:
     return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM)
 
 
-def _int(value: str | None, name: str, default: int, lowest: int = 0) -> int:
+def _int(value: str | None, name: str, default: int, lowest: int = 0, highest: int = MAX_ID) -> int:
     if value in (None, ""):
         return default
     try:
@@ -280,6 +290,8 @@ def _int(value: str | None, name: str, default: int, lowest: int = 0) -> int:
         raise _bad(f"{name} : nombre entier attendu") from None
     if number < lowest:
         raise _bad(f"{name} : {lowest} au moins")
+    if number > highest:  # past SQL's 64-bit integers, or a date before year 1: a 500
+        raise _bad(f"{name} : {highest} au plus")
     return number
 
 
@@ -444,7 +456,7 @@ def build_desk(desk: Desk) -> Starlette:
             raise _bad("événement : trois caractères (A28, A31...)")
         sender = q.get("emetteur", "").strip()
         app_name, _, facility = sender.partition("|")
-        page_number = _int(q.get("page"), "page", 1, lowest=1)
+        page_number = _int(q.get("page"), "page", 1, lowest=1, highest=MAX_ID // PAGE_SIZE)
         selected = readside.MessageFilter(
             outcome=outcome or None,
             warnings=q.get("avertissements") == "1",
@@ -547,7 +559,12 @@ def build_desk(desk: Desk) -> Starlette:
         name, kind = request.path_params["name"], request.path_params.get("kind")
         if name not in WORKLISTS or kind not in (None, "csv"):
             raise HTTPException(404, "Liste inconnue.")
-        days = _int(request.query_params.get("jours"), "jours", desk.settings.desk.provisional_days)
+        days = _int(
+            request.query_params.get("jours"),
+            "jours",
+            desk.settings.desk.provisional_days,
+            highest=MAX_DAYS,
+        )
         pairs, as_of = None, None
         if name == "doublons":
             as_of, pairs = await desk.figures("doublon-pairs", worklists.pairs_by_key)

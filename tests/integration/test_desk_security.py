@@ -98,3 +98,24 @@ def test_a_signed_in_form_is_bounded_too(desk):
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     _refused_fast(answer)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/desk/messages?page=999999999999999999999999999999",
+        "/desk/listes/provisoires?jours=999999999999999999999999999999",
+        "/desk/listes/provisoires?jours=99999999",
+        "/desk/messages?depuis=9999-12-31T23:59:59%2B00:00",
+        "/desk/messages?jusqu_a=9999-12-31",
+        "/desk/trace?depuis=0001-01-01T00:00:00%2B14:00",
+        "/desk/patients/99999999999999999999999",
+        "/desk/messages/99999999999999999999999",
+        "/desk/patients/99999999999999999999999/trace.csv",
+    ],
+)
+def test_out_of_range_numbers_and_dates_get_a_page_not_a_500(desk, path):
+    answer = desk.signed_in().get(path)
+    assert answer.status_code in (400, 404), (answer.status_code, answer.text[:200])
+    assert "<h1>" in answer.text and "Traceback" not in answer.text
+    assert "OverflowError" not in desk.daemon.log()

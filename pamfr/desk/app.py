@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pamfr.desk.exports import csv_response
 from pamfr.desk.labels import OUTCOME_LABELS, STATUS_LABELS, ack_errors
@@ -295,7 +296,7 @@ def _int(value: str | None, name: str, default: int, lowest: int = 0, highest: i
     return number
 
 
-def build_desk(desk: Desk) -> Starlette:
+def build_desk(desk: Desk) -> ASGIApp:
     """The /desk application (mounted by pamfr/http/app.py)."""
 
     # -- sign-in ---------------------------------------------------------------------------
@@ -646,7 +647,41 @@ def build_desk(desk: Desk) -> Starlette:
         Route("/doublons/decision", s(decide, operator=True), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        static = scope.get("path", "").startswith(("/desk/static/", "/static/"))
+
+        async def send_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0] != b"cache-control"]
+                extra = _PAGE_HEADERS if not static else _STATIC_HEADERS
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        await app(scope, receive, send_headers)
+
+    return guarded
+
+
+# Pages and exports hold patient data: never kept in a browser's cache (a shared
+# workstation), never framed by another page (clickjacking an operator's button), no script
+# but the desk's own files; the desk's static files may be cached.
+_COMMON_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_PAGE_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (
+        b"content-security-policy",
+        b"script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        b"frame-ancestors 'none'",
+    ),
+    *_COMMON_HEADERS,
+]
+_STATIC_HEADERS = [(b"cache-control", b"max-age=3600"), *_COMMON_HEADERS]
 
 
 def _signin_cookie(request: Request, answer: Response, value: str) -> None:

@@ -119,3 +119,28 @@ def test_out_of_range_numbers_and_dates_get_a_page_not_a_500(desk, path):
     assert answer.status_code in (400, 404), (answer.status_code, answer.text[:200])
     assert "<h1>" in answer.text and "Traceback" not in answer.text
     assert "OverflowError" not in desk.daemon.log()
+
+
+def test_pages_and_exports_are_not_cached_framed_or_sniffed(desk):
+    client = desk.signed_in()
+    page = client.get("/desk/patients", params={"ipp": "COL1"})
+    pid = int(re.search(r'href="/desk/patients/(\d+)"', page.text).group(1))
+    answers = [
+        desk.client().get("/desk/signin"),
+        client.get("/desk/"),
+        page,
+        client.get(f"/desk/patients/{pid}"),
+        client.get(f"/desk/patients/{pid}/trace.csv"),
+        client.get(f"/desk/patients/{pid}/trace.json"),
+        client.get("/desk/listes/collisions.csv"),
+        client.get("/desk/nulle-part"),
+    ]
+    for answer in answers:
+        assert answer.headers["cache-control"] == "no-store", answer.url
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+        assert "script-src 'self'" in answer.headers["content-security-policy"]
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    static = client.get("/desk/static/desk.css")
+    assert static.status_code == 200 and static.headers["cache-control"] != "no-store"
+    assert static.headers["x-content-type-options"] == "nosniff"

@@ -329,6 +329,7 @@ def build_desk(desk: Desk) -> ASGIApp:
         return answer
 
     async def signout(request: Request, session: Session) -> Response:
+        desk.sessions.end(session)
         await desk.audit(session, "sign-out")
         answer = RedirectResponse("/desk/signin", status_code=303)
         answer.delete_cookie(COOKIE, path="/desk")

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from pamfr.hl7.samples import Person, message, nir_with_key
-from tests.desk.serving import desk_daemon
+from tests.desk.serving import csrf_of, desk_daemon
 from tests.helpers import run_cli, send
 
 # A sending application that a spreadsheet would run as a formula (MSH-3), refused (AR: an
@@ -144,3 +144,18 @@ def test_pages_and_exports_are_not_cached_framed_or_sniffed(desk):
     static = client.get("/desk/static/desk.css")
     assert static.status_code == 200 and static.headers["cache-control"] != "no-store"
     assert static.headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_cookie_copied_before_sign_out_no_longer_gets_in(desk):
+    client = desk.signed_in()
+    home = client.get("/desk/")
+    assert home.status_code == 200
+    copied = client.cookies.get("pamfr_desk")
+    out = client.post("/desk/signout", data={"csrf": csrf_of(home.text)})
+    assert (out.status_code, out.headers["location"]) == (303, "/desk/signin")
+    replay = desk.client()
+    replay.cookies.set("pamfr_desk", copied, domain="127.0.0.1", path="/desk")
+    answer = replay.get("/desk/")
+    assert (answer.status_code, answer.headers["location"]) == (303, "/desk/signin")
+    assert replay.post("/desk/signout", data={"csrf": csrf_of(home.text)}).status_code == 403
+    assert desk.signed_in().get("/desk/").status_code == 200  # a new sign-in gets in

@@ -393,6 +393,15 @@ def build_desk(desk: Desk) -> ASGIApp:
 
         found = await desk.read(search)
         asked = bool(name or birth_date or ipp or ins)
+        if asked:  # the patients shown, never the criteria (a name, an INS)
+            await run_in_threadpool(
+                accesslog.record_patients,
+                desk.write_engine,
+                session.name,
+                "search-patients",
+                [p["id"] for p in found],
+                f"{len(found)} found",
+            )
         return desk.page(request, session, "patients.html", found=found, asked=asked, q=q)
 
     async def patient_card(request: Request, session: Session) -> Response:
@@ -574,6 +583,7 @@ def build_desk(desk: Desk) -> ASGIApp:
         if kind == "csv":
             await desk.audit(session, "export-worklist", detail=name)
             return csv_response(f"{name}.csv", header, rows)
+        await desk.audit(session, "view-worklist", detail=name)  # it shows patients' traits
         return desk.page(
             request,
             session,

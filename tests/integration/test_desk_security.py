@@ -10,7 +10,7 @@ import re
 import pytest
 
 from pamfr.hl7.samples import Person, message, nir_with_key
-from tests.desk.serving import csrf_of, desk_daemon
+from tests.desk.serving import READER_TOKEN, csrf_of, desk_daemon
 from tests.helpers import run_cli, send
 
 # A sending application that a spreadsheet would run as a formula (MSH-3), refused (AR: an
@@ -159,3 +159,35 @@ def test_a_cookie_copied_before_sign_out_no_longer_gets_in(desk):
     assert (answer.status_code, answer.headers["location"]) == (303, "/desk/signin")
     assert replay.post("/desk/signout", data={"csrf": csrf_of(home.text)}).status_code == 403
     assert desk.signed_in().get("/desk/").status_code == 200  # a new sign-in gets in
+
+
+def test_a_search_and_a_worklist_page_are_in_the_access_log_without_the_criteria(desk):
+    from sqlalchemy import select
+
+    from pamfr.store.db import make_engine
+    from pamfr.store.schema import desk_access
+
+    client = desk.signed_in(READER_TOKEN)
+    page = client.get("/desk/patients", params={"nom": "COLL"})
+    shown = sorted(int(i) for i in re.findall(r'href="/desk/patients/(\d+)"', page.text))
+    assert len(shown) == 2  # COLLIN and COLLART, with their names and birth dates
+    client.get("/desk/patients", params={"nom": "NOBODY-HERE"})
+    client.get("/desk/listes/collisions")
+    engine = make_engine(desk.db_url)
+    try:
+        with engine.connect() as conn:
+            logged = [
+                tuple(r)
+                for r in conn.execute(
+                    select(desk_access.c.action, desk_access.c.patient_id, desk_access.c.detail)
+                    .where(desk_access.c.token_name == "bob")
+                    .order_by(desk_access.c.id)
+                )
+            ]
+    finally:
+        engine.dispose()
+    searched = [r for r in logged if r[0] == "search-patients"]
+    assert sorted(r[1] for r in searched if r[1] is not None) == shown
+    assert ("search-patients", None, "0 found") in searched
+    assert ("view-worklist", None, "collisions") in logged
+    assert not any("COLL" in r[2] or "NOBODY" in r[2] for r in logged)

@@ -200,7 +200,7 @@ class Desk:
                     return await self.refuse(request, None, "no valid session")
                 return RedirectResponse(SIGNIN, status_code=303)
             if request.method == "POST":
-                form = await read_form(request)
+                form = await read_form(request, self.settings.http.header_timeout)
                 if not csrf_ok(session, str(form.get("csrf", ""))):
                     return await self.refuse(request, session, "no valid CSRF token")
                 if operator and not session.operator:
@@ -263,9 +263,10 @@ def _time_bound(value: str | None, name: str, *, end: bool = False) -> datetime 
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-async def read_form(request: Request) -> FormData:
-    """The request's urlencoded form, MAX_FORM bytes at most (413 past it, read no further);
-    a file part or more than MAX_FORM_FIELDS fields: 400."""
+async def read_form(request: Request, seconds: float = 10.0) -> FormData:
+    """The request's urlencoded form, MAX_FORM bytes at most (413 past it, read no further),
+    all of it within `seconds` ([http] header_timeout; 408 past it: uvicorn bounds a request's
+    head, not its body); a file part or more than MAX_FORM_FIELDS fields: 400."""
     too_long = HTTPException(413, "Trop long : ce formulaire dépasse la taille permise.")
     try:
         declared = int(request.headers.get("content-length") or 0)
@@ -274,10 +275,14 @@ async def read_form(request: Request) -> FormData:
     if declared > MAX_FORM:
         raise too_long
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_FORM:
-            raise too_long
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_FORM:
+                    raise too_long
+    except TimeoutError:
+        raise HTTPException(408, "Trop lent : le formulaire n'est pas arrivé à temps.") from None
     request._body = bytes(body)  # what Request.body() keeps: form() parses it, not the socket
     return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM)
 
@@ -308,7 +313,7 @@ def build_desk(desk: Desk) -> ASGIApp:
         return answer
 
     async def signin(request: Request) -> Response:
-        form = await read_form(request)
+        form = await read_form(request, desk.settings.http.header_timeout)
         if not desk.sessions.signin_csrf_ok(
             request.cookies.get(SIGNIN_COOKIE), str(form.get("csrf", ""))
         ):
@@ -626,6 +631,7 @@ def build_desk(desk: Desk) -> ASGIApp:
             400: "Demande incorrecte",
             404: "Introuvable",
             409: "Impossible",
+            408: "Trop lent",
             413: "Trop long",
         }
         return desk.page(

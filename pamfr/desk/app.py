@@ -457,7 +457,9 @@ def build_desk(desk: Desk) -> ASGIApp:
             return trace.ins_trace(conn, trace.patients_changed_since(conn, since), since, until)
 
         found = await desk.read(rows)
-        await desk.audit(session, "export-trace", detail=f"range {kind}")
+        # the range exported (dates, no patient data): what an audit must be able to tell
+        span = f"{since.isoformat()} {until.isoformat() if until else '-'}"
+        await desk.audit(session, "export-trace", detail=f"range {kind} {span}")
         return _trace_answer(found, "trace-ins", kind)
 
     # -- messages --------------------------------------------------------------------------

@@ -252,3 +252,28 @@ def test_no_path_through_the_desk_s_own_sign_in_reaches_data_without_a_token(des
         bearer = {"authorization": f"Bearer {OPERATOR_TOKEN}"}
         found = desk.client().get("/fhir/Patient", params={"family": "COLLIN"}, headers=bearer)
         assert found.status_code == 200 and b'"resourceType":"Bundle"' in found.content
+
+
+def test_a_range_export_names_its_range_in_the_access_log(desk):
+    from sqlalchemy import select
+
+    from pamfr.store.db import make_engine
+    from pamfr.store.schema import desk_access
+
+    client = desk.signed_in(READER_TOKEN)
+    params = {"depuis": "2020-01-01", "jusqu_a": "2039-12-31", "format": "csv"}
+    assert client.get("/desk/trace", params=params).status_code == 200
+    engine = make_engine(desk.db_url)
+    try:
+        with engine.connect() as conn:
+            details = [
+                r[0]
+                for r in conn.execute(
+                    select(desk_access.c.detail).where(
+                        desk_access.c.token_name == "bob", desk_access.c.action == "export-trace"
+                    )
+                )
+            ]
+    finally:
+        engine.dispose()
+    assert "range csv 2020-01-01T00:00:00+00:00 2040-01-01T00:00:00+00:00" in details

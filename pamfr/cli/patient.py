@@ -280,7 +280,9 @@ def trace(obj: Context, ipp, authority, ins, patient_id, since, until, fmt, db_u
     if fmt == "json":
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
+    from pamfr.desk.exports import cell  # no text a spreadsheet would run as a formula
+
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(TRACE_COLUMNS)
     for r in rows:
-        writer.writerow(["" if r[c] is None else r[c] for c in TRACE_COLUMNS])
+        writer.writerow([cell(r[c]) for c in TRACE_COLUMNS])

@@ -25,12 +25,14 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pamfr.desk.exports import csv_response
 from pamfr.desk.labels import OUTCOME_LABELS, STATUS_LABELS, ack_errors
@@ -47,6 +49,13 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 50
 FIGURES_MAX_AGE = 300.0  # seconds
 SIGNIN = "/desk/signin"
+# The desk's forms are a CSRF token, a token, two ids and a reason: a body larger than this
+# (the sign-in form is open to anyone who reaches the port) is refused with 413 unread.
+MAX_FORM = 16 * 1024
+MAX_FORM_FIELDS = 16
+MAX_ID = 2**62  # ids, pages: within SQL's 64-bit integers
+MAX_DAYS = 36_600  # ?jours: a hundred years
+YEARS = (1000, 9998)  # of a time filter: a day later is still a date
 BIRTH_DATE = re.compile(r"\d{4}(-\d{2}(-\d{2})?)?")
 EVENT = re.compile(r"[A-Z][0-9A-Z]{2}")
 WORKLISTS = {
@@ -183,13 +192,15 @@ class Desk:
         "csrf") and, for operator actions, the operator role."""
 
         async def endpoint(request: Request) -> Response:
+            if any(isinstance(v, int) and v > MAX_ID for v in request.path_params.values()):
+                raise HTTPException(404, "Cette page n'existe pas.")  # SQL would overflow
             session = self.sessions.read(request.cookies.get(COOKIE))
             if session is None:
                 if request.method != "GET":
                     return await self.refuse(request, None, "no valid session")
                 return RedirectResponse(SIGNIN, status_code=303)
             if request.method == "POST":
-                form = await request.form()
+                form = await read_form(request, self.settings.http.header_timeout)
                 if not csrf_ok(session, str(form.get("csrf", ""))):
                     return await self.refuse(request, session, "no valid CSRF token")
                 if operator and not session.operator:
@@ -239,15 +250,44 @@ def _time_bound(value: str | None, name: str, *, end: bool = False) -> datetime 
         return None
     try:
         if len(value) == 10:
-            day = date.fromisoformat(value) + (timedelta(days=1) if end else timedelta())
+            day = date.fromisoformat(value)
+            if not YEARS[0] <= day.year <= YEARS[1]:
+                raise ValueError(value)
+            day += timedelta(days=1) if end else timedelta()
             return datetime.combine(day, time(), tzinfo=UTC)
         moment = datetime.fromisoformat(value)
+        if not YEARS[0] <= moment.year <= YEARS[1]:  # 9999-12-31 + a day: OverflowError
+            raise ValueError(value)
     except ValueError:
         raise _bad(f"{name} : date (AAAA-MM-JJ) ou heure ISO attendue") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _int(value: str | None, name: str, default: int, lowest: int = 0) -> int:
+async def read_form(request: Request, seconds: float = 10.0) -> FormData:
+    """The request's urlencoded form, MAX_FORM bytes at most (413 past it, read no further),
+    all of it within `seconds` ([http] header_timeout; 408 past it: uvicorn bounds a request's
+    head, not its body); a file part or more than MAX_FORM_FIELDS fields: 400."""
+    too_long = HTTPException(413, "Trop long : ce formulaire dépasse la taille permise.")
+    try:
+        declared = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise _bad("Content-Length incorrect") from None
+    if declared > MAX_FORM:
+        raise too_long
+    body = bytearray()
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_FORM:
+                    raise too_long
+    except TimeoutError:
+        raise HTTPException(408, "Trop lent : le formulaire n'est pas arrivé à temps.") from None
+    request._body = bytes(body)  # what Request.body() keeps: form() parses it, not the socket
+    return await request.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FORM)
+
+
+def _int(value: str | None, name: str, default: int, lowest: int = 0, highest: int = MAX_ID) -> int:
     if value in (None, ""):
         return default
     try:
@@ -256,10 +296,12 @@ def _int(value: str | None, name: str, default: int, lowest: int = 0) -> int:
         raise _bad(f"{name} : nombre entier attendu") from None
     if number < lowest:
         raise _bad(f"{name} : {lowest} au moins")
+    if number > highest:  # past SQL's 64-bit integers, or a date before year 1: a 500
+        raise _bad(f"{name} : {highest} au plus")
     return number
 
 
-def build_desk(desk: Desk) -> Starlette:
+def build_desk(desk: Desk) -> ASGIApp:
     """The /desk application (mounted by pamfr/http/app.py)."""
 
     # -- sign-in ---------------------------------------------------------------------------
@@ -271,7 +313,7 @@ def build_desk(desk: Desk) -> Starlette:
         return answer
 
     async def signin(request: Request) -> Response:
-        form = await request.form()
+        form = await read_form(request, desk.settings.http.header_timeout)
         if not desk.sessions.signin_csrf_ok(
             request.cookies.get(SIGNIN_COOKIE), str(form.get("csrf", ""))
         ):
@@ -292,6 +334,7 @@ def build_desk(desk: Desk) -> Starlette:
         return answer
 
     async def signout(request: Request, session: Session) -> Response:
+        desk.sessions.end(session)
         await desk.audit(session, "sign-out")
         answer = RedirectResponse("/desk/signin", status_code=303)
         answer.delete_cookie(COOKIE, path="/desk")
@@ -355,6 +398,15 @@ def build_desk(desk: Desk) -> Starlette:
 
         found = await desk.read(search)
         asked = bool(name or birth_date or ipp or ins)
+        if asked:  # the patients shown, never the criteria (a name, an INS)
+            await run_in_threadpool(
+                accesslog.record_patients,
+                desk.write_engine,
+                session.name,
+                "search-patients",
+                [p["id"] for p in found],
+                f"{len(found)} found",
+            )
         return desk.page(request, session, "patients.html", found=found, asked=asked, q=q)
 
     async def patient_card(request: Request, session: Session) -> Response:
@@ -405,7 +457,9 @@ def build_desk(desk: Desk) -> Starlette:
             return trace.ins_trace(conn, trace.patients_changed_since(conn, since), since, until)
 
         found = await desk.read(rows)
-        await desk.audit(session, "export-trace", detail=f"range {kind}")
+        # the range exported (dates, no patient data): what an audit must be able to tell
+        span = f"{since.isoformat()} {until.isoformat() if until else '-'}"
+        await desk.audit(session, "export-trace", detail=f"range {kind} {span}")
         return _trace_answer(found, "trace-ins", kind)
 
     # -- messages --------------------------------------------------------------------------
@@ -420,7 +474,7 @@ def build_desk(desk: Desk) -> Starlette:
             raise _bad("événement : trois caractères (A28, A31...)")
         sender = q.get("emetteur", "").strip()
         app_name, _, facility = sender.partition("|")
-        page_number = _int(q.get("page"), "page", 1, lowest=1)
+        page_number = _int(q.get("page"), "page", 1, lowest=1, highest=MAX_ID // PAGE_SIZE)
         selected = readside.MessageFilter(
             outcome=outcome or None,
             warnings=q.get("avertissements") == "1",
@@ -523,7 +577,12 @@ def build_desk(desk: Desk) -> Starlette:
         name, kind = request.path_params["name"], request.path_params.get("kind")
         if name not in WORKLISTS or kind not in (None, "csv"):
             raise HTTPException(404, "Liste inconnue.")
-        days = _int(request.query_params.get("jours"), "jours", desk.settings.desk.provisional_days)
+        days = _int(
+            request.query_params.get("jours"),
+            "jours",
+            desk.settings.desk.provisional_days,
+            highest=MAX_DAYS,
+        )
         pairs, as_of = None, None
         if name == "doublons":
             as_of, pairs = await desk.figures("doublon-pairs", worklists.pairs_by_key)
@@ -531,6 +590,7 @@ def build_desk(desk: Desk) -> Starlette:
         if kind == "csv":
             await desk.audit(session, "export-worklist", detail=name)
             return csv_response(f"{name}.csv", header, rows)
+        await desk.audit(session, "view-worklist", detail=name)  # it shows patients' traits
         return desk.page(
             request,
             session,
@@ -546,7 +606,7 @@ def build_desk(desk: Desk) -> Starlette:
         )
 
     async def decide(request: Request, session: Session) -> Response:
-        form = await request.form()
+        form = await read_form(request)
         a = _int(str(form.get("a", "")), "a", 0, lowest=1)
         b = _int(str(form.get("b", "")), "b", 0, lowest=1)
         reason = str(form.get("raison", "")).strip()
@@ -569,7 +629,13 @@ def build_desk(desk: Desk) -> Starlette:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         session = desk.sessions.read(request.cookies.get(COOKIE))
-        titles = {400: "Demande incorrecte", 404: "Introuvable", 409: "Impossible"}
+        titles = {
+            400: "Demande incorrecte",
+            404: "Introuvable",
+            409: "Impossible",
+            408: "Trop lent",
+            413: "Trop long",
+        }
         return desk.page(
             request,
             session,
@@ -600,7 +666,41 @@ def build_desk(desk: Desk) -> Starlette:
         Route("/doublons/decision", s(decide, operator=True), methods=["POST"]),
         Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+    async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
+        static = scope.get("path", "").startswith(("/desk/static/", "/static/"))
+
+        async def send_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0] != b"cache-control"]
+                extra = _PAGE_HEADERS if not static else _STATIC_HEADERS
+                message = {**message, "headers": headers + extra}
+            await send(message)
+
+        await app(scope, receive, send_headers)
+
+    return guarded
+
+
+# Pages and exports hold patient data: never kept in a browser's cache (a shared
+# workstation), never framed by another page (clickjacking an operator's button), no script
+# but the desk's own files; the desk's static files may be cached.
+_COMMON_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_PAGE_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (
+        b"content-security-policy",
+        b"script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        b"frame-ancestors 'none'",
+    ),
+    *_COMMON_HEADERS,
+]
+_STATIC_HEADERS = [(b"cache-control", b"max-age=3600"), *_COMMON_HEADERS]
 
 
 def _signin_cookie(request: Request, answer: Response, value: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -41,6 +42,15 @@ class Sessions:
         self._serializer = URLSafeTimedSerializer(self._secret, salt="pamfr-desk-session")
         self._signin = URLSafeTimedSerializer(self._secret, salt="pamfr-desk-signin")
         self.idle_seconds = idle_seconds
+        # CSRF tokens of the sessions signed out, with when their last cookie expires: a copy
+        # of the cookie is refused until then (in memory: a restart forgets them).
+        self._ended: dict[str, float] = {}
+
+    def end(self, session: Session) -> None:
+        """Sign `session` out: its cookie, or any copy of it, no longer gets in."""
+        now = time.monotonic()
+        self._ended = {c: until for c, until in self._ended.items() if until > now}
+        self._ended[session.csrf] = now + self.idle_seconds
 
     def _fingerprint(self, token: str) -> str:
         return hmac.new(self._secret, token.encode(), hashlib.sha256).hexdigest()[:32]
@@ -79,7 +89,10 @@ class Sessions:
             str(data.get("f", "")), self._fingerprint(token)
         ):
             return None
-        return Session(str(name), str(data.get("c", "")), name in self.operators)
+        csrf = str(data.get("c", ""))
+        if csrf in self._ended:
+            return None
+        return Session(str(name), csrf, name in self.operators)
 
     def signin_csrf(self) -> tuple[str, str]:
         """A CSRF token for the sign-in form, and the cookie value that vouches for it."""

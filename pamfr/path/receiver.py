@@ -64,6 +64,13 @@ class Receiver:
         return outcomes
 
 
+def _one_line(value: str) -> str:
+    """A value a sender chose (a dropped file's name, a control id) as a log line may hold
+    it: quoted and escaped (Python's repr) when it has a newline or another character that
+    is not printable, so that it cannot end the line and forge the next one."""
+    return value if value.isprintable() else repr(value)
+
+
 def _log_line(p: Prepared, o: Outcome) -> None:
     warnings = o.warnings
     fields = {
@@ -81,7 +88,7 @@ def _log_line(p: Prepared, o: Outcome) -> None:
         fields["reprocess_of"] = p.inbound.reprocess_of
     log.info(
         "%s %s control_id=%s event=%s outcome=%s%s%s %.1fms",
-        *(fields[k] for k in ("door", "peer", "control_id", "event", "outcome")),
+        *(_one_line(fields[k]) for k in ("door", "peer", "control_id", "event", "outcome")),
         " (duplicate)" if o.duplicate else "",
         f" warnings={fields['warnings']}" if warnings else "",
         fields["duration_ms"],

@@ -2,7 +2,8 @@
 
 Applied at once: `server.allowed_peers` (checked at each new connection; open connections are
 kept), `server.allowed_senders` (checked on each message) and `log.level`. Any other key
-needs a restart: a change to it is logged as a warning and not applied. A configuration that
+needs a restart, [http] tokens included: a change to it is logged as a warning (the keys'
+names, never their values) and not applied. A configuration that
 does not load (syntax, bad CIDR...) is refused with an ERROR and the running one is kept.
 """
 
@@ -22,15 +23,20 @@ from pamfr.transport.server import MLLPServer
 log = logging.getLogger("pamfr.service.reload")
 
 RELOADABLE = ("server.allowed_peers", "server.allowed_senders", "log.level")
-_SECTIONS = ("server", "database", "receiver", "filedrop", "log", "retention")
+# Every section is compared, so that a change that is not applied is said: [http] tokens
+# above all (a token removed and SIGHUP stays valid until the restart). Only the keys'
+# names are logged, never their values (tokens, secrets).
+_SECTIONS = ("server", "database", "receiver", "filedrop", "log", "retention", "http", "desk")
 
 
 def _flat(settings: Settings) -> dict[str, Any]:
-    return {
+    flat = {
         f"{section}.{key}": value
         for section in _SECTIONS
         for key, value in getattr(settings, section).model_dump().items()
     }
+    flat["webhooks"] = [w.model_dump() for w in settings.webhooks]
+    return flat
 
 
 def _verbosity(level: str) -> int:

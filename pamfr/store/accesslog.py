@@ -32,6 +32,22 @@ def record_access(
         )
 
 
+def record_patients(
+    engine: Engine, token_name: str, action: str, patient_ids: list[int], detail: str = ""
+) -> None:
+    """One row per patient shown (one row without a patient when none was), in one
+    transaction: a search's answer names its patients."""
+    at = datetime.now(UTC)
+    rows = [
+        {"at": at, "token_name": token_name, "action": action, "patient_id": pid}
+        for pid in patient_ids
+    ] or [{"at": at, "token_name": token_name, "action": action, "patient_id": None}]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(desk_access), [{**r, "message_id": None, "detail": detail[:255]} for r in rows]
+        )
+
+
 def access_rows(conn: Connection, limit: int = 100) -> list[dict]:
     """The latest rows, newest first."""
     query = select(desk_access).order_by(desk_access.c.id.desc()).limit(limit)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -490,7 +491,7 @@ def build_desk(desk: Desk) -> ASGIApp:
         )
         rows = await desk.read(readside.message_log, selected)
         more = len(rows) > PAGE_SIZE
-        query = "&".join(f"{k}={v}" for k, v in q.items() if k != "page")
+        query = urlencode([(k, v) for k, v in q.multi_items() if k != "page"])
         return desk.page(
             request,
             session,

@@ -219,6 +219,9 @@ def test_the_message_page_lays_out_segments_and_explains_the_ack(desk):
     assert "DESK-1<" not in listed
     by_event = client.get("/desk/messages", params={"evenement": "A40"}).text
     assert "DESK-7" in by_event and "DESK-6" not in by_event
+    # the paging links carry the filters encoded: a control id holding & or + stays whole
+    second = client.get("/desk/messages", params={"msh10": "A&B+C", "page": "2"}).text
+    assert 'href="/desk/messages?msh10=A%26B%2BC&page=1"' in second
 
 
 def test_an_operator_reprocesses_an_ae_and_it_becomes_aa_the_original_kept(desk):

@@ -256,6 +256,28 @@ def test_g8_an_ins_typed_ins_nir_is_the_ins_and_its_key_is_checked(feed):
     assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["102"], ["PID^1^3"])
 
 
+def test_g8_an_ins_named_by_namespace_alone_is_never_an_identifier(feed):
+    nir = nir_with_key("1790363220123")
+    # The INS authority by its namespace only, CX-5 empty, on a PROV identity: refused by the
+    # gate, so neither stored nor served.
+    pid3 = f"G8NS^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-INS-NIR^"
+    ack = feed.one(with_pid(msg("A28", Person("G8NS")), f3=pid3, f32="PROV"))
+    assert ("103", "PID^1^32") in warning(ack)
+    view = feed.show(*ipp("G8NS"))
+    assert (view["ins"], [i["value"] for i in view["identifiers"]]) == (None, ["G8NS"])
+    # The billing namespace learnt with the NIR's OID (an NH) never puts an identifier of
+    # another type under that OID: it would be served as an INS-NIR nobody checked.
+    nh = f"G8NH^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-NIR&{NIR_OID}&ISO^NH"
+    assert feed.one(with_pid(msg("A28", Person("G8NH")), f3=nh, f32="PROV")).code == "AA"
+    loose = f"G8NX^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-NIR^"
+    assert feed.one(with_pid(msg("A28", Person("G8NX")), f3=loose, f32="PROV")).code == "AA"
+    for who in ("G8NS", "G8NX"):
+        served = feed.cli("patient", "show", "--ipp", who, "--json")
+        assert NIR_OID not in served.stdout, who
+    nh_view = feed.show(*ipp("G8NH"))
+    assert [(i["type"], i["oid"]) for i in nh_view["identifiers"]][1] == ("NH", NIR_OID)
+
+
 def test_g7_one_ins_one_active_patient(feed):
     assert feed.one(msg("A28", Person("G7A", ins=INS))).errs == []
     ack = feed.one(msg("A28", Person("G7B", ins=INS)))

@@ -448,6 +448,17 @@ def test_e4_empty_given_names_or_birth_place_keep_the_stored_traits(feed, db_url
     assert {k: view[k] for k in traits} == {k: before[k] for k in traits}
 
 
+def test_e5_a_zfd1_null_with_pid7_empty_keeps_the_birth_date_and_the_ins(feed):
+    assert feed.one(msg("A28", Person("E5Z", ins=INS))).errs == []
+    # PID-7 empty (keep) and ZFD-1 `""` (no date lunaire): nothing says the birth date goes.
+    update = with_pid(msg("A31", Person("E5Z", ins=INS)), f7="")
+    update = update.replace("ZFD|||Y|N|INSI", 'ZFD|""||Y|N|INSI')
+    assert warning(feed.one(update)) == [("0", "PID^1")]  # E6: nothing kept changed
+    view = feed.show(*ipp("E5Z"))
+    assert (view["birth_date"], view["status"]) == ("1979-03-28", "qualifiee")
+    assert view["ins"]["value"] == INS
+
+
 def test_e6_an_a31_changing_only_what_is_not_kept_says_so(feed):
     assert feed.one(msg("A31", Person("E6"))).errs == []
     moved = msg("A31", Person("E6")).replace(

@@ -109,12 +109,31 @@ def pairs_by_key(conn: Connection) -> list[tuple[int, int]]:
     return doublon_pairs(Candidate(r[0], doublon_key(r[1], r[2], r[3], r[4], r[5])) for r in rows)
 
 
+def _decided_pairs(conn: Connection) -> set[tuple[int, int]]:
+    """The pairs decided "not a doublon", each side read as its survivor: a patient merged
+    into another is that other one, who is no more the same person as the other side."""
+    decided = [(d.patient_a, d.patient_b) for d in doublon_decisions(conn)]
+    ids = sorted({pid for pair in decided for pid in pair})
+    survivor: dict[int, int] = {}
+    for start in range(0, len(ids), 500):
+        query = select(patient.c.id, patient.c.merged_into).where(
+            patient.c.id.in_(ids[start : start + 500]), patient.c.merged_into.is_not(None)
+        )
+        survivor.update({pid: into for pid, into in conn.execute(query)})
+    pairs = set()
+    for a, b in decided:
+        a, b = survivor.get(a, a), survivor.get(b, b)
+        if a != b:
+            pairs.add((min(a, b), max(a, b)))
+    return pairs
+
+
 def still_doublons(conn: Connection, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The pairs whose two patients are still active, not linked, and not decided "not a
     doublon"."""
     if not pairs:
         return []
-    excluded = _linked_pairs(conn) | {(d.patient_a, d.patient_b) for d in doublon_decisions(conn)}
+    excluded = _linked_pairs(conn) | _decided_pairs(conn)
     ids = sorted({pid for pair in pairs for pid in pair})
     active: set[int] = set()
     for start in range(0, len(ids), 500):

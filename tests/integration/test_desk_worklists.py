@@ -102,6 +102,30 @@ def test_a_not_a_doublon_decision_takes_the_pair_off_the_list_once(db_url):
     assert (result.exit_code, result.stdout.strip()) == (0, "no potential doublon")
 
 
+def test_a_not_a_doublon_decision_follows_a_merge_into_a_survivor(db_url):
+    def same(who: str) -> Person:
+        return Person(who, birth_name="DUPRE", given_names=("LEA",), birth_date="19700101")
+
+    with pamfr_server(db_url) as server:
+        acks = send(
+            server.port, [message("A28", same(w), f"ND-{w}") for w in ("ND1", "ND2", "ND3")]
+        )
+        assert [a.code for a in acks] == ["AA"] * 3
+        one, two, three = (ids_of(db_url, w) for w in ("ND1", "ND2", "ND3"))
+        engine = make_engine(db_url)
+        try:
+            record_not_doublon(engine, one, two, "alice", "two people, checked")
+            # ND1 is found to be ND3: ND3 is not ND2 either
+            (ack,) = send(server.port, [message("A40", same("ND3"), "ND-M", prior_ipp="ND1")])
+            assert ack.code == "AA", ack.errs
+            with engine.connect() as conn:
+                pairs = potential_doublons(conn)
+        finally:
+            engine.dispose()
+    assert pairs == []
+    assert three > two > one
+
+
 def test_the_other_worklists(db_url):
     load(db_url)
     engine = make_engine(db_url)

@@ -20,11 +20,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, false, func, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
+from pamfr.identity.findings import Finding
 from pamfr.identity.model import Status
 from pamfr.store.readside import iso, view_of
 from pamfr.store.schema import authority, history, identifier, patient
 
 NO_CHANGE = "{}"
+DELETED = Finding.INS_DELETED.value
 _OID = re.compile(r"[0-2](\.[0-9]+)+")
 
 
@@ -323,6 +325,7 @@ class _Rebuild:
     now_idents: list[str]
     resolve: _AuthorityResolver
     collisions: dict[str, bool] = field(default_factory=dict)
+    deleted: frozenset[str] = frozenset()  # INS the sender deleted from this patient
 
     @classmethod
     def load(cls, conn: Connection, patient_id: int) -> _Rebuild | None:
@@ -339,9 +342,9 @@ class _Rebuild:
             .order_by(identifier.c.id)
         ).mappings()
         now_idents = [_ident_text(i) for i in idents]
-        return cls(
-            conn, current, steps, row, now_idents, _AuthorityResolver(conn, patient_id, steps)
-        )
+        resolve = _AuthorityResolver(conn, patient_id, steps)
+        deleted = _deleted_ins(conn, patient_id)
+        return cls(conn, current, steps, row, now_idents, resolve, deleted=deleted)
 
     def version(self, k: int) -> PatientVersion:
         steps, current = self.steps, self.current
@@ -371,10 +374,13 @@ class _Rebuild:
         state["status"] = state["status"] or Status.PROVISOIRE.value
         identifiers = [self.resolve(text) for text in state["identifiers"] or []]
         view = view_of(state, identifiers, [])
-        if view.get("ins_usable") and self._in_collision_now(view.get("ins")):
-            # An INS another active patient now holds too is usable on neither: no version
-            # serves it, lest a product reading the history take it up again. (An INS later
-            # replaced or withdrawn stays in the versions it was in force for.)
+        if view.get("ins_usable") and (
+            self._in_collision_now(view.get("ins")) or view["ins"]["value"] in self.deleted
+        ):
+            # An INS another active patient now holds too is usable on neither, and one the
+            # sender deleted (§4.4.3: wrongly attributed) was never this patient's: no version
+            # serves them, lest a product reading the history take them up again. (An INS
+            # later replaced or withdrawn stays in the versions it was in force for.)
             view = {**view, "ins_usable": False}
         merged = tuple(sorted(int(i) for i in state["merged_patients"] or []))
         return PatientVersion(view, merged, str(step.message_id), step.at, created=k == 0)
@@ -384,6 +390,23 @@ class _Rebuild:
         if value not in self.collisions:
             self.collisions[value] = _in_collision_now(self.conn, value)
         return self.collisions[value]
+
+
+def _deleted_ins(conn: Connection, patient_id: int) -> frozenset[str]:
+    """The INS values the sender deleted from this patient (finding ins-deleted: `""` under
+    an INS authority, the A47 of §4.4.3), read from the history rows that say so."""
+    rows = conn.execute(
+        select(history.c.changes, history.c.notes).where(
+            history.c.patient_id == patient_id, history.c.notes.contains(DELETED, autoescape=True)
+        )
+    )
+    deleted = set()
+    for changes, notes in rows:
+        if any(n.get("finding") == DELETED for n in json.loads(notes or "[]")):
+            old = json.loads(changes).get("ins_value", [None])[0]
+            if old:
+                deleted.add(old)
+    return frozenset(deleted)
 
 
 def _in_collision_now(conn: Connection, ins: Any) -> bool:

@@ -21,6 +21,8 @@ from sqlalchemy import Connection, Engine, and_, false, func, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from pamfr.identity.findings import Finding
+from pamfr.identity.identifiers import BILLING_NIR_TYPE, INS_NAMESPACES, INS_TYPES
+from pamfr.identity.ins import INS_OIDS
 from pamfr.identity.model import Status
 from pamfr.store.readside import iso, view_of
 from pamfr.store.schema import authority, history, identifier, patient
@@ -82,6 +84,18 @@ def _usable_ins() -> ColumnElement[bool]:
 # The identifier types a resource shows under their authority's own system (pamfr.fhir.patient:
 # the INS is the patient row's, an NH only as a billing NIR).
 _SHOWN_AS_STORED = identifier.c.type.not_in(("INS", "NH"))
+# A stored identifier that states an INS (G8; written by a store older than the gate's reading
+# of every CX-5 type) is never shown, so never found either.
+_NOT_AN_INS = and_(
+    identifier.c.type.not_in(sorted(INS_TYPES)),
+    or_(
+        identifier.c.type == BILLING_NIR_TYPE,
+        and_(
+            identifier.c.oid.not_in(list(INS_OIDS)),
+            func.upper(identifier.c.authority).not_in(sorted(INS_NAMESPACES)),
+        ),
+    ),
+)
 
 
 def _identifier_clause(c: IdentifierCriterion) -> ColumnElement[bool]:
@@ -97,11 +111,11 @@ def _identifier_clause(c: IdentifierCriterion) -> ColumnElement[bool]:
         return and_(patient.c.id.in_(holders), or_(patient.c.ins_value.is_(None), ~_usable_ins()))
     if c.kind == "key":
         return patient.c.id.in_(
-            holders.where(identifier.c.authority_key == c.key, _SHOWN_AS_STORED)
+            holders.where(identifier.c.authority_key == c.key, _SHOWN_AS_STORED, _NOT_AN_INS)
         )
     assert value is not None
     return or_(  # a value alone: an IPP, another identifier, a billing NIR or the INS
-        patient.c.id.in_(holders.where(identifier.c.type != "INS")),
+        patient.c.id.in_(holders.where(_NOT_AN_INS)),
         and_(patient.c.ins_value == value.upper(), _usable_ins()),
     )
 

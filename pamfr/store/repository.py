@@ -369,6 +369,7 @@ class IdentityRepository:
             raise IdentityRefused(Refusal.PRIOR_MISSING, "MRG-1 holds no IPP (CX-5 PI)")
         source_id = self.findpatient_id_of(source_ipp)
         target_id = self._find_by_ipps(identity)
+        self._one_target(identity, target_id)
         rows = self._lock_in_order(*(i for i in (source_id, target_id) if i is not None))
         self._still(
             self.findpatient_id_of(source_ipp) == source_id
@@ -405,6 +406,15 @@ class IdentityRepository:
         self._set_flags(plan_collision(source_id, holders_of_released=released).others)
         after = sorted({*merged_before, source_id, *earlier_merges})
         self._record(survivor["id"], "merge", {"merged_patients": [merged_before, after]})
+
+    def _one_target(self, identity: PatientIdentity, target_id: int | None) -> None:
+        """An A40's PID-3 designates one patient: its IPPs are free or of that patient (or of
+        records merged into it); IPPs of two patients leave the target unknown, refused."""
+        if target_id is None or len(identity.ipps) < 2:
+            return
+        owners = [self.findpatient_id_of(ipp) for ipp in identity.ipps]
+        survivors = [survivor_id(self.conn, o) if o is not None else None for o in owners]
+        check_one_patient(survivor_id(self.conn, target_id), survivors)
 
     def _merged_ids(self, patient_id: int) -> list[int]:
         rows = self.conn.execute(sql.MERGED_INTO, {"pid": patient_id})

@@ -507,6 +507,32 @@ def test_m1_a_merge_chain_points_at_the_final_survivor(feed):
     assert feed.cli("patient", "show", "--ipp", "MNEW").exit_code == 1
 
 
+def test_m1_an_a40_whose_pid3_names_two_patients_is_refused(feed):
+    clinic = "CLIN-Y&1.2.250.1.999.2.2&ISO"
+    feed.ok(
+        msg("A28", Person("M1T1")),
+        with_pid(msg("A28", Person("M1T2")), f3=f"M1T2^^^{clinic}^PI"),
+        msg("A28", Person("M1S")),
+    )
+    # PID-3 holds an IPP of each of two patients: which one the record is merged into is
+    # not for pamfr to guess.
+    both = f"M1T1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~M1T2^^^{clinic}^PI"
+    ack = feed.one(with_pid(msg("A40", Person("M1T1"), prior_ipp="M1S"), f3=both))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["205"], ["PID^1^3"])
+    assert feed.show(*ipp("M1S"))["active"] is True
+    # An IPP of a record already merged into the target stands for the target.
+    merged_ipp = f"M1O^^^{clinic}^PI"
+    first_merge = msg("A40", Person("M1T1"), prior_ipp="M1O")
+    first_merge = first_merge.replace(
+        "MRG|M1O^^^CHU-X&1.2.250.1.999.1.1&ISO^PI", f"MRG|{merged_ipp}"
+    )
+    feed.ok(with_pid(msg("A28", Person("M1O")), f3=merged_ipp), first_merge)
+    with_old = f"M1T1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{merged_ipp}"
+    feed.ok(with_pid(msg("A40", Person("M1T1"), prior_ipp="M1S"), f3=with_old))
+    target = feed.show(*ipp("M1T1"))["id"]
+    assert [feed.show(*ipp(w))["merged_into"] for w in ("M1O", "M1S")] == [target, target]
+
+
 def test_m1_an_a24_on_a_merged_away_ipp_goes_to_the_survivor(feed):
     for who in ("M24A", "M24S", "M24L", "M24K"):
         assert feed.one(msg("A28", Person(who))).code == "AA"

@@ -26,6 +26,7 @@ from pamfr.identity.status import StatusReading, read_status
 _INS_PREFERENCE = list(INS_OIDS)  # NIR first (§4.4.1), then NIA, then test and demo
 _TEST_KINDS = frozenset({InsKind.NIR_TEST, InsKind.NIR_DEMO})
 _INS_SEXES = frozenset({"F", "M"})
+_UNKNOWN_PLACE = "99999"  # INSEE: birth place unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +269,11 @@ def unchanged_notes(policy: Policy, changed: bool) -> list[Note]:
 
 
 def missing_traits(values: Mapping[str, object]) -> list[str]:
-    """The INS traits an identity lacks (sex must be F or M)."""
+    """The INS traits an identity lacks (sex must be F or M; a birth place 99999, unknown,
+    is none: INSi never returns it, FR Core fr-core-3)."""
     missing = [t for t in INS_TRAITS if not values.get(t)]
+    if "birth_place_insee" not in missing and values.get("birth_place_insee") == _UNKNOWN_PLACE:
+        missing.append("birth_place_insee")
     if "sex" not in missing and values.get("sex") not in _INS_SEXES:
         missing.append("sex")
     return missing

@@ -121,6 +121,11 @@ def test_g1_missing_trait_drops_the_ins(feed):
     unchanged = feed.one(msg("A31", Person("G1U", ins=INS, insee=None)))
     assert warning(unchanged) == [("0", "PID^1")]  # nothing-kept-changed: nothing else to say
     assert feed.show(*ipp("G1U"))["ins"]["value"] == INS
+    # 99999 says the birth place is unknown: no trait, and INSi never returns it (FR Core
+    # fr-core-3), so no qualified identity holds it.
+    ack = feed.one(msg("A28", Person("G1X", ins=nir_with_key("1790399220777"), insee="99999")))
+    assert warning(ack) == [("101", "PID^1^11")]
+    assert (feed.show(*ipp("G1X"))["status"], feed.show(*ipp("G1X"))["ins"]) == ("validee", None)
 
 
 @pytest.mark.parametrize(

@@ -212,6 +212,7 @@ def test_g1_ins_not_kept_without_vali_or_with_a_barring_code(pid32, finding):
         ("sex", None),
         ("sex", "U"),
         ("birth_place_insee", None),
+        ("birth_place_insee", "99999"),  # birth place unknown: INSi never gives it
     ],
 )
 def test_g1_ins_kept_only_with_the_five_traits(missing, value):

@@ -366,7 +366,9 @@ class _Reader:
             insi_date = self.optional(z, 6, "ZFD_6", "ZFD^1")
             document = self.optional(z, 7, "ZFD_7", "ZFD^1")
 
-        status_codes: tuple[str, ...] | None = None
+        # PID-32 empty: no change (None); `""`: the sender clears the status, which leaves
+        # none (() reads as provisoire, so a stored INS goes: G2).
+        status_codes: tuple[str, ...] | None = () if f[32].strip() == HL7_NULL else None
         if f[32].strip() not in ("", HL7_NULL):
             status_codes = tuple(
                 self.at(f"{place}^32", _read_simple, "PID_32", rep, self.seps)

@@ -111,6 +111,17 @@ def test_g1_a_barring_code_drops_the_ins(feed, code):
     assert feed.show(*ipp(f"G1{code}"))["ins"] is None
 
 
+def test_g2_pid32_null_clears_the_status_and_removes_the_ins(feed):
+    assert feed.one(msg("A28", Person("G2N", ins=INS))).errs == []
+    assert feed.show(*ipp("G2N"))["status"] == "qualifiee"
+    # `""` is not an empty field: the sender clears the status, so nothing is qualified.
+    ack = feed.one(with_pid(msg("A31", Person("G2N", ins=INS)), f32='""'))
+    assert ack.code == "AA"
+    view = feed.show(*ipp("G2N"))
+    assert (view["status"], view["ins"], view["ins_usable"]) == ("provisoire", None, False)
+    assert findings(feed.history(*ipp("G2N")))[-1:] == ["ins-removed"]
+
+
 def test_g1_missing_trait_drops_the_ins(feed):
     ack = feed.one(msg("A28", Person("G1T", ins=INS, insee=None)))
     assert warning(ack) == [("101", "PID^1^11")]

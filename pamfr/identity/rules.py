@@ -378,24 +378,30 @@ def plan_merge(source: Record | None, target: Record | None) -> MergePlan:
 
 
 def designate_by_prior_ins(
-    owner: int | None, holders: Iterable[int]
+    owner: int | None, holders: Iterable[int], survivor: int | None = None
 ) -> tuple[int | None, list[Note]]:
     """§4.4.2 to §4.4.4: the patient an A47 with an INS in MRG-1 changes. `holders` are the
-    active patients holding MRG-1's INS, `owner` the patient PID-3's IPP designates (if any):
-    the owner when it holds the INS, else the only holder; refused when the IPP designates a
-    patient that does not hold it."""
+    active patients holding MRG-1's INS, `owner` the patient PID-3's IPP designates (if any),
+    `survivor` the one that patient was merged into (if it was: the IPP stands for it, with
+    the warning of an A40 into a merged-away patient): the owner when it holds the INS, else
+    the only holder; refused when the IPP designates a patient that does not hold it."""
     held = set(holders)
+    redirected: list[Note] = []
+    if owner is not None and survivor is not None and survivor != owner:
+        owner = survivor
+        text = "PID-3's IPP belongs to a patient merged into another: its survivor is changed"
+        redirected.append(Note(Finding.MERGE_TARGET_REDIRECTED, text))
     if owner is not None and held and owner not in held:
         raise IdentityRefused(
             Refusal.INS_AND_IPP_DISAGREE,
             "MRG-1's INS and PID-3's IPP designate two different patients",
         )
     if owner in held:
-        return owner, []
+        return owner, redirected
     if len(held) == 1:
-        return next(iter(held)), []
+        return next(iter(held)), redirected
     text = "MRG-1's INS designates no single active patient: nothing changed"
-    return None, [Note(Finding.PRIOR_UNKNOWN, text, field="prior")]
+    return None, [*redirected, Note(Finding.PRIOR_UNKNOWN, text, field="prior")]
 
 
 def plan_rename(source: Record | None, owner_of_new: int | None) -> MergeAction:

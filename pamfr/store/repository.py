@@ -480,12 +480,15 @@ class IdentityRepository:
         PID-3's IPP designates when several hold it)."""
         values = sorted({s.value.upper() for s in prior_ins})
         holders = {h.id for v in values for h in self._active_holders(v, exclude=None)}
-        target, notes = designate_by_prior_ins(self._find_by_ipps(identity), holders)
+        owner = self._find_by_ipps(identity)
+        survivor = survivor_id(self.conn, owner) if owner is not None else None
+        target, notes = designate_by_prior_ins(owner, holders, survivor)
         if target is None:
             self._note(notes)
             return
         current = self._lock_in_order(target)[target]
         decision = decide_ins_change(identity, current, policy)
+        decision.notes[:0] = notes
         self._update_patient(target, decision, "change_ins", current)
 
     # -- links ----------------------------------------------------------------

@@ -396,6 +396,21 @@ def test_l1_a47_new_nir_replaces_the_previous_one(feed):
     assert last["operation"] == "change_ins" and last["changes"]["ins_value"] == [old, new]
 
 
+def test_l1_an_a47_naming_a_merged_away_ipp_changes_its_survivor(feed):
+    """§4.4.3 through the IPP of a record merged into the INS holder: the deletion reaches the
+    survivor (as an A40 or an A24 naming that IPP does), not an AE that leaves the INS on it."""
+    feed.ok(
+        msg("A28", Person("L1OLD", pid32=("PROV",))),
+        msg("A28", Person("L1SURV", ins=INS)),
+        msg("A40", Person("L1SURV"), prior_ipp="L1OLD"),
+    )
+    deleted = a47_ins("L1OLD", ins_rep(INS), f'""^^^ASIP-SANTE-INS-NIR&{TEST_OID}&ISO^INS')
+    assert warning(feed.one(deleted)) == [("0", "PID^1^3")]
+    survivor = feed.show(*ipp("L1SURV"))
+    assert (survivor["ins"], survivor["ins_usable"]) == (None, False)
+    assert feed.show(*ipp("L1OLD"))["active"] is False
+
+
 # -- E: events ------------------------------------------------------------------------------------
 
 

@@ -607,3 +607,7 @@ def test_l1_the_a47_changes_the_holder_pid3_designates_else_the_only_holder():
         target, notes = designate_by_prior_ins(owner, holders)
         assert target is None
         assert [n.finding for n in notes] == [Finding.PRIOR_UNKNOWN]
+    # PID-3's IPP is a record merged into the holder: it stands for its survivor, warned.
+    target, notes = designate_by_prior_ins(5, {7}, survivor=7)
+    assert target == 7 and [n.finding for n in notes] == [Finding.MERGE_TARGET_REDIRECTED]
+    assert designate_by_prior_ins(7, {7}, survivor=7) == (7, [])

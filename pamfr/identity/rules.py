@@ -427,14 +427,34 @@ def rename_notes(source: Record | None) -> list[Note]:
 
 def prior_ipp(prior: Sequence[Identifier]) -> Identifier | None:
     """The IPP of MRG-1 (a CX-5 left empty is read as PI); refused without its authority."""
+    return next(iter(prior_ipps(prior)), None)
+
+
+def prior_ipps(prior: Sequence[Identifier]) -> list[Identifier]:
+    """Every IPP of MRG-1 (one per authority in a multi-facility feed), in order; refused
+    when one has no authority."""
+    ipps = []
     for ident in prior:
         if ident.type in ("", IPP_TYPE):
             if not ident.has_authority:
                 raise IdentityRefused(
                     Refusal.PRIOR_WITHOUT_AUTHORITY, "MRG-1 IPP has no assigning authority"
                 )
-            return Identifier(ident.value, IPP_TYPE, ident.authority, ident.oid)
-    return None
+            ipps.append(Identifier(ident.value, IPP_TYPE, ident.authority, ident.oid))
+    return ipps
+
+
+def designate_prior(owners: Sequence[int | None], survivors: Sequence[int | None]) -> int:
+    """A40: which of MRG-1's IPPs stands for the source record: the first whose patient is
+    known (an unknown first IPP beside a known one must not leave the merge undone), else the
+    first. `owners` are the patients the IPPs designate (None: unknown), `survivors` the same
+    read through merges; known IPPs of two different people are refused."""
+    known = {s for s in survivors if s is not None}
+    if len(known) > 1:
+        raise IdentityRefused(
+            Refusal.PRIOR_OF_TWO_PATIENTS, "MRG-1 holds IPPs of two different patients"
+        )
+    return next((n for n, owner in enumerate(owners) if owner is not None), 0)
 
 
 def matching_ipp(identity: PatientIdentity, old: Identifier) -> Identifier | None:

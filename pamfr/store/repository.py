@@ -35,12 +35,14 @@ from pamfr.identity.rules import (
     decide_identity,
     decide_ins_change,
     designate_by_prior_ins,
+    designate_prior,
     identifiers_to_add,
     link_notes,
     matching_ipp,
     plan_merge,
     plan_rename,
     prior_ipp,
+    prior_ipps,
     rename_notes,
     unchanged_notes,
 )
@@ -364,9 +366,11 @@ class IdentityRepository:
         """A40: the MRG-1 patient is merged into the PID-3 patient, which keeps its own
         demographics, status and INS."""
         identity = self._canonical(identity)
-        source_ipp = self._prior_ipp(prior)
-        if source_ipp is None:
+        source_ipps = [self._authorities.canonical(self.conn, i) for i in prior_ipps(prior)]
+        if not source_ipps:
             raise IdentityRefused(Refusal.PRIOR_MISSING, "MRG-1 holds no IPP (CX-5 PI)")
+        owners = [self.findpatient_id_of(i) for i in source_ipps]
+        source_ipp = source_ipps[designate_prior(owners, self._survivors(owners))]
         source_id = self.findpatient_id_of(source_ipp)
         target_id = self._find_by_ipps(identity)
         self._one_target(identity, target_id)
@@ -413,8 +417,11 @@ class IdentityRepository:
         if target_id is None or len(identity.ipps) < 2:
             return
         owners = [self.findpatient_id_of(ipp) for ipp in identity.ipps]
-        survivors = [survivor_id(self.conn, o) if o is not None else None for o in owners]
-        check_one_patient(survivor_id(self.conn, target_id), survivors)
+        check_one_patient(survivor_id(self.conn, target_id), self._survivors(owners))
+
+    def _survivors(self, owners: Sequence[int | None]) -> list[int | None]:
+        """Each patient read through merges (None stays None)."""
+        return [survivor_id(self.conn, o) if o is not None else None for o in owners]
 
     def _merged_ids(self, patient_id: int) -> list[int]:
         rows = self.conn.execute(sql.MERGED_INTO, {"pid": patient_id})

@@ -564,6 +564,29 @@ def test_m1_an_a40_whose_pid3_names_two_patients_is_refused(feed):
     assert [feed.show(*ipp(w))["merged_into"] for w in ("M1O", "M1S")] == [target, target]
 
 
+def test_m1_an_a40_merges_the_record_any_of_mrg1s_ipps_designates(feed):
+    clinic = "CLIN-Y&1.2.250.1.999.2.2&ISO"
+    feed.ok(
+        msg("A28", Person("M1PT")),
+        with_pid(msg("A28", Person("M1PS")), f3=f"M1PS^^^{clinic}^PI"),
+        with_pid(msg("A28", Person("M1PO")), f3=f"M1PO^^^{clinic}^PI"),
+        msg("A28", Person("M1PQ")),
+    )
+    # MRG-1 names the record by two facilities' IPPs; only the second one is known here.
+    a40 = msg("A40", Person("M1PT"), prior_ipp="M1PX")
+    mrg = "MRG|M1PX^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
+    assert mrg in a40
+    assert feed.one(a40.replace(mrg, f"{mrg}~M1PS^^^{clinic}^PI")).code == "AA"
+    target = feed.show(*ipp("M1PT"))["id"]
+    assert feed.show(*ipp("M1PS"))["merged_into"] == target
+    # Known IPPs of two different records in one MRG-1: refused, nothing merged.
+    a40 = msg("A40", Person("M1PT"), prior_ipp="M1PQ")
+    mrg = "MRG|M1PQ^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
+    ack = feed.one(a40.replace(mrg, f"{mrg}~M1PO^^^{clinic}^PI"))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["205"], ["MRG^1^1"])
+    assert [feed.show(*ipp(w))["active"] for w in ("M1PQ", "M1PO")] == [True, True]
+
+
 def test_m1_an_a24_on_a_merged_away_ipp_goes_to_the_survivor(feed):
     for who in ("M24A", "M24S", "M24L", "M24K"):
         assert feed.one(msg("A28", Person(who))).code == "AA"

@@ -357,13 +357,18 @@ class _Reader:
         notes: tuple[Note, ...] = ()
         if zfd is not None:
             z = self.fields(zfd)
-            if not isinstance(birth_date, BirthDate) and len(z) > 1 and z[1].strip():
-                birth_date, notes = self.lunar_date(z[1].strip())
+            # ZFD-1 `""` says there is no date lunaire, not that the birth date goes: PID-7
+            # alone clears it.
+            lunar = z[1].strip() if len(z) > 1 else ""
+            if not isinstance(birth_date, BirthDate) and lunar not in ("", HL7_NULL):
+                birth_date, notes = self.lunar_date(lunar)
             identity_mode = self.optional(z, 5, "ZFD_5", "ZFD^1")
             insi_date = self.optional(z, 6, "ZFD_6", "ZFD^1")
             document = self.optional(z, 7, "ZFD_7", "ZFD^1")
 
-        status_codes: tuple[str, ...] | None = None
+        # PID-32 empty: no change (None); `""`: the sender clears the status, which leaves
+        # none (() reads as provisoire, so a stored INS goes: G2).
+        status_codes: tuple[str, ...] | None = () if f[32].strip() == HL7_NULL else None
         if f[32].strip() not in ("", HL7_NULL):
             status_codes = tuple(
                 self.at(f"{place}^32", _read_simple, "PID_32", rep, self.seps)
@@ -439,11 +444,9 @@ class _Reader:
             raise MessageRejected(problem) from None
         return BirthDate(year, month, day if month is not None else None)
 
-    def lunar_date(self, field: str) -> tuple[BirthDate | None, tuple[Note, ...]]:
+    def lunar_date(self, field: str) -> tuple[BirthDate, tuple[Note, ...]]:
         """ZFD-1, the "date lunaire" a GAM sends with PID-7 empty: its calendar part, kept
         with its precision (identity/lunar.py), and the note when a part was left out."""
-        if field == HL7_NULL:
-            return None, ()
         parts = self.at("ZFD^1^1", _read_na, field, self.seps)
         problem = Problem(102, "ZFD^1^1", "ZFD-1 is not a date lunaire (DD^MM^YYYY)")
         if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):

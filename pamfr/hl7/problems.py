@@ -26,6 +26,7 @@ _REFUSALS: dict[Refusal, tuple[int, str]] = {
     Refusal.PRIOR_WITHOUT_AUTHORITY: (101, "MRG^1^1"),
     Refusal.SAME_PATIENT: (205, "MRG^1^1"),
     Refusal.PRIOR_MERGED_ELSEWHERE: (205, "MRG^1^1"),
+    Refusal.PRIOR_OF_TWO_PATIENTS: (205, "MRG^1^1"),
     Refusal.NEW_IDENTIFIER_TAKEN: (205, "PID^{p}^3"),
     Refusal.INS_AND_IPP_DISAGREE: (205, "MRG^1^1"),
     Refusal.LINK_TO_SELF: (205, "PID^{p}^3"),

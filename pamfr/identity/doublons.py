@@ -14,19 +14,22 @@ from functools import lru_cache
 from itertools import combinations
 from typing import NamedTuple
 
+from pamfr.identity.names import LIGATURES
+
 _DROPPED = "-' \t\u2019\u2010\u2011"
 _DROP = str.maketrans("", "", _DROPPED)
 
 
 @lru_cache(maxsize=65536)  # names repeat: a store has far fewer names than identities
 def fold(text: str) -> str:
-    """Upper case, without accents, hyphens, apostrophes or spaces: "Lefèvre-Dupont" gives
-    "LEFEVREDUPONT"."""
+    """Upper case, without accents, hyphens, apostrophes or spaces, ligatures spelt out:
+    "Lefèvre-Dupont" gives "LEFEVREDUPONT", "Cœur" "COEUR"."""
     if text.isascii():
         return text.translate(_DROP).upper()
-    decomposed = unicodedata.normalize("NFKD", text)
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
     kept = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return kept.translate(_DROP).upper()
+    # Œ, Æ... have no decomposition: spelt out as INSi writes them (OE, AE)
+    return kept.translate(LIGATURES).translate(_DROP).upper()
 
 
 class DoublonKey(NamedTuple):  # a tuple: built once per identity of the store

@@ -98,6 +98,7 @@ class Refusal(StrEnum):
     PRIOR_WITHOUT_AUTHORITY = "prior-without-authority"
     SAME_PATIENT = "same-patient"  # A40: MRG-1 and PID-3 designate one patient
     PRIOR_MERGED_ELSEWHERE = "prior-merged-elsewhere"
+    PRIOR_OF_TWO_PATIENTS = "prior-of-two-patients"  # A40: MRG-1's IPPs designate two
     NEW_IDENTIFIER_TAKEN = "new-identifier-taken"  # A47: PID-3's IPP is another patient's
     INS_AND_IPP_DISAGREE = "ins-and-ipp-disagree"  # A47: MRG-1's INS and PID-3's IPP
     LINK_TO_SELF = "link-to-self"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import unicodedata
 
 # Letters that Unicode does not decompose into a base letter and a mark.
-_LIGATURES = str.maketrans({"œ": "oe", "æ": "ae", "ø": "o", "đ": "d", "ł": "l", "ı": "i"})
+LIGATURES = str.maketrans({"œ": "oe", "æ": "ae", "ø": "o", "đ": "d", "ł": "l", "ı": "i"})
 
 
 def fold(text: str | None) -> str | None:
@@ -17,5 +17,5 @@ def fold(text: str | None) -> str | None:
         return None
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     bare = "".join(c for c in decomposed if not unicodedata.combining(c))
-    folded = " ".join(bare.translate(_LIGATURES).split())
+    folded = " ".join(bare.translate(LIGATURES).split())
     return folded or None

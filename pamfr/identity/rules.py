@@ -26,6 +26,7 @@ from pamfr.identity.status import StatusReading, read_status
 _INS_PREFERENCE = list(INS_OIDS)  # NIR first (§4.4.1), then NIA, then test and demo
 _TEST_KINDS = frozenset({InsKind.NIR_TEST, InsKind.NIR_DEMO})
 _INS_SEXES = frozenset({"F", "M"})
+_UNKNOWN_PLACE = "99999"  # INSEE: birth place unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,8 +269,11 @@ def unchanged_notes(policy: Policy, changed: bool) -> list[Note]:
 
 
 def missing_traits(values: Mapping[str, object]) -> list[str]:
-    """The INS traits an identity lacks (sex must be F or M)."""
+    """The INS traits an identity lacks (sex must be F or M; a birth place 99999, unknown,
+    is none: INSi never returns it, FR Core fr-core-3)."""
     missing = [t for t in INS_TRAITS if not values.get(t)]
+    if "birth_place_insee" not in missing and values.get("birth_place_insee") == _UNKNOWN_PLACE:
+        missing.append("birth_place_insee")
     if "sex" not in missing and values.get("sex") not in _INS_SEXES:
         missing.append("sex")
     return missing
@@ -374,24 +378,30 @@ def plan_merge(source: Record | None, target: Record | None) -> MergePlan:
 
 
 def designate_by_prior_ins(
-    owner: int | None, holders: Iterable[int]
+    owner: int | None, holders: Iterable[int], survivor: int | None = None
 ) -> tuple[int | None, list[Note]]:
     """§4.4.2 to §4.4.4: the patient an A47 with an INS in MRG-1 changes. `holders` are the
-    active patients holding MRG-1's INS, `owner` the patient PID-3's IPP designates (if any):
-    the owner when it holds the INS, else the only holder; refused when the IPP designates a
-    patient that does not hold it."""
+    active patients holding MRG-1's INS, `owner` the patient PID-3's IPP designates (if any),
+    `survivor` the one that patient was merged into (if it was: the IPP stands for it, with
+    the warning of an A40 into a merged-away patient): the owner when it holds the INS, else
+    the only holder; refused when the IPP designates a patient that does not hold it."""
     held = set(holders)
+    redirected: list[Note] = []
+    if owner is not None and survivor is not None and survivor != owner:
+        owner = survivor
+        text = "PID-3's IPP belongs to a patient merged into another: its survivor is changed"
+        redirected.append(Note(Finding.MERGE_TARGET_REDIRECTED, text))
     if owner is not None and held and owner not in held:
         raise IdentityRefused(
             Refusal.INS_AND_IPP_DISAGREE,
             "MRG-1's INS and PID-3's IPP designate two different patients",
         )
     if owner in held:
-        return owner, []
+        return owner, redirected
     if len(held) == 1:
-        return next(iter(held)), []
+        return next(iter(held)), redirected
     text = "MRG-1's INS designates no single active patient: nothing changed"
-    return None, [Note(Finding.PRIOR_UNKNOWN, text, field="prior")]
+    return None, [*redirected, Note(Finding.PRIOR_UNKNOWN, text, field="prior")]
 
 
 def plan_rename(source: Record | None, owner_of_new: int | None) -> MergeAction:
@@ -417,14 +427,34 @@ def rename_notes(source: Record | None) -> list[Note]:
 
 def prior_ipp(prior: Sequence[Identifier]) -> Identifier | None:
     """The IPP of MRG-1 (a CX-5 left empty is read as PI); refused without its authority."""
+    return next(iter(prior_ipps(prior)), None)
+
+
+def prior_ipps(prior: Sequence[Identifier]) -> list[Identifier]:
+    """Every IPP of MRG-1 (one per authority in a multi-facility feed), in order; refused
+    when one has no authority."""
+    ipps = []
     for ident in prior:
         if ident.type in ("", IPP_TYPE):
             if not ident.has_authority:
                 raise IdentityRefused(
                     Refusal.PRIOR_WITHOUT_AUTHORITY, "MRG-1 IPP has no assigning authority"
                 )
-            return Identifier(ident.value, IPP_TYPE, ident.authority, ident.oid)
-    return None
+            ipps.append(Identifier(ident.value, IPP_TYPE, ident.authority, ident.oid))
+    return ipps
+
+
+def designate_prior(owners: Sequence[int | None], survivors: Sequence[int | None]) -> int:
+    """A40: which of MRG-1's IPPs stands for the source record: the first whose patient is
+    known (an unknown first IPP beside a known one must not leave the merge undone), else the
+    first. `owners` are the patients the IPPs designate (None: unknown), `survivors` the same
+    read through merges; known IPPs of two different people are refused."""
+    known = {s for s in survivors if s is not None}
+    if len(known) > 1:
+        raise IdentityRefused(
+            Refusal.PRIOR_OF_TWO_PATIENTS, "MRG-1 holds IPPs of two different patients"
+        )
+    return next((n for n, owner in enumerate(owners) if owner is not None), 0)
 
 
 def matching_ipp(identity: PatientIdentity, old: Identifier) -> Identifier | None:

@@ -15,6 +15,8 @@ from sqlalchemy import Connection, and_, bindparam, exists, insert, select, upda
 from sqlalchemy.orm import aliased
 
 from pamfr.identity.authority import canonical, named_pairs
+from pamfr.identity.identifiers import BILLING_NIR_TYPE
+from pamfr.identity.ins import INS_OIDS
 from pamfr.identity.model import Identifier, PatientIdentity
 from pamfr.store.schema import authority, identifier, patient_link
 
@@ -36,6 +38,8 @@ _REKEY_IDENTIFIERS = (
     )
     .values(oid=bindparam("oid"), authority_key=bindparam("oid"))
 )
+# Under an INS authority's OID, only the billing NIR is re-keyed (authority.may_take).
+_REKEY_BILLING = _REKEY_IDENTIFIERS.where(identifier.c.type == BILLING_NIR_TYPE)
 
 
 class AuthorityBook:
@@ -81,7 +85,8 @@ class AuthorityBook:
         if self._oid(conn, namespace) is not None:
             return
         conn.execute(_INSERT, {"namespace": namespace, "oid": oid, "created_at": now})
-        conn.execute(_REKEY_IDENTIFIERS, {"ns": namespace, "oid": oid})
+        rekey = _REKEY_BILLING if oid in INS_OIDS else _REKEY_IDENTIFIERS
+        conn.execute(rekey, {"ns": namespace, "oid": oid})
         for side in ("a", "b"):
             column = patient_link.c[f"{side}_authority_key"]
             conn.execute(update(patient_link).where(column == namespace).values({column: oid}))

@@ -20,11 +20,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, false, func, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
+from pamfr.identity.findings import Finding
+from pamfr.identity.identifiers import BILLING_NIR_TYPE, INS_NAMESPACES, INS_TYPES
+from pamfr.identity.ins import INS_OIDS
 from pamfr.identity.model import Status
 from pamfr.store.readside import iso, view_of
 from pamfr.store.schema import authority, history, identifier, patient
 
 NO_CHANGE = "{}"
+DELETED = Finding.INS_DELETED.value
 _OID = re.compile(r"[0-2](\.[0-9]+)+")
 
 
@@ -80,6 +84,18 @@ def _usable_ins() -> ColumnElement[bool]:
 # The identifier types a resource shows under their authority's own system (pamfr.fhir.patient:
 # the INS is the patient row's, an NH only as a billing NIR).
 _SHOWN_AS_STORED = identifier.c.type.not_in(("INS", "NH"))
+# A stored identifier that states an INS (G8; written by a store older than the gate's reading
+# of every CX-5 type) is never shown, so never found either.
+_NOT_AN_INS = and_(
+    identifier.c.type.not_in(sorted(INS_TYPES)),
+    or_(
+        identifier.c.type == BILLING_NIR_TYPE,
+        and_(
+            identifier.c.oid.not_in(list(INS_OIDS)),
+            func.upper(identifier.c.authority).not_in(sorted(INS_NAMESPACES)),
+        ),
+    ),
+)
 
 
 def _identifier_clause(c: IdentifierCriterion) -> ColumnElement[bool]:
@@ -95,11 +111,11 @@ def _identifier_clause(c: IdentifierCriterion) -> ColumnElement[bool]:
         return and_(patient.c.id.in_(holders), or_(patient.c.ins_value.is_(None), ~_usable_ins()))
     if c.kind == "key":
         return patient.c.id.in_(
-            holders.where(identifier.c.authority_key == c.key, _SHOWN_AS_STORED)
+            holders.where(identifier.c.authority_key == c.key, _SHOWN_AS_STORED, _NOT_AN_INS)
         )
     assert value is not None
     return or_(  # a value alone: an IPP, another identifier, a billing NIR or the INS
-        patient.c.id.in_(holders.where(identifier.c.type != "INS")),
+        patient.c.id.in_(holders.where(_NOT_AN_INS)),
         and_(patient.c.ins_value == value.upper(), _usable_ins()),
     )
 
@@ -323,6 +339,7 @@ class _Rebuild:
     now_idents: list[str]
     resolve: _AuthorityResolver
     collisions: dict[str, bool] = field(default_factory=dict)
+    deleted: frozenset[str] = frozenset()  # INS the sender deleted from this patient
 
     @classmethod
     def load(cls, conn: Connection, patient_id: int) -> _Rebuild | None:
@@ -339,9 +356,9 @@ class _Rebuild:
             .order_by(identifier.c.id)
         ).mappings()
         now_idents = [_ident_text(i) for i in idents]
-        return cls(
-            conn, current, steps, row, now_idents, _AuthorityResolver(conn, patient_id, steps)
-        )
+        resolve = _AuthorityResolver(conn, patient_id, steps)
+        deleted = _deleted_ins(conn, patient_id)
+        return cls(conn, current, steps, row, now_idents, resolve, deleted=deleted)
 
     def version(self, k: int) -> PatientVersion:
         steps, current = self.steps, self.current
@@ -371,10 +388,13 @@ class _Rebuild:
         state["status"] = state["status"] or Status.PROVISOIRE.value
         identifiers = [self.resolve(text) for text in state["identifiers"] or []]
         view = view_of(state, identifiers, [])
-        if view.get("ins_usable") and self._in_collision_now(view.get("ins")):
-            # An INS another active patient now holds too is usable on neither: no version
-            # serves it, lest a product reading the history take it up again. (An INS later
-            # replaced or withdrawn stays in the versions it was in force for.)
+        if view.get("ins_usable") and (
+            self._in_collision_now(view.get("ins")) or view["ins"]["value"] in self.deleted
+        ):
+            # An INS another active patient now holds too is usable on neither, and one the
+            # sender deleted (§4.4.3: wrongly attributed) was never this patient's: no version
+            # serves them, lest a product reading the history take them up again. (An INS
+            # later replaced or withdrawn stays in the versions it was in force for.)
             view = {**view, "ins_usable": False}
         merged = tuple(sorted(int(i) for i in state["merged_patients"] or []))
         return PatientVersion(view, merged, str(step.message_id), step.at, created=k == 0)
@@ -384,6 +404,23 @@ class _Rebuild:
         if value not in self.collisions:
             self.collisions[value] = _in_collision_now(self.conn, value)
         return self.collisions[value]
+
+
+def _deleted_ins(conn: Connection, patient_id: int) -> frozenset[str]:
+    """The INS values the sender deleted from this patient (finding ins-deleted: `""` under
+    an INS authority, the A47 of §4.4.3), read from the history rows that say so."""
+    rows = conn.execute(
+        select(history.c.changes, history.c.notes).where(
+            history.c.patient_id == patient_id, history.c.notes.contains(DELETED, autoescape=True)
+        )
+    )
+    deleted = set()
+    for changes, notes in rows:
+        if any(n.get("finding") == DELETED for n in json.loads(notes or "[]")):
+            old = json.loads(changes).get("ins_value", [None])[0]
+            if old:
+                deleted.add(old)
+    return frozenset(deleted)
 
 
 def _in_collision_now(conn: Connection, ins: Any) -> bool:

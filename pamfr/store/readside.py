@@ -12,8 +12,9 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Connection, and_, literal, or_, select
 
+from pamfr.identity.identifiers import states_ins
 from pamfr.identity.ins import INS_OIDS
-from pamfr.identity.model import IPP_TYPE
+from pamfr.identity.model import IPP_TYPE, Identifier
 from pamfr.identity.names import fold
 from pamfr.identity.status import ins_usable
 from pamfr.store.schema import history, identifier, message, patient, patient_link
@@ -81,8 +82,10 @@ def patient_view(conn: Connection, patient_id: int) -> dict:
 
 def view_of(row: Mapping, identifiers: list[dict], links: list[int]) -> dict:
     """The view of a patient row (the columns of `patient`) with its identifiers
-    ({value, type, authority, oid}) and linked patients: patient_view's shape."""
-    identifiers = list(identifiers)
+    ({value, type, authority, oid}) and linked patients: patient_view's shape. A stored
+    identifier that states an INS (G8: a store written before the INS gate read every CX-5
+    type) is never shown: the patient's INS is its row's, kept by the gate, or none."""
+    identifiers = [i for i in identifiers if not _states_ins(i)]
     ins = None
     if row["ins_value"]:
         kind = INS_OIDS.get(row["ins_oid"])
@@ -124,6 +127,11 @@ def view_of(row: Mapping, identifiers: list[dict], links: list[int]) -> dict:
         "created_at": iso(row["created_at"]),
         "updated_at": iso(row["updated_at"]),
     }
+
+
+def _states_ins(ident: Mapping) -> bool:
+    kept = Identifier(ident["value"], ident["type"], ident["authority"] or "", ident["oid"] or "")
+    return states_ins(kept)
 
 
 def patient_history(conn: Connection, patient_id: int) -> list[dict]:

@@ -35,12 +35,14 @@ from pamfr.identity.rules import (
     decide_identity,
     decide_ins_change,
     designate_by_prior_ins,
+    designate_prior,
     identifiers_to_add,
     link_notes,
     matching_ipp,
     plan_merge,
     plan_rename,
     prior_ipp,
+    prior_ipps,
     rename_notes,
     unchanged_notes,
 )
@@ -364,11 +366,14 @@ class IdentityRepository:
         """A40: the MRG-1 patient is merged into the PID-3 patient, which keeps its own
         demographics, status and INS."""
         identity = self._canonical(identity)
-        source_ipp = self._prior_ipp(prior)
-        if source_ipp is None:
+        source_ipps = [self._authorities.canonical(self.conn, i) for i in prior_ipps(prior)]
+        if not source_ipps:
             raise IdentityRefused(Refusal.PRIOR_MISSING, "MRG-1 holds no IPP (CX-5 PI)")
+        owners = [self.findpatient_id_of(i) for i in source_ipps]
+        source_ipp = source_ipps[designate_prior(owners, self._survivors(owners))]
         source_id = self.findpatient_id_of(source_ipp)
         target_id = self._find_by_ipps(identity)
+        self._one_target(identity, target_id)
         rows = self._lock_in_order(*(i for i in (source_id, target_id) if i is not None))
         self._still(
             self.findpatient_id_of(source_ipp) == source_id
@@ -405,6 +410,18 @@ class IdentityRepository:
         self._set_flags(plan_collision(source_id, holders_of_released=released).others)
         after = sorted({*merged_before, source_id, *earlier_merges})
         self._record(survivor["id"], "merge", {"merged_patients": [merged_before, after]})
+
+    def _one_target(self, identity: PatientIdentity, target_id: int | None) -> None:
+        """An A40's PID-3 designates one patient: its IPPs are free or of that patient (or of
+        records merged into it); IPPs of two patients leave the target unknown, refused."""
+        if target_id is None or len(identity.ipps) < 2:
+            return
+        owners = [self.findpatient_id_of(ipp) for ipp in identity.ipps]
+        check_one_patient(survivor_id(self.conn, target_id), self._survivors(owners))
+
+    def _survivors(self, owners: Sequence[int | None]) -> list[int | None]:
+        """Each patient read through merges (None stays None)."""
+        return [survivor_id(self.conn, o) if o is not None else None for o in owners]
 
     def _merged_ids(self, patient_id: int) -> list[int]:
         rows = self.conn.execute(sql.MERGED_INTO, {"pid": patient_id})
@@ -470,12 +487,15 @@ class IdentityRepository:
         PID-3's IPP designates when several hold it)."""
         values = sorted({s.value.upper() for s in prior_ins})
         holders = {h.id for v in values for h in self._active_holders(v, exclude=None)}
-        target, notes = designate_by_prior_ins(self._find_by_ipps(identity), holders)
+        owner = self._find_by_ipps(identity)
+        survivor = survivor_id(self.conn, owner) if owner is not None else None
+        target, notes = designate_by_prior_ins(owner, holders, survivor)
         if target is None:
             self._note(notes)
             return
         current = self._lock_in_order(target)[target]
         decision = decide_ins_change(identity, current, policy)
+        decision.notes[:0] = notes
         self._update_patient(target, decision, "change_ins", current)
 
     # -- links ----------------------------------------------------------------

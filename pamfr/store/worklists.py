@@ -35,7 +35,9 @@ def _bound(conn: Connection, moment: datetime) -> datetime:
 
 def _linked_pairs(conn: Connection) -> set[tuple[int, int]]:
     """Pairs of patients (smaller id first) linked by an A24: not doublons of each other.
-    Links are kept between IPPs (few rows): their owners are then found by IPP value."""
+    Links are kept between IPPs (few rows): their owners are then found by IPP value. An IPP
+    of a patient merged into another stands for its survivor (the link is read there, as
+    rules.link_notes says), so a link outlives the merge of either side."""
     links = conn.execute(
         select(
             patient_link.c.a_authority_key,
@@ -47,11 +49,17 @@ def _linked_pairs(conn: Connection) -> set[tuple[int, int]]:
     values = sorted({v for link in links for v in (link[1], link[3])})
     owner: dict[tuple[str, str], int] = {}
     for start in range(0, len(values), 500):
-        query = select(identifier.c.authority_key, identifier.c.value, identifier.c.patient_id)
+        query = select(
+            identifier.c.authority_key,
+            identifier.c.value,
+            identifier.c.patient_id,
+            patient.c.merged_into,
+        ).join(patient, patient.c.id == identifier.c.patient_id)
         query = query.where(
             identifier.c.value.in_(values[start : start + 500]), identifier.c.type == IPP_TYPE
         )
-        owner.update({(k, v): pid for k, v, pid in conn.execute(query)})
+        # merged_into is the final survivor: merges keep chains flat
+        owner.update({(k, v): into or pid for k, v, pid, into in conn.execute(query)})
     pairs = set()
     for a_key, a_value, b_key, b_value in links:
         a, b = owner.get((a_key, a_value)), owner.get((b_key, b_value))
@@ -101,12 +109,31 @@ def pairs_by_key(conn: Connection) -> list[tuple[int, int]]:
     return doublon_pairs(Candidate(r[0], doublon_key(r[1], r[2], r[3], r[4], r[5])) for r in rows)
 
 
+def _decided_pairs(conn: Connection) -> set[tuple[int, int]]:
+    """The pairs decided "not a doublon", each side read as its survivor: a patient merged
+    into another is that other one, who is no more the same person as the other side."""
+    decided = [(d.patient_a, d.patient_b) for d in doublon_decisions(conn)]
+    ids = sorted({pid for pair in decided for pid in pair})
+    survivor: dict[int, int] = {}
+    for start in range(0, len(ids), 500):
+        query = select(patient.c.id, patient.c.merged_into).where(
+            patient.c.id.in_(ids[start : start + 500]), patient.c.merged_into.is_not(None)
+        )
+        survivor.update({pid: into for pid, into in conn.execute(query)})
+    pairs = set()
+    for a, b in decided:
+        a, b = survivor.get(a, a), survivor.get(b, b)
+        if a != b:
+            pairs.add((min(a, b), max(a, b)))
+    return pairs
+
+
 def still_doublons(conn: Connection, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """The pairs whose two patients are still active, not linked, and not decided "not a
     doublon"."""
     if not pairs:
         return []
-    excluded = _linked_pairs(conn) | {(d.patient_a, d.patient_b) for d in doublon_decisions(conn)}
+    excluded = _linked_pairs(conn) | _decided_pairs(conn)
     ids = sorted({pid for pair in pairs for pid in pair})
     active: set[int] = set()
     for start in range(0, len(ids), 500):

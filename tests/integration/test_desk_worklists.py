@@ -10,6 +10,7 @@ import json
 from click.testing import CliRunner
 
 from pamfr.cli import main
+from pamfr.hl7.samples import Person, message
 from pamfr.store.db import make_engine
 from pamfr.store.worklists import (
     DecisionExists,
@@ -21,6 +22,7 @@ from pamfr.store.worklists import (
     refusals_per_sender,
 )
 from tests.desk.store import NIR_REMOVED, NIR_SHARED, load
+from tests.helpers import pamfr_server, send
 
 
 def cli(db_url: str, *args: str):
@@ -42,6 +44,38 @@ def test_doublons_are_the_folded_pair_not_the_merged_nor_the_linked(db_url):
     assert json.loads(result.stdout) == [{"patients": pair}]
     text = cli(db_url, "patient", "doublons")
     assert text.stdout.strip() == f"patients {pair[0]}, {pair[1]}"
+
+
+def test_a_link_still_excludes_the_pair_once_one_side_is_merged(db_url):
+    def same(who: str) -> Person:
+        return Person(who, birth_name="DUPRE", given_names=("LEA",), birth_date="19700101")
+
+    first, second, survivor, third, fourth = (same(w) for w in ("LM1", "LM2", "LM3", "LM4", "LM5"))
+    with pamfr_server(db_url) as server:
+        acks = send(
+            server.port,
+            [
+                message("A28", first, "LM-1"),
+                message("A28", second, "LM-2"),
+                message("A28", survivor, "LM-3"),
+                message("A24", first, "LM-4", other=second),  # LM1 and LM2: not one person
+                message("A40", survivor, "LM-5", prior_ipp="LM1"),  # LM1 is LM3
+                message("A28", third, "LM-6"),
+                message("A28", fourth, "LM-7"),
+                message("A40", fourth, "LM-8", prior_ipp="LM4"),  # LM4 is LM5
+                message("A24", third, "LM-9", other=second),  # linked to its survivor, LM5
+            ],
+        )
+    assert [a.code for a in acks] == ["AA"] * 9, [a.errs for a in acks]
+    two, three, five = (ids_of(db_url, w) for w in ("LM2", "LM3", "LM5"))
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            pairs = potential_doublons(conn)
+    finally:
+        engine.dispose()
+    assert pairs == [(min(three, five), max(three, five))]
+    assert (min(two, three), max(two, three)) not in pairs
 
 
 def test_a_not_a_doublon_decision_takes_the_pair_off_the_list_once(db_url):
@@ -66,6 +100,30 @@ def test_a_not_a_doublon_decision_takes_the_pair_off_the_list_once(db_url):
     ]
     result = cli(db_url, "patient", "doublons")
     assert (result.exit_code, result.stdout.strip()) == (0, "no potential doublon")
+
+
+def test_a_not_a_doublon_decision_follows_a_merge_into_a_survivor(db_url):
+    def same(who: str) -> Person:
+        return Person(who, birth_name="DUPRE", given_names=("LEA",), birth_date="19700101")
+
+    with pamfr_server(db_url) as server:
+        acks = send(
+            server.port, [message("A28", same(w), f"ND-{w}") for w in ("ND1", "ND2", "ND3")]
+        )
+        assert [a.code for a in acks] == ["AA"] * 3
+        one, two, three = (ids_of(db_url, w) for w in ("ND1", "ND2", "ND3"))
+        engine = make_engine(db_url)
+        try:
+            record_not_doublon(engine, one, two, "alice", "two people, checked")
+            # ND1 is found to be ND3: ND3 is not ND2 either
+            (ack,) = send(server.port, [message("A40", same("ND3"), "ND-M", prior_ipp="ND1")])
+            assert ack.code == "AA", ack.errs
+            with engine.connect() as conn:
+                pairs = potential_doublons(conn)
+        finally:
+            engine.dispose()
+    assert pairs == []
+    assert three > two > one
 
 
 def test_the_other_worklists(db_url):

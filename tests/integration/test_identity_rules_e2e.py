@@ -111,6 +111,17 @@ def test_g1_a_barring_code_drops_the_ins(feed, code):
     assert feed.show(*ipp(f"G1{code}"))["ins"] is None
 
 
+def test_g2_pid32_null_clears_the_status_and_removes_the_ins(feed):
+    assert feed.one(msg("A28", Person("G2N", ins=INS))).errs == []
+    assert feed.show(*ipp("G2N"))["status"] == "qualifiee"
+    # `""` is not an empty field: the sender clears the status, so nothing is qualified.
+    ack = feed.one(with_pid(msg("A31", Person("G2N", ins=INS)), f32='""'))
+    assert ack.code == "AA"
+    view = feed.show(*ipp("G2N"))
+    assert (view["status"], view["ins"], view["ins_usable"]) == ("provisoire", None, False)
+    assert findings(feed.history(*ipp("G2N")))[-1:] == ["ins-removed"]
+
+
 def test_g1_missing_trait_drops_the_ins(feed):
     ack = feed.one(msg("A28", Person("G1T", ins=INS, insee=None)))
     assert warning(ack) == [("101", "PID^1^11")]
@@ -121,6 +132,11 @@ def test_g1_missing_trait_drops_the_ins(feed):
     unchanged = feed.one(msg("A31", Person("G1U", ins=INS, insee=None)))
     assert warning(unchanged) == [("0", "PID^1")]  # nothing-kept-changed: nothing else to say
     assert feed.show(*ipp("G1U"))["ins"]["value"] == INS
+    # 99999 says the birth place is unknown: no trait, and INSi never returns it (FR Core
+    # fr-core-3), so no qualified identity holds it.
+    ack = feed.one(msg("A28", Person("G1X", ins=nir_with_key("1790399220777"), insee="99999")))
+    assert warning(ack) == [("101", "PID^1^11")]
+    assert (feed.show(*ipp("G1X"))["status"], feed.show(*ipp("G1X"))["ins"]) == ("validee", None)
 
 
 @pytest.mark.parametrize(
@@ -256,6 +272,28 @@ def test_g8_an_ins_typed_ins_nir_is_the_ins_and_its_key_is_checked(feed):
     assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["102"], ["PID^1^3"])
 
 
+def test_g8_an_ins_named_by_namespace_alone_is_never_an_identifier(feed):
+    nir = nir_with_key("1790363220123")
+    # The INS authority by its namespace only, CX-5 empty, on a PROV identity: refused by the
+    # gate, so neither stored nor served.
+    pid3 = f"G8NS^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-INS-NIR^"
+    ack = feed.one(with_pid(msg("A28", Person("G8NS")), f3=pid3, f32="PROV"))
+    assert ("103", "PID^1^32") in warning(ack)
+    view = feed.show(*ipp("G8NS"))
+    assert (view["ins"], [i["value"] for i in view["identifiers"]]) == (None, ["G8NS"])
+    # The billing namespace learnt with the NIR's OID (an NH) never puts an identifier of
+    # another type under that OID: it would be served as an INS-NIR nobody checked.
+    nh = f"G8NH^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-NIR&{NIR_OID}&ISO^NH"
+    assert feed.one(with_pid(msg("A28", Person("G8NH")), f3=nh, f32="PROV")).code == "AA"
+    loose = f"G8NX^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{nir}^^^ASIP-SANTE-NIR^"
+    assert feed.one(with_pid(msg("A28", Person("G8NX")), f3=loose, f32="PROV")).code == "AA"
+    for who in ("G8NS", "G8NX"):
+        served = feed.cli("patient", "show", "--ipp", who, "--json")
+        assert NIR_OID not in served.stdout, who
+    nh_view = feed.show(*ipp("G8NH"))
+    assert [(i["type"], i["oid"]) for i in nh_view["identifiers"]][1] == ("NH", NIR_OID)
+
+
 def test_g7_one_ins_one_active_patient(feed):
     assert feed.one(msg("A28", Person("G7A", ins=INS))).errs == []
     ack = feed.one(msg("A28", Person("G7B", ins=INS)))
@@ -358,6 +396,21 @@ def test_l1_a47_new_nir_replaces_the_previous_one(feed):
     assert last["operation"] == "change_ins" and last["changes"]["ins_value"] == [old, new]
 
 
+def test_l1_an_a47_naming_a_merged_away_ipp_changes_its_survivor(feed):
+    """§4.4.3 through the IPP of a record merged into the INS holder: the deletion reaches the
+    survivor (as an A40 or an A24 naming that IPP does), not an AE that leaves the INS on it."""
+    feed.ok(
+        msg("A28", Person("L1OLD", pid32=("PROV",))),
+        msg("A28", Person("L1SURV", ins=INS)),
+        msg("A40", Person("L1SURV"), prior_ipp="L1OLD"),
+    )
+    deleted = a47_ins("L1OLD", ins_rep(INS), f'""^^^ASIP-SANTE-INS-NIR&{TEST_OID}&ISO^INS')
+    assert warning(feed.one(deleted)) == [("0", "PID^1^3")]
+    survivor = feed.show(*ipp("L1SURV"))
+    assert (survivor["ins"], survivor["ins_usable"]) == (None, False)
+    assert feed.show(*ipp("L1OLD"))["active"] is False
+
+
 # -- E: events ------------------------------------------------------------------------------------
 
 
@@ -426,6 +479,17 @@ def test_e4_empty_given_names_or_birth_place_keep_the_stored_traits(feed, db_url
     assert {k: view[k] for k in traits} == {k: before[k] for k in traits}
 
 
+def test_e5_a_zfd1_null_with_pid7_empty_keeps_the_birth_date_and_the_ins(feed):
+    assert feed.one(msg("A28", Person("E5Z", ins=INS))).errs == []
+    # PID-7 empty (keep) and ZFD-1 `""` (no date lunaire): nothing says the birth date goes.
+    update = with_pid(msg("A31", Person("E5Z", ins=INS)), f7="")
+    update = update.replace("ZFD|||Y|N|INSI", 'ZFD|""||Y|N|INSI')
+    assert warning(feed.one(update)) == [("0", "PID^1")]  # E6: nothing kept changed
+    view = feed.show(*ipp("E5Z"))
+    assert (view["birth_date"], view["status"]) == ("1979-03-28", "qualifiee")
+    assert view["ins"]["value"] == INS
+
+
 def test_e6_an_a31_changing_only_what_is_not_kept_says_so(feed):
     assert feed.one(msg("A31", Person("E6"))).errs == []
     moved = msg("A31", Person("E6")).replace(
@@ -472,6 +536,55 @@ def test_m1_a_merge_chain_points_at_the_final_survivor(feed):
     assert warning(ack) == [("204", "PID^1^3")]
     assert feed.show(*ipp("MA"))["id"] != c["id"]
     assert feed.cli("patient", "show", "--ipp", "MNEW").exit_code == 1
+
+
+def test_m1_an_a40_whose_pid3_names_two_patients_is_refused(feed):
+    clinic = "CLIN-Y&1.2.250.1.999.2.2&ISO"
+    feed.ok(
+        msg("A28", Person("M1T1")),
+        with_pid(msg("A28", Person("M1T2")), f3=f"M1T2^^^{clinic}^PI"),
+        msg("A28", Person("M1S")),
+    )
+    # PID-3 holds an IPP of each of two patients: which one the record is merged into is
+    # not for pamfr to guess.
+    both = f"M1T1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~M1T2^^^{clinic}^PI"
+    ack = feed.one(with_pid(msg("A40", Person("M1T1"), prior_ipp="M1S"), f3=both))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["205"], ["PID^1^3"])
+    assert feed.show(*ipp("M1S"))["active"] is True
+    # An IPP of a record already merged into the target stands for the target.
+    merged_ipp = f"M1O^^^{clinic}^PI"
+    first_merge = msg("A40", Person("M1T1"), prior_ipp="M1O")
+    first_merge = first_merge.replace(
+        "MRG|M1O^^^CHU-X&1.2.250.1.999.1.1&ISO^PI", f"MRG|{merged_ipp}"
+    )
+    feed.ok(with_pid(msg("A28", Person("M1O")), f3=merged_ipp), first_merge)
+    with_old = f"M1T1^^^CHU-X&1.2.250.1.999.1.1&ISO^PI~{merged_ipp}"
+    feed.ok(with_pid(msg("A40", Person("M1T1"), prior_ipp="M1S"), f3=with_old))
+    target = feed.show(*ipp("M1T1"))["id"]
+    assert [feed.show(*ipp(w))["merged_into"] for w in ("M1O", "M1S")] == [target, target]
+
+
+def test_m1_an_a40_merges_the_record_any_of_mrg1s_ipps_designates(feed):
+    clinic = "CLIN-Y&1.2.250.1.999.2.2&ISO"
+    feed.ok(
+        msg("A28", Person("M1PT")),
+        with_pid(msg("A28", Person("M1PS")), f3=f"M1PS^^^{clinic}^PI"),
+        with_pid(msg("A28", Person("M1PO")), f3=f"M1PO^^^{clinic}^PI"),
+        msg("A28", Person("M1PQ")),
+    )
+    # MRG-1 names the record by two facilities' IPPs; only the second one is known here.
+    a40 = msg("A40", Person("M1PT"), prior_ipp="M1PX")
+    mrg = "MRG|M1PX^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
+    assert mrg in a40
+    assert feed.one(a40.replace(mrg, f"{mrg}~M1PS^^^{clinic}^PI")).code == "AA"
+    target = feed.show(*ipp("M1PT"))["id"]
+    assert feed.show(*ipp("M1PS"))["merged_into"] == target
+    # Known IPPs of two different records in one MRG-1: refused, nothing merged.
+    a40 = msg("A40", Person("M1PT"), prior_ipp="M1PQ")
+    mrg = "MRG|M1PQ^^^CHU-X&1.2.250.1.999.1.1&ISO^PI"
+    ack = feed.one(a40.replace(mrg, f"{mrg}~M1PO^^^{clinic}^PI"))
+    assert (ack.code, ack.err_codes, ack.err_locations) == ("AE", ["205"], ["MRG^1^1"])
+    assert [feed.show(*ipp(w))["active"] for w in ("M1PQ", "M1PO")] == [True, True]
 
 
 def test_m1_an_a24_on_a_merged_away_ipp_goes_to_the_survivor(feed):

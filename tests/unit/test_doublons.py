@@ -42,3 +42,12 @@ def test_pairs_share_a_key_and_leave_out_the_excluded_pairs():
     ]
     assert doublon_pairs(candidates) == [(3, 5), (3, 7), (5, 7)]
     assert doublon_pairs(candidates, excluded={(3, 7)}) == [(3, 5), (5, 7)]
+
+
+def test_fold_spells_ligatures_out_as_insi_writes_them():
+    # a name typed at the desk with its ligature meets the INSi spelling (Œ as OE)
+    assert fold("Lœuvre") == fold("LOEUVRE") == "LOEUVRE"
+    assert fold("LŒUVRE") == "LOEUVRE"
+    assert fold("Lætitia") == fold("LAETITIA")
+    key = doublon_key("Cœur", "Lætitia", None, "1980-01-01", "F")
+    assert key == doublon_key("COEUR", "LAETITIA", None, "1980-01-01", "F")

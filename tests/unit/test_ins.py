@@ -8,6 +8,7 @@ from pamfr.hl7.er7 import read_header
 from pamfr.hl7.errors import MessageRejected
 from pamfr.hl7.parse import decode, parse_adt
 from pamfr.hl7.samples import msh
+from pamfr.identity.authority import canonical
 from pamfr.identity.identifiers import sort_identifiers, states_ins
 from pamfr.identity.ins import InsKind, InvalidIns, check_ins, nir_key
 from pamfr.identity.model import Identifier, Status
@@ -223,3 +224,15 @@ def test_g8_ins_typed_identifiers_are_ins_statements_never_identifiers():
     assert [s.oid for s in got.ins] == [NIR_OID, "1.2.250.1.213.1.4.9", NIR_OID, NIR_OID]
     assert got.ins_cleared is True
     assert not states_ins(ipp) and states_ins(stated[1]) and not states_ins(stated[5])
+
+
+def test_g8_an_ins_authority_named_by_namespace_alone_states_an_ins():
+    nir = with_key("1850775123456")
+    assert states_ins(Identifier(nir, "", "ASIP-SANTE-INS-NIR"))
+    assert states_ins(Identifier(nir, "NI", "asip-sante-ins-nia"))
+    assert not states_ins(Identifier(nir, "NH", "ASIP-SANTE-INS-NIR"))
+    # A namespace learnt with an INS OID keys only the billing NIR on it.
+    pairs = {"ASIP-SANTE-NIR": NIR_OID}
+    assert canonical(Identifier(nir, "NH", "ASIP-SANTE-NIR"), pairs).oid == NIR_OID
+    assert canonical(Identifier(nir, "", "ASIP-SANTE-NIR"), pairs).oid == ""
+    assert canonical(Identifier("1", "PI", "HOP"), {"HOP": "1.2.3"}).oid == "1.2.3"

@@ -308,7 +308,7 @@ def test_zfd_empty_field_keeps_and_null_clears():
         ("PROV~FICT", ("PROV", "FICT")),
         ("VALI~FICT~DOUB~HOMA", ("VALI", "FICT", "DOUB", "HOMA")),
         ("", None),
-        ('""', None),
+        ('""', ()),  # cleared by the sender: no status code (G2), not an empty field (G3)
     ],
 )
 def test_pid32_codes_as_sent_none_when_empty(pid32, codes):

@@ -27,6 +27,7 @@ from pamfr.identity.rules import (
     decide_identity,
     decide_ins_change,
     designate_by_prior_ins,
+    designate_prior,
     identifiers_to_add,
     link_notes,
     plan_merge,
@@ -212,6 +213,7 @@ def test_g1_ins_not_kept_without_vali_or_with_a_barring_code(pid32, finding):
         ("sex", None),
         ("sex", "U"),
         ("birth_place_insee", None),
+        ("birth_place_insee", "99999"),  # birth place unknown: INSi never gives it
     ],
 )
 def test_g1_ins_kept_only_with_the_five_traits(missing, value):
@@ -606,3 +608,16 @@ def test_l1_the_a47_changes_the_holder_pid3_designates_else_the_only_holder():
         target, notes = designate_by_prior_ins(owner, holders)
         assert target is None
         assert [n.finding for n in notes] == [Finding.PRIOR_UNKNOWN]
+    # PID-3's IPP is a record merged into the holder: it stands for its survivor, warned.
+    target, notes = designate_by_prior_ins(5, {7}, survivor=7)
+    assert target == 7 and [n.finding for n in notes] == [Finding.MERGE_TARGET_REDIRECTED]
+    assert designate_by_prior_ins(7, {7}, survivor=7) == (7, [])
+
+
+def test_m1_the_a40_source_is_the_first_mrg1_ipp_whose_record_is_known():
+    assert designate_prior([None, 4], [None, 4]) == 1
+    assert designate_prior([None, None], [None, None]) == 0
+    assert designate_prior([3, 4], [4, 4]) == 0  # 3 was merged into 4: one record
+    with pytest.raises(IdentityRefused) as refused:
+        designate_prior([3, 4], [3, 4])
+    assert refused.value.reason is Refusal.PRIOR_OF_TWO_PATIENTS

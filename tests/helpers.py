@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from pamfr.ingest.sender import send_messages
 from pamfr.path.pipeline import AsyncReceiver
@@ -174,3 +178,31 @@ def process_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][0] != "Z"
     except OSError:
         return False
+
+
+@contextmanager
+def pamfr_api(db_url: str, log_path: Path, settings: dict[str, str]) -> Iterator[int]:
+    """`pamfr api` on the store and a free loopback port, configured by `settings` (PAMFR_*
+    variables) alone: none of the caller's PAMFR_* variables, no configuration file. Yields
+    its port; stops it at the end and checks that it exited cleanly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PAMFR_")}
+    env.update({"PAMFR_CONFIG": "", **settings})
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pamfr", "api", "--db", db_url, "--listen", "127.0.0.1:0"],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        port = None
+        deadline = time.monotonic() + 60
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            found = re.search(r"FHIR API on [^ ]+:(\d+)", log_path.read_text())
+            port = int(found.group(1)) if found else None
+            time.sleep(0.05)
+        assert port is not None, log_path.read_text()
+        yield port
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -19,7 +19,7 @@ from pamfr.store.db import make_engine
 from pamfr.store.schema import desk_access, doublon_decision, message
 from tests.desk.serving import OPERATOR_TOKEN, READER_TOKEN, SECRET, csrf_of, desk_daemon
 from tests.desk.store import IMG_GIVEN, SCRIPT_NAME
-from tests.helpers import log_rows
+from tests.helpers import log_rows, pamfr_api
 
 
 @pytest.fixture(scope="module")
@@ -319,10 +319,7 @@ def test_exports_match_the_cli_and_every_access_is_logged_without_patient_data(d
 
 
 def test_pamfr_api_serves_the_desk_over_tls_with_a_secure_cookie(tmp_path):
-    import os
     import ssl
-    import subprocess
-    import sys
 
     import httpx
 
@@ -332,8 +329,7 @@ def test_pamfr_api_serves_the_desk_over_tls_with_a_secure_cookie(tmp_path):
     pki = make_pki(tmp_path / "pki")
     db_url = f"sqlite:///{tmp_path / 'api.db'}"
     upgrade(db_url)
-    env = {
-        "PAMFR_CONFIG": "",
+    settings = {
         "PAMFR_HTTP_TLS_CERT": str(pki.server.cert),
         "PAMFR_HTTP_TLS_KEY": str(pki.server.key),
         "PAMFR_HTTP_TOKENS": json.dumps({"alice": OPERATOR_TOKEN}),
@@ -341,23 +337,8 @@ def test_pamfr_api_serves_the_desk_over_tls_with_a_secure_cookie(tmp_path):
         "PAMFR_DESK_OPERATORS": '["alice"]',
     }
     log_path = tmp_path / "api.log"
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pamfr", "api", "--db", db_url, "--listen", "127.0.0.1:0"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-        )
-    try:
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            found = re.search(
-                r"FHIR API on [^ ]+:(\d+) \(/fhir, /events, /healthz, /desk\)", log_path.read_text()
-            )
-            port = int(found.group(1)) if found else None
-            time.sleep(0.05)
-        assert port is not None, log_path.read_text()
+    with pamfr_api(db_url, log_path, settings) as port:
+        assert "(/fhir, /events, /healthz, /desk)" in log_path.read_text()
         context = ssl.create_default_context(cafile=str(pki.ca))
         with httpx.Client(
             base_url=f"https://127.0.0.1:{port}", verify=context, follow_redirects=False
@@ -369,9 +350,6 @@ def test_pamfr_api_serves_the_desk_over_tls_with_a_secure_cookie(tmp_path):
             cookie = [c for c in answer.headers.get_list("set-cookie") if "pamfr_desk=" in c]
             assert answer.status_code == 303 and "Secure" in cookie[0]
             assert "alice (opérateur)" in client.get("/desk/").text
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
     rows_seen = rows(db_url, select(desk_access.c.token_name, desk_access.c.action))
     assert rows_seen == [("alice", "sign-in")]
 

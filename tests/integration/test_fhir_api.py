@@ -10,7 +10,6 @@ import re
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -30,7 +29,7 @@ from tests.frcore import (
     ins_identifiers,
     reliability,
 )
-from tests.helpers import Daemon, run_cli, send, show_json, start_daemon
+from tests.helpers import Daemon, pamfr_api, run_cli, send, show_json, start_daemon
 
 TOKEN = "dpi-0123456789abcdef0123"
 INS_TEST = "urn:oid:1.2.250.1.213.1.4.10"
@@ -351,28 +350,13 @@ def pki(tmp_path):
 
 def test_pamfr_api_alone_over_tls_with_a_token(db_url, tmp_path, pki, feed):
     feed.ok(message("A28", QUALIFIED, "API-1"))
-    env = {
-        "PAMFR_CONFIG": "",
+    settings = {
         "PAMFR_HTTP_TLS_CERT": str(pki.server.cert),
         "PAMFR_HTTP_TLS_KEY": str(pki.server.key),
         "PAMFR_HTTP_TOKENS": json.dumps({"reader": TOKEN}),
     }
     log_path = tmp_path / "api.log"
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pamfr", "api", "--db", db_url, "--listen", "127.0.0.1:0"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-        )
-    try:
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            found = re.search(r"FHIR API on [^ ]+:(\d+)", log_path.read_text())
-            port = int(found.group(1)) if found else None
-            time.sleep(0.05)
-        assert port is not None, log_path.read_text()
+    with pamfr_api(db_url, log_path, settings) as port:
         context = ssl.create_default_context(cafile=str(pki.ca))
         base = f"https://127.0.0.1:{port}"
         assert get(f"{base}/healthz", token=None, context=context)[0] == 200
@@ -381,9 +365,6 @@ def test_pamfr_api_alone_over_tls_with_a_token(db_url, tmp_path, pki, feed):
         assert status == 200 and bundle["total"] == 1
         check_bundle(bundle, "searchset")
         check_patient(bundle["entry"][0]["resource"], show_json(db_url, "--ipp", "FH01"))
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
     text = log_path.read_text()
     assert "over TLS" in text and "(token reader)" in text and TOKEN not in text
     assert "QUALIFNAME" not in text and NIR_1 not in text

@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import subprocess
-import sys
-import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +29,7 @@ from pamfr.store.fhirquery import (
     search_page,
 )
 from tests.frcore import check_bundle, check_outcome, check_patient
-from tests.helpers import run_cli
+from tests.helpers import pamfr_api, run_cli
 from tests.integration.test_fhir_api import get
 
 TOKEN = "search-0123456789abcdef0123"
@@ -59,31 +55,10 @@ ABROAD = Person(ipp="S04", birth_name="OKONKWO", insee="99134", ins=nir_with_key
 def fhir_api(db_url: str, log_path, **settings: str) -> Iterator[str]:
     """`pamfr api` on the store, on a free loopback port: its base URL. `settings` are
     environment variables of the configuration."""
-    env = {
-        **os.environ,
-        "PAMFR_CONFIG": "",
-        "PAMFR_HTTP_TOKENS": json.dumps({"t": TOKEN}),
-        **settings,
-    }
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pamfr", "api", "--db", db_url, "--listen", "127.0.0.1:0"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            found = re.search(r"FHIR API on [^ ]+:(\d+)", log_path.read_text())
-            port = int(found.group(1)) if found else None
-            time.sleep(0.05)
-        assert port is not None, log_path.read_text()
+    with pamfr_api(
+        db_url, log_path, {"PAMFR_HTTP_TOKENS": json.dumps({"t": TOKEN}), **settings}
+    ) as port:
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from pamfr.ingest.expected import store_state
 from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine
 from tests.conftest import REPO
+from tests.helpers import pamfr_api
 
 README = (REPO / "README.md").read_text(encoding="utf-8")
 FENCED = re.compile(r"```(\w*)\n(.*?)```", re.S)
@@ -160,10 +161,6 @@ def _curl(line: str, replace: dict[str, str]) -> tuple[int, str]:
 
 
 def test_the_readme_curl_lines_read_a_real_api(tmp_path):
-    import os
-    import subprocess
-    import sys
-    import time
 
     from pamfr.hl7.samples import nir_with_key
     from pamfr.store.db import upgrade
@@ -181,22 +178,7 @@ def test_the_readme_curl_lines_read_a_real_api(tmp_path):
     engine.dispose()
     token = "readme-0123456789abcdef"
     log_path = tmp_path / "api.log"
-    env = {**os.environ, "PAMFR_CONFIG": "", "PAMFR_HTTP_TOKENS": json.dumps({"readme": token})}
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pamfr", "api", "--db", url, "--listen", "127.0.0.1:0"],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    try:
-        port = None
-        deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            found = re.search(r"FHIR API on [^ ]+:(\d+)", log_path.read_text())
-            port = found.group(1) if found else None
-            time.sleep(0.05)
-        assert port is not None, log_path.read_text()
+    with pamfr_api(url, log_path, {"PAMFR_HTTP_TOKENS": json.dumps({"readme": token})}) as port:
         places = {
             "$TOKEN": token,
             "127.0.0.1:8090": f"127.0.0.1:{port}",
@@ -225,6 +207,3 @@ def test_the_readme_curl_lines_read_a_real_api(tmp_path):
             elif line.endswith("/_history/<VERSION>'"):
                 assert answer["meta"]["versionId"] == "1"
         assert _curl(curls[0], {**places, "$TOKEN": "wrong"})[0] == 401
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0

@@ -228,7 +228,10 @@ class WebhookDelivery:
         for s in self.subscribers:
             if s.lock is not None:
                 s.lock.release()
-        self._pool.shutdown(wait=False)
+        # A cancelled task leaves its read or its shielded cursor save running in the pool:
+        # wait for them, so that no engine is disposed (nor the process ended) under a
+        # thread still using its SQLite connection, and the last acknowledged cursor is kept.
+        await asyncio.to_thread(self._pool.shutdown, wait=True)
         if self._reader is not None:
             self._reader.dispose()
 

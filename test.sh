@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh
 .venv/bin/ruff check .
+.venv/bin/lint-imports --no-cache  # imports only go down: pyproject.toml [tool.importlinter]
 if ! command -v chromium >/dev/null; then
   echo "test.sh: no chromium on PATH: the desk's browser tests (tests/browser) are skipped" >&2
 fi

@@ -19,7 +19,7 @@ from pathlib import Path
 from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.path.pipeline import AsyncReceiver
 from pamfr.path.receiver import Receiver
-from pamfr.service.config import FiledropSettings
+from pamfr.settings.config import FiledropSettings
 from pamfr.store.db import make_engine, upgrade
 
 HEAD = b"MSH|^~\\&|GAM|HOP|PAMFR|HOP|20250101||ADT^A28|CUT-1|P|2.5\rPID|1||"

@@ -23,7 +23,7 @@ from pamfr.cli.common import (
     safe_url,
 )
 from pamfr.cli.tlsopts import client_tls, tls_options
-from pamfr.service.logsetup import setup_logging
+from pamfr.settings.logsetup import setup_logging
 from pamfr.store.filemodes import private_umask
 from pamfr.transport.codec import END_BLOCK, START_BLOCK
 
@@ -101,8 +101,8 @@ def serve(
     }
     settings = obj.settings(**overrides)
     setup_logging(settings.log.level, settings.log.format)
-    from pamfr.service.config import load_settings
     from pamfr.service.daemon import run_daemon
+    from pamfr.settings.config import load_settings
     from pamfr.store.db import database_url
 
     def reload():  # SIGHUP: the same sources again; the flags above still win

@@ -18,7 +18,7 @@ from pamfr.cli.common import (
     open_engine,
     safe_url,
 )
-from pamfr.service.logsetup import setup_logging
+from pamfr.settings.logsetup import setup_logging
 
 log = logging.getLogger("pamfr.api")
 
@@ -43,7 +43,7 @@ def api(obj: Context, db_url: str | None, listen: str | None, log_level: str | N
     Tokens and TLS are [http] tokens, tls_cert, tls_key and tls_client_ca of the
     configuration (PAMFR_HTTP_TOKENS='{"name": "token"}'). See docs/fhir.md.
     """
-    from pamfr.service.config import split_listen
+    from pamfr.settings.config import split_listen
 
     settings = obj.settings(**{"database.url": db_url, "log.level": log_level})
     setup_logging(settings.log.level, settings.log.format)

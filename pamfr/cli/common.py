@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from pamfr.service.config import ConfigError, Settings, load_settings
+from pamfr.settings.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("pamfr")
 

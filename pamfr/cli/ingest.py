@@ -25,8 +25,8 @@ from pamfr.cli.common import (
 )
 from pamfr.cli.tlsopts import client_tls, tls_options
 from pamfr.hl7.frame import Door
-from pamfr.service.config import Settings
-from pamfr.service.logsetup import setup_logging
+from pamfr.settings.config import Settings
+from pamfr.settings.logsetup import setup_logging
 
 log = logging.getLogger("pamfr.watch")
 

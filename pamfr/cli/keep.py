@@ -11,8 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from pamfr.cli.common import Context, db_option, open_engine, safe_url
-from pamfr.service.config import Settings
-from pamfr.service.logsetup import setup_logging
+from pamfr.settings.config import Settings
+from pamfr.settings.logsetup import setup_logging
 
 
 class Refused(click.ClickException):

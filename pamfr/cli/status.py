@@ -245,7 +245,7 @@ def fetch(host: str, port: int, timeout: float) -> tuple[dict[str, Any], Samples
 
 
 def _target(obj: Context, http: str | None) -> tuple[str, int]:
-    from pamfr.service.config import split_listen
+    from pamfr.settings.config import split_listen
 
     listen = http
     if listen is None:

@@ -40,7 +40,7 @@ from pamfr.desk.labels import OUTCOME_LABELS, STATUS_LABELS, ack_errors
 from pamfr.desk.session import COOKIE, SIGNIN_COOKIE, Session, Sessions, csrf_ok
 from pamfr.hl7.charset import stored_text
 from pamfr.hl7.fieldnames import split_segments
-from pamfr.service.config import Settings
+from pamfr.settings.config import Settings
 from pamfr.store import accesslog, overview, readside, trace, worklists
 from pamfr.store.schema import history, message, patient
 

@@ -51,9 +51,9 @@ from pamfr.feed.store import (
     read_events,
     save_cursor,
 )
-from pamfr.service.config import FeedSettings, WebhookSettings
 from pamfr.service.health import Check
 from pamfr.service.metrics import Metrics
+from pamfr.settings.config import FeedSettings, WebhookSettings
 from pamfr.store.db import make_read_engine
 
 log = logging.getLogger("pamfr.feed")

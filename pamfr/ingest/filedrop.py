@@ -64,8 +64,8 @@ from pamfr.ingest.hold import Hold
 from pamfr.ingest.inbox import Inbox
 from pamfr.ingest.shown import quoted
 from pamfr.ingest.watches import CloseEvents
-from pamfr.service.config import FiledropSettings
 from pamfr.service.metrics import Metrics
+from pamfr.settings.config import FiledropSettings
 from pamfr.transport.codec import DEFAULT_MAX_FRAME_SIZE, HEAD_KEPT
 
 log = logging.getLogger(__name__)

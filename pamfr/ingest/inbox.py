@@ -13,7 +13,7 @@ from typing import NamedTuple
 from pamfr.ingest.closes import Close, Signature, WriteEvents
 from pamfr.ingest.filing import Filed
 from pamfr.ingest.hold import Hold
-from pamfr.service.config import FiledropSettings
+from pamfr.settings.config import FiledropSettings
 
 # inotify events reach pamfr within a second (watchdog holds a move out of the folder back half
 # a second to pair it): a new file without any event after this long means inotify does not

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pamfr.ingest.inbox import EVENT_GRACE, Inbox
 from pamfr.ingest.inotify import CloseWatch, EventsUnavailable
-from pamfr.service.config import FiledropSettings
+from pamfr.settings.config import FiledropSettings
 
 log = logging.getLogger("pamfr.ingest.filedrop")  # the file door's one log
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from pamfr.path.receiver import Receiver
-from pamfr.service.config import Settings
+from pamfr.settings.config import Settings
 
 
 def build_receiver(engine: Engine, settings: Settings) -> Receiver:

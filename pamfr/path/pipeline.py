@@ -19,8 +19,8 @@ from pamfr.hl7.frame import Door, Inbound, Outcome, Prepared
 from pamfr.hl7.prepare import prepare, prepare_many
 from pamfr.path.parse_workers import ParseWorkers, WorkerDied
 from pamfr.path.receiver import Receiver
-from pamfr.service.logsetup import current_format
 from pamfr.service.metrics import Metrics
+from pamfr.settings.logsetup import current_format
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def _start_worker(owner: int, log_level: int, log_format: str = "text") -> None:
     """Parse worker start-up: logging like the daemon's, a watch on the daemon, hl7apy's
     tables loaded once and kept out of the GC's way."""
     from pamfr.hl7.warmup import WARM_UP_MESSAGE
-    from pamfr.service.logsetup import setup_logging
+    from pamfr.settings.logsetup import setup_logging
 
     setup_logging(logging.getLevelName(log_level).lower(), log_format)
     # A stop signal sent to the whole process group (Ctrl-C, systemd's default KillMode) is

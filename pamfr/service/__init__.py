@@ -1,2 +1,2 @@
-"""pamfr as a running service: the daemon and its doors, configuration, logging, listener
+"""pamfr as a running service: the daemon and its doors, listener
 security, reload, systemd notification, health and metrics."""

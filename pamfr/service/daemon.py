@@ -22,7 +22,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.path.assemble import build_receiver
 from pamfr.path.pipeline import AsyncReceiver
-from pamfr.service.config import Settings, split_listen
 from pamfr.service.health import Health
 from pamfr.service.metrics import Metrics, watch_daemon
 from pamfr.service.reload import Reloader
@@ -34,9 +33,10 @@ from pamfr.service.security import (
     mllp_refusal,
     peer_filter,
 )
+from pamfr.settings.config import Settings, split_listen
+from pamfr.settings.location import sqlite_path
 from pamfr.store.db import check_at_head, make_engine, make_read_engine, upgrade
 from pamfr.store.filemodes import warn_if_exposed
-from pamfr.store.location import sqlite_path
 from pamfr.store.retention import PurgeResult, purge_merged_history, purge_raw
 from pamfr.transport.access import is_loopback
 from pamfr.transport.server import MLLPServer, ServerLimits

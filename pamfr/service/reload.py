@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pamfr.path.receiver import Receiver
-from pamfr.service.config import Settings
-from pamfr.service.logsetup import set_level
 from pamfr.service.security import mllp_refusal
+from pamfr.settings.config import Settings
+from pamfr.settings.logsetup import set_level
 from pamfr.transport.access import PeerFilter
 from pamfr.transport.server import MLLPServer
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-from pamfr.service.config import HttpSettings, ServerSettings
+from pamfr.settings.config import HttpSettings, ServerSettings
 from pamfr.transport.access import PeerFilter, is_loopback, server_tls_context
 
 _CERTIFICATE = b"-----BEGIN CERTIFICATE-----"

@@ -14,8 +14,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
+from pamfr.settings.location import default_folder, sqlite_path
 from pamfr.store.filemodes import private_dir, private_file
-from pamfr.store.location import default_folder, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def database_url(url: str) -> URL:
 
 def _prepare_sqlite_folder(url: str) -> None:
     """The folder of a SQLite file must exist: a mistyped path must not start an empty store
-    nobody reads. pamfr's default folder (store/location.py) is created 0700, and the store's
+    nobody reads. pamfr's default folder (settings/location.py) is created 0700, and the store's
     file 0600 before SQLite creates it with the umask's modes (its -wal and -shm files take the
     database file's mode)."""
     path = sqlite_path(url)

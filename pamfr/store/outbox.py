@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Executable, func, insert, select
 
-from pamfr.feed.events import Recorded, derive
+from pamfr.identity.changefeed import Recorded, derive
 from pamfr.store.changes import patient_id_of
 from pamfr.store.schema import event
 

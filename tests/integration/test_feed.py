@@ -15,9 +15,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pamfr.feed.events import EVENT_TYPES
 from pamfr.feed.store import get_cursor, read_events
 from pamfr.hl7.samples import Person, message
+from pamfr.identity.changefeed import EVENT_TYPES
 from pamfr.store.db import make_engine
 from tests.conftest import REPO
 from tests.feed import msg, with_pid
@@ -373,7 +373,7 @@ def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlit
 
     from pamfr.feed.delivery import WebhookDelivery
     from pamfr.path.receiver import Receiver
-    from pamfr.service.config import FeedSettings, WebhookSettings
+    from pamfr.settings.config import FeedSettings, WebhookSettings
 
     engine = make_engine(sqlite_url)
     receiver = Receiver(engine)

@@ -37,7 +37,7 @@ from pamfr.ingest.filing import (
 from pamfr.ingest.replay import replay_local
 from pamfr.path.pipeline import AsyncReceiver
 from pamfr.path.receiver import Receiver
-from pamfr.service.config import FiledropSettings
+from pamfr.settings.config import FiledropSettings
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.readside import Selector, patient_view, select_patient_ids
 from pamfr.store.schema import history

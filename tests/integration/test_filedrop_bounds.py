@@ -15,7 +15,7 @@ import pytest
 
 from pamfr.ingest.closes import signature_of
 from pamfr.ingest.filing import ChangedSinceSeen, open_for_writing, read_settled
-from pamfr.service.config import FiledropSettings
+from pamfr.settings.config import FiledropSettings
 from pamfr.transport.server import ServerLimits
 from tests.helpers import pamfr_server, send
 from tests.integration.test_filedrop import (

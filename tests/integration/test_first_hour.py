@@ -180,7 +180,7 @@ def test_6_a_relative_store_in_a_configuration_file_is_read_from_its_folder(tmp_
 
 
 def test_6_the_default_store_is_never_the_current_folder(tmp_path):
-    from pamfr.store.location import default_database_url, pamfr_home
+    from pamfr.settings.location import default_database_url, pamfr_home
 
     url = default_database_url()
     assert url == f"sqlite:///{pamfr_home() / 'var' / 'pamfr.db'}"

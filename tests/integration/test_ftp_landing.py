@@ -28,7 +28,7 @@ from pamfr.ingest.closes import Close, Signature, signature_of
 from pamfr.ingest.files import incomplete_reason
 from pamfr.ingest.inbox import Inbox, Listed
 from pamfr.ingest.inotify import CloseWatch
-from pamfr.service.config import FiledropSettings
+from pamfr.settings.config import FiledropSettings
 from pamfr.store.db import make_engine
 from tests.integration.test_filedrop import log_rows, running_watcher, wait_for
 

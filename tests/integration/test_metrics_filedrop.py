@@ -14,8 +14,8 @@ from pamfr.hl7.samples import Person, message
 from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.path.pipeline import AsyncReceiver
 from pamfr.path.receiver import Receiver
-from pamfr.service.config import FiledropSettings
 from pamfr.service.metrics import Metrics
+from pamfr.settings.config import FiledropSettings
 from pamfr.store.db import make_engine
 from tests.helpers import run_cli, start_daemon
 from tests.integration.test_filedrop import wait_for

@@ -88,8 +88,8 @@ def test_an_open_listen_address_needs_an_allow_list_or_client_certificates(sqlit
 
 
 def test_a_reload_that_empties_the_allow_list_of_an_open_listener_is_refused(caplog):
-    from pamfr.service.config import ServerSettings, Settings
     from pamfr.service.reload import Reloader
+    from pamfr.settings.config import ServerSettings, Settings
     from pamfr.transport.access import PeerFilter
     from pamfr.transport.server import MLLPServer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pamfr.ingest.closes import Close, Signature, WriteEvents, signature_of
 from pamfr.ingest.inbox import EVENT_GRACE, NO_EVENTS_RETRY, Inbox, Listed
-from pamfr.service.config import FiledropSettings
+from pamfr.settings.config import FiledropSettings
 
 QUIET = 2.0
 A = Signature(10, 1_000, 7, 1_000)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pamfr.service.config import ConfigError, Settings, load_settings
+from pamfr.settings.config import ConfigError, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "conf" / "pamfr.toml"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pamfr.service.config import ConfigError, load_settings
+from pamfr.settings.config import ConfigError, load_settings
 
 
 def load(tmp_path, text: str):

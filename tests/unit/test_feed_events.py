@@ -3,7 +3,7 @@ operation the repository records (pamfr/store/repository.py)."""
 
 from __future__ import annotations
 
-from pamfr.feed.events import EVENT_TYPES, Recorded, derive
+from pamfr.identity.changefeed import EVENT_TYPES, Recorded, derive
 from pamfr.identity.collision import collision_note, collision_resolved_note
 from pamfr.identity.findings import Finding, Note
 

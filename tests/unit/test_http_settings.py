@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pamfr.service.config import ConfigError, HttpSettings, load_settings, split_listen
+from pamfr.settings.config import ConfigError, HttpSettings, load_settings, split_listen
 from tests.conftest import REPO
 
 

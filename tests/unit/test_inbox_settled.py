@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from pamfr.ingest.inbox import Inbox
-from pamfr.service.config import FiledropSettings
+from pamfr.settings.config import FiledropSettings
 
 QUIET = 2.0
 

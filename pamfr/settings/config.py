@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from pamfr.store.location import default_database_url, relative_to
+from pamfr.settings.location import default_database_url, relative_to
 from pamfr.transport.access import PeerFilter
 
 
@@ -82,7 +82,7 @@ class ServerSettings(_Section):
 
 
 class DatabaseSettings(_Section):
-    # Default: var/pamfr.db in pamfr's home (store/location.py), never the current folder.
+    # Default: var/pamfr.db in pamfr's home (settings/location.py), never the current folder.
     url: str = Field(default_factory=default_database_url)
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
     # Seconds a SQLite writer waits for a lock held by another process before the messages
@@ -297,7 +297,7 @@ class WebhookSettings(_Section):
     @field_validator("events")
     @classmethod
     def _events(cls, value: list[str] | str) -> list[str]:
-        from pamfr.feed.events import EVENT_TYPES
+        from pamfr.identity.changefeed import EVENT_TYPES
 
         wanted = [value] if isinstance(value, str) else list(value)
         if not wanted:

@@ -10,7 +10,7 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -29,7 +29,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ServerSettings(_Section):
+class _TlsListener(_Section):
+    """A listener's TLS files (the fields are declared by each section, in its own order)."""
+
+    _client_ca_means: ClassVar[str] = "client certificates"
+
+    @field_validator("tls_cert", "tls_key", "tls_client_ca", check_fields=False)
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> _TlsListener:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError(f"tls_client_ca ({self._client_ca_means}) needs tls_cert and tls_key")
+        return self
+
+
+class ServerSettings(_TlsListener):
+    _client_ca_means: ClassVar[str] = "mutual TLS"
     host: str = "127.0.0.1"
     port: int = Field(2575, ge=0, le=65535)
     max_frame_size: int = Field(1024 * 1024, ge=1024)
@@ -67,18 +87,6 @@ class ServerSettings(_Section):
                 raise ValueError(f"expected APPLICATION|FACILITY or APPLICATION, got {pattern!r}")
         return [v.strip() for v in value]
 
-    @field_validator("tls_cert", "tls_key", "tls_client_ca")
-    @classmethod
-    def _empty_is_none(cls, value: str | None) -> str | None:
-        return value or None
-
-    @model_validator(mode="after")
-    def _tls_pairs(self) -> ServerSettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key must be given together")
-        if self.tls_client_ca and not self.tls_cert:
-            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        return self
 
 
 class DatabaseSettings(_Section):
@@ -163,7 +171,7 @@ TOKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TOKEN_MIN_LENGTH = 16
 
 
-class HttpSettings(_Section):
+class HttpSettings(_TlsListener):
     # "HOST:PORT" of the HTTP port (/healthz, /readyz, /metrics, /fhir); empty: no HTTP port.
     listen: str = ""
     # Seconds the database has to answer a readiness check or a scrape's identity counts.
@@ -218,18 +226,6 @@ class HttpSettings(_Section):
             seen.add(token)
         return {name: token.strip() for name, token in value.items()}
 
-    @field_validator("tls_cert", "tls_key", "tls_client_ca")
-    @classmethod
-    def _empty_is_none(cls, value: str | None) -> str | None:
-        return value or None
-
-    @model_validator(mode="after")
-    def _tls_pairs(self) -> HttpSettings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key must be given together")
-        if self.tls_client_ca and not self.tls_cert:
-            raise ValueError("tls_client_ca (client certificates) needs tls_cert and tls_key")
-        return self
 
 
 class LogSettings(_Section):

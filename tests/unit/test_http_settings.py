@@ -64,6 +64,22 @@ def test_http_tls_files_come_in_pairs(monkeypatch):
 
 
 @pytest.mark.parametrize(
+    ("section", "means"), [("SERVER", "mutual TLS"), ("HTTP", "client certificates")]
+)
+def test_each_listener_refuses_a_client_ca_without_its_own_certificate(monkeypatch, section, means):
+    monkeypatch.setenv(f"PAMFR_{section}_TLS_CLIENT_CA", "/etc/pamfr/ca.pem")
+    with pytest.raises(ConfigError, match=rf"tls_client_ca \({means}\) needs tls_cert and tls_key"):
+        load_settings()
+
+
+@pytest.mark.parametrize("section", ["SERVER", "HTTP"])
+def test_an_empty_tls_file_is_no_tls(monkeypatch, section):
+    monkeypatch.setenv(f"PAMFR_{section}_TLS_CERT", "")
+    settings = load_settings()
+    assert getattr(settings, section.lower()).tls_cert is None
+
+
+@pytest.mark.parametrize(
     ("host", "tls", "tokens", "ca", "refused"),
     [
         ("127.0.0.1", False, {}, False, None),

@@ -127,7 +127,7 @@ async def run_daemon(
         watcher = FileDropWatcher(
             handler, settings.filedrop, metrics=metrics, max_message_size=s.max_frame_size
         )
-    health = Health(server, handler, engine, settings.http.check_timeout)
+    health = Health(server, handler, engine, settings.http.check_timeout, metrics=metrics)
     await handler.start()
     http = None
     fhir_engine = None
@@ -153,8 +153,8 @@ async def run_daemon(
             log.warning("%s", warning)
         desk = desk_of(settings, feed_exposed, read_engine, engine, door_states(health, watcher))
         app = build_app(
-            health,
-            metrics,
+            health.readiness,
+            health.exposition,
             fhir_engine=fhir_engine,
             events_engine=None if feed_exposed else read_engine(),
             desk=desk,

@@ -23,7 +23,7 @@ from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.path.assemble import build_receiver
 from pamfr.path.pipeline import AsyncReceiver
 from pamfr.service.health import Health
-from pamfr.service.metrics import Metrics, watch_daemon
+from pamfr.service.metrics import Metrics, watch_daemon, watch_delivery
 from pamfr.service.reload import Reloader
 from pamfr.service.sdnotify import notify
 from pamfr.service.security import (
@@ -209,6 +209,7 @@ async def run_daemon(
         delivery = WebhookDelivery(
             engine, settings.webhooks, settings.feed, metrics, resource_for=resource_for
         )
+        watch_delivery(metrics, delivery)
         health.extra_checks.append(delivery.check)
         delivery.start()
         log.info("webhooks: delivering to %s", ", ".join(w.name for w in settings.webhooks))

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from pamfr.hl7.events import SUPPORTED_EVENTS
 
 if TYPE_CHECKING:
+    from pamfr.feed.delivery import WebhookDelivery
     from pamfr.hl7.frame import Outcome
     from pamfr.ingest.filedrop import FileDropWatcher
     from pamfr.path.pipeline import AsyncReceiver
@@ -282,3 +283,19 @@ def watch_daemon(
             lambda: {(box,): h.behind if h else 0 for box, h in watcher.holds().items()},
             ("inbox",),
         )
+
+
+def watch_delivery(metrics: Metrics, delivery: WebhookDelivery) -> None:
+    """The values a scrape reads from the webhook delivery's subscribers."""
+    metrics.gauge(
+        "pamfr_webhook_parked",
+        "1 when deliveries to the subscriber stopped after too many failures",
+        lambda: {(s.name,): float(s.parked) for s in delivery.subscribers},
+        ("subscriber",),
+    )
+    metrics.gauge(
+        "pamfr_webhook_backlog",
+        "Events after the subscriber's cursor (not all of them may be of its types)",
+        lambda: {(s.name,): float(s.backlog) for s in delivery.subscribers},
+        ("subscriber",),
+    )

@@ -201,7 +201,7 @@ async def run_daemon(
     delivery = None
     if settings.webhooks:  # the change feed pushed to its subscribers (pamfr/feed/delivery)
         from pamfr.feed.delivery import WebhookDelivery
-        from pamfr.http.fhir import current_resource
+        from pamfr.fhirread.patient import current_resource
 
         resource_for = None
         if any(w.include_resource for w in settings.webhooks):

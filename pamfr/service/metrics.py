@@ -58,7 +58,12 @@ class _Live(Collector):
 
 
 class Metrics:
-    """One daemon's metrics. Safe to call from the event loop and the writer thread."""
+    """One daemon's metrics. Safe to call from the event loop and the writer thread.
+
+    It implements the counters protocol of each room that counts, and the daemon gives it
+    to each as that: transport.server.ServerCounters, path.pipeline.PathCounters,
+    ingest.filedrop.FileDropCounters, feed.delivery.DeliveryCounters (tests/unit/
+    test_counters.py holds it to them)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -187,9 +192,9 @@ class Metrics:
             echild.inc()
         self.last_message = time.time()
 
-    def ack_sent(self, received: float) -> None:
-        """An ACK written; `received` is time.perf_counter() when its frame arrived."""
-        self.ack_latency.observe(time.perf_counter() - received)
+    def ack_sent(self, arrived: float) -> None:
+        """An ACK written; `arrived` is time.perf_counter() when its frame arrived."""
+        self.ack_latency.observe(time.perf_counter() - arrived)
 
     def committed(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh --daemon
 here=$(pwd)
-store=$(.venv/bin/python -c 'from pamfr.service.config import load_settings; print(load_settings().database.url)')
+store=$(.venv/bin/python -c 'from pamfr.settings.config import load_settings; print(load_settings().database.url)')
 cat >&2 <<TEXT
 pamfr: store: $store (--db or --config choose another)
   The commands are in $here/.venv/bin. To type 'pamfr' in another shell:

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from sqlalchemy import Engine
@@ -51,9 +51,8 @@ from pamfr.feed.store import (
     read_events,
     save_cursor,
 )
-from pamfr.service.health import Check
-from pamfr.service.metrics import Metrics
 from pamfr.settings.config import FeedSettings, WebhookSettings
+from pamfr.settings.readiness import Check
 from pamfr.store.db import make_read_engine
 
 log = logging.getLogger("pamfr.feed")
@@ -69,6 +68,18 @@ SAVE_EVERY = 5.0
 _SUBSCRIBER_LOCK_SPACE = 0x70616D66
 
 ResourceFor = Callable[[int], dict | None]
+
+
+class DeliveryCounters(Protocol):
+    """What the delivery reports (pamfr.service.metrics.Metrics implements it; its gauges read
+    the subscribers at scrape time: service.metrics.watch_delivery)."""
+
+    def webhook_result(self, subscriber: str, ok: bool) -> None: ...
+
+
+class _NotCounted:
+    def webhook_result(self, subscriber: str, ok: bool) -> None:
+        pass
 
 
 # Bytes of a subscriber's answer read (then discarded): only its status counts.
@@ -180,30 +191,17 @@ class WebhookDelivery:
         engine: Engine,
         webhooks: list[WebhookSettings],
         settings: FeedSettings | None = None,
-        metrics: Metrics | None = None,
+        metrics: DeliveryCounters | None = None,
         resource_for: ResourceFor | None = None,
     ) -> None:
         self.engine = engine  # writes the cursors
         self.settings = settings or FeedSettings()
-        self.metrics = metrics
+        self.metrics: DeliveryCounters = metrics if metrics is not None else _NotCounted()
         self.resource_for = resource_for
         self.subscribers = [Subscriber(w, lock=_Lock(engine, w.name)) for w in webhooks]
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pamfr-feed")
         self._reader: Engine | None = None
         self._tasks: list[asyncio.Task] = []
-        if metrics is not None:
-            metrics.gauge(
-                "pamfr_webhook_parked",
-                "1 when deliveries to the subscriber stopped after too many failures",
-                lambda: {(s.name,): float(s.parked) for s in self.subscribers},
-                ("subscriber",),
-            )
-            metrics.gauge(
-                "pamfr_webhook_backlog",
-                "Events after the subscriber's cursor (not all of them may be of its types)",
-                lambda: {(s.name,): float(s.backlog) for s in self.subscribers},
-                ("subscriber",),
-            )
         for s in self.subscribers:
             if s.settings.include_resource and resource_for is None:
                 log.warning(
@@ -362,8 +360,7 @@ class WebhookDelivery:
             error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         else:
             error = None if 200 <= status < 300 else f"HTTP {status}"
-        if self.metrics is not None:
-            self.metrics.webhook_result(s.name, error is None)
+        self.metrics.webhook_result(s.name, error is None)
         return error
 
     def _failed(self, s: Subscriber, cursor: Cursor, error: str) -> Cursor:

@@ -9,8 +9,7 @@ logged.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -23,11 +22,15 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from pamfr.http.access import AccessGuard
-from pamfr.service.health import Health
-from pamfr.service.metrics import Metrics
+from pamfr.settings.readiness import Readiness
 
 if TYPE_CHECKING:
     from pamfr.desk.app import Desk
+
+# What the daemon hands the port (service/health.Health's methods): the readiness checks run
+# now, and the Prometheus text of its metrics.
+ReadinessProbe = Callable[[], Awaitable[Readiness]]
+Exposition = Callable[[], Awaitable[bytes]]
 
 
 async def _to_desk(_request: Request) -> Response:
@@ -35,8 +38,8 @@ async def _to_desk(_request: Request) -> Response:
 
 
 def build_app(
-    health: Health | None,
-    metrics: Metrics | None,
+    readiness: ReadinessProbe | None,
+    exposition: Exposition | None,
     *,
     fhir_engine: Engine | None = None,
     events_engine: Engine | None = None,
@@ -47,8 +50,8 @@ def build_app(
     desk: Desk | None = None,
 ) -> Starlette:
     """The port's application: /healthz always; /readyz and /metrics with the daemon's
-    health and metrics; /fhir when given a read engine (make_read_engine); /events when
-    given the store's engine; /desk when given the desk (its own sign-in). `tokens`
+    `readiness` and `exposition`; /fhir when given a read engine (make_read_engine); /events
+    when given the store's engine; /desk when given the desk (its own sign-in). `tokens`
     (name: token) guard every other route (`anonymous`: not for loopback clients); a Host
     header not among `hosts` gets 400; `public_url` ([http] public_url) is the base of FHIR's
     fullUrl and links."""
@@ -57,21 +60,14 @@ def build_app(
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        readiness = await health.readiness()
-        return JSONResponse(readiness.as_json(), status_code=200 if readiness.ready else 503)
+        found = await readiness()
+        return JSONResponse(found.as_json(), status_code=200 if found.ready else 503)
 
     async def prometheus(_request: Request) -> Response:
-        _, counts = await asyncio.gather(health.readiness(), health.identity_counts())
-        if counts is not None:
-            metrics.identities = counts.by_status
-            metrics.ins_collisions = counts.ins_collisions
-        else:  # the store did not answer: no figure rather than a stale one
-            metrics.identities = None
-            metrics.ins_collisions = None
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await exposition(), media_type=CONTENT_TYPE_LATEST)
 
     routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
-    if health is not None and metrics is not None:
+    if readiness is not None and exposition is not None:
         routes.append(Route("/readyz", readyz, methods=["GET"]))
         routes.append(Route("/metrics", prometheus, methods=["GET"]))
     if fhir_engine is not None:

@@ -21,14 +21,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from pamfr.fhir.patient import patient_resource, search_token, sexes_for
+from pamfr.fhir.patient import search_token, sexes_for
 from pamfr.fhir.rest import SEARCH_PARAMS, bundle, capability_statement, operation_outcome
+from pamfr.fhirread.patient import version_resource
 from pamfr.http.access import FHIR_JSON
 from pamfr.identity.names import fold
 from pamfr.store.fhirquery import (
     IdentifierCriterion,
     PatientCriteria,
-    PatientVersion,
     current_version,
     find_version,
     patient_versions,
@@ -76,24 +76,6 @@ def _software_version() -> str:
         return version("pamfr")
     except PackageNotFoundError:  # pragma: no cover - run from a source tree
         return "unknown"
-
-
-def _resource(v: PatientVersion) -> dict[str, Any]:
-    return patient_resource(
-        v.view, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
-    )
-
-
-def current_resource(engine: Engine) -> Callable[[int], dict[str, Any] | None]:
-    """The patient's FR Core resource as it is now (None when unknown), read with `engine`:
-    what a webhook with include_resource carries."""
-
-    def read(patient_id: int) -> dict[str, Any] | None:
-        with reading(engine) as conn:
-            found = current_version(conn, patient_id)
-        return _resource(found) if found is not None else None
-
-    return read
 
 
 def _patient_id(raw: str) -> int | None:
@@ -258,7 +240,7 @@ def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
         if isinstance(loaded, FhirResponse):
             return loaded
         _, found = loaded
-        return FhirResponse(_resource(found), etag=found.version_id)
+        return FhirResponse(version_resource(found), etag=found.version_id)
 
     def search(request: Request) -> Response:
         try:
@@ -273,7 +255,7 @@ def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
         entries = [
             {
                 "fullUrl": f"{root}/Patient/{v.view['id']}",
-                "resource": _resource(v),
+                "resource": version_resource(v),
                 "search": {"mode": "match"},
             }
             for v in page.versions
@@ -299,7 +281,7 @@ def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
             entries.append(
                 {
                     "fullUrl": f"{root}/Patient/{patient_id}",
-                    "resource": _resource(v),
+                    "resource": version_resource(v),
                     "request": {
                         "method": "POST" if v.created else "PUT",
                         "url": "Patient" if v.created else f"Patient/{patient_id}",
@@ -325,7 +307,7 @@ def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
         if found is None:
             what = f"Patient/{patient_id}"
             return _not_found(f"version {vid[:20]} of {what}" if known else what)
-        return FhirResponse(_resource(found), etag=found.version_id)
+        return FhirResponse(version_resource(found), etag=found.version_id)
 
     def unknown(request: Request) -> Response:
         return _outcome(

@@ -64,7 +64,6 @@ from pamfr.ingest.hold import Hold
 from pamfr.ingest.inbox import Inbox
 from pamfr.ingest.shown import quoted
 from pamfr.ingest.watches import CloseEvents
-from pamfr.service.metrics import Metrics
 from pamfr.settings.config import FiledropSettings
 from pamfr.transport.codec import DEFAULT_MAX_FRAME_SIZE, HEAD_KEPT
 
@@ -76,6 +75,17 @@ _MAX_BACKOFF = 60.0
 
 class MessageHandler(Protocol):
     async def receive(self, inbound: Inbound) -> Outcome: ...
+
+
+class FileDropCounters(Protocol):
+    """What the file door reports (pamfr.service.metrics.Metrics implements it)."""
+
+    def file_done(self, ok: bool) -> None: ...
+
+
+class _NotCounted:
+    def file_done(self, ok: bool) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,14 +136,14 @@ class FileDropWatcher:
         dirs: Sequence[str | os.PathLike[str]] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        metrics: Metrics | None = None,
+        metrics: FileDropCounters | None = None,
         writer_open: Callable[[Path], bool] = open_for_writing,
         max_message_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
         self.handler = handler
         self.max_message_size = max_message_size
         self.writer_open = writer_open
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics: FileDropCounters = metrics if metrics is not None else _NotCounted()
         self.settings = settings
         folders = settings.dirs if dirs is None else dirs
         self.inboxes = [Inbox(Path(d), settings) for d in folders]

@@ -14,17 +14,33 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 from pamfr.hl7.frame import Door, Inbound, Outcome, Prepared
 from pamfr.hl7.prepare import prepare, prepare_many
 from pamfr.path.parse_workers import ParseWorkers, WorkerDied
 from pamfr.path.receiver import Receiver
-from pamfr.service.metrics import Metrics
 from pamfr.settings.logsetup import current_format
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
+
+
+class PathCounters(Protocol):
+    """What the path reports (pamfr.service.metrics.Metrics implements it)."""
+
+    def committed(self, size: int, seconds: float) -> None: ...
+
+    def answered(self, door: str, outcome: Outcome) -> None: ...
+
+
+class _NotCounted:
+    def committed(self, size: int, seconds: float) -> None:
+        pass
+
+    def answered(self, door: str, outcome: Outcome) -> None:
+        pass
 
 
 @dataclass
@@ -45,13 +61,13 @@ class GroupCommitWriter:
         self,
         receiver: Receiver,
         batch_max: int = 64,
-        metrics: Metrics | None = None,
+        metrics: PathCounters | None = None,
         *,
         stop_on_error: bool = False,
     ) -> None:
         self.receiver = receiver
         self.batch_max = batch_max
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics: PathCounters = metrics if metrics is not None else _NotCounted()
         self.stop_on_error = stop_on_error
         self._failed: BaseException | None = None
         self._queue: queue.Queue[_Pending | object] = queue.Queue()
@@ -162,12 +178,12 @@ class AsyncReceiver:
         batch_max: int = 64,
         parse_workers: int = 0,
         door: Door = Door.MLLP,
-        metrics: Metrics | None = None,
+        metrics: PathCounters | None = None,
         stop_on_error: bool = False,
     ) -> None:
         self.receiver = receiver
         self.door = door
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics: PathCounters = metrics if metrics is not None else _NotCounted()
         self.writer = GroupCommitWriter(
             receiver, batch_max, self.metrics, stop_on_error=stop_on_error
         )

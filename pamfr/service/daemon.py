@@ -23,7 +23,7 @@ from pamfr.ingest.filedrop import FileDropWatcher
 from pamfr.path.assemble import build_receiver
 from pamfr.path.pipeline import AsyncReceiver
 from pamfr.service.health import Health
-from pamfr.service.metrics import Metrics, watch_daemon
+from pamfr.service.metrics import Metrics, watch_daemon, watch_delivery
 from pamfr.service.reload import Reloader
 from pamfr.service.sdnotify import notify
 from pamfr.service.security import (
@@ -127,7 +127,7 @@ async def run_daemon(
         watcher = FileDropWatcher(
             handler, settings.filedrop, metrics=metrics, max_message_size=s.max_frame_size
         )
-    health = Health(server, handler, engine, settings.http.check_timeout)
+    health = Health(server, handler, engine, settings.http.check_timeout, metrics=metrics)
     await handler.start()
     http = None
     fhir_engine = None
@@ -153,8 +153,8 @@ async def run_daemon(
             log.warning("%s", warning)
         desk = desk_of(settings, feed_exposed, read_engine, engine, door_states(health, watcher))
         app = build_app(
-            health,
-            metrics,
+            health.readiness,
+            health.exposition,
             fhir_engine=fhir_engine,
             events_engine=None if feed_exposed else read_engine(),
             desk=desk,
@@ -201,7 +201,7 @@ async def run_daemon(
     delivery = None
     if settings.webhooks:  # the change feed pushed to its subscribers (pamfr/feed/delivery)
         from pamfr.feed.delivery import WebhookDelivery
-        from pamfr.http.fhir import current_resource
+        from pamfr.fhirread.patient import current_resource
 
         resource_for = None
         if any(w.include_resource for w in settings.webhooks):
@@ -209,6 +209,7 @@ async def run_daemon(
         delivery = WebhookDelivery(
             engine, settings.webhooks, settings.feed, metrics, resource_for=resource_for
         )
+        watch_delivery(metrics, delivery)
         health.extra_checks.append(delivery.check)
         delivery.start()
         log.info("webhooks: delivering to %s", ", ".join(w.name for w in settings.webhooks))

@@ -4,6 +4,10 @@ Ready means: the MLLP listener accepts, the database answers within its timeout,
 workers are alive. The database is asked in a thread (never on the event loop); a check that
 is still waiting for a database that does not answer is joined by the next one rather than
 adding a thread each time.
+
+The daemon hands `Health.readiness` and `Health.exposition` to the HTTP port
+(http/app.build_app) for /readyz and /metrics; the values of a check (Check, Readiness) are
+in the bottom room (pamfr/settings/readiness.py), where feed/ and http/ see them too.
 """
 
 from __future__ import annotations
@@ -17,42 +21,18 @@ from typing import Any
 from sqlalchemy import Engine
 
 from pamfr.path.pipeline import AsyncReceiver
+from pamfr.service.metrics import Metrics
+from pamfr.settings.readiness import Check, Readiness
 from pamfr.store.db import brief_error
 from pamfr.transport.server import MLLPServer
+
+__all__ = ["Check", "Health", "IdentityCounts", "Readiness"]
 
 _PROBE = "SELECT version_num FROM alembic_version"
 _IDENTITIES = (
     "SELECT status, ins_collision, count(*) FROM patient WHERE active"
     " GROUP BY status, ins_collision"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Readiness:
-    checks: tuple[Check, ...]
-
-    @property
-    def ready(self) -> bool:
-        return all(c.ok for c in self.checks)
-
-    @property
-    def reason(self) -> str:
-        """What is wrong, one clause per failed check ("" when ready)."""
-        return "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.ok)
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"status": "ready" if self.ready else "not ready"}
-        if not self.ready:
-            out["reason"] = self.reason
-        out["checks"] = {c.name: {"ok": c.ok, "detail": c.detail} for c in self.checks}
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +74,8 @@ class _Single:
 
 
 class Health:
-    """Checks one daemon's parts; `timeout` is what the database is given to answer."""
+    """Checks one daemon's parts; `timeout` is what the database is given to answer; each
+    check sets `metrics`' pamfr_ready."""
 
     def __init__(
         self,
@@ -102,11 +83,14 @@ class Health:
         handler: AsyncReceiver,
         engine: Engine,
         timeout: float = 2.0,
+        *,
+        metrics: Metrics,
     ) -> None:
         self.server = server
         self.handler = handler
         self.engine = engine
         self.timeout = timeout
+        self.metrics = metrics
         self.stopping = False
         # Checks of other parts (the webhook subscribers): reported, read at each check.
         self.extra_checks: list[Callable[[], Check]] = []
@@ -120,8 +104,20 @@ class Health:
             self._workers(),
             *(check() for check in self.extra_checks),
         )
-        self.handler.metrics.ready.set(1 if all(c.ok for c in checks) else 0)
+        self.metrics.ready.set(1 if all(c.ok for c in checks) else 0)
         return Readiness(checks)
+
+    async def exposition(self) -> bytes:
+        """What /metrics answers: the readiness and the store's counts read afresh, then the
+        Prometheus text of every metric."""
+        _, counts = await asyncio.gather(self.readiness(), self.identity_counts())
+        if counts is not None:
+            self.metrics.identities = counts.by_status
+            self.metrics.ins_collisions = counts.ins_collisions
+        else:  # the store did not answer: no figure rather than a stale one
+            self.metrics.identities = None
+            self.metrics.ins_collisions = None
+        return self.metrics.exposition()
 
     def _listener(self) -> Check:
         where = f"{self.server.host}:{self.server.port}"

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from pamfr.hl7.events import SUPPORTED_EVENTS
 
 if TYPE_CHECKING:
+    from pamfr.feed.delivery import WebhookDelivery
     from pamfr.hl7.frame import Outcome
     from pamfr.ingest.filedrop import FileDropWatcher
     from pamfr.path.pipeline import AsyncReceiver
@@ -57,7 +58,12 @@ class _Live(Collector):
 
 
 class Metrics:
-    """One daemon's metrics. Safe to call from the event loop and the writer thread."""
+    """One daemon's metrics. Safe to call from the event loop and the writer thread.
+
+    It implements the counters protocol of each room that counts, and the daemon gives it
+    to each as that: transport.server.ServerCounters, path.pipeline.PathCounters,
+    ingest.filedrop.FileDropCounters, feed.delivery.DeliveryCounters (tests/unit/
+    test_counters.py holds it to them)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -186,9 +192,9 @@ class Metrics:
             echild.inc()
         self.last_message = time.time()
 
-    def ack_sent(self, received: float) -> None:
-        """An ACK written; `received` is time.perf_counter() when its frame arrived."""
-        self.ack_latency.observe(time.perf_counter() - received)
+    def ack_sent(self, arrived: float) -> None:
+        """An ACK written; `arrived` is time.perf_counter() when its frame arrived."""
+        self.ack_latency.observe(time.perf_counter() - arrived)
 
     def committed(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -282,3 +288,19 @@ def watch_daemon(
             lambda: {(box,): h.behind if h else 0 for box, h in watcher.holds().items()},
             ("inbox",),
         )
+
+
+def watch_delivery(metrics: Metrics, delivery: WebhookDelivery) -> None:
+    """The values a scrape reads from the webhook delivery's subscribers."""
+    metrics.gauge(
+        "pamfr_webhook_parked",
+        "1 when deliveries to the subscriber stopped after too many failures",
+        lambda: {(s.name,): float(s.parked) for s in delivery.subscribers},
+        ("subscriber",),
+    )
+    metrics.gauge(
+        "pamfr_webhook_backlog",
+        "Events after the subscriber's cursor (not all of them may be of its types)",
+        lambda: {(s.name,): float(s.backlog) for s in delivery.subscribers},
+        ("subscriber",),
+    )

@@ -1,5 +1,6 @@
 """The read side's two contracts pinned byte for byte: every `pamfr patient show --json` and
-`pamfr patient find --json` document, and every FHIR read, history and search body, of one
+`pamfr patient find --json` document, and every FHIR read, history and search body (and the
+text cards and histories an operator reads), of one
 store holding a merge chain, a link, an INS collision, doublons, an INS deleted, a billing
 NIR, a namespace-only authority and identities that changed over several messages.
 
@@ -127,6 +128,10 @@ def _printed(db_url: str, ids: list[int]) -> str:
     for pid in ids:
         cli("patient", "show", "--id", str(pid), "--json")
     cli("patient", "find", "--json")
+    for pid in ids:  # the text the operator reads: no contract, but no change either
+        cli("patient", "show", "--id", str(pid))
+        cli("patient", "history", "--id", str(pid))
+    cli("patient", "find")
     engine = make_engine(db_url)
     try:
         app = Starlette(routes=[Mount("/fhir", routes=fhir_routes(engine, "http://pinned.test"))])

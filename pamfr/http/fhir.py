@@ -80,7 +80,7 @@ def _software_version() -> str:
 
 def _resource(v: PatientVersion) -> dict[str, Any]:
     return patient_resource(
-        v.view, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
+        v.identity, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
     )
 
 
@@ -272,7 +272,7 @@ def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
         root = base(request)
         entries = [
             {
-                "fullUrl": f"{root}/Patient/{v.view['id']}",
+                "fullUrl": f"{root}/Patient/{v.identity.id}",
                 "resource": _resource(v),
                 "search": {"mode": "match"},
             }
@@ -282,7 +282,7 @@ def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
         query = urlencode(request.query_params.multi_items())
         links = [("self", f"{root}/Patient" + (f"?{query}" if query else ""))]
         if page.more:
-            following = [*kept, ("_cursor", str(page.versions[-1].view["id"]))]
+            following = [*kept, ("_cursor", str(page.versions[-1].identity.id))]
             if "_count" not in request.query_params:
                 following.append(("_count", str(count)))
             links.append(("next", f"{root}/Patient?{urlencode(following)}"))

@@ -17,6 +17,8 @@ from pamfr.cli.common import Context, database_errors, db_option, open_engine
 if TYPE_CHECKING:
     from sqlalchemy import Connection
 
+    from pamfr.identity.stored import StoredIdentity
+
 
 @contextmanager
 def _connect(obj: Context, db_url: str | None) -> Iterator[Connection]:
@@ -62,7 +64,7 @@ def _selector_options(f):
 
 def _resolve(conn, ipp, authority, ins, patient_id) -> int:
     """One patient id, or exit 1 (none) / 2 (ambiguous or no selector)."""
-    from pamfr.store.readside import Selector, patient_view, select_patient_ids
+    from pamfr.store.readside import Selector, select_patient_ids, stored_identity
 
     if sum(x is not None for x in (ipp, ins, patient_id)) != 1:
         click.echo("give exactly one of --ipp, --ins or --id", err=True)
@@ -74,27 +76,24 @@ def _resolve(conn, ipp, authority, ins, patient_id) -> int:
     if len(ids) > 1:
         click.echo(f"{len(ids)} patients match; be more precise (--authority, --id):", err=True)
         for pid in ids:
-            view = patient_view(conn, pid)
+            found = stored_identity(conn, pid)
             ipps = ", ".join(
-                f"{i['value']} ({i['oid'] or i['authority']})"
-                for i in view["identifiers"]
-                if i["type"] == "PI"
+                f"{i.value} ({i.oid or i.authority})" for i in found.identifiers if i.type == "PI"
             )
-            state = "active" if view["active"] else f"merged into {view['merged_into']}"
+            state = "active" if found.active else f"merged into {found.merged_into}"
             click.echo(f"  --id {pid}: IPP {ipps}; {state}", err=True)
         sys.exit(2)
     return ids[0]
 
 
-def _read_one(obj: Context, db_url, selector: tuple, read, as_json: bool):
-    """What `read` answers for the one patient the selector designates: printed as JSON
-    (then None), else returned for the caller to print."""
+def _read_one(obj: Context, db_url, selector: tuple, read):
+    """What `read` answers for the one patient the selector designates."""
     with _connect(obj, db_url) as conn:
-        found = read(conn, _resolve(conn, *selector))
-    if as_json:
-        click.echo(json.dumps(found, ensure_ascii=False, indent=2))
-        return None
-    return found
+        return read(conn, _resolve(conn, *selector))
+
+
+def _echo_json(document) -> None:
+    click.echo(json.dumps(document, ensure_ascii=False, indent=2))
 
 
 @click.group()
@@ -109,41 +108,43 @@ def patient() -> None:
 @click.pass_obj
 def show(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> None:
     """Show one patient. Exit 0 found, 1 none, 2 ambiguous selector."""
-    from pamfr.store.readside import patient_view
+    from pamfr.store.readside import stored_identity
 
-    view = _read_one(obj, db_url, (ipp, authority, ins, patient_id), patient_view, as_json)
-    if view is not None:
-        click.echo(render_card(view))
+    found = _read_one(obj, db_url, (ipp, authority, ins, patient_id), stored_identity)
+    if as_json:
+        _echo_json(found.as_json())
+    else:
+        click.echo(render_card(found))
 
 
-def render_card(v: dict) -> str:
-    ins = v["ins"]
-    state = "active" if v["active"] else f"MERGED into patient {v['merged_into']}"
+def render_card(v: StoredIdentity) -> str:
+    ins = v.ins
+    state = "active" if v.active else f"MERGED into patient {v.merged_into}"
+    shown = [f"{i.value}^{i.type}^{i.oid or i.authority}" for i in v.identifiers]
+    if ins is not None:  # listed last, as in the JSON
+        shown.append(f"{ins.value}^INS^{ins.oid}")
     lines = [
-        f"Patient {v['id']} ({state})",
-        f"  Birth name        {v['birth_name'] or '-'}",
-        f"  Birth given names {' '.join(v['birth_given_names']) or '-'}"
-        f" (first: {v['first_given_name'] or '-'})",
-        f"  Used name         {v['used_name'] or '-'} {v['used_given_name'] or ''}".rstrip(),
-        f"  Birth date        {v['birth_date'] or '-'}   Sex {v['sex'] or '-'}"
-        f"   Birth place (INSEE) {v['birth_place_insee'] or '-'}",
-        f"  Status            {v['status']}"
-        + (f" [{', '.join(v['attributes'])}]" if v["attributes"] else ""),
+        f"Patient {v.id} ({state})",
+        f"  Birth name        {v.birth_name or '-'}",
+        f"  Birth given names {' '.join(v.birth_given_names) or '-'}"
+        f" (first: {v.first_given_name or '-'})",
+        f"  Used name         {v.used_name or '-'} {v.used_given_name or ''}".rstrip(),
+        f"  Birth date        {v.birth_date or '-'}   Sex {v.sex or '-'}"
+        f"   Birth place (INSEE) {v.birth_place_insee or '-'}",
+        f"  Status            {v.status}"
+        + (f" [{', '.join(v.attributes)}]" if v.attributes else ""),
         "  INS               "
         + (
-            f"{ins['value']} {ins['kind']} ({'usable' if v['ins_usable'] else 'NOT usable'})"
-            + (" COLLISION: held by another active patient" if v["ins_collision"] else "")
-            if ins
+            f"{ins.value} {v.ins_kind} ({'usable' if v.ins_usable else 'NOT usable'})"
+            + (" COLLISION: held by another active patient" if v.ins_collision else "")
+            if ins is not None
             else "-"
         ),
-        "  Identifiers       "
-        + ", ".join(
-            f"{i['value']}^{i['type']}^{i['oid'] or i['authority']}" for i in v["identifiers"]
-        ),
+        "  Identifiers       " + ", ".join(shown),
     ]
-    if v["links"]:
-        lines.append(f"  Linked to         {', '.join(map(str, v['links']))}")
-    lines.append(f"  Updated           {v['updated_at']}")
+    if v.links:
+        lines.append(f"  Linked to         {', '.join(map(str, v.links))}")
+    lines.append(f"  Updated           {v.updated_at.isoformat()}")
     return "\n".join(lines)
 
 
@@ -156,8 +157,11 @@ def history(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> N
     """The changes made to one patient, oldest first, with the message behind each."""
     from pamfr.store.readside import patient_history
 
-    rows = _read_one(obj, db_url, (ipp, authority, ins, patient_id), patient_history, as_json)
-    for r in rows or ():
+    rows = _read_one(obj, db_url, (ipp, authority, ins, patient_id), patient_history)
+    if as_json:
+        _echo_json(rows)
+        return
+    for r in rows:
         click.echo(f"{r['at']}  {r['event']} {r['operation']} (control id {r['control_id']})")
         for fld, (old, new) in r["changes"].items():
             click.echo(f"    {fld}: {old!r} -> {new!r}")
@@ -175,21 +179,21 @@ def history(obj: Context, ipp, authority, ins, patient_id, db_url, as_json) -> N
 @click.pass_obj
 def find(obj: Context, name, birth_date, ins, limit, db_url, as_json) -> None:
     """Search patients by name, birth date or INS."""
-    from pamfr.store.readside import find_patients, patient_view
+    from pamfr.store.readside import find_patients, stored_identity
 
     with _connect(obj, db_url) as conn:
-        views = [
-            patient_view(conn, pid)
+        found = [
+            stored_identity(conn, pid)
             for pid in find_patients(conn, name=name, birth_date=birth_date, ins=ins, limit=limit)
         ]
     if as_json:
-        click.echo(json.dumps(views, ensure_ascii=False, indent=2))
+        _echo_json([v.as_json() for v in found])
         return
-    for v in views:
+    for v in found:
         click.echo(
-            f"{v['id']:>7}  {v['birth_name'] or '-'} {v['first_given_name'] or ''}  "
-            f"{v['birth_date'] or '-'} {v['sex'] or '-'}  {v['status']}"
-            + ("" if v["active"] else f"  (merged into {v['merged_into']})")
+            f"{v.id:>7}  {v.birth_name or '-'} {v.first_given_name or ''}  "
+            f"{v.birth_date or '-'} {v.sex or '-'}  {v.status}"
+            + ("" if v.active else f"  (merged into {v.merged_into})")
         )
 
 

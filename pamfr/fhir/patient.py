@@ -1,7 +1,7 @@
-"""A stored identity as an FR Core Patient (FHIR R4, FR Core 2.2.0), from the read side's view.
+"""A stored identity as an FR Core Patient (FHIR R4, FR Core 2.2.0).
 
-Pure: it takes the dict `pamfr.store.readside.patient_view` returns (or a past version of it
-rebuilt from the history) and gives the resource as a JSON-ready dict. docs/fhir.md is the
+Pure: it takes a `pamfr.identity.stored.StoredIdentity` (the patient as it is now, or a past
+version rebuilt from the history) and gives the resource as a JSON-ready dict. docs/fhir.md is the
 mapping table, each decision with the file of the FR Core package it follows; the choices it
 documents are made here, the published codes are in pamfr/fhir/codes.py.
 """
@@ -9,7 +9,7 @@ documents are made here, the published codes are in pamfr/fhir/codes.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -30,6 +30,7 @@ from pamfr.fhir.codes import (
     VALIDATION_MODE,
     VALIDATION_MODE_INS,
 )
+from pamfr.identity.stored import StoredIdentity
 
 FHIR_VERSION = "4.0.1"
 FR_CORE_IG = f"{FR_CORE}/ImplementationGuide/hl7.fhir.fr.core"
@@ -131,27 +132,27 @@ def _fhir_date(value: str | None) -> str | None:
     return f"{text[:4]}-{text[4:6]}-{text[6:8]}"
 
 
-def _reliability(view: Mapping[str, Any], ins_profile: bool) -> list[dict[str, Any]]:
+def _reliability(identity: StoredIdentity, ins_profile: bool) -> list[dict[str, Any]]:
     """identityReliability extensions: the status with how it was collected and validated,
     then one per identity attribute or other table 0445 code (identityStatus is 0..1 in one
     extension, the extension repeats). A ZFD-5 or ZFD-7 code outside the published code
     systems is left out (the history keeps the message that carried it)."""
     subs: list[dict[str, Any]] = []
-    mode = (view.get("identity_mode") or "").upper()
+    mode = (identity.identity_mode or "").upper()
     if mode in METHOD_COLLECTION:
         subs.append({"url": "methodCollection", "valueCoding": _coding(CS_METHOD_COLLECTION, mode)})
-    queried = _fhir_date(view.get("insi_query_date"))
+    queried = _fhir_date(identity.insi_query_date)
     if queried:
         subs.append({"url": "dateCollection", "valueDate": queried})
-    status = IDENTITY_STATUS.get(view["status"], "PROV")
+    status = IDENTITY_STATUS.get(identity.status, "PROV")
     subs.append({"url": "identityStatus", "valueCoding": _coding(CS_0445, status)})
-    document = (view.get("identity_document") or "").upper()
+    document = (identity.identity_document or "").upper()
     if document in (VALIDATION_MODE_INS if ins_profile else VALIDATION_MODE):
         subs.append({"url": "validationMode", "valueCoding": _coding(CS_VALIDATION_MODE, document)})
     out = [{"url": EXT_RELIABILITY, "extension": subs}]
-    codes = [ATTRIBUTE_CODES[a] for a in view.get("attributes", ()) if a in ATTRIBUTE_CODES]
-    codes += [c for c in view.get("other_status_codes", ()) if c in CODES_0445]
-    if view.get("ins_collision") and view.get("active"):
+    codes = [ATTRIBUTE_CODES[a] for a in identity.attributes if a in ATTRIBUTE_CODES]
+    codes += [c for c in identity.other_status_codes if c in CODES_0445]
+    if identity.ins_collision and identity.active:
         codes.append(COLLISION_CODE)
     for code in dict.fromkeys(c for c in codes if c != status):
         out.append(
@@ -170,30 +171,28 @@ def _identifier_type(system: str, code: str) -> dict[str, Any]:
     return {"coding": [coding]}
 
 
-def _identifiers(view: Mapping[str, Any], with_ins: bool) -> list[dict[str, Any]]:
+def _identifiers(identity: StoredIdentity, with_ins: bool) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    if with_ins and view.get("ins"):
-        ins = view["ins"]
+    ins = identity.ins
+    if with_ins and ins is not None:
         out.append(
             {
                 "use": "official",
-                "type": _identifier_type(CS_FR_V2_0203, INS_SYSTEMS[ins["oid"]]),
-                "system": f"urn:oid:{ins['oid']}",
-                "value": ins["value"],
+                "type": _identifier_type(CS_FR_V2_0203, INS_SYSTEMS[ins.oid]),
+                "system": f"urn:oid:{ins.oid}",
+                "value": ins.value,
             }
         )
     billing_served: set[str] = set()
-    for ident in view["identifiers"]:
-        kind = ident["type"]
-        if kind == "INS":  # the INS is the one above, or none
-            continue
+    for ident in identity.identifiers:  # never the INS: it is the one above, or none
+        kind = ident.type
         entry: dict[str, Any] = {}
-        system = identifier_system(ident["authority"], ident["oid"])
+        system = identifier_system(ident.authority, ident.oid)
         if kind == "NH":
             # The billing NIR goes in the NSS-NIR / NSS-NIA slices (use official, their own
             # system, one each). With an INS the identity has one official identifier only
             # (fr-core-2), and an NH under another authority fits no slice: left out.
-            nss = NSS_SYSTEMS.get(ident["oid"] or "")
+            nss = NSS_SYSTEMS.get(ident.oid)
             if with_ins or nss is None or nss in billing_served:
                 continue
             billing_served.add(nss)
@@ -205,16 +204,16 @@ def _identifiers(view: Mapping[str, Any], with_ins: bool) -> list[dict[str, Any]
             entry["use"] = "secondary"
         entry["type"] = _identifier_type(CS_V2_0203, kind)
         entry["system"] = system
-        entry["value"] = ident["value"]
+        entry["value"] = ident.value
         out.append(entry)
     return out
 
 
-def _names(view: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _names(identity: StoredIdentity) -> list[dict[str, Any]]:
     names: list[dict[str, Any]] = []
-    given_list = [g for g in view.get("birth_given_names") or () if g]
-    first = view.get("first_given_name") or (given_list[0] if given_list else None)
-    if view.get("birth_name") and first:
+    given_list = [g for g in identity.birth_given_names if g]
+    first = identity.first_given_name or (given_list[0] if given_list else None)
+    if identity.birth_name and first:
         names.append(
             {
                 "extension": [
@@ -224,25 +223,25 @@ def _names(view: Mapping[str, Any]) -> list[dict[str, Any]]:
                     }
                 ],
                 "use": "official",
-                "family": view["birth_name"],
+                "family": identity.birth_name,
                 "given": [first],
             }
         )
-    elif view.get("birth_name") or first:
+    elif identity.birth_name or first:
         # The officialName slice needs both family and given: a birth name without any given
         # name (or the reverse) is a name without use.
         partial: dict[str, Any] = {}
-        if view.get("birth_name"):
-            partial["family"] = view["birth_name"]
+        if identity.birth_name:
+            partial["family"] = identity.birth_name
         if first:
             partial["given"] = [first]
         names.append(partial)
-    if view.get("used_name") or view.get("used_given_name"):
+    if identity.used_name or identity.used_given_name:
         usual: dict[str, Any] = {"use": "usual"}
-        if view.get("used_name"):
-            usual["family"] = view["used_name"]
-        if view.get("used_given_name"):
-            usual["given"] = [view["used_given_name"]]
+        if identity.used_name:
+            usual["family"] = identity.used_name
+        if identity.used_given_name:
+            usual["given"] = [identity.used_given_name]
         names.append(usual)
     return names
 
@@ -262,7 +261,7 @@ def _birth_place(code: str) -> dict[str, Any] | None:
 
 
 def patient_resource(
-    view: Mapping[str, Any],
+    identity: StoredIdentity,
     *,
     version_id: str,
     last_updated: str,
@@ -270,49 +269,50 @@ def patient_resource(
 ) -> dict[str, Any]:
     """The FR Core Patient of one version of a stored identity.
 
-    `view` has patient_view's shape; `replaces` are the records merged into this one;
-    `version_id` and `last_updated` are the message log id and the time of the history row
-    that made this version (docs/fhir.md: the versionId convention).
+    `replaces` are the records merged into this one; `version_id` and `last_updated` are the
+    message log id and the time of the history row that made this version (docs/fhir.md: the
+    versionId convention).
     """
-    with_ins = bool(view.get("ins_usable")) and bool(view.get("ins"))
-    place = view.get("birth_place_insee") or ""
+    with_ins = identity.ins_usable and identity.ins is not None
+    place = identity.birth_place_insee or ""
     # fr-core-patient-ins requires a birthPlace INSEE code, which only a commune has.
     ins_profile = with_ins and bool(place) and not place.startswith("99")
     profiles = [canonical(PROFILE_PATIENT)]
     if ins_profile:
         profiles.append(canonical(PROFILE_PATIENT_INS))
-    extensions: list[dict[str, Any]] = _reliability(view, ins_profile)
+    extensions: list[dict[str, Any]] = _reliability(identity, ins_profile)
     birth_place = _birth_place(place) if place else None
     if birth_place:
         extensions.append(birth_place)
     resource: dict[str, Any] = {
         "resourceType": "Patient",
-        "id": str(view["id"]),
+        "id": str(identity.id),
         "meta": {"versionId": version_id, "lastUpdated": last_updated, "profile": profiles},
         "extension": extensions,
     }
-    identifiers = _identifiers(view, with_ins)
+    identifiers = _identifiers(identity, with_ins)
     if identifiers:
         resource["identifier"] = identifiers
-    resource["active"] = bool(view["active"])
-    names = _names(view)
+    resource["active"] = identity.active
+    names = _names(identity)
     if names:
         resource["name"] = names
-    gender = GENDER.get((view.get("sex") or "").upper())
+    gender = GENDER.get((identity.sex or "").upper())
     if gender:
         resource["gender"] = gender
-    if view.get("birth_date"):
-        resource["birthDate"] = view["birth_date"]  # YYYY, YYYY-MM or YYYY-MM-DD, as stored
-    links = _links(view, replaces)
+    if identity.birth_date:
+        resource["birthDate"] = identity.birth_date  # YYYY, YYYY-MM or YYYY-MM-DD, as stored
+    links = _links(identity, replaces)
     if links:
         resource["link"] = links
     return resource
 
 
-def _links(view: Mapping[str, Any], replaces: Iterable[int]) -> list[dict[str, Any]]:
-    if not view["active"] and view.get("merged_into") is not None:
+def _links(identity: StoredIdentity, replaces: Iterable[int]) -> list[dict[str, Any]]:
+    if not identity.active and identity.merged_into is not None:
         # merged_into is the final survivor: merges keep chains flat
-        return [{"other": {"reference": f"Patient/{view['merged_into']}"}, "type": "replaced-by"}]
+        survivor = f"Patient/{identity.merged_into}"
+        return [{"other": {"reference": survivor}, "type": "replaced-by"}]
     return [
         {"other": {"reference": f"Patient/{other}"}, "type": "replaces"}
         for other in sorted(set(replaces))

@@ -16,7 +16,7 @@ def version_resource(v: PatientVersion) -> dict[str, Any]:
     """The resource of one version (its versionId, lastUpdated and the link to the record it
     replaced)."""
     return patient_resource(
-        v.view, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
+        v.identity, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
     )
 
 

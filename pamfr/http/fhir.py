@@ -254,7 +254,7 @@ def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
         root = base(request)
         entries = [
             {
-                "fullUrl": f"{root}/Patient/{v.view['id']}",
+                "fullUrl": f"{root}/Patient/{v.identity.id}",
                 "resource": version_resource(v),
                 "search": {"mode": "match"},
             }
@@ -264,7 +264,7 @@ def fhir_routes(engine: Engine, public_url: str = "") -> list[BaseRoute]:
         query = urlencode(request.query_params.multi_items())
         links = [("self", f"{root}/Patient" + (f"?{query}" if query else ""))]
         if page.more:
-            following = [*kept, ("_cursor", str(page.versions[-1].view["id"]))]
+            following = [*kept, ("_cursor", str(page.versions[-1].identity.id))]
             if "_count" not in request.query_params:
                 following.append(("_count", str(count)))
             links.append(("next", f"{root}/Patient?{urlencode(following)}"))

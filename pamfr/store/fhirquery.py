@@ -14,7 +14,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, false, func, or_, select, true
@@ -23,8 +23,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from pamfr.identity.findings import Finding
 from pamfr.identity.identifiers import BILLING_NIR_TYPE, INS_NAMESPACES, INS_TYPES
 from pamfr.identity.ins import INS_OIDS
-from pamfr.identity.model import Status
-from pamfr.store.readside import iso, view_of
+from pamfr.identity.model import Identifier, Status
+from pamfr.identity.stored import StoredIdentity
+from pamfr.store.readside import identifier_of, identity_of, iso
 from pamfr.store.schema import authority, history, identifier, patient
 
 NO_CHANGE = "{}"
@@ -202,9 +203,9 @@ def search_page(
 
 @dataclass(frozen=True, slots=True)
 class PatientVersion:
-    """One version of a patient: patient_view's shape as it was after one message."""
+    """One version of a patient: the identity as it was after one message."""
 
-    view: dict[str, Any]
+    identity: StoredIdentity
     replaces: tuple[int, ...]  # the records merged into this one
     version_id: str  # the message log id (str); "0" for a patient with no history row
     last_updated: str  # ISO 8601 with offset
@@ -247,18 +248,11 @@ def current_versions(conn: Connection, ids: Sequence[int]) -> dict[int, PatientV
     if not ids:
         return {}
     rows = conn.execute(select(patient).where(patient.c.id.in_(ids))).mappings().all()
-    idents: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    idents: dict[int, list[Identifier]] = defaultdict(list)
     for i in conn.execute(
         select(identifier).where(identifier.c.patient_id.in_(ids)).order_by(identifier.c.id)
     ).mappings():
-        idents[i["patient_id"]].append(
-            {
-                "value": i["value"],
-                "type": i["type"],
-                "authority": i["authority"],
-                "oid": i["oid"] or None,
-            }
-        )
+        idents[i["patient_id"]].append(identifier_of(i))
     merged: dict[int, list[int]] = defaultdict(list)
     for pid, into in conn.execute(
         select(patient.c.id, patient.c.merged_into)
@@ -287,14 +281,15 @@ def current_versions(conn: Connection, ids: Sequence[int]) -> dict[int, PatientV
     out: dict[int, PatientVersion] = {}
     for row in rows:
         pid = row["id"]
-        view = view_of(row, idents[pid], [])
+        identity = identity_of(row, idents[pid], ())
         replaces = tuple(merged[pid])
         if pid not in lasts:
-            out[pid] = PatientVersion(view, replaces, "0", view["updated_at"], True)
+            updated = identity.updated_at.isoformat()
+            out[pid] = PatientVersion(identity, replaces, "0", updated, True)
             continue
         first, message_id, at = lasts[pid]
         out[pid] = PatientVersion(
-            view, replaces, str(message_id), iso(at), created=first == message_id
+            identity, replaces, str(message_id), iso(at), created=first == message_id
         )
     return out
 
@@ -364,7 +359,7 @@ class _Rebuild:
         steps, current = self.steps, self.current
         if k >= len(steps) - 1:
             return PatientVersion(
-                current.view,
+                current.identity,
                 current.replaces,
                 current.version_id,
                 current.last_updated,
@@ -386,21 +381,22 @@ class _Rebuild:
         for column in ("attributes", "other_status_codes"):
             state[column] = state[column] or ""
         state["status"] = state["status"] or Status.PROVISOIRE.value
-        identifiers = [self.resolve(text) for text in state["identifiers"] or []]
-        view = view_of(state, identifiers, [])
-        if view.get("ins_usable") and (
-            self._in_collision_now(view.get("ins")) or view["ins"]["value"] in self.deleted
+        identifiers = [identifier_of(self.resolve(text)) for text in state["identifiers"] or []]
+        identity = identity_of(state, identifiers, ())
+        if (
+            identity.ins_usable
+            and identity.ins is not None
+            and (self._in_collision_now(identity.ins.value) or identity.ins.value in self.deleted)
         ):
             # An INS another active patient now holds too is usable on neither, and one the
             # sender deleted (§4.4.3: wrongly attributed) was never this patient's: no version
             # serves them, lest a product reading the history take them up again. (An INS
             # later replaced or withdrawn stays in the versions it was in force for.)
-            view = {**view, "ins_usable": False}
+            identity = replace(identity, ins_usable=False)
         merged = tuple(sorted(int(i) for i in state["merged_patients"] or []))
-        return PatientVersion(view, merged, str(step.message_id), step.at, created=k == 0)
+        return PatientVersion(identity, merged, str(step.message_id), step.at, created=k == 0)
 
-    def _in_collision_now(self, ins: Any) -> bool:
-        value = ins.get("value") if isinstance(ins, dict) else ins
+    def _in_collision_now(self, value: str) -> bool:
         if value not in self.collisions:
             self.collisions[value] = _in_collision_now(self.conn, value)
         return self.collisions[value]

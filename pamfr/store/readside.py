@@ -1,4 +1,5 @@
-"""The read side: a patient as `pamfr patient show --json` prints it, its history, searches.
+"""The read side: a patient as the store holds it (pamfr.identity.stored.StoredIdentity, whose
+as_json is what `pamfr patient show --json` prints), its history, searches.
 
 The JSON shape is a contract that tests and other tools rely on (see README).
 """
@@ -6,17 +7,19 @@ The JSON shape is a contract that tests and other tools rely on (see README).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, and_, literal, or_, select
 
 from pamfr.identity.identifiers import states_ins
-from pamfr.identity.ins import INS_OIDS
+from pamfr.identity.ins import Ins
 from pamfr.identity.model import IPP_TYPE, Identifier
 from pamfr.identity.names import fold
 from pamfr.identity.status import ins_usable
+from pamfr.identity.stored import StoredIdentity
 from pamfr.store.schema import history, identifier, message, patient, patient_link
 
 
@@ -28,9 +31,14 @@ class Selector:
     id: int | None = None
 
 
+def aware(moment: datetime) -> datetime:
+    """The time with its offset: SQLite gives back the stored UTC time without one."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def iso(moment: datetime) -> str:
-    """ISO 8601 with its offset: SQLite gives back the stored UTC time without one."""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat()
+    """ISO 8601 with its offset."""
+    return aware(moment).isoformat()
 
 
 def select_patient_ids(conn: Connection, sel: Selector) -> list[int]:
@@ -63,75 +71,65 @@ def patients_with_ins(conn: Connection, ins: str) -> list[int]:
     return sorted(ids)
 
 
-def patient_view(conn: Connection, patient_id: int) -> dict:
+def stored_identity(conn: Connection, patient_id: int) -> StoredIdentity:
+    """The patient as it is now, with its A24 links."""
     row = conn.execute(select(patient).where(patient.c.id == patient_id)).mappings().one()
     idents = conn.execute(
         select(identifier).where(identifier.c.patient_id == patient_id).order_by(identifier.c.id)
     ).mappings()
-    identifiers = [
-        {
-            "value": i["value"],
-            "type": i["type"],
-            "authority": i["authority"],
-            "oid": i["oid"] or None,
-        }
-        for i in idents
-    ]
-    return view_of(row, identifiers, linked_patient_ids(conn, patient_id))
+    return identity_of(
+        row, [identifier_of(i) for i in idents], linked_patient_ids(conn, patient_id)
+    )
 
 
-def view_of(row: Mapping, identifiers: list[dict], links: list[int]) -> dict:
-    """The view of a patient row (the columns of `patient`) with its identifiers
-    ({value, type, authority, oid}) and linked patients: patient_view's shape. A stored
-    identifier that states an INS (G8: a store written before the INS gate read every CX-5
-    type) is never shown: the patient's INS is its row's, kept by the gate, or none."""
-    identifiers = [i for i in identifiers if not _states_ins(i)]
-    ins = None
-    if row["ins_value"]:
-        kind = INS_OIDS.get(row["ins_oid"])
-        ins = {
-            "value": row["ins_value"],
-            "oid": row["ins_oid"],
-            "kind": kind.value if kind else None,
-        }
-        identifiers.append(
-            {"value": row["ins_value"], "type": "INS", "authority": None, "oid": row["ins_oid"]}
-        )
+def patient_view(conn: Connection, patient_id: int) -> dict[str, Any]:
+    """The patient as `pamfr patient show --json` prints it."""
+    return stored_identity(conn, patient_id).as_json()
+
+
+def identifier_of(row: Mapping) -> Identifier:
+    """An identifier row (the columns of `identifier`) as the patient holds it."""
+    return Identifier(row["value"], row["type"], row["authority"] or "", row["oid"] or "")
+
+
+def identity_of(
+    row: Mapping, identifiers: Iterable[Identifier], links: Iterable[int]
+) -> StoredIdentity:
+    """The identity of a patient row (the columns of `patient`, times as the database gives
+    them back) with its identifiers and linked patients. A stored identifier that states an INS
+    (G8: a store written before the INS gate read every CX-5 type) is never shown: the
+    patient's INS is its row's, kept by the gate, or none."""
+    ins = Ins(row["ins_value"], row["ins_oid"]) if row["ins_value"] else None
     names = row["birth_given_names"]
     active, collision = bool(row["active"]), bool(row["ins_collision"])
-    return {
-        "id": row["id"],
-        "active": active,
-        "merged_into": row["merged_into"],  # the final survivor: merges keep chains flat
-        "identifiers": identifiers,
-        "ins": ins,
-        "ins_usable": bool(ins) and ins_usable(row["status"], active, collision),
-        "ins_collision": collision,
-        "birth_name": row["birth_name"],
-        "first_given_name": row["first_given_name"],
-        "birth_given_names": names.split(" ") if names else [],
-        "used_name": row["used_name"],
-        "used_given_name": row["used_given_name"],
-        "birth_date": row["birth_date"],
-        "sex": row["sex"],
-        "birth_place_insee": row["birth_place_insee"],
-        "status": row["status"],
-        "attributes": row["attributes"].split() if row["attributes"] else [],
-        "other_status_codes": row["other_status_codes"].split()
+    return StoredIdentity(
+        id=row["id"],
+        active=active,
+        merged_into=row["merged_into"],
+        identifiers=tuple(i for i in identifiers if not states_ins(i)),
+        ins=ins,
+        ins_usable=bool(ins) and ins_usable(row["status"], active, collision),
+        ins_collision=collision,
+        birth_name=row["birth_name"],
+        first_given_name=row["first_given_name"],
+        birth_given_names=tuple(names.split(" ")) if names else (),
+        used_name=row["used_name"],
+        used_given_name=row["used_given_name"],
+        birth_date=row["birth_date"],
+        sex=row["sex"],
+        birth_place_insee=row["birth_place_insee"],
+        status=row["status"],
+        attributes=tuple(row["attributes"].split()) if row["attributes"] else (),
+        other_status_codes=tuple(row["other_status_codes"].split())
         if row["other_status_codes"]
-        else [],
-        "identity_mode": row["identity_mode"],
-        "insi_query_date": row["insi_query_date"],
-        "identity_document": row["identity_document"],
-        "links": links,
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
-    }
-
-
-def _states_ins(ident: Mapping) -> bool:
-    kept = Identifier(ident["value"], ident["type"], ident["authority"] or "", ident["oid"] or "")
-    return states_ins(kept)
+        else (),
+        identity_mode=row["identity_mode"],
+        insi_query_date=row["insi_query_date"],
+        identity_document=row["identity_document"],
+        links=tuple(links),
+        created_at=aware(row["created_at"]),
+        updated_at=aware(row["updated_at"]),
+    )
 
 
 def patient_history(conn: Connection, patient_id: int) -> list[dict]:

@@ -39,7 +39,7 @@ def test_no_version_of_a_patient_serves_an_ins_now_in_collision(tmp_path):
     assert len(versions) >= 3
     for v in versions:
         resource = patient_resource(
-            v.view, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
+            v.identity, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
         )
         assert ins not in json.dumps(resource), v.version_id
         assert not any(p.endswith("fr-core-patient-ins|2.2.0") for p in resource["meta"]["profile"])
@@ -95,11 +95,11 @@ def test_no_version_serves_an_ins_the_sender_deleted_as_wrongly_attributed(db_ur
     assert len(wrongly) == 3
     for v in wrongly:
         resource = patient_resource(
-            v.view, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
+            v.identity, version_id=v.version_id, last_updated=v.last_updated, replaces=v.replaces
         )
         assert wrong not in json.dumps(resource), v.version_id
     served = [
-        json.dumps(patient_resource(v.view, version_id="1", last_updated=""))
+        json.dumps(patient_resource(v.identity, version_id="1", last_updated=""))
         for v in replaced_versions
     ]
     assert old in served[0] and new in served[-1] and old not in served[-1]
@@ -174,8 +174,10 @@ def test_an_ins_stored_as_an_identifier_by_an_older_store_is_never_served(db_url
         reader.dispose()
     assert now is not None and versions
     for v in [now, *versions]:
-        assert refused not in json.dumps(v.view), v.version_id
-        resource = patient_resource(v.view, version_id=v.version_id, last_updated=v.last_updated)
+        assert refused not in json.dumps(v.identity.as_json()), v.version_id
+        resource = patient_resource(
+            v.identity, version_id=v.version_id, last_updated=v.last_updated
+        )
         assert refused not in json.dumps(resource)
-    assert billing in json.dumps(patient_resource(now.view, version_id="1", last_updated=""))
+    assert billing in json.dumps(patient_resource(now.identity, version_id="1", last_updated=""))
     assert (by_value, by_billing) == ([], [pid])

@@ -20,6 +20,7 @@ from sqlalchemy import event
 
 from pamfr.fhir.patient import NAMESPACE_SYSTEM, patient_resource
 from pamfr.hl7.samples import Person, message, nir_with_key
+from pamfr.identity.stored import StoredIdentity
 from pamfr.store.db import make_engine
 from pamfr.store.fhirquery import (
     PatientCriteria,
@@ -235,7 +236,7 @@ def test_a_page_and_a_history_cost_a_few_statements_whatever_their_size(db_url, 
             assert len(page.versions) == size and page.total == 100
             for version in page.versions:
                 resource = patient_resource(
-                    version.view,
+                    version.identity,
                     version_id=version.version_id,
                     last_updated=version.last_updated,
                     replaces=version.replaces,
@@ -255,7 +256,7 @@ def test_a_page_and_a_history_cost_a_few_statements_whatever_their_size(db_url, 
             oldest = find_version(conn, pid, versions[0].version_id)
             vread_cost = len(seen) - start
         assert len(versions) == 6 and oldest == versions[0]
-        assert oldest.view["used_name"] is None and versions[-1].view["used_name"] == "U4"
+        assert oldest.identity.used_name is None and versions[-1].identity.used_name == "U4"
         assert history_cost <= 10 and vread_cost <= history_cost, (history_cost, vread_cost)
         assert single_cost <= history_cost
     finally:
@@ -271,7 +272,8 @@ def test_an_unpublished_zfd_code_is_applied_kept_in_the_history_not_put_in_fhir(
     (row,) = feed.history("--ipp", "Z01")
     assert row["changes"]["identity_document"][1] == "LEP"
     assert row["changes"]["identity_mode"][1] == "AV"
-    resource = patient_resource(view, version_id="1", last_updated="2026-01-01T00:00:00+00:00")
+    shown = StoredIdentity.from_json(view)  # the typed value the document was printed from
+    resource = patient_resource(shown, version_id="1", last_updated="2026-01-01T00:00:00+00:00")
     check_patient(resource, view)
     subs = {s["url"] for e in resource["extension"] for s in e.get("extension", [])}
     assert "identityStatus" in subs

@@ -12,6 +12,7 @@ from pamfr.fhir.patient import (
     patient_resource,
     sexes_for,
 )
+from pamfr.identity.stored import StoredIdentity
 from tests.frcore import check_patient, ins_identifiers, reliability
 
 NIR = "279036322012369"
@@ -45,13 +46,18 @@ def view(**changes) -> dict:
         "insi_query_date": "20211201",
         "identity_document": "CN",
         "links": [],
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "updated_at": "2026-01-01T00:00:00+00:00",
     }
     return {**base, **changes}
 
 
 def resource(v: dict, replaces=()) -> dict:
     out = patient_resource(
-        v, version_id="12", last_updated="2024-03-06T11:11:54+00:00", replaces=replaces
+        StoredIdentity.from_json(v),
+        version_id="12",
+        last_updated="2024-03-06T11:11:54+00:00",
+        replaces=replaces,
     )
     check_patient(out, v)
     return out

@@ -9,6 +9,7 @@ import copy
 import pytest
 
 from pamfr.fhir.patient import patient_resource
+from pamfr.identity.stored import StoredIdentity
 from tests.frcore import check_package
 from tests.unit.test_fhir_patient import view
 
@@ -17,7 +18,9 @@ V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 
 def served() -> dict:
-    out = patient_resource(view(), version_id="1", last_updated="2026-01-01T00:00:00+00:00")
+    out = patient_resource(
+        StoredIdentity.from_json(view()), version_id="1", last_updated="2026-01-01T00:00:00+00:00"
+    )
     assert check_package(out) == []
     return copy.deepcopy(out)
 

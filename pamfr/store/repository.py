@@ -20,9 +20,10 @@ from sqlalchemy import (
 from pamfr.identity.collision import Flag, Holder, plan_collision
 from pamfr.identity.findings import Finding, IdentityRefused, Note, Refusal
 from pamfr.identity.model import (
-    IDENTITY_FIELDS,
     IPP_TYPE,
     Identifier,
+    IdentifierRef,
+    IdentityValues,
     PatientIdentity,
     StatedIns,
 )
@@ -58,10 +59,9 @@ class ConcurrentChange(Exception):
     """What was looked up changed under a concurrent writer: the caller runs the message again."""
 
 
-def _ident_text(i: Identifier | dict) -> str:
-    if isinstance(i, dict):
-        return f"{i['value']}^{i['type']}^{i['authority_key']}"
-    return f"{i.value}^{i.type}^{i.authority_key}"
+def _stored(row: dict) -> str:
+    """An identifier row as the history records it."""
+    return IdentifierRef.of_row(row).stored()
 
 
 def _as_identifier(row: dict) -> Identifier:
@@ -100,22 +100,18 @@ class IdentityRepository:
         self._held = prefetched.held if prefetched is not None else None
         self._authorities = authorities if authorities is not None else AuthorityBook()
 
-    @property
-    def warnings(self) -> list[Note]:
-        return [n for n in self.notes if n.warning]
-
     def _note(self, notes) -> None:
         self.notes.extend(notes)
 
     # -- look-ups -----------------------------------------------------------
 
-    def findpatient_id_of(self, ident: Identifier) -> int | None:
+    def find_patient_id_of(self, ident: Identifier) -> int | None:
         params = {"k": ident.authority_key, "v": ident.value, "t": ident.type or IPP_TYPE}
         return self.conn.execute(sql.FIND_PATIENT_ID, params).scalar_one_or_none()
 
     def _find_by_ipps(self, identity: PatientIdentity) -> int | None:
         for ipp in identity.ipps:
-            found = self.findpatient_id_of(ipp)
+            found = self.find_patient_id_of(ipp)
             if found is not None:
                 return found
         return None
@@ -177,9 +173,9 @@ class IdentityRepository:
     def _insert_patient(self, identity: PatientIdentity, decision: Decision) -> None:
         """A new patient, whose IPPs the caller has just found free (a concurrent writer that
         takes one first makes the unique index refuse ours, and the message runs again)."""
-        columns = {k: decision.values[k] for k in IDENTITY_FIELDS}
+        columns = decision.values.columns()
         notes = list(decision.notes)
-        new_ins = decision.values["ins_value"]
+        new_ins = decision.values.ins_value
         row = {
             **sql.NULL_COLUMNS,  # spelled out, so that held rows share one INSERT statement
             "active": True,
@@ -229,7 +225,7 @@ class IdentityRepository:
             self._held.identifiers += rows
         elif rows:
             self.conn.execute(sql.INSERT_IDENTIFIER, rows)
-        return [_ident_text(r) for r in rows]
+        return [i.ref.stored() for i in identifiers]
 
     def _add_identifiers(
         self, patient_id: int, identity: PatientIdentity, known: list[dict]
@@ -237,7 +233,7 @@ class IdentityRepository:
         """Add the PID-3 identifiers the patient lacks: one IPP per authority, and never an
         IPP of another patient (that is an A40)."""
         added = identifiers_to_add(identity.identifiers, [_as_identifier(k) for k in known])
-        owners = (self.findpatient_id_of(i) for i in added if i.type == IPP_TYPE)
+        owners = (self.find_patient_id_of(i) for i in added if i.type == IPP_TYPE)
         check_one_patient(patient_id, owners)
         return self._write_identifiers(patient_id, added)
 
@@ -255,7 +251,7 @@ class IdentityRepository:
         """Write what the rules decided. `identity`: the PID whose identifiers the patient
         gets; `still_owned`: an IPP looked up before the row lock, which must still be this
         patient's now that the lock is held."""
-        values: dict[str, object] = {k: decision.values[k] for k in IDENTITY_FIELDS}
+        values = decision.values.columns()
         notes = list(decision.notes)
         old_ins, new_ins = current["ins_value"], values["ins_value"]
         if new_ins != old_ins or (new_ins and not current["active"]):
@@ -281,8 +277,8 @@ class IdentityRepository:
             if added:
                 before = diff["identifiers"][0] if "identifiers" in diff else None
                 diff["identifiers"] = [
-                    before if before is not None else [_ident_text(k) for k in known],
-                    [*map(_ident_text, known), *added],
+                    before if before is not None else [_stored(k) for k in known],
+                    [*map(_stored, known), *added],
                 ]
         if policy is not None:
             notes += unchanged_notes(policy, bool(diff))
@@ -333,7 +329,7 @@ class IdentityRepository:
         patient_id = current["id"]
         if not current["active"]:
             if still_owned is not None:
-                self._still(self.findpatient_id_of(still_owned) == patient_id)
+                self._still(self.find_patient_id_of(still_owned) == patient_id)
             note = Note(
                 Finding.MERGED_AWAY,
                 "this IPP belongs to a patient merged into another: identity not updated",
@@ -341,7 +337,7 @@ class IdentityRepository:
             self._note([note])
             self._record(patient_id, operation, {}, [note])
             return
-        decision = decide_identity(identity, current, policy)
+        decision = decide_identity(identity, IdentityValues.from_row(current), policy)
         self._update_patient(
             patient_id,
             decision,
@@ -369,14 +365,14 @@ class IdentityRepository:
         source_ipps = [self._authorities.canonical(self.conn, i) for i in prior_ipps(prior)]
         if not source_ipps:
             raise IdentityRefused(Refusal.PRIOR_MISSING, "MRG-1 holds no IPP (CX-5 PI)")
-        owners = [self.findpatient_id_of(i) for i in source_ipps]
+        owners = [self.find_patient_id_of(i) for i in source_ipps]
         source_ipp = source_ipps[designate_prior(owners, self._survivors(owners))]
-        source_id = self.findpatient_id_of(source_ipp)
+        source_id = self.find_patient_id_of(source_ipp)
         target_id = self._find_by_ipps(identity)
         self._one_target(identity, target_id)
         rows = self._lock_in_order(*(i for i in (source_id, target_id) if i is not None))
         self._still(
-            self.findpatient_id_of(source_ipp) == source_id
+            self.find_patient_id_of(source_ipp) == source_id
             and self._find_by_ipps(identity) == target_id
         )
         plan = plan_merge(_as_record(rows.get(source_id)), _as_record(rows.get(target_id)))
@@ -416,7 +412,7 @@ class IdentityRepository:
         records merged into it); IPPs of two patients leave the target unknown, refused."""
         if target_id is None or len(identity.ipps) < 2:
             return
-        owners = [self.findpatient_id_of(ipp) for ipp in identity.ipps]
+        owners = [self.find_patient_id_of(ipp) for ipp in identity.ipps]
         check_one_patient(survivor_id(self.conn, target_id), self._survivors(owners))
 
     def _survivors(self, owners: Sequence[int | None]) -> list[int | None]:
@@ -437,7 +433,7 @@ class IdentityRepository:
         if source_ipp is None:
             self._change_ins(identity, prior_ins, policy)
             return
-        source_id = self.findpatient_id_of(source_ipp)
+        source_id = self.find_patient_id_of(source_ipp)
         source = self._lock_in_order(source_id)[source_id] if source_id is not None else None
         record = _as_record(source)
         notes = rename_notes(record)
@@ -456,12 +452,12 @@ class IdentityRepository:
         if new is None:
             raise IdentityRefused(Refusal.IPP_MISSING, "PID-3 holds no IPP (CX-5 PI)")
         self._lock_in_order(patient_id)
-        self._still(self.findpatient_id_of(old) == patient_id)
-        owner = self.findpatient_id_of(new)
+        self._still(self.find_patient_id_of(old) == patient_id)
+        owner = self.find_patient_id_of(new)
         action = plan_rename(_as_record(self._load(patient_id)), owner)
         if action is not MergeAction.RENAME:
             return
-        before = [_ident_text(k) for k in self._identifiers(patient_id)]
+        before = [_stored(k) for k in self._identifiers(patient_id)]
         self.conn.execute(
             update(identifier)
             .where(
@@ -477,7 +473,7 @@ class IdentityRepository:
                 authority_key=new.authority_key,
             )
         )
-        after = [_ident_text(k) for k in self._identifiers(patient_id)]
+        after = [_stored(k) for k in self._identifiers(patient_id)]
         self._record(patient_id, operation, {"identifiers": [before, after]})
 
     def _change_ins(
@@ -494,7 +490,7 @@ class IdentityRepository:
             self._note(notes)
             return
         current = self._lock_in_order(target)[target]
-        decision = decide_ins_change(identity, current, policy)
+        decision = decide_ins_change(identity, IdentityValues.from_row(current), policy)
         decision.notes[:0] = notes
         self._update_patient(target, decision, "change_ins", current)
 
@@ -547,7 +543,7 @@ class IdentityRepository:
             self._record_link(a, b, "unlink", [True, None])
 
     def _link_record(self, ident: Identifier) -> Record | None:
-        pid = self.findpatient_id_of(ident)
+        pid = self.find_patient_id_of(ident)
         if pid is None:
             return None
         survivor = survivor_id(self.conn, pid)
@@ -564,8 +560,8 @@ class IdentityRepository:
         """History on each known patient, or on its survivor when it was merged away; `change`
         None: the link was there already, only the notes are written."""
         for n, (this, other) in enumerate(((a, b), (b, a)), start=1):
-            pid = self.findpatient_id_of(this)
+            pid = self.find_patient_id_of(this)
             if pid is not None:
                 pid = survivor_id(self.conn, pid)
-                changes = {} if change is None else {f"link:{_ident_text(other)}": change}
+                changes = {} if change is None else {f"link:{other.ref.stored()}": change}
                 self._record(pid, operation, changes, [x for x in notes if x.patient == n])

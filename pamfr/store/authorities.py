@@ -8,6 +8,8 @@ identifiers and links recorded under the namespace alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
@@ -43,27 +45,42 @@ _REKEY_BILLING = _REKEY_IDENTIFIERS.where(identifier.c.type == BILLING_NIR_TYPE)
 
 
 class AuthorityBook:
-    """One per receiver. `commit()` after the transaction commits, `rollback()` after any
-    rollback: what a rolled-back transaction learnt is never taken as known."""
+    """One per receiver. What it reads or learns inside a transaction is known to later
+    transactions only once that transaction commits: each transaction and each savepoint
+    runs inside `scope()`, whose pairs are kept when the block ends normally (given to the
+    enclosing scope, or known for good at the outermost) and dropped when it raises, so what
+    a rolled-back transaction or savepoint learnt is never taken as known."""
 
     def __init__(self) -> None:
         self._known: dict[str, str] = {}
-        self._pending: dict[str, str] = {}
+        self._scopes: list[dict[str, str]] = []
 
-    def commit(self) -> None:
-        self._known.update(self._pending)
-        self._pending.clear()
-
-    def rollback(self) -> None:
-        self._pending.clear()
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """Around a transaction (outside the block that commits it, so that a failed COMMIT
+        drops what it learnt) or a savepoint."""
+        pending: dict[str, str] = {}
+        self._scopes.append(pending)
+        try:
+            yield
+        finally:
+            popped = self._scopes.pop()
+            assert popped is pending
+        # reached only when the block did not raise
+        (self._scopes[-1] if self._scopes else self._known).update(pending)
 
     def _oid(self, conn: Connection, namespace: str) -> str | None:
-        oid = self._known.get(namespace) or self._pending.get(namespace)
+        oid = self._known.get(namespace)
+        if oid is None:
+            oid = next((s[namespace] for s in reversed(self._scopes) if namespace in s), None)
         if oid is None:
             oid = conn.execute(_FIND, {"ns": namespace}).scalar_one_or_none()
             if oid is not None:
-                self._pending[namespace] = oid
+                self._remember(namespace, oid)
         return oid
+
+    def _remember(self, namespace: str, oid: str) -> None:
+        (self._scopes[-1] if self._scopes else self._known)[namespace] = oid
 
     def canonical(self, conn: Connection, ident: Identifier) -> Identifier:
         if ident.oid or not ident.authority:
@@ -90,4 +107,4 @@ class AuthorityBook:
         for side in ("a", "b"):
             column = patient_link.c[f"{side}_authority_key"]
             conn.execute(update(patient_link).where(column == namespace).values({column: oid}))
-        self._pending[namespace] = oid
+        self._remember(namespace, oid)

@@ -49,10 +49,11 @@ from pamfr.identity.rules import (
 )
 from pamfr.store import statements as sql
 from pamfr.store.authorities import AuthorityBook
-from pamfr.store.changes import Change, NewPatient
+from pamfr.store.changes import Change, MessageChanges, NewLink, PatientRef
 from pamfr.store.namekeys import name_keys
 from pamfr.store.pgbatch import Prefetched
 from pamfr.store.schema import identifier, patient_link
+from pamfr.store.sink import ImmediateSink, WriteSink
 
 
 class ConcurrentChange(Exception):
@@ -80,8 +81,11 @@ def survivor_id(conn: Connection, patient_id: int) -> int:
 
 class IdentityRepository:
     """Loads what the identity rules need, asks them (pamfr.identity.rules), writes what they
-    decide. One per message; its changes and notes become history rows once the message is
-    logged."""
+    decide through the transaction's sink (store/sink). One per message: `changes()` is what
+    the message did, which becomes history rows and events once the message is logged.
+
+    Reads go to `conn`; `prefetched`, the batch's look-ahead (PostgreSQL), answers the
+    usual look-ups without a round trip."""
 
     def __init__(
         self,
@@ -89,19 +93,24 @@ class IdentityRepository:
         now: datetime,
         prefetched: Prefetched | None = None,
         authorities: AuthorityBook | None = None,
+        sink: WriteSink | None = None,
     ) -> None:
         self.conn = conn
         self.now = now
-        self.changes: list[Change] = []
-        self.notes: list[Note] = []
+        self._records: list[Change] = []
+        self._notes: list[Note] = []
+        self._link: NewLink | None = None
         self._lock = conn.dialect.name == "postgresql"
-        self.pending_link: dict | None = None
         self._prefetched = prefetched
-        self._held = prefetched.held if prefetched is not None else None
+        self._sink = sink if sink is not None else ImmediateSink(conn)
         self._authorities = authorities if authorities is not None else AuthorityBook()
 
+    def changes(self) -> MessageChanges:
+        """What the message did so far: its history records, notes and new link."""
+        return MessageChanges(self.now, tuple(self._records), tuple(self._notes), self._link)
+
     def _note(self, notes) -> None:
-        self.notes.extend(notes)
+        self._notes.extend(notes)
 
     # -- look-ups -----------------------------------------------------------
 
@@ -162,13 +171,13 @@ class IdentityRepository:
 
     def _record(
         self,
-        patient_id: int | NewPatient,
+        patient_id: PatientRef,
         operation: str,
         changes: dict[str, list],
         notes: Sequence[Note] = (),
     ) -> None:
         if changes or notes:
-            self.changes.append(Change(patient_id, operation, changes, list(notes)))
+            self._records.append(Change(patient_id, operation, changes, tuple(notes)))
 
     def _insert_patient(self, identity: PatientIdentity, decision: Decision) -> None:
         """A new patient, whose IPPs the caller has just found free (a concurrent writer that
@@ -185,17 +194,12 @@ class IdentityRepository:
             **columns,
             **name_keys(columns),
         }
-        patient_id: int | NewPatient
         plan = plan_collision(None, self._active_holders(new_ins, exclude=None))
         if plan.collision:
             row["ins_collision"] = columns["ins_collision"] = True
         notes += plan.notes
         self._set_flags(plan.others)
-        if self._held is not None:
-            patient_id = NewPatient(row)
-            self._held.patients.append(patient_id)
-        else:
-            patient_id = self.conn.execute(sql.INSERT_PATIENT, row).scalar_one()
+        patient_id = self._sink.insert_patient(row)
         if self._prefetched is not None and new_ins:
             self._prefetched.ins_moved(patient_id, None, str(new_ins))
         new_ids = self._write_identifiers(patient_id, identity.identifiers)
@@ -208,7 +212,7 @@ class IdentityRepository:
         self._record(patient_id, "create", changes, notes)
 
     def _write_identifiers(
-        self, patient_id: int | NewPatient, identifiers: Sequence[Identifier]
+        self, patient_id: PatientRef, identifiers: Sequence[Identifier]
     ) -> list[str]:
         rows = [
             dict(
@@ -221,10 +225,7 @@ class IdentityRepository:
             )
             for ident in identifiers
         ]
-        if rows and self._held is not None:
-            self._held.identifiers += rows
-        elif rows:
-            self.conn.execute(sql.INSERT_IDENTIFIER, rows)
+        self._sink.insert_identifiers(rows)
         return [i.ref.stored() for i in identifiers]
 
     def _add_identifiers(
@@ -285,10 +286,7 @@ class IdentityRepository:
         changed = {k: v[1] for k, v in diff.items() if k in values}
         if changed:
             row = {"pid": patient_id, "updated_at": self.now, **changed, **name_keys(changed)}
-            if self._held is not None:
-                self._held.updates.setdefault(tuple(sorted(changed)), []).append(row)
-            else:
-                self.conn.execute(sql.UPDATE_PATIENT, row)
+            self._sink.update_patient(row)
         self._note(notes)
         self._record(patient_id, operation, diff, notes)
 
@@ -304,8 +302,7 @@ class IdentityRepository:
         ins_value, pf = str(ins_value), self._prefetched
         if pf is not None and not pf.others_may_hold(ins_value, exclude):
             return []
-        if self._held is not None and self._held.pending:
-            self._held.flush(self.conn)  # earlier messages of the batch must be seen
+        self._sink.flush()  # earlier messages of the batch must be seen
         if self._lock:
             self.conn.execute(sql.LOCK_INS, {"v": ins_value})
         rows = self.conn.execute(sql.ACTIVE_HOLDERS, {"v": ins_value}).mappings()
@@ -313,7 +310,7 @@ class IdentityRepository:
 
     def _set_flags(self, flags: Sequence[Flag]) -> None:
         for flag in flags:
-            self.conn.execute(sql.SET_COLLISION, {"pid": flag.id, "flag": flag.collision})
+            self._sink.execute(sql.SET_COLLISION, {"pid": flag.id, "flag": flag.collision})
             change = {"ins_collision": [not flag.collision, flag.collision]}
             self._record(flag.id, "collision", change, [flag.note])
 
@@ -391,15 +388,15 @@ class IdentityRepository:
         earlier_merges = self._merged_ids(source_id)
         # A chain is never left behind: what was merged into the source now names the survivor.
         for earlier in earlier_merges:
-            self.conn.execute(sql.SET_MERGED_INTO, {"pid": earlier, "into": survivor_id})
+            self._sink.execute(sql.SET_MERGED_INTO, {"pid": earlier, "into": survivor_id})
             self._record(earlier, "merge", {"merged_into": [source_id, survivor_id]})
-        self.conn.execute(sql.DEACTIVATE, {"pid": source_id, "into": survivor_id, "now": self.now})
+        self._sink.execute(sql.DEACTIVATE, {"pid": source_id, "into": survivor_id, "now": self.now})
         source_changes: dict[str, list] = {
             "active": [True, False],
             "merged_into": [None, survivor_id],
         }
         if source["ins_collision"]:  # a merged-away record is never in collision
-            self.conn.execute(sql.SET_COLLISION, {"pid": source_id, "flag": False})
+            self._sink.execute(sql.SET_COLLISION, {"pid": source_id, "flag": False})
             source_changes["ins_collision"] = [True, False]
         self._record(source_id, "merge", source_changes, plan.notes)
         released = self._active_holders(source["ins_value"], exclude=source_id)
@@ -458,7 +455,7 @@ class IdentityRepository:
         if action is not MergeAction.RENAME:
             return
         before = [_stored(k) for k in self._identifiers(patient_id)]
-        self.conn.execute(
+        self._sink.execute(
             update(identifier)
             .where(
                 identifier.c.patient_id == patient_id,
@@ -530,15 +527,13 @@ class IdentityRepository:
             return
         (ak, av), (bk, bv) = self._link_pair(a, b)
         # Written with the history, once the message row (which the link cites) exists.
-        self.pending_link = dict(
-            a_authority_key=ak, a_value=av, b_authority_key=bk, b_value=bv, created_at=self.now
-        )
+        self._link = NewLink(ak, av, bk, bv, self.now)
         self._record_link(a, b, "link", [None, True], notes)
 
     def unlink(self, first: PatientIdentity, second: PatientIdentity) -> None:
         """A37: remove a link; an unknown link is not an error."""
         a, b = self._link_ipps(first, second)
-        removed = self.conn.execute(delete(patient_link).where(self._link_where(a, b))).rowcount
+        removed = self._sink.execute(delete(patient_link).where(self._link_where(a, b))).rowcount
         if removed:
             self._record_link(a, b, "unlink", [True, None])
 

@@ -422,6 +422,15 @@ def plan_rename(source: Record | None, owner_of_new: int | None) -> MergeAction:
     return MergeAction.RENAME if owner_of_new is None else MergeAction.NOTHING
 
 
+def update_notes(record: Record) -> list[Note]:
+    """A28/A31/ITI-31 on the IPP of a patient merged into another: its identity is not
+    updated (no refusal: the sender learns it from the warning)."""
+    if record.active:
+        return []
+    text = "this IPP belongs to a patient merged into another: identity not updated"
+    return [Note(Finding.MERGED_AWAY, text)]
+
+
 def rename_notes(source: Record | None) -> list[Note]:
     if source is None:
         return [Note(Finding.PRIOR_UNKNOWN, "MRG-1 designates no known patient: nothing changed")]

@@ -17,8 +17,9 @@ from sqlalchemy import (
     update,
 )
 
+from pamfr.identity import changes as diffs
 from pamfr.identity.collision import Flag, Holder, plan_collision
-from pamfr.identity.findings import Finding, IdentityRefused, Note, Refusal
+from pamfr.identity.findings import IdentityRefused, Note, Refusal
 from pamfr.identity.model import (
     IPP_TYPE,
     Identifier,
@@ -46,6 +47,7 @@ from pamfr.identity.rules import (
     prior_ipps,
     rename_notes,
     unchanged_notes,
+    update_notes,
 )
 from pamfr.store import statements as sql
 from pamfr.store.authorities import AuthorityBook
@@ -203,8 +205,7 @@ class IdentityRepository:
         if self._prefetched is not None and new_ins:
             self._prefetched.ins_moved(patient_id, None, str(new_ins))
         new_ids = self._write_identifiers(patient_id, identity.identifiers)
-        changes = {k: [None, v] for k, v in columns.items() if v not in (None, "", False)}
-        changes["active"] = [None, True]
+        changes = diffs.created(columns)
         if new_ids:
             changes["identifiers"] = [[], new_ids]
         self._note(notes)
@@ -265,7 +266,7 @@ class IdentityRepository:
             values["ins_collision"] = plan.collision
             notes += plan.notes
             self._set_flags(plan.others)
-        diff = {k: [current[k], v] for k, v in values.items() if current[k] != v}
+        diff = diffs.changed(current, values)
         diff.update(extra or {})
         if identity is not None or still_owned is not None:
             known = self._identifiers(patient_id)
@@ -327,12 +328,9 @@ class IdentityRepository:
         if not current["active"]:
             if still_owned is not None:
                 self._still(self.find_patient_id_of(still_owned) == patient_id)
-            note = Note(
-                Finding.MERGED_AWAY,
-                "this IPP belongs to a patient merged into another: identity not updated",
-            )
-            self._note([note])
-            self._record(patient_id, operation, {}, [note])
+            notes = update_notes(_as_record(current))
+            self._note(notes)
+            self._record(patient_id, operation, {}, notes)
             return
         decision = decide_identity(identity, IdentityValues.from_row(current), policy)
         self._update_patient(

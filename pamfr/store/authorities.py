@@ -21,6 +21,7 @@ from pamfr.identity.identifiers import BILLING_NIR_TYPE
 from pamfr.identity.ins import INS_OIDS
 from pamfr.identity.model import Identifier, PatientIdentity
 from pamfr.store.schema import authority, identifier, patient_link
+from pamfr.store.sink import WriteSink
 
 _FIND = select(authority.c.oid).where(authority.c.namespace == bindparam("ns"))
 _INSERT = insert(authority)
@@ -89,22 +90,35 @@ class AuthorityBook:
         return canonical(ident, {ident.authority: oid}) if oid else ident
 
     def canonical_identity(
-        self, conn: Connection, identity: PatientIdentity, now: datetime
+        self,
+        conn: Connection,
+        identity: PatientIdentity,
+        now: datetime,
+        sink: WriteSink | None = None,
     ) -> PatientIdentity:
         for namespace, oid in named_pairs(identity.identifiers).items():
-            self.learn(conn, namespace, oid, now)
+            self.learn(conn, namespace, oid, now, sink)
         idents = tuple(self.canonical(conn, i) for i in identity.identifiers)
         return identity if idents == identity.identifiers else replace(identity, identifiers=idents)
 
-    def learn(self, conn: Connection, namespace: str, oid: str, now: datetime) -> None:
+    def learn(
+        self,
+        conn: Connection,
+        namespace: str,
+        oid: str,
+        now: datetime,
+        sink: WriteSink | None = None,
+    ) -> None:
         """Record a (namespace, OID) pair the first time it is seen. A namespace already
-        known with another OID keeps its first one."""
+        known with another OID keeps its first one. Written through the transaction's `sink`
+        when given: the identifiers it re-keys include those of earlier messages still held."""
         if self._oid(conn, namespace) is not None:
             return
-        conn.execute(_INSERT, {"namespace": namespace, "oid": oid, "created_at": now})
+        execute = sink.execute if sink is not None else conn.execute
+        execute(_INSERT, {"namespace": namespace, "oid": oid, "created_at": now})
         rekey = _REKEY_BILLING if oid in INS_OIDS else _REKEY_IDENTIFIERS
-        conn.execute(rekey, {"ns": namespace, "oid": oid})
+        execute(rekey, {"ns": namespace, "oid": oid})
         for side in ("a", "b"):
             column = patient_link.c[f"{side}_authority_key"]
-            conn.execute(update(patient_link).where(column == namespace).values({column: oid}))
+            execute(update(patient_link).where(column == namespace).values({column: oid}))
         self._remember(namespace, oid)

@@ -167,7 +167,7 @@ class IdentityRepository:
         return [dict(r) for r in rows.mappings()]
 
     def _canonical(self, identity: PatientIdentity) -> PatientIdentity:
-        return self._authorities.canonical_identity(self.conn, identity, self.now)
+        return self._authorities.canonical_identity(self.conn, identity, self.now, self._sink)
 
     # -- writes -------------------------------------------------------------
 

@@ -8,6 +8,7 @@ identifiers and links recorded under the namespace alone.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -46,15 +47,23 @@ _REKEY_BILLING = _REKEY_IDENTIFIERS.where(identifier.c.type == BILLING_NIR_TYPE)
 
 
 class AuthorityBook:
-    """One per receiver. What it reads or learns inside a transaction is known to later
-    transactions only once that transaction commits: each transaction and each savepoint
-    runs inside `scope()`, whose pairs are kept when the block ends normally (given to the
-    enclosing scope, or known for good at the outermost) and dropped when it raises, so what
-    a rolled-back transaction or savepoint learnt is never taken as known."""
+    """One per receiver (each thread has its own scopes). What it reads or learns inside a
+    transaction is known to later transactions only once that transaction commits: each
+    transaction and each savepoint runs inside `scope()`, whose pairs are kept when the block
+    ends normally (given to the enclosing scope, or known for good at the outermost) and
+    dropped when it raises, so what a rolled-back transaction or savepoint learnt is never
+    taken as known."""
 
     def __init__(self) -> None:
         self._known: dict[str, str] = {}
-        self._scopes: list[dict[str, str]] = []
+        self._local = threading.local()  # each thread's open scopes, innermost last
+
+    @property
+    def _scopes(self) -> list[dict[str, str]]:
+        scopes = getattr(self._local, "scopes", None)
+        if scopes is None:
+            scopes = self._local.scopes = []
+        return scopes
 
     @contextmanager
     def scope(self) -> Iterator[None]:

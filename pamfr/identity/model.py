@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from enum import StrEnum
 from typing import Final
 
@@ -60,6 +61,34 @@ class Identifier:
     @property
     def has_authority(self) -> bool:
         return bool(self.oid or self.authority)
+
+    @property
+    def ref(self) -> IdentifierRef:
+        return IdentifierRef(self.value, self.type, self.authority_key)
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierRef:
+    """An identifier as the history records it: value, type and authority key (the OID when
+    there was one, else the namespace). Stored as the text `value^type^authority_key`; the
+    value may hold `^`, the type and the key do not."""
+
+    value: str
+    type: str
+    authority_key: str
+
+    def stored(self) -> str:
+        return f"{self.value}^{self.type}^{self.authority_key}"
+
+    @classmethod
+    def parse(cls, text: str) -> IdentifierRef:
+        value, type_, key = text.rsplit("^", 2)
+        return cls(value, type_, key)
+
+    @classmethod
+    def of_row(cls, row: Mapping[str, object]) -> IdentifierRef:
+        """The reference of an `identifier` row (or of a row about to be inserted)."""
+        return cls(str(row["value"]), str(row["type"]), str(row["authority_key"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +192,44 @@ IDENTITY_FIELDS = DEMOGRAPHIC_FIELDS + DECIDED_FIELDS
 INS_TRAITS = ("birth_name", "first_given_name", "birth_date", "sex", "birth_place_insee")
 
 
-def empty_identity() -> dict[str, object]:
+@dataclass(frozen=True, slots=True)
+class IdentityValues:
+    """A patient's identity as the store keeps it: every field of IDENTITY_FIELDS, each a
+    column of `patient` (the given names space separated, the birth date in ISO form)."""
+
+    birth_name: str | None = None
+    first_given_name: str | None = None
+    birth_given_names: str | None = None
+    used_name: str | None = None
+    used_given_name: str | None = None
+    birth_date: str | None = None
+    sex: str | None = None
+    birth_place_insee: str | None = None
+    identity_mode: str | None = None
+    insi_query_date: str | None = None
+    identity_document: str | None = None
+    ins_value: str | None = None
+    ins_oid: str | None = None
+    status: str = Status.PROVISOIRE.value
+    attributes: str = ""
+    other_status_codes: str = ""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, object]) -> IdentityValues:
+        """The values of a stored patient row (or of any mapping holding those columns)."""
+        return cls(**{k: row[k] for k in IDENTITY_FIELDS})  # type: ignore[arg-type]
+
+    def columns(self) -> dict[str, object]:
+        """By column name, in the order of IDENTITY_FIELDS."""
+        return {k: getattr(self, k) for k in IDENTITY_FIELDS}
+
+    def with_values(self, values: Mapping[str, object]) -> IdentityValues:
+        return replace(self, **values)  # type: ignore[arg-type]
+
+
+assert tuple(f.name for f in fields(IdentityValues)) == IDENTITY_FIELDS
+
+
+def empty_identity() -> IdentityValues:
     """The stored values of a patient that no message has described yet."""
-    values: dict[str, object] = dict.fromkeys(IDENTITY_FIELDS)
-    values.update(status=Status.PROVISOIRE.value, attributes="", other_status_codes="")
-    return values
+    return IdentityValues()

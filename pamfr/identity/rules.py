@@ -6,8 +6,8 @@ Each rule is named in docs/identity-rules.md with its source and its unit test.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from pamfr.identity.findings import Finding, IdentityRefused, Note, Refusal
@@ -16,6 +16,7 @@ from pamfr.identity.model import (
     INS_TRAITS,
     IPP_TYPE,
     Identifier,
+    IdentityValues,
     PatientIdentity,
     StatedIns,
     Status,
@@ -40,15 +41,18 @@ class Policy:
 
 @dataclass(slots=True)
 class Decision:
-    """The identity after the message (every field of IDENTITY_FIELDS) and the notes."""
+    """The identity after the message and the notes."""
 
-    values: dict[str, object]
+    values: IdentityValues
     notes: list[Note] = field(default_factory=list)
 
     @property
     def ins(self) -> Ins | None:
-        value, oid = self.values.get("ins_value"), self.values.get("ins_oid")
+        value, oid = self.values.ins_value, self.values.ins_oid
         return Ins(str(value), str(oid)) if value and oid else None
+
+    def set(self, **values: object) -> None:
+        self.values = replace(self.values, **values)  # type: ignore[arg-type]
 
 
 # -- checks on the message alone (run where it is parsed) -----------------------------------
@@ -128,7 +132,7 @@ def choose_ins(
 
 
 def decide_identity(
-    identity: PatientIdentity, stored: Mapping[str, object] | None, policy: Policy
+    identity: PatientIdentity, stored: IdentityValues | None, policy: Policy
 ) -> Decision:
     """A28, A31 and the ITI-31 events: the identity after the message.
 
@@ -136,13 +140,12 @@ def decide_identity(
     says so when it would have changed something."""
     if stored is not None and not policy.rewrites_identity:
         would = decide_identity(identity, stored, Policy(policy.production, True))
-        if any(would.values[k] != stored.get(k) for k in would.values):
+        if would.values != stored:
             text = "encounter event: the identity of a known patient is updated only by A31"
-            return Decision(dict(stored), [Note(Finding.ITI31_NOT_APPLIED, text)])
-        return Decision(dict(stored))
-    values = dict(stored) if stored is not None else empty_identity()
-    values.update(identity.stated_values())
-    decision = Decision(values)
+            return Decision(stored, [Note(Finding.ITI31_NOT_APPLIED, text)])
+        return Decision(stored)
+    values = stored if stored is not None else empty_identity()
+    decision = Decision(values.with_values(identity.stated_values()))
     reading = _reading(identity)
     candidate, ins_notes = choose_ins(identity.ins, reading)
     decision.notes = [*identity.notes, *ins_notes]
@@ -156,13 +159,13 @@ def decide_identity(
 
 
 def decide_ins_change(
-    identity: PatientIdentity, stored: Mapping[str, object], policy: Policy
+    identity: PatientIdentity, stored: IdentityValues, policy: Policy
 ) -> Decision:
     """A47 whose MRG-1 is the patient's INS (§4.4.2 to §4.4.4): the previous INS goes; a new
     one in PID-3 takes its place under the same rules as an A31; the status is PID-32's
     (unchanged when PID-32 is empty, but a qualified identity without an INS is validee).
     Demographics are not rewritten."""
-    decision = Decision(dict(stored))
+    decision = Decision(stored)
     reading = _reading(identity)
     candidate, decision.notes = choose_ins(identity.ins, reading)
     previous = decision.ins
@@ -192,7 +195,7 @@ def _status_absent(
     if identity.ins:
         decision.notes.append(_not_kept(Finding.INS_STATUS_ABSENT, "PID-32 is empty"))
     if is_new:
-        decision.values["status"] = Status.PROVISOIRE.value
+        decision.set(status=Status.PROVISOIRE.value)
         decision.notes.append(
             Note(Finding.STATUS_ABSENT_NEW, "PID-32 is empty: new identity is provisoire")
         )
@@ -220,10 +223,12 @@ def _status_stated(
     current: Ins | None,
     policy: Policy,
 ) -> Ins | None:
-    values, notes = decision.values, decision.notes
-    values["status"] = reading.status.value
-    values["attributes"] = " ".join(a.value for a in reading.attributes)
-    values["other_status_codes"] = " ".join(reading.other_codes)
+    notes = decision.notes
+    decision.set(
+        status=reading.status.value,
+        attributes=" ".join(a.value for a in reading.attributes),
+        other_status_codes=" ".join(reading.other_codes),
+    )
     if reading.conflict:
         notes.append(
             Note(
@@ -268,13 +273,13 @@ def unchanged_notes(policy: Policy, changed: bool) -> list[Note]:
     return [Note(Finding.NOTHING_KEPT_CHANGED, text)]
 
 
-def missing_traits(values: Mapping[str, object]) -> list[str]:
+def missing_traits(values: IdentityValues) -> list[str]:
     """The INS traits an identity lacks (sex must be F or M; a birth place 99999, unknown,
     is none: INSi never returns it, FR Core fr-core-3)."""
-    missing = [t for t in INS_TRAITS if not values.get(t)]
-    if "birth_place_insee" not in missing and values.get("birth_place_insee") == _UNKNOWN_PLACE:
+    missing = [t for t in INS_TRAITS if not getattr(values, t)]
+    if "birth_place_insee" not in missing and values.birth_place_insee == _UNKNOWN_PLACE:
         missing.append("birth_place_insee")
-    if "sex" not in missing and values.get("sex") not in _INS_SEXES:
+    if "sex" not in missing and values.sex not in _INS_SEXES:
         missing.append("sex")
     return missing
 
@@ -283,9 +288,8 @@ def _settle(
     decision: Decision, new_ins: Ins | None, current: Ins | None, noted: bool = False
 ) -> None:
     """Keep the INS only with its five traits; removal is noted; the status follows."""
-    values = decision.values
     if new_ins is not None:
-        missing = missing_traits(values)
+        missing = missing_traits(decision.values)
         if missing:
             decision.notes.append(
                 Note(
@@ -301,22 +305,23 @@ def _settle(
         and not noted
         and not _mentions_removal(decision.notes)
     ):
-        decision.notes.append(Note(Finding.INS_REMOVED, _removal_text(values)))
-    values["ins_value"] = new_ins.value if new_ins else None
-    values["ins_oid"] = new_ins.oid if new_ins else None
-    status = values["status"]
+        decision.notes.append(Note(Finding.INS_REMOVED, _removal_text(decision.values)))
+    decision.set(
+        ins_value=new_ins.value if new_ins else None, ins_oid=new_ins.oid if new_ins else None
+    )
+    status = decision.values.status
     if status == Status.VALIDEE and new_ins is not None:
-        values["status"] = Status.QUALIFIEE.value
+        decision.set(status=Status.QUALIFIEE.value)
     elif status == Status.QUALIFIEE and new_ins is None:
-        values["status"] = Status.VALIDEE.value
+        decision.set(status=Status.VALIDEE.value)
 
 
 def _mentions_removal(notes: list[Note]) -> bool:
     return any(n.finding in (Finding.INS_DELETED, Finding.INS_REMOVED) for n in notes)
 
 
-def _removal_text(values: Mapping[str, object]) -> str:
-    return f"stored INS removed: the identity is now {values['status']}"
+def _removal_text(values: IdentityValues) -> str:
+    return f"stored INS removed: the identity is now {values.status}"
 
 
 # -- merges, identifier changes, links -------------------------------------------------------
@@ -415,6 +420,15 @@ def plan_rename(source: Record | None, owner_of_new: int | None) -> MergeAction:
             "the new identifier already belongs to another patient (send an A40 merge)",
         )
     return MergeAction.RENAME if owner_of_new is None else MergeAction.NOTHING
+
+
+def update_notes(record: Record) -> list[Note]:
+    """A28/A31/ITI-31 on the IPP of a patient merged into another: its identity is not
+    updated (no refusal: the sender learns it from the warning)."""
+    if record.active:
+        return []
+    text = "this IPP belongs to a patient merged into another: identity not updated"
+    return [Note(Finding.MERGED_AWAY, text)]
 
 
 def rename_notes(source: Record | None) -> list[Note]:

@@ -1,12 +1,14 @@
 """The one path every message takes, whatever door it came in by: prepare (hl7/prepare: CPU
-only, in a parse worker), then `Store.commit` (store/commit: one transaction for a batch),
-whose outcomes carry the ACK each door sends once the commit returned."""
+only, in a parse worker), then `Receiver.commit`: the batch runs through the store's unit of
+work (store/unit: one transaction), each message decided by path/apply, and the outcomes carry
+the ACK each door sends once the commit returned."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 from sqlalchemy import Engine
 
@@ -14,7 +16,9 @@ from pamfr.hl7.ackmode import EnhancedAck
 from pamfr.hl7.frame import Door, Inbound, Outcome, Prepared
 from pamfr.hl7.parse import DEFAULT_CHARSET
 from pamfr.hl7.prepare import DEFAULT_PROCESSING_IDS, prepare
-from pamfr.store.commit import ReusedControlId, Store, StorePolicy
+from pamfr.path.answers import STILL_LOCKED, UNAVAILABLE, Answered, unlogged
+from pamfr.path.apply import Decider, ReceiverPolicy, ReusedControlId
+from pamfr.store.unit import Logged, NotLogged, UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +40,10 @@ class Receiver:
         # Replaced as a whole on a configuration reload (SIGHUP).
         self.allowed_senders = tuple(allowed_senders)
         self.default_charset = default_charset
-        self.store = Store(
-            engine,
-            StorePolicy(
-                iti31_updates_identity,
-                ReusedControlId(reused_control_id),
-                EnhancedAck(enhanced_ack),
-            ),
+        self.policy = ReceiverPolicy(
+            iti31_updates_identity, ReusedControlId(reused_control_id), EnhancedAck(enhanced_ack)
         )
+        self.unit: UnitOfWork[Prepared, Answered] = UnitOfWork(engine, Decider(self.policy))
 
     def parse_args(self) -> tuple[tuple[str, ...], tuple[str, ...], str]:
         """The arguments of `prepare` after the inbound frame (picklable, for the workers)."""
@@ -58,10 +58,17 @@ class Receiver:
 
     def commit(self, batch: list[Prepared]) -> list[Outcome]:
         """Apply and log a batch in one transaction; ACKs are valid only once this returns."""
-        outcomes = self.store.commit(batch)
+        results = self.unit.run(batch)
+        outcomes = [self._outcome(p, r) for p, r in zip(batch, results, strict=True)]
         for p, o in zip(batch, outcomes, strict=True):
             _log_line(p, o)
         return outcomes
+
+    def _outcome(self, p: Prepared, result: Logged[Answered] | NotLogged) -> Outcome:
+        if isinstance(result, Logged):
+            return replace(result.decided.outcome, message_id=result.message_id)
+        problem = STILL_LOCKED if result is NotLogged.STILL_LOCKED else UNAVAILABLE
+        return unlogged(p, problem, self.policy.enhanced_ack)
 
 
 def _one_line(value: str) -> str:

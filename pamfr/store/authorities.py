@@ -8,6 +8,9 @@ identifiers and links recorded under the namespace alone.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 
@@ -19,6 +22,7 @@ from pamfr.identity.identifiers import BILLING_NIR_TYPE
 from pamfr.identity.ins import INS_OIDS
 from pamfr.identity.model import Identifier, PatientIdentity
 from pamfr.store.schema import authority, identifier, patient_link
+from pamfr.store.sink import WriteSink
 
 _FIND = select(authority.c.oid).where(authority.c.namespace == bindparam("ns"))
 _INSERT = insert(authority)
@@ -43,27 +47,50 @@ _REKEY_BILLING = _REKEY_IDENTIFIERS.where(identifier.c.type == BILLING_NIR_TYPE)
 
 
 class AuthorityBook:
-    """One per receiver. `commit()` after the transaction commits, `rollback()` after any
-    rollback: what a rolled-back transaction learnt is never taken as known."""
+    """One per receiver (each thread has its own scopes). What it reads or learns inside a
+    transaction is known to later transactions only once that transaction commits: each
+    transaction and each savepoint runs inside `scope()`, whose pairs are kept when the block
+    ends normally (given to the enclosing scope, or known for good at the outermost) and
+    dropped when it raises, so what a rolled-back transaction or savepoint learnt is never
+    taken as known."""
 
     def __init__(self) -> None:
         self._known: dict[str, str] = {}
-        self._pending: dict[str, str] = {}
+        self._local = threading.local()  # each thread's open scopes, innermost last
 
-    def commit(self) -> None:
-        self._known.update(self._pending)
-        self._pending.clear()
+    @property
+    def _scopes(self) -> list[dict[str, str]]:
+        scopes = getattr(self._local, "scopes", None)
+        if scopes is None:
+            scopes = self._local.scopes = []
+        return scopes
 
-    def rollback(self) -> None:
-        self._pending.clear()
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """Around a transaction (outside the block that commits it, so that a failed COMMIT
+        drops what it learnt) or a savepoint."""
+        pending: dict[str, str] = {}
+        self._scopes.append(pending)
+        try:
+            yield
+        finally:
+            popped = self._scopes.pop()
+            assert popped is pending
+        # reached only when the block did not raise
+        (self._scopes[-1] if self._scopes else self._known).update(pending)
 
     def _oid(self, conn: Connection, namespace: str) -> str | None:
-        oid = self._known.get(namespace) or self._pending.get(namespace)
+        oid = self._known.get(namespace)
+        if oid is None:
+            oid = next((s[namespace] for s in reversed(self._scopes) if namespace in s), None)
         if oid is None:
             oid = conn.execute(_FIND, {"ns": namespace}).scalar_one_or_none()
             if oid is not None:
-                self._pending[namespace] = oid
+                self._remember(namespace, oid)
         return oid
+
+    def _remember(self, namespace: str, oid: str) -> None:
+        (self._scopes[-1] if self._scopes else self._known)[namespace] = oid
 
     def canonical(self, conn: Connection, ident: Identifier) -> Identifier:
         if ident.oid or not ident.authority:
@@ -72,22 +99,35 @@ class AuthorityBook:
         return canonical(ident, {ident.authority: oid}) if oid else ident
 
     def canonical_identity(
-        self, conn: Connection, identity: PatientIdentity, now: datetime
+        self,
+        conn: Connection,
+        identity: PatientIdentity,
+        now: datetime,
+        sink: WriteSink | None = None,
     ) -> PatientIdentity:
         for namespace, oid in named_pairs(identity.identifiers).items():
-            self.learn(conn, namespace, oid, now)
+            self.learn(conn, namespace, oid, now, sink)
         idents = tuple(self.canonical(conn, i) for i in identity.identifiers)
         return identity if idents == identity.identifiers else replace(identity, identifiers=idents)
 
-    def learn(self, conn: Connection, namespace: str, oid: str, now: datetime) -> None:
+    def learn(
+        self,
+        conn: Connection,
+        namespace: str,
+        oid: str,
+        now: datetime,
+        sink: WriteSink | None = None,
+    ) -> None:
         """Record a (namespace, OID) pair the first time it is seen. A namespace already
-        known with another OID keeps its first one."""
+        known with another OID keeps its first one. Written through the transaction's `sink`
+        when given: the identifiers it re-keys include those of earlier messages still held."""
         if self._oid(conn, namespace) is not None:
             return
-        conn.execute(_INSERT, {"namespace": namespace, "oid": oid, "created_at": now})
+        execute = sink.execute if sink is not None else conn.execute
+        execute(_INSERT, {"namespace": namespace, "oid": oid, "created_at": now})
         rekey = _REKEY_BILLING if oid in INS_OIDS else _REKEY_IDENTIFIERS
-        conn.execute(rekey, {"ns": namespace, "oid": oid})
+        execute(rekey, {"ns": namespace, "oid": oid})
         for side in ("a", "b"):
             column = patient_link.c[f"{side}_authority_key"]
-            conn.execute(update(patient_link).where(column == namespace).values({column: oid}))
-        self._pending[namespace] = oid
+            execute(update(patient_link).where(column == namespace).values({column: oid}))
+        self._remember(namespace, oid)

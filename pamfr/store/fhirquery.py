@@ -23,7 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from pamfr.identity.findings import Finding
 from pamfr.identity.identifiers import BILLING_NIR_TYPE, INS_NAMESPACES, INS_TYPES
 from pamfr.identity.ins import INS_OIDS
-from pamfr.identity.model import Identifier, Status
+from pamfr.identity.model import Identifier, IdentifierRef, Status
 from pamfr.identity.stored import StoredIdentity
 from pamfr.store.readside import identifier_of, identity_of, iso
 from pamfr.store.schema import authority, history, identifier, patient
@@ -350,7 +350,7 @@ class _Rebuild:
             .where(identifier.c.patient_id == patient_id)
             .order_by(identifier.c.id)
         ).mappings()
-        now_idents = [_ident_text(i) for i in idents]
+        now_idents = [IdentifierRef.of_row(i).stored() for i in idents]
         resolve = _AuthorityResolver(conn, patient_id, steps)
         deleted = _deleted_ins(conn, patient_id)
         return cls(conn, current, steps, row, now_idents, resolve, deleted=deleted)
@@ -429,20 +429,15 @@ def _in_collision_now(conn: Connection, ins: Any) -> bool:
     return conn.execute(found.limit(1)).first() is not None
 
 
-def _ident_text(row) -> str:
-    """As the history writes identifiers: value^type^authority_key."""
-    return f"{row['value']}^{row['type']}^{row['authority_key']}"
-
-
 class _AuthorityResolver:
-    """Turns a history identifier (value^type^authority_key) back into {value, type,
+    """Turns a history identifier (IdentifierRef's stored text) back into {value, type,
     authority, oid}: the authority_key is the OID when there was one, else the namespace."""
 
     def __init__(self, conn: Connection, patient_id: int, steps: list[_Step]) -> None:
         keys: set[str] = set()
         for step in steps:
             for side in step.changes.get("identifiers", ()):
-                keys.update(t.rsplit("^", 2)[-1] for t in side or ())
+                keys.update(IdentifierRef.parse(t).authority_key for t in side or ())
         self.known: dict[str, tuple[str, str]] = {}
         if keys:
             rows = conn.execute(
@@ -458,7 +453,8 @@ class _AuthorityResolver:
                 self.known.setdefault(oid, (ns, oid))
 
     def __call__(self, text: str) -> dict[str, Any]:
-        value, kind, key = text.rsplit("^", 2)
+        ref = IdentifierRef.parse(text)
+        value, kind, key = ref.value, ref.type, ref.authority_key
         if key in self.known:
             ns, oid = self.known[key]
         elif _OID.fullmatch(key):

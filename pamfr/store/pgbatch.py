@@ -1,62 +1,35 @@
 """PostgreSQL batch strategy: a batch's leading creates and updates looked up, locked and
 loaded in one round trip (with the duplicate-control look-up and ids reserved for the new
-rows), their writes held back and sent with the COMMIT (store/pgpipeline)."""
+rows); their writes are held back and sent with the COMMIT (store/sink.HeldSink)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 from sqlalchemy import Connection, Executable
 
-from pamfr.hl7.events import Operation
-from pamfr.hl7.frame import Prepared
 from pamfr.identity.model import IPP_TYPE, Identifier
 from pamfr.store import pgpipeline
 from pamfr.store import statements as sql
-from pamfr.store.changes import NewPatient, patient_id_of
 from pamfr.store.messagelog import Processed, find_processed, processed_from, processed_queries
-from pamfr.store.writes import Writes
 
 
-@dataclass
-class HeldWrites:
-    """The writes of a batch's prefetched messages, sent together: new patients in one
-    statement, their identifiers in another, updates in one per set of changed columns."""
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What a create or update of one patient with one IPP asks of the batch's look-ahead:
+    that patient, locked and loaded, and the holders of the INS values its PID states."""
 
-    patients: list[NewPatient] = field(default_factory=list)
-    identifiers: list[dict] = field(default_factory=list)
-    updates: dict[tuple[str, ...], list[dict]] = field(default_factory=dict)
+    ipp: Identifier
+    ins_values: tuple[str, ...] = ()
 
-    @property
-    def pending(self) -> bool:
-        return bool(self.patients or self.identifiers or self.updates)
 
-    def assign_ids(self, ids: list[int]) -> None:
-        for new, patient_id in zip(self.patients, ids, strict=True):
-            new.id = patient_id
+class Ahead(Enum):
+    """What another message means to the look-ahead."""
 
-    def flush(self, conn: Connection) -> None:
-        """Send the writes now, the new patients taking their ids from the database."""
-        if self.patients:
-            rows = [new.columns for new in self.patients]
-            self.assign_ids(conn.execute(sql.INSERT_PATIENTS, rows).scalars().all())
-        for statement, rows in self.writes(with_patients=False):
-            conn.execute(statement, rows)
-        self.patients, self.identifiers, self.updates = [], [], {}
-
-    def writes(self, with_patients: bool = True) -> Writes:
-        """The statements and their rows, once every new patient has its id."""
-        writes: list[tuple[Executable, list[dict]]] = []
-        if with_patients and self.patients:
-            writes.append(
-                (sql.INSERT_IDENTIFIED_PATIENT, [{**n.columns, "id": n.id} for n in self.patients])
-            )
-        if self.identifiers:
-            rows = [{**r, "patient_id": patient_id_of(r["patient_id"])} for r in self.identifiers]
-            writes.append((sql.INSERT_IDENTIFIER, rows))
-        writes += [(sql.UPDATE_PATIENT, rows) for rows in self.updates.values()]
-        return writes
+    SKIP = "skip"  # reads nothing (refused before the store): the look-ahead goes past it
+    STOP = "stop"  # may change what a later message finds: the look-ahead stops before it
 
 
 @dataclass(frozen=True)
@@ -71,7 +44,6 @@ class Prefetched:
     covered: int
     new_patient_ids: list[int]  # enough for every covered IPP to be a new patient
     message_ids: list[int]  # enough for the whole batch
-    held: HeldWrites = field(default_factory=HeldWrites)
     # By INS the messages state: the ids of the active patients holding it when the batch
     # began (under a lock on the INS), and who took or let go of it since in the batch.
     ins_holders: dict[str, set[int]] = field(default_factory=dict)
@@ -115,34 +87,27 @@ def prefetch(
     # held (the statements run in order), so they are current: a patient whose IPP moved
     # meanwhile fails its re-check later.
     order = sorted(set(wanted))
-    params = [{"k": k, "v": v, "t": IPP_TYPE} for k, v in order]
+    params = {key: {"k": key[0], "v": key[1], "t": IPP_TYPE} for key in order}
     inses = sorted(set(ins_values))
-    results = pgpipeline.read(
-        conn,
-        [
-            *first,
-            *((sql.LOAD_BY_IPP_FOR_UPDATE, p) for p in params),
-            *((sql.IDENTIFIERS_BY_IPP, p) for p in params),
-            *(
-                (statement, {"v": v})
-                for v in inses
-                for statement in (sql.LOCK_INS, sql.ACTIVE_HOLDERS)
-            ),
-            (pgpipeline.NEXT_IDS, {"patients": len(ipps), "messages": messages}),
-        ],
-    )
-    first_rows = [row for rows in results[: len(first)] for row in rows]
-    del results[: len(first)]
-    ids = results.pop()
-    holders = results[len(results) - 2 * len(inses) :]
-    del results[len(results) - 2 * len(inses) :]
-    ins_holders = {v: {r["id"] for r in rows} for v, rows in zip(inses, holders[1::2], strict=True)}
-    found = {
-        key: rows[0] if rows else None
-        for key, rows in zip(order, results[: len(order)], strict=True)
-    }
+    # Each query tagged with what its rows say, sent in this order.
+    queries: list[tuple[tuple, Executable, dict]] = [
+        *((("first", n), statement, p) for n, (statement, p) in enumerate(first)),
+        *((("patient", key), sql.LOAD_BY_IPP_FOR_UPDATE, params[key]) for key in order),
+        *((("identifiers", key), sql.IDENTIFIERS_BY_IPP, params[key]) for key in order),
+        *(
+            ((name, v), statement, {"v": v})
+            for v in inses
+            for name, statement in (("lock", sql.LOCK_INS), ("holders", sql.ACTIVE_HOLDERS))
+        ),
+        (("ids",), pgpipeline.NEXT_IDS, {"patients": len(ipps), "messages": messages}),
+    ]
+    results = pgpipeline.read(conn, [(statement, p) for _, statement, p in queries])
+    rows_of = {tag: rows for (tag, _, _), rows in zip(queries, results, strict=True)}
+    first_rows = [row for n in range(len(first)) for row in rows_of["first", n]]
+    ins_holders = {v: {r["id"] for r in rows_of["holders", v]} for v in inses}
+    found = {key: next(iter(rows_of["patient", key]), None) for key in order}
     # A patient two of the IPPs designate comes back twice: each identifier once, in id order.
-    by_id = {r["id"]: r for rows in results[len(order) :] for r in rows}
+    by_id = {r["id"]: r for key in order for r in rows_of["identifiers", key]}
     patients: dict[tuple[str, str], dict | None] = {}
     claimed: set[int] = set()
     for key in wanted:
@@ -156,7 +121,7 @@ def prefetch(
     for i in sorted(by_id):
         if by_id[i]["patient_id"] in identifiers:
             identifiers[by_id[i]["patient_id"]].append(by_id[i])
-    reserved = ids[0]
+    (reserved,) = rows_of["ids",]
     prefetched = Prefetched(
         patients,
         identifiers,
@@ -169,34 +134,33 @@ def prefetch(
 
 
 def look_ahead(
-    conn: Connection, batch: list[Prepared], keys: list[str]
+    conn: Connection, lookups: Sequence[Lookup | Ahead], keys: list[str]
 ) -> tuple[dict[str, Processed], Prefetched | None, int]:
     """The batch's messages already processed (by duplicate-control key) and, on PostgreSQL,
-    the patients of its leading creates and updates, looked up and locked together, and how
-    many messages of the batch use that look-up and hold back their writes until the flush:
-    those before the first message that could change what a later one finds (a merge, an
-    identifier change, a repeated IPP, a patient designated twice). All in one round trip."""
+    the patients of its leading creates and updates (`lookups`: what each message of the
+    batch asks), looked up and locked together, and how many messages of the batch use that
+    look-up and hold back their writes until the flush: those before the first message that
+    could change what a later one finds (Ahead.STOP, a repeated IPP, a patient designated
+    twice). All in one round trip."""
     ipps: list[Identifier] = []
     ins_values: set[str] = set()  # whose holders the rules will ask for
     positions: list[int] = []  # of the message each IPP comes from
     seen: set[tuple[str, str]] = set()
-    count = len(batch)
-    for i, p in enumerate(batch):
-        m = p.message
-        if p.code != "AA" or m is None:
-            continue  # refused: no look-up
-        own = m.patients[0].ipps
-        key = (own[0].authority_key, own[0].value) if len(own) == 1 else None
-        if m.operation not in (Operation.CREATE, Operation.UPDATE) or not key or key in seen:
+    count = len(lookups)
+    for i, lookup in enumerate(lookups):
+        if lookup is Ahead.SKIP:
+            continue
+        key = (lookup.ipp.authority_key, lookup.ipp.value) if isinstance(lookup, Lookup) else None
+        if not isinstance(lookup, Lookup) or key in seen:
             count = i
             break
         seen.add(key)
-        ipps.append(own[0])
-        ins_values.update(s.value.upper() for s in m.patients[0].ins)
+        ipps.append(lookup.ipp)
+        ins_values.update(lookup.ins_values)
         positions.append(i)
     found = None
     if ipps:
-        found = prefetch(conn, ipps, len(batch), processed_queries(keys), sorted(ins_values))
+        found = prefetch(conn, ipps, len(lookups), processed_queries(keys), sorted(ins_values))
     if found is None:
         return find_processed(conn, keys), None, 0
     prefetched, processed_rows = found

@@ -82,9 +82,11 @@ def _sql(conn: Connection, statement: Executable, keys: tuple[str, ...]) -> tupl
 
 def send_and_commit(conn: Connection, writes: list[tuple[Executable, list[dict]]]) -> None:
     """Run each statement over its rows, then COMMIT, all in one pipeline: the caller's
-    transaction ends here (SQLAlchemy's own commit afterwards finds nothing left to do), so
-    this is the last thing the caller does in it. A failure comes out as the SQLAlchemy
-    exception the same statement would have raised, and the transaction is rolled back."""
+    transaction ends here (SQLAlchemy's own commit afterwards finds nothing left to do:
+    psycopg's commit outside a transaction sends nothing), so this is the last thing the
+    caller does in it; store/sink.HeldSink.commit is its one caller. A failure comes out as
+    the SQLAlchemy exception the same statement would have raised, and the transaction is
+    rolled back."""
     driver = conn.connection.driver_connection
     batches = [(_sql(conn, stmt, tuple(rows[0])), rows) for stmt, rows in writes if rows]
     try:

@@ -17,12 +17,14 @@ from sqlalchemy import (
     update,
 )
 
+from pamfr.identity import changes as diffs
 from pamfr.identity.collision import Flag, Holder, plan_collision
-from pamfr.identity.findings import Finding, IdentityRefused, Note, Refusal
+from pamfr.identity.findings import IdentityRefused, Note, Refusal
 from pamfr.identity.model import (
-    IDENTITY_FIELDS,
     IPP_TYPE,
     Identifier,
+    IdentifierRef,
+    IdentityValues,
     PatientIdentity,
     StatedIns,
 )
@@ -45,23 +47,24 @@ from pamfr.identity.rules import (
     prior_ipps,
     rename_notes,
     unchanged_notes,
+    update_notes,
 )
 from pamfr.store import statements as sql
 from pamfr.store.authorities import AuthorityBook
-from pamfr.store.changes import Change, NewPatient
+from pamfr.store.changes import Change, MessageChanges, NewLink, PatientRef
 from pamfr.store.namekeys import name_keys
 from pamfr.store.pgbatch import Prefetched
 from pamfr.store.schema import identifier, patient_link
+from pamfr.store.sink import ImmediateSink, WriteSink
 
 
 class ConcurrentChange(Exception):
     """What was looked up changed under a concurrent writer: the caller runs the message again."""
 
 
-def _ident_text(i: Identifier | dict) -> str:
-    if isinstance(i, dict):
-        return f"{i['value']}^{i['type']}^{i['authority_key']}"
-    return f"{i.value}^{i.type}^{i.authority_key}"
+def _stored(row: dict) -> str:
+    """An identifier row as the history records it."""
+    return IdentifierRef.of_row(row).stored()
 
 
 def _as_identifier(row: dict) -> Identifier:
@@ -80,8 +83,11 @@ def survivor_id(conn: Connection, patient_id: int) -> int:
 
 class IdentityRepository:
     """Loads what the identity rules need, asks them (pamfr.identity.rules), writes what they
-    decide. One per message; its changes and notes become history rows once the message is
-    logged."""
+    decide through the transaction's sink (store/sink). One per message: `changes()` is what
+    the message did, which becomes history rows and events once the message is logged.
+
+    Reads go to `conn`; `prefetched`, the batch's look-ahead (PostgreSQL), answers the
+    usual look-ups without a round trip."""
 
     def __init__(
         self,
@@ -89,33 +95,34 @@ class IdentityRepository:
         now: datetime,
         prefetched: Prefetched | None = None,
         authorities: AuthorityBook | None = None,
+        sink: WriteSink | None = None,
     ) -> None:
         self.conn = conn
         self.now = now
-        self.changes: list[Change] = []
-        self.notes: list[Note] = []
+        self._records: list[Change] = []
+        self._notes: list[Note] = []
+        self._link: NewLink | None = None
         self._lock = conn.dialect.name == "postgresql"
-        self.pending_link: dict | None = None
         self._prefetched = prefetched
-        self._held = prefetched.held if prefetched is not None else None
+        self._sink = sink if sink is not None else ImmediateSink(conn)
         self._authorities = authorities if authorities is not None else AuthorityBook()
 
-    @property
-    def warnings(self) -> list[Note]:
-        return [n for n in self.notes if n.warning]
+    def changes(self) -> MessageChanges:
+        """What the message did so far: its history records, notes and new link."""
+        return MessageChanges(self.now, tuple(self._records), tuple(self._notes), self._link)
 
     def _note(self, notes) -> None:
-        self.notes.extend(notes)
+        self._notes.extend(notes)
 
     # -- look-ups -----------------------------------------------------------
 
-    def findpatient_id_of(self, ident: Identifier) -> int | None:
+    def find_patient_id_of(self, ident: Identifier) -> int | None:
         params = {"k": ident.authority_key, "v": ident.value, "t": ident.type or IPP_TYPE}
         return self.conn.execute(sql.FIND_PATIENT_ID, params).scalar_one_or_none()
 
     def _find_by_ipps(self, identity: PatientIdentity) -> int | None:
         for ipp in identity.ipps:
-            found = self.findpatient_id_of(ipp)
+            found = self.find_patient_id_of(ipp)
             if found is not None:
                 return found
         return None
@@ -160,26 +167,26 @@ class IdentityRepository:
         return [dict(r) for r in rows.mappings()]
 
     def _canonical(self, identity: PatientIdentity) -> PatientIdentity:
-        return self._authorities.canonical_identity(self.conn, identity, self.now)
+        return self._authorities.canonical_identity(self.conn, identity, self.now, self._sink)
 
     # -- writes -------------------------------------------------------------
 
     def _record(
         self,
-        patient_id: int | NewPatient,
+        patient_id: PatientRef,
         operation: str,
         changes: dict[str, list],
         notes: Sequence[Note] = (),
     ) -> None:
         if changes or notes:
-            self.changes.append(Change(patient_id, operation, changes, list(notes)))
+            self._records.append(Change(patient_id, operation, changes, tuple(notes)))
 
     def _insert_patient(self, identity: PatientIdentity, decision: Decision) -> None:
         """A new patient, whose IPPs the caller has just found free (a concurrent writer that
         takes one first makes the unique index refuse ours, and the message runs again)."""
-        columns = {k: decision.values[k] for k in IDENTITY_FIELDS}
+        columns = decision.values.columns()
         notes = list(decision.notes)
-        new_ins = decision.values["ins_value"]
+        new_ins = decision.values.ins_value
         row = {
             **sql.NULL_COLUMNS,  # spelled out, so that held rows share one INSERT statement
             "active": True,
@@ -189,22 +196,16 @@ class IdentityRepository:
             **columns,
             **name_keys(columns),
         }
-        patient_id: int | NewPatient
         plan = plan_collision(None, self._active_holders(new_ins, exclude=None))
         if plan.collision:
             row["ins_collision"] = columns["ins_collision"] = True
         notes += plan.notes
         self._set_flags(plan.others)
-        if self._held is not None:
-            patient_id = NewPatient(row)
-            self._held.patients.append(patient_id)
-        else:
-            patient_id = self.conn.execute(sql.INSERT_PATIENT, row).scalar_one()
+        patient_id = self._sink.insert_patient(row)
         if self._prefetched is not None and new_ins:
             self._prefetched.ins_moved(patient_id, None, str(new_ins))
         new_ids = self._write_identifiers(patient_id, identity.identifiers)
-        changes = {k: [None, v] for k, v in columns.items() if v not in (None, "", False)}
-        changes["active"] = [None, True]
+        changes = diffs.created(columns)
         if new_ids:
             changes["identifiers"] = [[], new_ids]
         self._note(notes)
@@ -212,7 +213,7 @@ class IdentityRepository:
         self._record(patient_id, "create", changes, notes)
 
     def _write_identifiers(
-        self, patient_id: int | NewPatient, identifiers: Sequence[Identifier]
+        self, patient_id: PatientRef, identifiers: Sequence[Identifier]
     ) -> list[str]:
         rows = [
             dict(
@@ -225,11 +226,8 @@ class IdentityRepository:
             )
             for ident in identifiers
         ]
-        if rows and self._held is not None:
-            self._held.identifiers += rows
-        elif rows:
-            self.conn.execute(sql.INSERT_IDENTIFIER, rows)
-        return [_ident_text(r) for r in rows]
+        self._sink.insert_identifiers(rows)
+        return [i.ref.stored() for i in identifiers]
 
     def _add_identifiers(
         self, patient_id: int, identity: PatientIdentity, known: list[dict]
@@ -237,7 +235,7 @@ class IdentityRepository:
         """Add the PID-3 identifiers the patient lacks: one IPP per authority, and never an
         IPP of another patient (that is an A40)."""
         added = identifiers_to_add(identity.identifiers, [_as_identifier(k) for k in known])
-        owners = (self.findpatient_id_of(i) for i in added if i.type == IPP_TYPE)
+        owners = (self.find_patient_id_of(i) for i in added if i.type == IPP_TYPE)
         check_one_patient(patient_id, owners)
         return self._write_identifiers(patient_id, added)
 
@@ -255,7 +253,7 @@ class IdentityRepository:
         """Write what the rules decided. `identity`: the PID whose identifiers the patient
         gets; `still_owned`: an IPP looked up before the row lock, which must still be this
         patient's now that the lock is held."""
-        values: dict[str, object] = {k: decision.values[k] for k in IDENTITY_FIELDS}
+        values = decision.values.columns()
         notes = list(decision.notes)
         old_ins, new_ins = current["ins_value"], values["ins_value"]
         if new_ins != old_ins or (new_ins and not current["active"]):
@@ -268,7 +266,7 @@ class IdentityRepository:
             values["ins_collision"] = plan.collision
             notes += plan.notes
             self._set_flags(plan.others)
-        diff = {k: [current[k], v] for k, v in values.items() if current[k] != v}
+        diff = diffs.changed(current, values)
         diff.update(extra or {})
         if identity is not None or still_owned is not None:
             known = self._identifiers(patient_id)
@@ -281,18 +279,15 @@ class IdentityRepository:
             if added:
                 before = diff["identifiers"][0] if "identifiers" in diff else None
                 diff["identifiers"] = [
-                    before if before is not None else [_ident_text(k) for k in known],
-                    [*map(_ident_text, known), *added],
+                    before if before is not None else [_stored(k) for k in known],
+                    [*map(_stored, known), *added],
                 ]
         if policy is not None:
             notes += unchanged_notes(policy, bool(diff))
         changed = {k: v[1] for k, v in diff.items() if k in values}
         if changed:
             row = {"pid": patient_id, "updated_at": self.now, **changed, **name_keys(changed)}
-            if self._held is not None:
-                self._held.updates.setdefault(tuple(sorted(changed)), []).append(row)
-            else:
-                self.conn.execute(sql.UPDATE_PATIENT, row)
+            self._sink.update_patient(row)
         self._note(notes)
         self._record(patient_id, operation, diff, notes)
 
@@ -308,8 +303,7 @@ class IdentityRepository:
         ins_value, pf = str(ins_value), self._prefetched
         if pf is not None and not pf.others_may_hold(ins_value, exclude):
             return []
-        if self._held is not None and self._held.pending:
-            self._held.flush(self.conn)  # earlier messages of the batch must be seen
+        self._sink.flush()  # earlier messages of the batch must be seen
         if self._lock:
             self.conn.execute(sql.LOCK_INS, {"v": ins_value})
         rows = self.conn.execute(sql.ACTIVE_HOLDERS, {"v": ins_value}).mappings()
@@ -317,7 +311,7 @@ class IdentityRepository:
 
     def _set_flags(self, flags: Sequence[Flag]) -> None:
         for flag in flags:
-            self.conn.execute(sql.SET_COLLISION, {"pid": flag.id, "flag": flag.collision})
+            self._sink.execute(sql.SET_COLLISION, {"pid": flag.id, "flag": flag.collision})
             change = {"ins_collision": [not flag.collision, flag.collision]}
             self._record(flag.id, "collision", change, [flag.note])
 
@@ -333,15 +327,12 @@ class IdentityRepository:
         patient_id = current["id"]
         if not current["active"]:
             if still_owned is not None:
-                self._still(self.findpatient_id_of(still_owned) == patient_id)
-            note = Note(
-                Finding.MERGED_AWAY,
-                "this IPP belongs to a patient merged into another: identity not updated",
-            )
-            self._note([note])
-            self._record(patient_id, operation, {}, [note])
+                self._still(self.find_patient_id_of(still_owned) == patient_id)
+            notes = update_notes(_as_record(current))
+            self._note(notes)
+            self._record(patient_id, operation, {}, notes)
             return
-        decision = decide_identity(identity, current, policy)
+        decision = decide_identity(identity, IdentityValues.from_row(current), policy)
         self._update_patient(
             patient_id,
             decision,
@@ -369,14 +360,14 @@ class IdentityRepository:
         source_ipps = [self._authorities.canonical(self.conn, i) for i in prior_ipps(prior)]
         if not source_ipps:
             raise IdentityRefused(Refusal.PRIOR_MISSING, "MRG-1 holds no IPP (CX-5 PI)")
-        owners = [self.findpatient_id_of(i) for i in source_ipps]
+        owners = [self.find_patient_id_of(i) for i in source_ipps]
         source_ipp = source_ipps[designate_prior(owners, self._survivors(owners))]
-        source_id = self.findpatient_id_of(source_ipp)
+        source_id = self.find_patient_id_of(source_ipp)
         target_id = self._find_by_ipps(identity)
         self._one_target(identity, target_id)
         rows = self._lock_in_order(*(i for i in (source_id, target_id) if i is not None))
         self._still(
-            self.findpatient_id_of(source_ipp) == source_id
+            self.find_patient_id_of(source_ipp) == source_id
             and self._find_by_ipps(identity) == target_id
         )
         plan = plan_merge(_as_record(rows.get(source_id)), _as_record(rows.get(target_id)))
@@ -395,15 +386,15 @@ class IdentityRepository:
         earlier_merges = self._merged_ids(source_id)
         # A chain is never left behind: what was merged into the source now names the survivor.
         for earlier in earlier_merges:
-            self.conn.execute(sql.SET_MERGED_INTO, {"pid": earlier, "into": survivor_id})
+            self._sink.execute(sql.SET_MERGED_INTO, {"pid": earlier, "into": survivor_id})
             self._record(earlier, "merge", {"merged_into": [source_id, survivor_id]})
-        self.conn.execute(sql.DEACTIVATE, {"pid": source_id, "into": survivor_id, "now": self.now})
+        self._sink.execute(sql.DEACTIVATE, {"pid": source_id, "into": survivor_id, "now": self.now})
         source_changes: dict[str, list] = {
             "active": [True, False],
             "merged_into": [None, survivor_id],
         }
         if source["ins_collision"]:  # a merged-away record is never in collision
-            self.conn.execute(sql.SET_COLLISION, {"pid": source_id, "flag": False})
+            self._sink.execute(sql.SET_COLLISION, {"pid": source_id, "flag": False})
             source_changes["ins_collision"] = [True, False]
         self._record(source_id, "merge", source_changes, plan.notes)
         released = self._active_holders(source["ins_value"], exclude=source_id)
@@ -416,7 +407,7 @@ class IdentityRepository:
         records merged into it); IPPs of two patients leave the target unknown, refused."""
         if target_id is None or len(identity.ipps) < 2:
             return
-        owners = [self.findpatient_id_of(ipp) for ipp in identity.ipps]
+        owners = [self.find_patient_id_of(ipp) for ipp in identity.ipps]
         check_one_patient(survivor_id(self.conn, target_id), self._survivors(owners))
 
     def _survivors(self, owners: Sequence[int | None]) -> list[int | None]:
@@ -437,7 +428,7 @@ class IdentityRepository:
         if source_ipp is None:
             self._change_ins(identity, prior_ins, policy)
             return
-        source_id = self.findpatient_id_of(source_ipp)
+        source_id = self.find_patient_id_of(source_ipp)
         source = self._lock_in_order(source_id)[source_id] if source_id is not None else None
         record = _as_record(source)
         notes = rename_notes(record)
@@ -456,13 +447,13 @@ class IdentityRepository:
         if new is None:
             raise IdentityRefused(Refusal.IPP_MISSING, "PID-3 holds no IPP (CX-5 PI)")
         self._lock_in_order(patient_id)
-        self._still(self.findpatient_id_of(old) == patient_id)
-        owner = self.findpatient_id_of(new)
+        self._still(self.find_patient_id_of(old) == patient_id)
+        owner = self.find_patient_id_of(new)
         action = plan_rename(_as_record(self._load(patient_id)), owner)
         if action is not MergeAction.RENAME:
             return
-        before = [_ident_text(k) for k in self._identifiers(patient_id)]
-        self.conn.execute(
+        before = [_stored(k) for k in self._identifiers(patient_id)]
+        self._sink.execute(
             update(identifier)
             .where(
                 identifier.c.patient_id == patient_id,
@@ -477,7 +468,7 @@ class IdentityRepository:
                 authority_key=new.authority_key,
             )
         )
-        after = [_ident_text(k) for k in self._identifiers(patient_id)]
+        after = [_stored(k) for k in self._identifiers(patient_id)]
         self._record(patient_id, operation, {"identifiers": [before, after]})
 
     def _change_ins(
@@ -494,7 +485,7 @@ class IdentityRepository:
             self._note(notes)
             return
         current = self._lock_in_order(target)[target]
-        decision = decide_ins_change(identity, current, policy)
+        decision = decide_ins_change(identity, IdentityValues.from_row(current), policy)
         decision.notes[:0] = notes
         self._update_patient(target, decision, "change_ins", current)
 
@@ -534,20 +525,18 @@ class IdentityRepository:
             return
         (ak, av), (bk, bv) = self._link_pair(a, b)
         # Written with the history, once the message row (which the link cites) exists.
-        self.pending_link = dict(
-            a_authority_key=ak, a_value=av, b_authority_key=bk, b_value=bv, created_at=self.now
-        )
+        self._link = NewLink(ak, av, bk, bv, self.now)
         self._record_link(a, b, "link", [None, True], notes)
 
     def unlink(self, first: PatientIdentity, second: PatientIdentity) -> None:
         """A37: remove a link; an unknown link is not an error."""
         a, b = self._link_ipps(first, second)
-        removed = self.conn.execute(delete(patient_link).where(self._link_where(a, b))).rowcount
+        removed = self._sink.execute(delete(patient_link).where(self._link_where(a, b))).rowcount
         if removed:
             self._record_link(a, b, "unlink", [True, None])
 
     def _link_record(self, ident: Identifier) -> Record | None:
-        pid = self.findpatient_id_of(ident)
+        pid = self.find_patient_id_of(ident)
         if pid is None:
             return None
         survivor = survivor_id(self.conn, pid)
@@ -564,8 +553,8 @@ class IdentityRepository:
         """History on each known patient, or on its survivor when it was merged away; `change`
         None: the link was there already, only the notes are written."""
         for n, (this, other) in enumerate(((a, b), (b, a)), start=1):
-            pid = self.findpatient_id_of(this)
+            pid = self.find_patient_id_of(this)
             if pid is not None:
                 pid = survivor_id(self.conn, pid)
-                changes = {} if change is None else {f"link:{_ident_text(other)}": change}
+                changes = {} if change is None else {f"link:{other.ref.stored()}": change}
                 self._record(pid, operation, changes, [x for x in notes if x.patient == n])

@@ -1,5 +1,6 @@
 """The SQL statements of the identity writes, built once: building one costs twice what
-executing it does. Shared by the repository and the PostgreSQL batch strategy."""
+executing it does. Shared by the repository, the write sinks (store/sink) and the PostgreSQL
+look-ahead (store/pgbatch)."""
 
 from __future__ import annotations
 

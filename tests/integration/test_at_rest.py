@@ -13,8 +13,8 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from pamfr.hl7.samples import Person, message
+from pamfr.path.answers import AR_RAW_KEPT
 from pamfr.path.receiver import Receiver
-from pamfr.store.answers import AR_RAW_KEPT
 from pamfr.store.db import make_engine
 from pamfr.store.filemodes import private_dir
 from pamfr.store.schema import history

@@ -191,3 +191,25 @@ def test_a_batch_leaves_the_store_as_its_messages_one_by_one(two_stores: list[st
         "C3": (True, True),
         "C4": (True, False),
     }
+
+
+def test_an_authority_learnt_in_a_batch_rekeys_the_identifiers_held_before_it(
+    two_stores: list[str],
+) -> None:
+    """A batch's first message names its authority by namespace alone, the second by
+    namespace and OID: the pair learnt re-keys the first one's identifier, even when the
+    PostgreSQL look-ahead still held its insert."""
+    grouped_url, single_url = two_stores
+    grouped, single = Receiver(make_engine(grouped_url)), Receiver(make_engine(single_url))
+    texts = [
+        message("A28", Person("K1", authority="HOPK"), "K1"),
+        message("A28", Person("K2", authority="HOPK&1.2.250.1.999.7.7&ISO"), "K2"),
+    ]
+    prepared = [grouped.prepare(Inbound(t.encode())) for t in texts]
+    assert [o.code for o in grouped.commit(prepared)] == ["AA", "AA"]
+    assert [single.commit([p])[0].code for p in prepared] == ["AA", "AA"]
+    for receiver in (grouped, single):
+        with receiver.engine.connect() as conn:
+            keys = conn.execute(select(identifier.c.value, identifier.c.authority_key))
+            assert sorted(keys) == [("K1", "1.2.250.1.999.7.7"), ("K2", "1.2.250.1.999.7.7")]
+        receiver.engine.dispose()

@@ -155,7 +155,7 @@ def test_nh_is_never_the_ins():
     nss = with_key("1850775123456")
     decided = parse_pid3(f"{IPP}~{nss}^^^ASIP-SANTE-NIR&{NIR_OID}&ISO^NH")
     assert decided.ins is None
-    assert decided.values["status"] == Status.VALIDEE  # VALI without an INS
+    assert decided.values.status == Status.VALIDEE  # VALI without an INS
 
 
 def test_nh_with_a_bad_key_is_not_checked_as_an_ins():
@@ -170,7 +170,7 @@ def test_ins_next_to_an_nh_of_the_parent():
         f"~{child}^^^ASIP-SANTE-INS-NIR&{NIR_OID}&ISO^INS^^20101207"
     )
     assert decided.ins.value == child and decided.ins.kind is InsKind.NIR
-    assert decided.values["status"] == Status.QUALIFIEE
+    assert decided.values.status == Status.QUALIFIEE
 
 
 def test_nia_with_nir_namespace_is_keyed_on_the_oid():

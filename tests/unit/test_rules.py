@@ -13,6 +13,7 @@ from pamfr.identity.model import (
     KEEP,
     BirthDate,
     Identifier,
+    IdentityValues,
     PatientIdentity,
     StatedIns,
     Status,
@@ -87,10 +88,9 @@ def new(identity: PatientIdentity, production: bool = False):
     return decide_identity(identity, None, Policy(production=production))
 
 
-def stored(**values) -> dict:
+def stored(**values) -> IdentityValues:
     """A stored qualified identity with NIR, unless told otherwise."""
-    base = empty_identity()
-    base.update(
+    base = dict(
         birth_name="DUPONT",
         first_given_name="JEAN",
         birth_given_names="JEAN PAUL",
@@ -101,8 +101,7 @@ def stored(**values) -> dict:
         ins_oid=NIR_OID,
         status=Q,
     )
-    base.update(values)
-    return base
+    return empty_identity().with_values({**base, **values})
 
 
 def findings(decision) -> list[Finding]:
@@ -133,13 +132,13 @@ def warned(decision) -> list[Finding]:
 )
 def test_s1_status_table(pid32, with_ins, status, kept):
     decision = new(pid(*pid32, ins=(nir(),) if with_ins else ()))
-    assert decision.values["status"] == status
+    assert decision.values.status == status
     assert (decision.ins is not None) is kept
 
 
 def test_s1_zfd5_insi_does_not_make_a_prov_identity_recuperee():
     decision = new(pid("PROV", identity_mode="INSI"))
-    assert decision.values["status"] == P
+    assert decision.values.status == P
 
 
 # -- S2 two exclusive statuses --------------------------------------------------------------------
@@ -148,7 +147,7 @@ def test_s1_zfd5_insi_does_not_make_a_prov_identity_recuperee():
 @pytest.mark.parametrize(("pid32", "status"), [(("PROV", "VALI"), P), (("VALI", "RECUP"), R)])
 def test_s2_the_lower_status_wins_with_a_warning(pid32, status):
     decision = new(pid(*pid32, ins=(nir(),)))
-    assert decision.values["status"] == status
+    assert decision.values.status == status
     assert decision.ins is None
     assert Finding.STATUS_CONFLICT in warned(decision)
 
@@ -164,16 +163,16 @@ def test_s2_prov_and_vide_together_are_no_conflict():
 @pytest.mark.parametrize("status", ["VALI", "QUAL", "RECUP", "PROV"])
 def test_s3_douteuse_or_fictive_is_provisoire_without_ins(status, attribute):
     decision = new(pid(status, attribute, ins=(nir(),)))
-    assert decision.values["status"] == P
+    assert decision.values.status == P
     assert decision.ins is None
-    assert {"DOUT": "douteuse", "FICT": "fictive"}[attribute] in decision.values["attributes"]
+    assert {"DOUT": "douteuse", "FICT": "fictive"}[attribute] in decision.values.attributes
 
 
 def test_s3_homa_is_an_attribute_only_and_homd_another_code():
     decision = new(pid("VALI", "HOMA", "HOMD", ins=(nir(),)))
-    assert decision.values["status"] == Q
-    assert decision.values["attributes"] == "homonyme"
-    assert decision.values["other_status_codes"] == "HOMD"
+    assert decision.values.status == Q
+    assert decision.values.attributes == "homonyme"
+    assert decision.values.other_status_codes == "HOMD"
 
 
 def test_s3_reading_keeps_other_0445_codes():
@@ -219,7 +218,7 @@ def test_g1_ins_not_kept_without_vali_or_with_a_barring_code(pid32, finding):
 def test_g1_ins_kept_only_with_the_five_traits(missing, value):
     decision = new(pid("VALI", ins=(nir(),), **{missing: value}))
     assert decision.ins is None
-    assert decision.values["status"] == V
+    assert decision.values.status == V
     (note,) = [n for n in decision.notes if n.finding is Finding.INS_TRAITS_MISSING]
     assert note.field == missing and note.warning
 
@@ -228,9 +227,9 @@ def test_g1_traits_are_those_of_the_identity_after_the_message():
     """An empty field keeps the stored trait: an A31 that leaves the birth place empty keeps
     the INS; one that clears it with `""` loses it."""
     kept = decide_identity(pid("VALI", ins=(nir(),), birth_place_insee=KEEP), stored(), Policy())
-    assert kept.ins is not None and kept.values["status"] == Q
+    assert kept.ins is not None and kept.values.status == Q
     cleared = decide_identity(pid("VALI", birth_place_insee=None), stored(), Policy())
-    assert cleared.ins is None and cleared.values["status"] == V
+    assert cleared.ins is None and cleared.values.status == V
     assert Finding.INS_TRAITS_MISSING in warned(cleared)
 
 
@@ -252,20 +251,20 @@ def test_g1_traits_are_those_of_the_identity_after_the_message():
 def test_g2_a_status_that_is_not_qualifiable_removes_the_stored_ins(pid32):
     decision = decide_identity(pid(*pid32), stored(), Policy())
     assert decision.ins is None
-    assert decision.values["status"] != Q
+    assert decision.values.status != Q
     assert Finding.INS_REMOVED in findings(decision)
 
 
 def test_g2_vali_without_ins_in_pid3_keeps_the_stored_ins():
     decision = decide_identity(pid("VALI"), stored(), Policy())
-    assert decision.ins is not None and decision.values["status"] == Q
+    assert decision.ins is not None and decision.values.status == Q
     assert decision.notes == []
 
 
 def test_g2_explicit_null_ins_deletes_it():
     identity = PatientIdentity(identifiers=(IPP,), ins_cleared=True, status_codes=("VALI",))
     decision = decide_identity(identity, stored(), Policy())
-    assert decision.ins is None and decision.values["status"] == V
+    assert decision.ins is None and decision.values.status == V
     assert Finding.INS_DELETED in findings(decision)
 
 
@@ -275,15 +274,15 @@ def test_g2_explicit_null_ins_deletes_it():
 def test_g3_update_with_pid32_empty_keeps_status_attributes_and_ins():
     before = stored(attributes="homonyme")
     decision = decide_identity(pid(absent=True, ins=(nir(NIR2),)), before, Policy())
-    assert (decision.ins.value, decision.values["status"]) == (NIR, Q)
-    assert decision.values["attributes"] == "homonyme"
+    assert (decision.ins.value, decision.values.status) == (NIR, Q)
+    assert decision.values.attributes == "homonyme"
     assert Finding.STATUS_ABSENT_KEPT in warned(decision)
     assert Finding.INS_STATUS_ABSENT in warned(decision)
 
 
 def test_g3_creation_with_pid32_empty_is_provisoire_without_ins():
     decision = new(pid(absent=True, ins=(nir(),)))
-    assert decision.values["status"] == P and decision.ins is None
+    assert decision.values.status == P and decision.ins is None
     assert {Finding.STATUS_ABSENT_NEW, Finding.INS_STATUS_ABSENT} <= set(warned(decision))
 
 
@@ -342,7 +341,7 @@ def test_g5_a_nir_replaces_a_stored_nia():
 @pytest.mark.parametrize("oid", [TEST_OID, DEMO_OID])
 def test_g6_test_ins_not_kept_in_production(oid):
     decision = new(pid("VALI", ins=(nir(oid=oid),)), production=True)
-    assert decision.ins is None and decision.values["status"] == V
+    assert decision.ins is None and decision.values.status == V
     assert Finding.INS_TEST_IN_PRODUCTION in warned(decision)
     assert new(pid("VALI", ins=(nir(oid=oid),)), production=False).ins is not None
 
@@ -415,34 +414,34 @@ def test_g7_a_merge_of_two_records_sharing_the_ins_resolves_it():
 
 def test_l1_new_nir_replaces_the_previous_one():
     decision = decide_ins_change(pid("VALI", ins=(nir(NIR2),)), stored(), Policy())
-    assert decision.ins.value == NIR2 and decision.values["status"] == Q
+    assert decision.ins.value == NIR2 and decision.values.status == Q
     assert Finding.INS_REPLACED in findings(decision)
 
 
 def test_l1_ins_deleted_keeps_the_status_of_pid32():
     identity = PatientIdentity(identifiers=(IPP,), ins_cleared=True, status_codes=("VALI",))
     decision = decide_ins_change(identity, stored(ins_value=NIR, ins_oid=NIR_OID), Policy())
-    assert decision.ins is None and decision.values["status"] == V
+    assert decision.ins is None and decision.values.status == V
     assert Finding.INS_DELETED in findings(decision)
 
 
 def test_l1_downgrade_with_prov_makes_the_identity_provisoire():
     identity = PatientIdentity(identifiers=(IPP,), ins_cleared=True, status_codes=("PROV",))
     decision = decide_ins_change(identity, stored(), Policy())
-    assert decision.ins is None and decision.values["status"] == P
+    assert decision.ins is None and decision.values.status == P
 
 
 def test_l1_pid32_empty_deletes_the_ins_and_keeps_validee():
     identity = PatientIdentity(identifiers=(IPP,), ins_cleared=True)
     decision = decide_ins_change(identity, stored(), Policy())
-    assert decision.ins is None and decision.values["status"] == V
+    assert decision.ins is None and decision.values.status == V
 
 
 def test_l1_demographics_are_not_rewritten():
     identity = pid("VALI", ins=(nir(NIR2),), birth_name="OTHER", birth_place_insee=None)
     decision = decide_ins_change(identity, stored(), Policy())
-    assert decision.values["birth_name"] == "DUPONT"
-    assert decision.values["birth_place_insee"] == "75056"
+    assert decision.values.birth_name == "DUPONT"
+    assert decision.values.birth_place_insee == "75056"
 
 
 # -- E1 A28 and A31 need the birth name -----------------------------------------------------------
@@ -474,14 +473,14 @@ def test_e2_encounter_event_that_agrees_with_the_store_says_nothing():
 
 def test_e2_encounter_event_creates_an_unknown_patient():
     decision = decide_identity(pid("VALI", ins=(nir(),)), None, Policy(rewrites_identity=False))
-    assert decision.values["status"] == Q
+    assert decision.values.status == Q
 
 
 def test_e2_the_switch_lets_encounter_events_update():
     decision = decide_identity(
         pid("VALI", birth_name="OTHER"), stored(), Policy(rewrites_identity=True)
     )
-    assert decision.values["birth_name"] == "OTHER"
+    assert decision.values.birth_name == "OTHER"
 
 
 # -- E4 null semantics ----------------------------------------------------------------------------
@@ -490,9 +489,9 @@ def test_e2_the_switch_lets_encounter_events_update():
 def test_e4_empty_keeps_and_null_clears():
     identity = pid("VALI", birth_given_names=KEEP, used_name=None, birth_date=KEEP)
     decision = decide_identity(identity, stored(used_name="MARTIN"), Policy())
-    assert decision.values["birth_given_names"] == "JEAN PAUL"
-    assert decision.values["birth_date"] == "1979-03-28"
-    assert decision.values["used_name"] is None
+    assert decision.values.birth_given_names == "JEAN PAUL"
+    assert decision.values.birth_date == "1979-03-28"
+    assert decision.values.used_name is None
 
 
 # -- M1 merges ------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """A message's answer and its log row, built together: the ACK is logged with the row, so a
-resend is answered with the very same bytes."""
+resend is answered with the very same bytes. An `Answered` is what the unit of work
+(store/unit) logs; `unlogged` answers a message the transaction could not log."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from pamfr.hl7.ack import build_ack, encode_ack
 from pamfr.hl7.ackmode import EnhancedAck, choose_ack
 from pamfr.hl7.errors import Problem
 from pamfr.hl7.frame import Outcome, Prepared
+from pamfr.store.changes import MessageChanges
 from pamfr.store.messagelog import LoggedMessage, Processed, dedup_key
-from pamfr.store.repository import IdentityRepository
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,14 @@ UNAVAILABLE = Problem(
 STILL_LOCKED = Problem(206, "", "the record stayed locked by concurrent writers; resend")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Answered:
     """A message ready to be logged: its log row, its outcome (message_id not known yet) and
-    the identity changes to record against the log row once it exists."""
+    the identity changes to record against the log row once it exists (None: not applied)."""
 
     row: LoggedMessage
     outcome: Outcome
-    repo: IdentityRepository | None = None
+    changes: MessageChanges | None = None
     releases_key_of: int | None = None  # the row whose duplicate-control key this one takes
 
 

@@ -1,0 +1,191 @@
+"""Where a transaction's writes go: one interface, `WriteSink`, two strategies.
+
+* `ImmediateSink` sends each write when it is made (SQLite, PostgreSQL without a look-ahead,
+  every message run in its savepoint);
+* `HeldSink` (PostgreSQL, after store/pgbatch looked a batch's patients up) holds the identity
+  writes of the messages the look-ahead covered, and when they are still held at the end of
+  the transaction sends them, the log rows, the history and the events with the COMMIT in
+  one round trip (`commit`, through store/pgpipeline), the rows taking the ids the look-ahead
+  reserved.
+
+The unit of work (store/unit) makes one sink a transaction and gives it to each message's
+repository; the repository never asks which one it has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from sqlalchemy import Connection, CursorResult, Executable
+
+from pamfr.store import pgpipeline, writes
+from pamfr.store import statements as sql
+from pamfr.store.changes import NewPatient, PatientRef, patient_id_of
+from pamfr.store.messagelog import LoggedMessage, insert_messages, message_writes
+from pamfr.store.writes import Writes
+
+
+class WriteSink(Protocol):
+    """The writes of one transaction, in the order they are made."""
+
+    def insert_patient(self, row: dict) -> PatientRef:
+        """A new patient row; its id, or a `NewPatient` whose id is known by the time the
+        history is written."""
+        ...
+
+    def insert_identifiers(self, rows: list[dict]) -> None: ...
+
+    def update_patient(self, row: dict) -> None:
+        """UPDATE_PATIENT with `row` (pid, updated_at and the changed columns)."""
+        ...
+
+    def execute(self, statement: Executable, params: dict | None = None) -> CursorResult:
+        """Any other write, sent now, after the writes still held."""
+        ...
+
+    def flush(self) -> None:
+        """Send the writes still held: what comes next reads the store."""
+        ...
+
+    def log_messages(self, rows: list[LoggedMessage]) -> list[int]:
+        """The log rows' ids, in order; the rows are written now or with the COMMIT."""
+        ...
+
+    def write(self, pairs: Writes) -> None:
+        """(statement, rows) pairs, after the log rows: written now or with the COMMIT."""
+        ...
+
+    def commit(self, last: Writes) -> None:
+        """The transaction's last writes. The held strategy sends them with the COMMIT and
+        the transaction is over when this returns (the caller's commit finds nothing left
+        to do); otherwise they are sent and the caller commits."""
+        ...
+
+
+class ImmediateSink:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def insert_patient(self, row: dict) -> PatientRef:
+        return self.conn.execute(sql.INSERT_PATIENT, row).scalar_one()
+
+    def insert_identifiers(self, rows: list[dict]) -> None:
+        if rows:
+            self.conn.execute(sql.INSERT_IDENTIFIER, rows)
+
+    def update_patient(self, row: dict) -> None:
+        self.conn.execute(sql.UPDATE_PATIENT, row)
+
+    def execute(self, statement: Executable, params: dict | None = None) -> CursorResult:
+        return self.conn.execute(statement, params)
+
+    def flush(self) -> None:
+        pass
+
+    def log_messages(self, rows: list[LoggedMessage]) -> list[int]:
+        return insert_messages(self.conn, rows)
+
+    def write(self, pairs: Writes) -> None:
+        writes.execute(self.conn, pairs)
+
+    def commit(self, last: Writes) -> None:
+        writes.execute(self.conn, last)
+
+
+class HeldSink(ImmediateSink):
+    """Holds new patients (one statement for all), their identifiers (another) and updates
+    (one a set of changed columns) until `flush`, or until `commit` when nothing flushed
+    them; after `stop_holding` it is an immediate sink. `patient_ids` and `message_ids`: ids
+    the look-ahead reserved for the rows written with the COMMIT (store/pgpipeline.NEXT_IDS)."""
+
+    def __init__(
+        self, conn: Connection, patient_ids: Sequence[int], message_ids: Sequence[int]
+    ) -> None:
+        super().__init__(conn)
+        self._patient_ids = list(patient_ids)
+        self._message_ids = list(message_ids)
+        self._holding = True
+        self._patients: list[NewPatient] = []
+        self._identifiers: list[dict] = []
+        self._updates: dict[tuple[str, ...], list[dict]] = {}
+        self._after: Writes = []  # log rows and history, behind the held identity writes
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._patients or self._identifiers or self._updates or self._after)
+
+    def insert_patient(self, row: dict) -> PatientRef:
+        if not self._holding:
+            return super().insert_patient(row)
+        new = NewPatient(row)
+        self._patients.append(new)
+        return new
+
+    def insert_identifiers(self, rows: list[dict]) -> None:
+        if self._holding:
+            self._identifiers += rows
+        else:
+            super().insert_identifiers(rows)
+
+    def update_patient(self, row: dict) -> None:
+        if self._holding:
+            self._updates.setdefault(tuple(sorted(row)), []).append(row)
+        else:
+            super().update_patient(row)
+
+    def execute(self, statement: Executable, params: dict | None = None) -> CursorResult:
+        self.flush()
+        return super().execute(statement, params)
+
+    def flush(self) -> None:
+        """Send the held writes now, the new patients taking their ids from the database."""
+        if not self.pending:
+            return
+        if self._patients:
+            rows = [new.columns for new in self._patients]
+            self._assign(self.conn.execute(sql.INSERT_PATIENTS, rows).scalars().all())
+        writes.execute(self.conn, [*self._held(with_patients=False), *self._after])
+        self._patients, self._identifiers, self._updates, self._after = [], [], {}, []
+
+    def stop_holding(self) -> None:
+        """Flush, and send every later write when it is made."""
+        self.flush()
+        self._holding = False
+
+    def log_messages(self, rows: list[LoggedMessage]) -> list[int]:
+        if not self.pending:
+            return super().log_messages(rows)
+        ids, self._message_ids = self._message_ids[: len(rows)], self._message_ids[len(rows) :]
+        self._assign(self._patient_ids[: len(self._patients)])
+        self._after += message_writes(rows, ids)
+        return ids
+
+    def write(self, pairs: Writes) -> None:
+        if self.pending:
+            self._after += pairs
+        else:
+            super().write(pairs)
+
+    def commit(self, last: Writes) -> None:
+        if not self.pending:
+            super().commit(last)
+            return
+        pgpipeline.send_and_commit(self.conn, [*self._held(), *self._after, *last])
+        self._patients, self._identifiers, self._updates, self._after = [], [], {}, []
+
+    def _assign(self, ids: Sequence[int]) -> None:
+        for new, patient_id in zip(self._patients, ids, strict=True):
+            new.id = patient_id
+
+    def _held(self, with_patients: bool = True) -> Writes:
+        """The held identity writes as (statement, rows), once every new patient has its id."""
+        pairs: Writes = []
+        if with_patients and self._patients:
+            rows = [{**n.columns, "id": n.id} for n in self._patients]
+            pairs.append((sql.INSERT_IDENTIFIED_PATIENT, rows))
+        if self._identifiers:
+            rows = [{**r, "patient_id": patient_id_of(r["patient_id"])} for r in self._identifiers]
+            pairs.append((sql.INSERT_IDENTIFIER, rows))
+        pairs += [(sql.UPDATE_PATIENT, rows) for rows in self._updates.values()]
+        return pairs

@@ -15,8 +15,8 @@ from sqlalchemy.exc import OperationalError
 
 from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine, upgrade
-from tests.feed import Feed
 from tests.helpers import pamfr_server
+from tests.mllp_harness import Feed
 
 # CI explores the same inputs on every run (a gate must not flip on luck); a developer's run
 # draws new ones, and anything it finds is a real bug to fix.

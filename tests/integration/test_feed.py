@@ -20,8 +20,8 @@ from pamfr.hl7.samples import Person, message
 from pamfr.identity.changefeed import EVENT_TYPES
 from pamfr.store.db import make_engine
 from tests.conftest import REPO
-from tests.feed import msg, with_pid
 from tests.helpers import AUTHORIZATION, TEST_TOKEN, run_cli, send
+from tests.mllp_harness import msg, with_pid
 from tests.reliability.serving import Served, serve
 from tests.webhook_sink import WebhookSink
 

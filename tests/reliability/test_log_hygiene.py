@@ -18,8 +18,8 @@ from sqlalchemy import select
 from pamfr.hl7.samples import Person, message, nir_with_key
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
-from tests.helpers import parse_ack
-from tests.reliability.serving import connect, serve
+from tests.helpers import parse_ack, start_daemon
+from tests.reliability.common import connect
 
 # Made-up names that cannot occur in a log line by chance.
 ALICE = Person(
@@ -109,7 +109,7 @@ def test_no_patient_data_in_the_log_at_info(sqlite_url, tmp_path):
         "[log]\n"
         'level = "info"\n'
     )
-    daemon = serve(sqlite_url, tmp_path / "serve.log", config=config)
+    daemon = start_daemon(sqlite_url, tmp_path / "serve.log", config=config)
     dropped = message("A28", DENIS, "HYG-F1") + message("A28", CLARA, "HYG-F2")
 
     async def scenario() -> list[str]:

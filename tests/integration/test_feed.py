@@ -363,7 +363,7 @@ def test_pamfr_events_prints_the_feed_and_follows_it(sqlite_url, tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlite_url):
+def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlite_url, engine):
     """resource_for (or a cursor save) failing once: logged, the page is taken again from
     the saved cursor, and every event still arrives."""
     import asyncio
@@ -374,7 +374,6 @@ def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlit
     from pamfr.path.receiver import Receiver
     from pamfr.settings.config import FeedSettings, WebhookSettings
 
-    engine = make_engine(sqlite_url)
     receiver = Receiver(engine)
     assert receiver.handle(message("A28", Person(ipp="FAIL1"), "FAIL-1").encode()).code == "AA"
     sink = WebhookSink("s3cret-s3cret-s3cret-s3cret-s3cret")

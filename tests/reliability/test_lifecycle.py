@@ -17,7 +17,6 @@ import time
 from sqlalchemy import func, select, text
 
 from pamfr.hl7.samples import Person, message
-from pamfr.store.db import make_engine
 from pamfr.store.readside import all_patient_ids, patient_history, patient_view
 from pamfr.store.schema import message as message_table
 from pamfr.transport.client import MLLPClient, MLLPError
@@ -35,12 +34,11 @@ def _a28(control_id: str) -> bytes:
     return message("A28", Person(ipp=f"P{control_id}"), control_id).encode()
 
 
-def test_sigterm_with_a_stuck_database_exits_within_the_grace_period(db_url, tmp_path):
+def test_sigterm_with_a_stuck_database_exits_within_the_grace_period(db_url, engine, tmp_path):
     env = {"PAMFR_SERVER_SHUTDOWN_GRACE": str(GRACE)}
     daemon = start_daemon(db_url, tmp_path / "serve.log", "--no-migrate", env=env)
     acked: list[str] = []
     unacked: list[str] = []  # sent, no answer: a GAM sends them again later
-    engine = make_engine(db_url)
     blocker = engine.connect()
 
     async def sender(k: int) -> None:

@@ -16,7 +16,6 @@ from dataclasses import replace
 from sqlalchemy import select
 
 from pamfr.hl7.samples import Person, message, nir_with_key
-from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from tests.helpers import parse_ack, start_daemon
 from tests.reliability.common import connect
@@ -94,7 +93,7 @@ def _mllp_session() -> list[bytes]:
     ]
 
 
-def test_no_patient_data_in_the_log_at_info(sqlite_url, tmp_path):
+def test_no_patient_data_in_the_log_at_info(sqlite_url, engine, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     config = tmp_path / "pamfr.toml"
@@ -133,7 +132,6 @@ def test_no_patient_data_in_the_log_at_info(sqlite_url, tmp_path):
 
     needles = _needles([ALICE_MARRIED, BRUNO, CLARA, DENIS]) | {"ÉLISABÉTHINE", "19480229"}
     # The needles are what was really sent: each is in the message log, as it should be...
-    engine = make_engine(sqlite_url)
     with engine.connect() as conn:
         raws = b"\n".join(conn.execute(select(message_table.c.raw)).scalars())
     engine.dispose()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from pamfr.path.receiver import Receiver
 from pamfr.store.db import make_engine, upgrade
-from tests.feed import Feed
 from tests.helpers import pamfr_server
+from tests.mllp_harness import Feed
 
 # CI explores the same inputs on every run (a gate must not flip on luck); a developer's run
 # draws new ones, and anything it finds is a real bug to fix.
@@ -92,14 +92,17 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def engine(db_url: str):
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """The test's store through make_engine, disposed after the test: `db_url`'s when the test
+    takes it (a SQLite file in tmp_path, then a PostgreSQL schema), else `sqlite_url`'s file."""
+    url = request.getfixturevalue("db_url" if "db_url" in request.fixturenames else "sqlite_url")
+    made = make_engine(url)
+    yield made
+    made.dispose()
 
 
 @pytest.fixture
-def receiver(engine) -> Receiver:
+def receiver(db_url: str, engine: Engine) -> Receiver:
     return Receiver(engine)
 
 

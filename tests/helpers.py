@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from signal import SIGTERM
 
 from pamfr.ingest.sender import send_messages
 from pamfr.path.pipeline import AsyncReceiver
@@ -109,47 +112,102 @@ def show_json(db_url: str, *selector: str) -> dict:
     return json.loads(result.stdout)
 
 
+# What a process a test starts (`pamfr serve`, `pamfr api`) takes from this one's environment:
+# what Python, the system and libpq need to run, never pamfr's configuration (PAMFR_*).
+_PASSED_ON = (
+    "PATH", "HOME", "USER", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ",
+    "PYTHONPATH", "VIRTUAL_ENV", "COVERAGE_PROCESS_START", "COVERAGE_FILE",
+)  # fmt: skip
+
+
+def child_env(settings: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a pamfr process a test starts, built from scratch: the variables
+    above and libpq's (PG*) of this process, no configuration file, and `settings`."""
+    env = {k: v for k, v in os.environ.items() if k in _PASSED_ON or k.startswith("PG")}
+    env["PAMFR_CONFIG"] = ""
+    env.update(settings or {})
+    return env
+
+
+_LISTENING = re.compile(r"pamfr listening on [^ ]+:(\d+)")
+
+
 @dataclass
 class Daemon:
+    """A `pamfr serve` started by start_daemon, in a session of its own, so a test can SIGKILL
+    it like a crash and then clean up what it left (its parse workers) and nothing else."""
+
     proc: subprocess.Popen
     port: int
-    log_path: str
+    log_path: Path
 
     def log(self) -> str:
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        return Path(self.log_path).read_text(encoding="utf-8", errors="replace")
 
-    def stop(self, sig: int = 15, timeout: float = 30) -> int:
+    def signal(self, sig: int) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+
+    def stop(self, sig: int = SIGTERM, timeout: float = 30) -> int:
+        """Send `sig` (SIGTERM) and wait: its exit code."""
+        self.signal(sig)
         return self.proc.wait(timeout)
 
+    def wait_log(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match:
+        """The first match of `pattern` in the log after offset `start`, waiting for it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = re.compile(pattern).search(self.log(), start)
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{pattern!r} not logged within {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
 
-def start_daemon(db_url: str, log_path, *args: str, env: dict | None = None) -> Daemon:
-    """`pamfr serve` as a real process on a free port; waits until it listens."""
-    import re
-    import time
+    def kill_group(self) -> None:
+        """SIGKILL whatever is left of the daemon's process group (parse workers)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
 
-    log_file = open(log_path, "w")  # noqa: SIM115 (the daemon writes to it until it exits)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pamfr", "serve", "--port", "0", "--db", db_url, *args],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PAMFR_HTTP_TOKENS": TEST_TOKENS, **(env or {})},
-    )
-    log_file.close()
-    deadline = time.monotonic() + 60
+
+def start_daemon(
+    db_url: str,
+    log_path: Path | str,
+    *args: str,
+    config: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Daemon:
+    """`pamfr [--config FILE] serve --port 0 --db URL ARGS` as a real process; returns once it
+    listens. Its environment is child_env's: accepting TEST_TOKEN, then `env`
+    (PAMFR_HTTP_TOKENS="" leaves the tokens to the configuration file)."""
+    command = [sys.executable, "-m", "pamfr"]
+    if config is not None:
+        command += ["--config", str(config)]
+    command += ["serve", "--port", "0", "--db", db_url, *args]
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=child_env({"PAMFR_HTTP_TOKENS": TEST_TOKENS, **(env or {})}),
+            start_new_session=True,
+        )
+    daemon = Daemon(proc, 0, Path(log_path))
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            output = f.read()
-        found = re.search(r"listening on [^ ]+:(\d+)", output)
+        found = _LISTENING.search(daemon.log())
         if found:
-            return Daemon(proc, int(found.group(1)), str(log_path))
+            daemon.port = int(found.group(1))
+            return daemon
         if proc.poll() is not None:
-            raise RuntimeError(f"pamfr serve exited {proc.returncode}: {output}")
+            daemon.kill_group()
+            raise RuntimeError(f"pamfr serve exited {proc.returncode}:\n{daemon.log()}")
         time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("pamfr serve did not start listening in time")
+    daemon.kill_group()
+    raise RuntimeError(f"pamfr serve did not listen within {timeout}s:\n{daemon.log()}")
 
 
 def log_rows(db_url: str, *columns: str, order_by: str = "id") -> list[tuple]:
@@ -183,10 +241,9 @@ def process_alive(pid: int) -> bool:
 @contextmanager
 def pamfr_api(db_url: str, log_path: Path, settings: dict[str, str]) -> Iterator[int]:
     """`pamfr api` on the store and a free loopback port, configured by `settings` (PAMFR_*
-    variables) alone: none of the caller's PAMFR_* variables, no configuration file. Yields
+    variables) alone: child_env's environment, no configuration file. Yields
     its port; stops it at the end and checks that it exited cleanly."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PAMFR_")}
-    env.update({"PAMFR_CONFIG": "", **settings})
+    env = child_env(settings)
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "pamfr", "api", "--db", db_url, "--listen", "127.0.0.1:0"],

@@ -17,6 +17,9 @@ holds a session advisory lock on a connection of its own (released by the server
 daemon dies); on SQLite, an exclusive file lock next to the database file. The others look
 again every poll interval and take over from the saved cursor.
 
+The events and the cursors are read through `reader`, the daemon's read engine (the daemon
+owns it and disposes of it once close() returned); the cursors are written through `engine`.
+
 The body is the event as GET /events gives it; with include_resource, its "resource" is
 `resource_for(patient_id)`, the patient's FHIR resource, a callable given by whoever builds
 the daemon (None: "resource" is null). It is called in the feed's thread pool.
@@ -53,7 +56,7 @@ from pamfr.feed.store import (
 )
 from pamfr.settings.config import FeedSettings, WebhookSettings
 from pamfr.settings.readiness import Check
-from pamfr.store.db import make_read_engine
+from pamfr.store.db import brief_error
 
 log = logging.getLogger("pamfr.feed")
 # httpx logs every request at INFO: one line per event delivered is noise in the daemon log.
@@ -193,14 +196,18 @@ class WebhookDelivery:
         settings: FeedSettings | None = None,
         metrics: DeliveryCounters | None = None,
         resource_for: ResourceFor | None = None,
+        *,
+        reader: Engine | None = None,
     ) -> None:
         self.engine = engine  # writes the cursors
+        # Reads the events and the cursors: the daemon's read engine, never disposed here
+        # (without one, `engine`, which on SQLite takes the write lock for each read).
+        self.reader = reader if reader is not None else engine
         self.settings = settings or FeedSettings()
         self.metrics: DeliveryCounters = metrics if metrics is not None else _NotCounted()
         self.resource_for = resource_for
         self.subscribers = [Subscriber(w, lock=_Lock(engine, w.name)) for w in webhooks]
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pamfr-feed")
-        self._reader: Engine | None = None
         self._tasks: list[asyncio.Task] = []
         for s in self.subscribers:
             if s.settings.include_resource and resource_for is None:
@@ -230,8 +237,6 @@ class WebhookDelivery:
         # wait for them, so that no engine is disposed (nor the process ended) under a
         # thread still using its SQLite connection, and the last acknowledged cursor is kept.
         await asyncio.to_thread(self._pool.shutdown, wait=True)
-        if self._reader is not None:
-            self._reader.dispose()
 
     def check(self) -> Check:
         """For /readyz: the parked subscribers, named; readiness is not affected (a parked
@@ -248,26 +253,20 @@ class WebhookDelivery:
     async def _db(self, function: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
-    def _reading(self) -> Engine:
-        if self._reader is None:
-            url = self.engine.url.render_as_string(hide_password=False)
-            self._reader = make_read_engine(url)
-        return self._reader
-
     def _fetch(self, s: Subscriber) -> tuple[Cursor | None, list[dict], int]:
         """Whether this daemon delivers to `s`, its cursor, and the events after it. The
         lock first: a cursor read before it could predate the last save of the daemon that
         held it."""
         assert s.lock is not None
         s.active = s.lock.acquire()
-        with self._reading().connect() as conn:
+        with self.reader.connect() as conn:
             cursor = get_cursor(conn, s.name)
         if cursor is None:
             with self.engine.begin() as conn:
                 cursor = ensure_cursor(conn, s.name)
         if not s.active or cursor.parked:
             return cursor, [], 0
-        with self._reading().connect() as conn:
+        with self.reader.connect() as conn:
             page = read_events(conn, cursor.last_id, PAGE)
             last = page[-1]["id"] if len(page) < PAGE and page else last_event_id(conn)
         return cursor, page, max(0, last - cursor.last_id)
@@ -287,7 +286,7 @@ class WebhookDelivery:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    log.error("webhook %s: the store did not answer: %s", s.name, _brief(exc))
+                    log.error("webhook %s: the store did not answer: %s", s.name, brief_error(exc))
                     await asyncio.sleep(poll)
                     continue
                 s.cursor, s.backlog = cursor, backlog
@@ -300,7 +299,7 @@ class WebhookDelivery:
                     raise
                 except Exception as exc:  # the store (a cursor save, the resource) failed:
                     # the page is taken again from the saved cursor, at least once as ever
-                    log.error("webhook %s: delivery stopped: %s", s.name, _brief(exc))
+                    log.error("webhook %s: delivery stopped: %s", s.name, brief_error(exc))
                     await asyncio.sleep(poll)
 
     async def _deliver(self, s: Subscriber, client: httpx.AsyncClient, page: list[dict]) -> None:
@@ -401,9 +400,3 @@ async def _post_once(
             if read >= ANSWER_READ:
                 break
         return answer.status_code
-
-
-def _brief(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    lines = str(orig).strip().splitlines()
-    return f"{type(orig).__name__}: {lines[0]}" if lines else type(orig).__name__

@@ -122,6 +122,7 @@ class HttpServer:
         while not self._server.started and not self._task.done():
             await asyncio.sleep(0.01)
         if self._task.done():
+            self._socket.close()  # not served: the caller has nothing to close()
             self._task.result()  # raises what stopped it
 
     async def close(self) -> None:

@@ -9,11 +9,14 @@ With [http] listen, an HTTP port in the same event loop answers /healthz, /ready
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
@@ -57,7 +60,12 @@ PURGE_INTERVAL = 24 * 3600.0
 async def run_daemon(
     settings: Settings, reload: Callable[[], Settings] | None = None, source: str = ""
 ) -> int:
-    """Serve until SIGTERM/SIGINT; `reload` loads the configuration again on SIGHUP."""
+    """Serve until SIGTERM/SIGINT; `reload` loads the configuration again on SIGHUP.
+
+    Every part that holds something (engines, the writer and the parse workers, the listeners,
+    the file-drop watcher, the webhook delivery, the background tasks) is entered into one
+    AsyncExitStack as soon as it exists: the normal stop, a start-up failure halfway and an
+    exception all close what was opened, in the reverse order."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -85,18 +93,75 @@ async def run_daemon(
             s.port,
         )
     db = settings.database
-    url = db.url
-    shown = make_url(url).render_as_string(hide_password=True)
-    store_file = sqlite_path(url)
+    store_file = sqlite_path(db.url)
     if store_file is not None:
         warn_if_exposed(store_file)
     if db.migrate_on_start:
-        upgrade(url)
+        upgrade(db.url)
     else:
-        check_at_head(url)
+        check_at_head(db.url)
+    async with contextlib.AsyncExitStack() as stack:
+        code = await _serve(stack, settings, tls, http_tls, stop, hup, reload, source)
+    if code == 0:
+        log.info("stopped")
+    return code
+
+
+@dataclass
+class _Stop:
+    """What the closing parts share: the deadline of the stop (set when it begins, or when the
+    first part asks: a start-up failure) and whether the writer stopped cleanly."""
+
+    grace: float
+    deadline: float | None = None
+    writer_stopped: bool = True
+
+    def begin(self) -> float:
+        if self.deadline is None:
+            self.deadline = asyncio.get_running_loop().time() + self.grace
+        return self.deadline
+
+
+class _ReadEngine:
+    """The daemon's one read-only engine (a read never takes the write lock), made on first
+    use, shared by /fhir, /events, the desk and the webhook delivery."""
+
+    def __init__(self, url: str, busy_timeout: float | None) -> None:
+        self.url = url
+        self.busy_timeout = busy_timeout
+        self.engine: Engine | None = None
+
+    def __call__(self) -> Engine:
+        if self.engine is None:
+            self.engine = make_read_engine(self.url, busy_timeout=self.busy_timeout)
+        return self.engine
+
+    def dispose(self) -> None:
+        if self.engine is not None:
+            self.engine.dispose()
+
+
+async def _serve(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    tls: ssl.SSLContext | None,
+    http_tls: ssl.SSLContext | None,
+    stop: asyncio.Event,
+    hup: asyncio.Event,
+    reload: Callable[[], Settings] | None,
+    source: str,
+) -> int:
+    """Start the parts, each entered into `stack` where it is made, and serve until `stop`;
+    the exit code (2: a listener could not start). The caller's stack closes them."""
+    s = settings.server
+    db = settings.database
+    stopping = _Stop(s.shutdown_grace)
     engine = make_engine(
-        url, synchronous=db.sqlite_synchronous, busy_timeout=db.sqlite_busy_timeout
+        db.url, synchronous=db.sqlite_synchronous, busy_timeout=db.sqlite_busy_timeout
     )
+    stack.callback(_dispose_writer_engine, engine, stopping)
+    read_engine = _ReadEngine(db.url, db.sqlite_busy_timeout)
+    stack.callback(read_engine.dispose)
     metrics = Metrics()
     receiver = build_receiver(engine, settings)
     handler = AsyncReceiver(
@@ -105,6 +170,7 @@ async def run_daemon(
         parse_workers=settings.receiver.parse_workers,
         metrics=metrics,
     )
+    stack.push_async_callback(_stop_writer, handler, stopping)
     server = MLLPServer(
         handler,
         host=s.host,
@@ -129,121 +195,126 @@ async def run_daemon(
         )
     health = Health(server, handler, engine, settings.http.check_timeout, metrics=metrics)
     await handler.start()
-    http = None
-    fhir_engine = None
-
-    def read_engine() -> Engine:  # its own read-only engine: a read never takes the write lock
-        nonlocal fhir_engine
-        if fhir_engine is None:
-            fhir_engine = make_read_engine(url, busy_timeout=db.sqlite_busy_timeout)
-        return fhir_engine
-
     if settings.http.listen:  # up first: /readyz says 503 until the listener accepts
-        from pamfr.http.app import build_app
-        from pamfr.http.server import HttpServer
-
         watch_daemon(metrics, server, handler, watcher)
-        if settings.http.fhir:
-            fhir_engine = read_engine()
-        # The feed holds identifiers: off this host only where patient data may go.
-        feed_exposed = http_refusal(settings, http_tls, serves_data=True)
-        if feed_exposed:
-            log.warning("GET /events not served: %s", feed_exposed)
-        for warning in http_access_warnings(settings):
-            log.warning("%s", warning)
-        desk = desk_of(settings, feed_exposed, read_engine, engine, door_states(health, watcher))
-        app = build_app(
-            health.readiness,
-            health.exposition,
-            fhir_engine=fhir_engine,
-            events_engine=None if feed_exposed else read_engine(),
-            desk=desk,
-            **http_access(settings),
+        started = await _start_http(
+            stack, settings, http_tls, health, read_engine, engine, watcher
         )
-        http = HttpServer(
-            app,
-            *split_listen(settings.http.listen),
-            tls=http_tls,
-            max_concurrency=settings.http.max_concurrency,
-            header_timeout=settings.http.header_timeout,
-        )
-        try:
-            await http.start()
-        except OSError as exc:
-            log.error("cannot listen on %s (http.listen): %s", settings.http.listen, exc)
-            handler.close()
+        if not started:
             return 2
-        log.info(
-            "HTTP port on %s:%d (/healthz, /readyz, /metrics%s%s%s)%s",
-            http.host,
-            http.port,
-            ", /fhir" if settings.http.fhir else "",
-            "" if feed_exposed else ", /events",
-            ", /desk" if desk is not None else "",
-            " over TLS" if http_tls is not None else "",
-        )
+    if settings.webhooks:  # the change feed pushed to its subscribers (pamfr/feed/delivery)
+        await _start_delivery(stack, settings, engine, read_engine, metrics, health)
     try:
         await server.start()
     except OSError as exc:
         log.error("cannot listen on %s:%s: %s", s.host, s.port, exc)
-        if http is not None:
-            await http.close()
-        handler.close()
         return 2
+    stack.push_async_callback(server.close)
+    shown = make_url(db.url).render_as_string(hide_password=True)
     log.info("pamfr listening on %s:%d (MLLP), database %s", s.host, server.port, shown)
     log.info("access: %s", describe_access(s, tls))
-    watching = None
     if watcher is not None:
         watching = asyncio.create_task(watcher.run())
+        stack.push_async_callback(_close_doors, server, watcher, watching, stopping)
         log.info("watching %s for dropped files", ", ".join(settings.filedrop.dirs))
     reloader = Reloader(reload or (lambda: settings), settings, server, receiver, source)
-    hup_task = asyncio.create_task(_on_hup(hup, reloader))
-    delivery = None
-    if settings.webhooks:  # the change feed pushed to its subscribers (pamfr/feed/delivery)
-        from pamfr.feed.delivery import WebhookDelivery
-        from pamfr.fhirread.patient import current_resource
-
-        resource_for = None
-        if any(w.include_resource for w in settings.webhooks):
-            resource_for = current_resource(read_engine())
-        delivery = WebhookDelivery(
-            engine, settings.webhooks, settings.feed, metrics, resource_for=resource_for
-        )
-        watch_delivery(metrics, delivery)
-        health.extra_checks.append(delivery.check)
-        delivery.start()
-        log.info("webhooks: delivering to %s", ", ".join(w.name for w in settings.webhooks))
-    retention = None
+    stack.push_async_callback(_cancel, asyncio.create_task(_on_hup(hup, reloader)))
     keep = settings.retention
     if keep.raw_messages_days is not None or keep.merged_history_days is not None:
-        retention = asyncio.create_task(
-            _purge_daily(engine, keep.raw_messages_days, keep.merged_history_days, metrics)
-        )
+        retention = _purge_daily(engine, keep.raw_messages_days, keep.merged_history_days, metrics)
+        stack.push_async_callback(_cancel, asyncio.create_task(retention))
     notify("READY=1")  # systemd Type=notify: the listener accepts
     await stop.wait()
     notify("STOPPING=1")
-    hup_task.cancel()
     health.stopping = True  # /readyz answers 503 from now on
-    if retention is not None:
-        retention.cancel()
-    deadline = loop.time() + s.shutdown_grace
+    stopping.begin()
     log.info("stopping: no new connections, answering the messages in flight")
-    if watcher is not None and watching is not None:
-        watcher.stop()  # finishes the message in hand; the file stays in its inbox
-        await asyncio.gather(server.close(), _finish(watching, deadline))
-    else:
-        await server.close()
-    if delivery is not None:  # keeps the cursors of what the subscribers acknowledged
-        await delivery.close()
-    clean = await _close_writer(handler, deadline)
-    if http is not None:
-        await http.close()
-    if fhir_engine is not None:
-        fhir_engine.dispose()
-    if clean:
-        engine.dispose()
-    log.info("stopped")
     return 0
+
+
+async def _start_http(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    http_tls: ssl.SSLContext | None,
+    health: Health,
+    read_engine: _ReadEngine,
+    engine: Engine,
+    watcher: FileDropWatcher | None,
+) -> bool:
+    """The HTTP port, entered into `stack` once it listens; False when it cannot listen."""
+    from pamfr.http.app import build_app
+    from pamfr.http.server import HttpServer
+
+    # The feed holds identifiers: off this host only where patient data may go.
+    feed_exposed = http_refusal(settings, http_tls, serves_data=True)
+    if feed_exposed:
+        log.warning("GET /events not served: %s", feed_exposed)
+    for warning in http_access_warnings(settings):
+        log.warning("%s", warning)
+    desk = desk_of(settings, feed_exposed, read_engine, engine, door_states(health, watcher))
+    app = build_app(
+        health.readiness,
+        health.exposition,
+        fhir_engine=read_engine() if settings.http.fhir else None,
+        events_engine=None if feed_exposed else read_engine(),
+        desk=desk,
+        **http_access(settings),
+    )
+    http = HttpServer(
+        app,
+        *split_listen(settings.http.listen),
+        tls=http_tls,
+        max_concurrency=settings.http.max_concurrency,
+        header_timeout=settings.http.header_timeout,
+    )
+    try:
+        await http.start()
+    except OSError as exc:
+        log.error("cannot listen on %s (http.listen): %s", settings.http.listen, exc)
+        return False
+    stack.push_async_callback(http.close)
+    log.info(
+        "HTTP port on %s:%d (/healthz, /readyz, /metrics%s%s%s)%s",
+        http.host,
+        http.port,
+        ", /fhir" if settings.http.fhir else "",
+        "" if feed_exposed else ", /events",
+        ", /desk" if desk is not None else "",
+        " over TLS" if http_tls is not None else "",
+    )
+    return True
+
+
+async def _start_delivery(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    engine: Engine,
+    read_engine: _ReadEngine,
+    metrics: Metrics,
+    health: Health,
+) -> None:
+    """The webhook delivery, entered into `stack` and started: it reads through the daemon's
+    read engine and saves the cursors through the writer's engine."""
+    from pamfr.feed.delivery import WebhookDelivery
+    from pamfr.fhirread.patient import current_resource
+
+    resource_for = None
+    if any(w.include_resource for w in settings.webhooks):
+        resource_for = current_resource(read_engine())
+    delivery = WebhookDelivery(
+        engine,
+        settings.webhooks,
+        settings.feed,
+        metrics,
+        resource_for=resource_for,
+        reader=read_engine(),
+    )
+    watch_delivery(metrics, delivery)
+    # keeps the cursors of what the subscribers acknowledged
+    stack.push_async_callback(delivery.close)
+    health.extra_checks.append(delivery.check)
+    delivery.start()
+    log.info("webhooks: delivering to %s", ", ".join(w.name for w in settings.webhooks))
 
 
 def door_states(health: Health, watcher: FileDropWatcher | None):
@@ -391,6 +462,32 @@ async def _on_hup(hup: asyncio.Event, reloader: Reloader) -> None:
         await hup.wait()
         hup.clear()
         reloader.reload()
+
+
+async def _cancel(task: asyncio.Task) -> None:
+    """Cancel a background task and wait until it has ended."""
+    task.cancel()
+    await asyncio.wait({task})
+
+
+async def _close_doors(
+    server: MLLPServer, watcher: FileDropWatcher, watching: asyncio.Task, stopping: _Stop
+) -> None:
+    """Both doors at once: the MLLP listener closes while the watcher finishes the message in
+    hand (its file stays in its inbox), both until the deadline."""
+    watcher.stop()
+    await asyncio.gather(server.close(), _finish(watching, stopping.begin()))
+
+
+async def _stop_writer(handler: AsyncReceiver, stopping: _Stop) -> None:
+    stopping.writer_stopped = await _close_writer(handler, stopping.begin())
+
+
+def _dispose_writer_engine(engine: Engine, stopping: _Stop) -> None:
+    """Disposed unless the writer was abandoned in a transaction: its connection is in use
+    by the writer thread, and the process exit rolls the transaction back."""
+    if stopping.writer_stopped:
+        engine.dispose()
 
 
 async def _finish(task: asyncio.Task, deadline: float) -> None:

@@ -14,7 +14,6 @@ from pamfr.hl7.frame import Inbound
 from pamfr.hl7.prepare import prepare
 from pamfr.hl7.samples import Person, message
 from pamfr.path.receiver import Receiver
-from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from pamfr.transport.client import MLLPClient
 from tests.helpers import pamfr_server, parse_ack
@@ -73,8 +72,7 @@ def test_parser_never_raises(raw):
         assert prepared.problems, "a refusal always says why"
 
 
-def test_receiver_answers_and_logs_every_input(sqlite_url):
-    engine = make_engine(sqlite_url)
+def test_receiver_answers_and_logs_every_input(sqlite_url, engine):
     receiver = Receiver(engine)
     sent: list[bytes] = []
 

@@ -11,8 +11,8 @@ import pytest
 
 from pamfr.hl7.samples import Person, message
 from pamfr.transport.codec import encode_frame
-from tests.feed import with_pid
 from tests.helpers import log_rows, pamfr_server, parse_ack, start_daemon
+from tests.mllp_harness import with_pid
 
 CONDITIONS = ["", "AL", "NE", "ER", "SU"]
 COMMIT = {"AA": "CA", "AE": "CE"}

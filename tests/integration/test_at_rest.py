@@ -15,7 +15,6 @@ from sqlalchemy import func, select
 from pamfr.hl7.samples import Person, message
 from pamfr.path.answers import AR_RAW_KEPT
 from pamfr.path.receiver import Receiver
-from pamfr.store.db import make_engine
 from pamfr.store.filemodes import private_dir
 from pamfr.store.schema import history
 from pamfr.store.schema import message as message_table
@@ -96,8 +95,7 @@ def _age_all(engine, days: int) -> None:
         conn.execute(history.update().values(at=old))
 
 
-def test_a_purge_leaves_no_copy_of_the_raw_bytes_in_the_sqlite_files(sqlite_url):
-    engine = make_engine(sqlite_url)
+def test_a_purge_leaves_no_copy_of_the_raw_bytes_in_the_sqlite_files(sqlite_url, engine):
     receiver = Receiver(engine)
     for n in range(20):
         text = message("A28", Person(f"SD{n}", birth_name=MARKER), f"SD{n}")
@@ -111,7 +109,6 @@ def test_a_purge_leaves_no_copy_of_the_raw_bytes_in_the_sqlite_files(sqlite_url)
     after = path.read_bytes().count(MARKER.encode())
     assert before - after >= 20  # the 20 raw copies are gone, not left in free pages
     assert _wal(path) == b""  # checkpointed and truncated
-    engine.dispose()
 
 
 def _wal(path: Path) -> bytes:
@@ -119,8 +116,7 @@ def _wal(path: Path) -> bytes:
     return wal.read_bytes() if wal.exists() else b""
 
 
-def test_refused_frames_keep_their_head_only_and_are_purged_like_the_others(db_url):
-    engine = make_engine(db_url)
+def test_refused_frames_keep_their_head_only_and_are_purged_like_the_others(db_url, engine):
     big = message("A28", Person("AR1"), "AR-BIG").replace("MSH|", "MSH|", 1)
     big = big.replace("ADT^A28^ADT_A05", "ADT^A99^ADT_A05") + "\rNTE|1||" + "x" * 100_000
     answered = Receiver(engine).handle(big.encode())
@@ -137,11 +133,9 @@ def test_refused_frames_keep_their_head_only_and_are_purged_like_the_others(db_u
     with engine.connect() as conn:
         raw = conn.execute(select(message_table.c.raw)).scalar_one()
     assert bytes(raw) == b""
-    engine.dispose()
 
 
-def test_history_of_patients_merged_away_long_ago_is_purged_on_request(db_url, tmp_path):
-    engine = make_engine(db_url)
+def test_history_of_patients_merged_away_long_ago_is_purged_on_request(db_url, engine, tmp_path):
     receiver = Receiver(engine)
     for text in (
         message("A28", Person("HM1"), "HM1"),
@@ -164,4 +158,3 @@ def test_history_of_patients_merged_away_long_ago_is_purged_on_request(db_url, t
     assert 0 < len(left) < total and not any(MARKER in c for c in left)
     show = with_umask_022("patient", "history", "--ipp", "HM1", "--db", db_url)
     assert show.returncode == 0 and "A40" in show.stdout
-    engine.dispose()

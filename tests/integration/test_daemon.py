@@ -8,7 +8,6 @@ import signal
 from sqlalchemy import create_engine, func, select, text
 
 from pamfr.hl7.samples import Person, message
-from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from pamfr.store.schema import patient
 from pamfr.transport.client import MLLPClient, MLLPError
@@ -19,7 +18,7 @@ def _a28(tag: str, n: int) -> bytes:
     return message("A28", Person(ipp=f"{tag}{n}"), f"{tag}-{n}").encode()
 
 
-def test_200_simultaneous_connections(sqlite_url, tmp_path):
+def test_200_simultaneous_connections(sqlite_url, engine, tmp_path):
     # all from 127.0.0.1: lift the per-address cap (16) this test is not about
     cap = {"PAMFR_SERVER_MAX_CONNECTIONS_PER_PEER": "200"}
     daemon = start_daemon(sqlite_url, tmp_path / "serve.log", env=cap)
@@ -37,12 +36,11 @@ def test_200_simultaneous_connections(sqlite_url, tmp_path):
     finally:
         assert daemon.stop() == 0
     assert codes == ["AA"] * 200
-    engine = make_engine(sqlite_url)
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(patient)).scalar() == 200
 
 
-def test_sigterm_answers_in_flight_and_loses_nothing(db_url, tmp_path):
+def test_sigterm_answers_in_flight_and_loses_nothing(db_url, engine, tmp_path):
     daemon = start_daemon(db_url, tmp_path / "serve.log")
     acked: list[str] = []
 
@@ -71,7 +69,6 @@ def test_sigterm_answers_in_flight_and_loses_nothing(db_url, tmp_path):
     asyncio.run(asyncio.wait_for(scenario(), 120))
     assert daemon.proc.wait(60) == 0
     assert "stopped" in daemon.log()
-    engine = make_engine(db_url)
     with engine.connect() as conn:
         logged = set(
             conn.execute(

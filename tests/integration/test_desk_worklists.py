@@ -46,7 +46,7 @@ def test_doublons_are_the_folded_pair_not_the_merged_nor_the_linked(db_url):
     assert text.stdout.strip() == f"patients {pair[0]}, {pair[1]}"
 
 
-def test_a_link_still_excludes_the_pair_once_one_side_is_merged(db_url):
+def test_a_link_still_excludes_the_pair_once_one_side_is_merged(db_url, engine):
     def same(who: str) -> Person:
         return Person(who, birth_name="DUPRE", given_names=("LEA",), birth_date="19700101")
 
@@ -68,7 +68,6 @@ def test_a_link_still_excludes_the_pair_once_one_side_is_merged(db_url):
         )
     assert [a.code for a in acks] == ["AA"] * 9, [a.errs for a in acks]
     two, three, five = (ids_of(db_url, w) for w in ("LM2", "LM3", "LM5"))
-    engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
             pairs = potential_doublons(conn)
@@ -78,10 +77,9 @@ def test_a_link_still_excludes_the_pair_once_one_side_is_merged(db_url):
     assert (min(two, three), max(two, three)) not in pairs
 
 
-def test_a_not_a_doublon_decision_takes_the_pair_off_the_list_once(db_url):
+def test_a_not_a_doublon_decision_takes_the_pair_off_the_list_once(db_url, engine):
     load(db_url)
     a, b = ids_of(db_url, "DBL2"), ids_of(db_url, "DBL1")
-    engine = make_engine(db_url)
     try:
         record_not_doublon(engine, a, b, "alice", "twins, checked with the ID cards")
         try:
@@ -126,9 +124,8 @@ def test_a_not_a_doublon_decision_follows_a_merge_into_a_survivor(db_url):
     assert three > two > one
 
 
-def test_the_other_worklists(db_url):
+def test_the_other_worklists(db_url, engine):
     load(db_url)
-    engine = make_engine(db_url)
     try:
         with engine.connect() as conn:
             removed = ins_removed_since(conn, 30)

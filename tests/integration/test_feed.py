@@ -20,9 +20,8 @@ from pamfr.hl7.samples import Person, message
 from pamfr.identity.changefeed import EVENT_TYPES
 from pamfr.store.db import make_engine
 from tests.conftest import REPO
-from tests.feed import msg, with_pid
-from tests.helpers import AUTHORIZATION, TEST_TOKEN, run_cli, send
-from tests.reliability.serving import Served, serve
+from tests.helpers import AUTHORIZATION, TEST_TOKEN, Daemon, run_cli, send, start_daemon
+from tests.mllp_harness import msg, with_pid
 from tests.webhook_sink import WebhookSink
 
 SECRET = "not-a-real-secret-0123456789abcdef"
@@ -67,7 +66,7 @@ def store_events(db_url: str) -> list[dict]:
 
 def start(
     db_url: str, tmp_path: Path, sink: WebhookSink | None, log: str = "serve.log", **hook
-) -> tuple[Served, int]:
+) -> tuple[Daemon, int]:
     """`pamfr serve` with its HTTP port and, given a sink, a webhook subscriber "crm"."""
     lines = ["[feed]", "poll_interval = 0.1", "retry_initial = 0.05", "retry_max = 0.2", ""]
     if sink is not None:
@@ -80,7 +79,7 @@ def start(
         lines += [f"{k} = {json.dumps(v)}" for k, v in hook.items()]
     config = tmp_path / "pamfr.toml"
     config.write_text("\n".join(lines) + "\n")
-    served = serve(
+    served = start_daemon(
         db_url,
         tmp_path / log,
         "--http",
@@ -105,7 +104,7 @@ def get(port: int, path: str) -> tuple[int, dict | str]:
         return status, body
 
 
-def stop(served: Served) -> None:
+def stop(served: Daemon) -> None:
     served.signal(signal.SIGTERM)
     try:
         assert served.proc.wait(30) == 0, served.log()
@@ -364,7 +363,7 @@ def test_pamfr_events_prints_the_feed_and_follows_it(sqlite_url, tmp_path):
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 
 
-def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlite_url):
+def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlite_url, engine):
     """resource_for (or a cursor save) failing once: logged, the page is taken again from
     the saved cursor, and every event still arrives."""
     import asyncio
@@ -375,7 +374,6 @@ def test_a_failure_of_the_store_while_delivering_does_not_end_the_delivery(sqlit
     from pamfr.path.receiver import Receiver
     from pamfr.settings.config import FeedSettings, WebhookSettings
 
-    engine = make_engine(sqlite_url)
     receiver = Receiver(engine)
     assert receiver.handle(message("A28", Person(ipp="FAIL1"), "FAIL-1").encode()).code == "AA"
     sink = WebhookSink("s3cret-s3cret-s3cret-s3cret-s3cret")

@@ -20,7 +20,6 @@ from sqlalchemy import select
 from pamfr.hl7.samples import AUTHORITY, Person, message, nir_with_key
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
-from tests.feed import with_pid
 from tests.frcore import (
     check_bundle,
     check_capability,
@@ -30,6 +29,7 @@ from tests.frcore import (
     reliability,
 )
 from tests.helpers import Daemon, pamfr_api, run_cli, send, show_json, start_daemon
+from tests.mllp_harness import with_pid
 
 TOKEN = "dpi-0123456789abcdef0123"
 INS_TEST = "urn:oid:1.2.250.1.213.1.4.10"

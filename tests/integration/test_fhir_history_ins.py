@@ -105,14 +105,14 @@ def test_no_version_serves_an_ins_the_sender_deleted_as_wrongly_attributed(db_ur
     assert old in served[0] and new in served[-1] and old not in served[-1]
 
 
-def test_an_ins_stored_as_an_identifier_by_an_older_store_is_never_served(db_url):
+def test_an_ins_stored_as_an_identifier_by_an_older_store_is_never_served(db_url, engine):
     """Before the gate read every CX-5 type (G8), a refused INS typed INS-NIR (or with CX-5
     empty under the NIR OID) was stored among the identifiers. In a store so written, no reader
     shows it and no search finds the patient by it; the billing NIR (NH) stays served."""
     from sqlalchemy import insert
 
     from pamfr.hl7.samples import Person, message, nir_with_key
-    from pamfr.store.db import make_engine, make_read_engine
+    from pamfr.store.db import make_read_engine
     from pamfr.store.fhirquery import (
         IdentifierCriterion,
         PatientCriteria,
@@ -129,7 +129,6 @@ def test_an_ins_stored_as_an_identifier_by_an_older_store_is_never_served(db_url
     with pamfr_server(db_url) as server:
         (ack,) = send(server.port, [message("A28", Person("OLD1", pid32=("PROV",)), "OLD-1")])
     assert ack.code == "AA", ack.errs
-    engine = make_engine(db_url)
     try:
         with engine.begin() as conn:
             pid = conn.execute(

@@ -21,7 +21,6 @@ from sqlalchemy import event
 from pamfr.fhir.patient import NAMESPACE_SYSTEM, patient_resource
 from pamfr.hl7.samples import Person, message, nir_with_key
 from pamfr.identity.stored import StoredIdentity
-from pamfr.store.db import make_engine
 from pamfr.store.fhirquery import (
     PatientCriteria,
     find_version,
@@ -219,48 +218,44 @@ def count_statements(engine) -> list[str]:
     return seen
 
 
-def test_a_page_and_a_history_cost_a_few_statements_whatever_their_size(db_url, feed):
+def test_a_page_and_a_history_cost_a_few_statements_whatever_their_size(db_url, engine, feed):
     people = [Person(ipp=f"C{n:03}", birth_name=f"COUNT{n:03}") for n in range(100)]
     feed.ok(*(message("A28", p, f"C-{p.ipp}") for p in people))
     for n in range(5):  # five more versions of one patient
         feed.ok(message("A31", replace(people[0], used_name=f"U{n}"), f"R-{n}"))
-    engine = make_engine(db_url)
-    try:
-        seen = count_statements(engine)
-        costs = {}
-        for size in (10, 100):
-            with reading(engine) as conn:
-                start = len(seen)
-                page = search_page(conn, PatientCriteria(), after=None, count=size)
-                costs[size] = len(seen) - start
-            assert len(page.versions) == size and page.total == 100
-            for version in page.versions:
-                resource = patient_resource(
-                    version.identity,
-                    version_id=version.version_id,
-                    last_updated=version.last_updated,
-                    replaces=version.replaces,
-                )
-                check_patient(resource)
-        assert costs[10] == costs[100] <= 10, costs
-        pid = feed.show("--ipp", "C000")["id"]
-        other = feed.show("--ipp", "C001")["id"]
+    seen = count_statements(engine)
+    costs = {}
+    for size in (10, 100):
         with reading(engine) as conn:
             start = len(seen)
-            versions = patient_versions(conn, pid)
-            history_cost = len(seen) - start
-            start = len(seen)
-            assert len(patient_versions(conn, other)) == 1
-            single_cost = len(seen) - start
-            start = len(seen)
-            oldest = find_version(conn, pid, versions[0].version_id)
-            vread_cost = len(seen) - start
-        assert len(versions) == 6 and oldest == versions[0]
-        assert oldest.identity.used_name is None and versions[-1].identity.used_name == "U4"
-        assert history_cost <= 10 and vread_cost <= history_cost, (history_cost, vread_cost)
-        assert single_cost <= history_cost
-    finally:
-        engine.dispose()
+            page = search_page(conn, PatientCriteria(), after=None, count=size)
+            costs[size] = len(seen) - start
+        assert len(page.versions) == size and page.total == 100
+        for version in page.versions:
+            resource = patient_resource(
+                version.identity,
+                version_id=version.version_id,
+                last_updated=version.last_updated,
+                replaces=version.replaces,
+            )
+            check_patient(resource)
+    assert costs[10] == costs[100] <= 10, costs
+    pid = feed.show("--ipp", "C000")["id"]
+    other = feed.show("--ipp", "C001")["id"]
+    with reading(engine) as conn:
+        start = len(seen)
+        versions = patient_versions(conn, pid)
+        history_cost = len(seen) - start
+        start = len(seen)
+        assert len(patient_versions(conn, other)) == 1
+        single_cost = len(seen) - start
+        start = len(seen)
+        oldest = find_version(conn, pid, versions[0].version_id)
+        vread_cost = len(seen) - start
+    assert len(versions) == 6 and oldest == versions[0]
+    assert oldest.identity.used_name is None and versions[-1].identity.used_name == "U4"
+    assert history_cost <= 10 and vread_cost <= history_cost, (history_cost, vread_cost)
+    assert single_cost <= history_cost
 
 
 def test_an_unpublished_zfd_code_is_applied_kept_in_the_history_not_put_in_fhir(db_url, feed):

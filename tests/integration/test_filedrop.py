@@ -123,7 +123,7 @@ def running_watcher(
 # -- the basic flow, on both databases, through the CLI ------------------------------------
 
 
-def test_watch_once_cli_basic_flow(db_url, tmp_path):
+def test_watch_once_cli_basic_flow(db_url, engine, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     (inbox / "a.hl7").write_text(a28("IPP-A", "A-1") + a28("IPP-B", "A-2"), newline="")
@@ -150,24 +150,20 @@ def test_watch_once_cli_basic_flow(db_url, tmp_path):
     file_lines = file_lines[1:]
     assert "file 'a.hl7': 2 message(s), AA=2 -> 'done/a.hl7'" in file_lines[0]
     assert not any("Lefèvre" in line or "IPP-A" in line for line in file_lines)
-    engine = make_engine(db_url)
-    try:
-        assert view_by_ipp(engine, "IPP-A")["used_name"] == "Lefèvre"
-        rows = log_rows(engine)
-        assert [(r["door"], r["control_id"]) for r in rows] == [
-            ("file", "A-1"),
-            ("file", "A-2"),
-            ("file", "B-1"),
-        ]
-        assert rows[0]["peer"] == str(inbox / "a.hl7")
-    finally:
-        engine.dispose()
+    assert view_by_ipp(engine, "IPP-A")["used_name"] == "Lefèvre"
+    rows = log_rows(engine)
+    assert [(r["door"], r["control_id"]) for r in rows] == [
+        ("file", "A-1"),
+        ("file", "A-2"),
+        ("file", "B-1"),
+    ]
+    assert rows[0]["peer"] == str(inbox / "a.hl7")
 
 
 # -- settling ------------------------------------------------------------------------------
 
 
-def test_partial_files_are_ignored_until_quiet(sqlite_url, tmp_path):
+def test_partial_files_are_ignored_until_quiet(sqlite_url, engine, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     done = inbox / "done"
@@ -198,20 +194,16 @@ def test_partial_files_are_ignored_until_quiet(sqlite_url, tmp_path):
         # The upload completes: renamed to its final name, it is taken.
         (inbox / "a.hl7.part").rename(inbox / "a.hl7")
         wait_for(lambda: (done / "a.hl7.ack").exists(), 10, "a.hl7 to be processed")
-    engine = make_engine(sqlite_url)
-    try:
-        assert [r["control_id"] for r in log_rows(engine)] == [
-            *(f"G-{n}" for n in range(6)),
-            "PART-1",
-        ]
-    finally:
-        engine.dispose()
+    assert [r["control_id"] for r in log_rows(engine)] == [
+        *(f"G-{n}" for n in range(6)),
+        "PART-1",
+    ]
 
 
 # -- formats -------------------------------------------------------------------------------
 
 
-def test_each_file_format(sqlite_url, tmp_path):
+def test_each_file_format(sqlite_url, engine, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     batch = (
@@ -257,20 +249,16 @@ def test_each_file_format(sqlite_url, tmp_path):
     assert [a.control_id for a in acks_of(done / "5-batch.hl7.ack")] == ["BATCH-1", "BATCH-2"]
     charset_acks = acks_of(done / "7-charsets.hl7.ack")
     assert [a.msh[17] for a in charset_acks] == ["UNICODE UTF-8", "8859/1"]
-    engine = make_engine(sqlite_url)
-    try:
-        assert view_by_ipp(engine, "CS-1")["used_name"] == "Hélène"
-        assert view_by_ipp(engine, "CS-2")["used_name"] == "Noël"
-        assert view_by_ipp(engine, "LF-2")["birth_name"] == "PAT-TEST"
-        assert [r["charset"] for r in log_rows(engine)][-2:] == ["UNICODE UTF-8", "8859/1"]
-    finally:
-        engine.dispose()
+    assert view_by_ipp(engine, "CS-1")["used_name"] == "Hélène"
+    assert view_by_ipp(engine, "CS-2")["used_name"] == "Noël"
+    assert view_by_ipp(engine, "LF-2")["birth_name"] == "PAT-TEST"
+    assert [r["charset"] for r in log_rows(engine)][-2:] == ["UNICODE UTF-8", "8859/1"]
 
 
 # -- order ---------------------------------------------------------------------------------
 
 
-def test_files_are_taken_in_name_order_or_mtime_order(sqlite_url, tmp_path):
+def test_files_are_taken_in_name_order_or_mtime_order(sqlite_url, engine, tmp_path):
     by_name, by_mtime = tmp_path / "by_name", tmp_path / "by_mtime"
     by_name.mkdir()
     by_mtime.mkdir()
@@ -280,22 +268,18 @@ def test_files_are_taken_in_name_order_or_mtime_order(sqlite_url, tmp_path):
         os.utime(by_mtime / name, ns=(0, 1_700_000_000_000_000_000 - n * 10**9))
     drop_once(sqlite_url, by_name)
     drop_once(sqlite_url, by_mtime, order="mtime")
-    engine = make_engine(sqlite_url)
-    try:
-        assert [r["control_id"] for r in log_rows(engine)] == [
-            "N-01.hl7",
-            "N-02.hl7",
-            "N-03.hl7",
-            # oldest mtime first: 02 (set 2 s back), 01, 03
-            "M-02.hl7",
-            "M-01.hl7",
-            "M-03.hl7",
-        ]
-    finally:
-        engine.dispose()
+    assert [r["control_id"] for r in log_rows(engine)] == [
+        "N-01.hl7",
+        "N-02.hl7",
+        "N-03.hl7",
+        # oldest mtime first: 02 (set 2 s back), 01, 03
+        "M-02.hl7",
+        "M-01.hl7",
+        "M-03.hl7",
+    ]
 
 
-def test_messages_of_a_file_apply_in_order(sqlite_url, tmp_path):
+def test_messages_of_a_file_apply_in_order(sqlite_url, engine, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     person = Person(ipp="ORDER-1")
@@ -305,17 +289,13 @@ def test_messages_of_a_file_apply_in_order(sqlite_url, tmp_path):
         steps.append(message("A31", person, f"O-{n}"))
     (inbox / "f.hl7").write_text("".join(steps), newline="")
     drop_once(sqlite_url, inbox)
-    engine = make_engine(sqlite_url)
-    try:
-        assert view_by_ipp(engine, "ORDER-1")["used_name"] == "Benoît"
-    finally:
-        engine.dispose()
+    assert view_by_ipp(engine, "ORDER-1")["used_name"] == "Benoît"
 
 
 # -- done/, error/, .ack, collisions -------------------------------------------------------
 
 
-def test_done_error_ack_files_and_name_collisions(sqlite_url, tmp_path):
+def test_done_error_ack_files_and_name_collisions(sqlite_url, engine, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     good = a28("GOOD-1", "GOOD-1") + a28("GOOD-2", "GOOD-2")
@@ -360,15 +340,11 @@ def test_done_error_ack_files_and_name_collisions(sqlite_url, tmp_path):
         ("AA", "GOOD-1"),
         ("AA", "GOOD-2"),
     ]
-    engine = make_engine(sqlite_url)
-    try:
-        rows = log_rows(engine)
-        assert [r["duplicate_of"] is not None for r in rows if r["control_id"] == "GOOD-1"] == [
-            False,
-            True,
-        ]
-    finally:
-        engine.dispose()
+    rows = log_rows(engine)
+    assert [r["duplicate_of"] is not None for r in rows if r["control_id"] == "GOOD-1"] == [
+        False,
+        True,
+    ]
 
 
 # -- unreadable ----------------------------------------------------------------------------
@@ -768,7 +744,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_serve_runs_the_file_door_and_stops_cleanly_mid_file(sqlite_url, tmp_path):
+def test_serve_runs_the_file_door_and_stops_cleanly_mid_file(sqlite_url, engine, tmp_path):
     inbox = tmp_path / "in"
     inbox.mkdir()
     port = _free_port()
@@ -777,7 +753,6 @@ def test_serve_runs_the_file_door_and_stops_cleanly_mid_file(sqlite_url, tmp_pat
         f'[filedrop]\ndirs = ["{inbox}"]\nquiet_period = 0\npoll_interval = 0.05\n'
         f"[server]\nport = {port}\nshutdown_grace = 5\n"
     )
-    engine = make_engine(sqlite_url)
     log_file = tmp_path / "serve.log"
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(
@@ -816,7 +791,6 @@ def test_serve_runs_the_file_door_and_stops_cleanly_mid_file(sqlite_url, tmp_pat
     assert [a.control_id for a in acks] == [f"BIG-{n}" for n in range(total)]
     assert {a.code for a in acks} == {"AA"}
     assert _count(engine, message_table) == applied + total
-    engine.dispose()
 
 
 def _port_open(port: int) -> bool:

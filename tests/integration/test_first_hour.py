@@ -256,12 +256,10 @@ def test_9_serve_help_names_the_log_section():
     assert "[logging]" not in text and "[log] format" in text
 
 
-def test_9_history_says_create_for_the_message_that_created_a_patient(sqlite_url):
+def test_9_history_says_create_for_the_message_that_created_a_patient(sqlite_url, engine):
     run_cli("db", "upgrade", "--db", sqlite_url)
     from pamfr.path.receiver import Receiver
-    from pamfr.store.db import make_engine
 
-    engine = make_engine(sqlite_url)
     receiver = Receiver(engine)
     assert receiver.handle(message("A01", Person("H1"), "H1").encode()).code == "AA"
     assert receiver.handle(message("A31", Person("H2"), "H2").encode()).code == "AA"

@@ -29,7 +29,6 @@ from pamfr.ingest.files import incomplete_reason
 from pamfr.ingest.inbox import Inbox, Listed
 from pamfr.ingest.inotify import CloseWatch
 from pamfr.settings.config import FiledropSettings
-from pamfr.store.db import make_engine
 from tests.integration.test_filedrop import log_rows, running_watcher, wait_for
 
 QUIET = 0.4
@@ -107,7 +106,7 @@ WATCHERS = {
 
 
 @pytest.mark.parametrize("watcher_kind", list(WATCHERS))
-def test_ftp_uploads_are_taken_only_when_complete(sqlite_url, tmp_path, watcher_kind):
+def test_ftp_uploads_are_taken_only_when_complete(sqlite_url, engine, tmp_path, watcher_kind):
     extra, writer_open = WATCHERS[watcher_kind]
     inbox = tmp_path / "in"
     inbox.mkdir()
@@ -157,7 +156,6 @@ def test_ftp_uploads_are_taken_only_when_complete(sqlite_url, tmp_path, watcher_
         r"e-truncated\.hl7: incomplete, unchanged for \d+ s: the last batch has no BTS trailer\n",
         (error / "e-truncated.hl7.error").read_text(),
     )
-    engine = make_engine(sqlite_url)
     rows = log_rows(engine)
     engine.dispose()
     applied = Counter(r["control_id"] for r in rows if r["duplicate_of"] is None)

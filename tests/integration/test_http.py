@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select, text
 
 from pamfr.hl7.samples import Person, message
-from pamfr.store.db import make_engine
 from pamfr.store.schema import patient
 from tests.conftest import REPO
 from tests.helpers import Daemon, run_cli, send, start_daemon
@@ -65,7 +64,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_health_readiness_and_metrics_of_a_real_daemon(db_url, tmp_path):
+def test_health_readiness_and_metrics_of_a_real_daemon(db_url, engine, tmp_path):
     daemon = start_daemon(db_url, tmp_path / "serve.log", "--http", "127.0.0.1:0", env=ONE_WORKER)
     port = http_port(daemon)
     people = {
@@ -133,7 +132,6 @@ def test_health_readiness_and_metrics_of_a_real_daemon(db_url, tmp_path):
     assert value(found, "pamfr_queue_depth", stage="commit") == 0
     assert time.time() - value(found, "pamfr_last_message_timestamp_seconds") < 120
     # Identities: the store's active patients by status (those of the four AA messages).
-    engine = make_engine(db_url)
     with engine.connect() as conn:
         stored = Counter(conn.execute(select(patient.c.status)).scalars())
     engine.dispose()

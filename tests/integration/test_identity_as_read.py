@@ -9,8 +9,8 @@ import re
 import urllib.request
 
 from pamfr.hl7.samples import Person, message, nir_with_key
-from tests.feed import with_pid
 from tests.helpers import run_cli, send, show_json, start_daemon
+from tests.mllp_harness import with_pid
 
 TOKEN = "lunar-reader-0123456789"
 ENV = {

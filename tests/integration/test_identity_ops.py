@@ -14,9 +14,9 @@ from pamfr.store.db import make_engine
 from pamfr.store.schema import history as patient_history
 from pamfr.store.schema import message as message_table
 from pamfr.store.schema import patient, patient_link
-from tests.feed import Feed, ipp, msg, with_pid, without
 from tests.helpers import pamfr_server
 from tests.historycheck import as_history_fields, rebuilt_view
+from tests.mllp_harness import Feed, ipp, msg, with_pid, without
 
 INS = "279035121518989"  # the ANS test identity (OID .10)
 TEST_OID = "1.2.250.1.213.1.4.10"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pamfr.hl7.samples import Person, message, nir_with_key
-from tests.feed import Feed, ipp, msg, with_pid
 from tests.helpers import Ack, pamfr_server, send, start_daemon
+from tests.mllp_harness import Feed, ipp, msg, with_pid
 
 SPEC = Path(__file__).resolve().parents[1] / "corpus" / "spec"
 INS = "279035121518989"  # the ANS test identity (test OID)

@@ -9,8 +9,7 @@ from pamfr.store.db import make_engine, upgrade
 from pamfr.store.schema import metadata
 
 
-def test_migrated_schema_matches_the_declared_tables(db_url):
-    engine = make_engine(db_url)
+def test_migrated_schema_matches_the_declared_tables(db_url, engine):
     with engine.connect() as conn:
         context = MigrationContext.configure(conn)
         differences = compare_metadata(context, metadata)

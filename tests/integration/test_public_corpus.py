@@ -10,7 +10,6 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from pamfr.cli import main
-from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
 from tests.conftest import PUBLIC_CORPUS
 from tests.helpers import pamfr_server, run_cli
@@ -24,7 +23,7 @@ def as_sent(path) -> bytes:
     return b"\r".join(s for s in re.split(rb"\r\n|\r|\n", path.read_bytes()) if s.strip())
 
 
-def test_public_examples_through_pamfr_send(db_url):
+def test_public_examples_through_pamfr_send(db_url, engine):
     assert [f.name[:3] for f in FILES] == [f"{n:03d}" for n in range(1, 9)]
     with pamfr_server(db_url) as server:
         result = run_cli("send", *map(str, FILES), "--to", f"127.0.0.1:{server.port}")
@@ -51,7 +50,6 @@ def test_public_examples_through_pamfr_send(db_url):
     def show(*selector: str):
         return CliRunner().invoke(main, ["patient", "show", *selector, "--db", db_url, "--json"])
 
-    engine = make_engine(db_url)
     with engine.connect() as conn:
         rows = conn.execute(select(message_table).order_by(message_table.c.id)).mappings().all()
     engine.dispose()

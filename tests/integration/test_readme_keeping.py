@@ -32,8 +32,7 @@ def readme_commands(prefix: str) -> list[str]:
     return lines
 
 
-def test_readme_pamfr_lines_run(sqlite_url, tmp_path):
-    engine = make_engine(sqlite_url)
+def test_readme_pamfr_lines_run(sqlite_url, engine, tmp_path):
     Receiver(engine).handle(
         message("A28", Person(ipp="RD1", ins="123456789012345"), "RD-1").encode()
     )

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -21,7 +19,7 @@ from pamfr.hl7.samples import Person, message
 from pamfr.ingest.messagesets import rewrite_control_id
 from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
-from tests.helpers import run_cli
+from tests.helpers import run_cli, start_daemon
 
 
 @pytest.fixture(autouse=True)
@@ -287,32 +285,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "serve exited"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("serve did not listen in time")
-
-
 def test_replay_to_a_running_serve(sqlite_url, tmp_path):
     folder = tmp_path / "set"
     make_set(folder, 15, 5, seed=5)
     (folder / "z-bad.hl7").write_text(
         a28("OK-9", "OK-9") + a28("BAD", "BAD-1", ins="123456789012345"), newline=""
     )
-    port = _free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "pamfr", "serve", "--db", sqlite_url, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    serve = start_daemon(sqlite_url, tmp_path / "serve.log")
+    port = serve.port
     try:
-        _wait_port(port, serve)
         report = tmp_path / "r.json"
         result = run_cli(
             "replay", str(folder), "--to", f"127.0.0.1:{port}", "--connections", "2",
@@ -328,8 +309,7 @@ def test_replay_to_a_running_serve(sqlite_url, tmp_path):
         assert data["events"] == dict(events_of(folder).most_common())
         assert len(json.loads((tmp_path / "state.json").read_text())) >= 8
     finally:
-        serve.terminate()
-        assert serve.wait(30) == 0
+        assert serve.stop() == 0
     rows = log_rows(sqlite_url)
     assert len(rows) == 17 and {r["door"] for r in rows} == {"mllp"}
     # Two connections, but each patient's messages in the order of the files.
@@ -413,18 +393,12 @@ def test_parallel_replay_keeps_each_patients_order_across_files(sqlite_url, tmp_
         message("A40", Person(ipp="NEW", birth_name="AUTRE"), "MERGE", prior_ipp="OLD"),
         newline="",
     )
-    port = _free_port()
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "pamfr", "serve", "--db", sqlite_url, "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    serve = start_daemon(sqlite_url, tmp_path / "serve.log")
+    port = serve.port
     try:
-        _wait_port(port, serve)
         result = cli("replay", str(folder), "--to", f"127.0.0.1:{port}", "--connections", "2")
     finally:
-        serve.terminate()
-        assert serve.wait(30) == 0
+        assert serve.stop() == 0
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "ERR codes: -" in result.stdout
     logged = [r["control_id"] for r in log_rows(sqlite_url)]

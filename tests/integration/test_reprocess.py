@@ -10,7 +10,6 @@ from sqlalchemy import func, select
 
 from pamfr.hl7.samples import Person, message
 from pamfr.path.receiver import Receiver
-from pamfr.store.db import make_engine
 from pamfr.store.messagelog import LoggedMessage, insert_messages
 from pamfr.store.retention import purge_raw
 from pamfr.store.schema import history as patient_history
@@ -34,8 +33,7 @@ def count(engine, table) -> int:
         return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
 
-def test_ar_after_a_configuration_fix_is_applied_and_answers_later_resends(db_url):
-    engine = make_engine(db_url)
+def test_ar_after_a_configuration_fix_is_applied_and_answers_later_resends(db_url, engine):
     misconfigured = Receiver(engine, allowed_senders=["OTHER-GAM|*"])
     first = misconfigured.handle(a28("R1", "CTL-R1"), door="mllp")
     assert first.code == "AR" and [p.code for p in first.problems] == [207]
@@ -68,11 +66,9 @@ def test_ar_after_a_configuration_fix_is_applied_and_answers_later_resends(db_ur
     nothing = run_cli("reprocess", "--outcome", "AR", "--db", db_url)
     assert nothing.returncode == 0, nothing.stderr
     assert "reprocessed 0 message(s)" in nothing.stdout
-    engine.dispose()
 
 
-def test_an_ar_whose_resend_was_aa_is_not_applied_twice(db_url):
-    engine = make_engine(db_url)
+def test_an_ar_whose_resend_was_aa_is_not_applied_twice(db_url, engine):
     Receiver(engine, allowed_senders=["OTHER-GAM"]).handle(a28("R2", "CTL-R2"))
     assert Receiver(engine).handle(a28("R2", "CTL-R2")).code == "AA"  # the GAM resent
     histories = count(engine, patient_history)
@@ -83,11 +79,9 @@ def test_an_ar_whose_resend_was_aa_is_not_applied_twice(db_url):
     last = rows(engine)[-1]
     assert last["reprocess_of"] == 1 and last["duplicate_of"] == 2
     assert count(engine, patient_history) == histories
-    engine.dispose()
 
 
-def test_ae_rerun_takes_the_duplicate_key_and_a_purged_raw_cannot_be_rerun(db_url):
-    engine = make_engine(db_url)
+def test_ae_rerun_takes_the_duplicate_key_and_a_purged_raw_cannot_be_rerun(db_url, engine):
     receiver = Receiver(engine)
     bad_key = a28("E1", "CTL-E1", ins="123456789012345")  # wrong INS key: AE
     other = a28("E2", "CTL-E2", ins="123456789012345")
@@ -117,7 +111,6 @@ def test_ae_rerun_takes_the_duplicate_key_and_a_purged_raw_cannot_be_rerun(db_ur
 
     later = run_cli("reprocess", "--outcome", "AE", "--since", "2999-01-01", "--db", db_url)
     assert "reprocessed 0 message(s)" in later.stdout
-    engine.dispose()
 
 
 def test_reprocess_bad_arguments_are_one_line_exit_2(tmp_path, sqlite_url):
@@ -141,11 +134,10 @@ def test_reprocess_bad_arguments_are_one_line_exit_2(tmp_path, sqlite_url):
     assert len(unreachable.stderr.strip().splitlines()) == 1
 
 
-def test_ae_fixed_by_a_new_version_is_applied_and_takes_the_key(db_url):
+def test_ae_fixed_by_a_new_version_is_applied_and_takes_the_key(db_url, engine):
     """A message an earlier version of the rules answered AE (logged as it would have been),
     run again by this version: applied, and the key moves to the new row in the same
     transaction (on PostgreSQL, the pipelined batch path)."""
-    engine = make_engine(db_url)
     raw = a28("F1", "CTL-F1")
     with engine.begin() as conn:
         (original,) = insert_messages(
@@ -179,4 +171,3 @@ def test_ae_fixed_by_a_new_version_is_applied_and_takes_the_key(db_url):
     assert count(engine, patient) == 1
     resend = receiver.handle(raw)
     assert resend.duplicate and resend.code == "AA"
-    engine.dispose()

@@ -43,8 +43,7 @@ def histories(engine) -> int:
         return conn.execute(select(func.count()).select_from(history)).scalar_one()
 
 
-def test_purge_empties_old_raws_and_keeps_rows_acks_history(db_url):
-    engine = make_engine(db_url)
+def test_purge_empties_old_raws_and_keeps_rows_acks_history(db_url, engine):
     receiver = Receiver(engine)
     assert receiver.handle(a28("P1", "OLD-AA")).code == "AA"
     assert receiver.handle(a28("P2", "OLD-AE", ins="123456789012345")).code == "AE"
@@ -88,11 +87,9 @@ def test_purge_empties_old_raws_and_keeps_rows_acks_history(db_url):
     with engine.connect() as conn:
         raws = dict(conn.execute(select(message_table.c.id, message_table.c.raw)).all())
     assert raws[again.message_id] == ar["raw"]
-    engine.dispose()
 
 
-def test_daemon_retention_pass_purges_and_never_raises(sqlite_url, tmp_path):
-    engine = make_engine(sqlite_url)
+def test_daemon_retention_pass_purges_and_never_raises(sqlite_url, engine, tmp_path):
     Receiver(engine).handle(a28("D1", "DAY-OLD"))
     Receiver(engine).handle(a28("D2", "DAY-NEW"))
     age(engine, "DAY-OLD", 8)
@@ -111,8 +108,7 @@ def test_daemon_retention_pass_purges_and_never_raises(sqlite_url, tmp_path):
     assert sample("pamfr_purge_failures_total") == 1
 
 
-def test_purge_takes_the_configured_age_and_refuses_without_one(sqlite_url, tmp_path):
-    engine = make_engine(sqlite_url)
+def test_purge_takes_the_configured_age_and_refuses_without_one(sqlite_url, engine, tmp_path):
     Receiver(engine).handle(a28("C1", "CONF-OLD"))
     age(engine, "CONF-OLD", 11)
     engine.dispose()
@@ -131,8 +127,7 @@ def test_purge_takes_the_configured_age_and_refuses_without_one(sqlite_url, tmp_
     assert zero.returncode == 2 and "--older-than" in zero.stderr
 
 
-def test_backup_of_a_live_sqlite_store_is_consistent(sqlite_url, tmp_path):
-    engine = make_engine(sqlite_url)
+def test_backup_of_a_live_sqlite_store_is_consistent(sqlite_url, engine, tmp_path):
     receiver = Receiver(engine)
     receiver.handle(a28("B0", "BK-0"))
     stop = threading.Event()

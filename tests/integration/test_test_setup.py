@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers import start_daemon
 
 
 def _closed_port() -> int:
@@ -132,3 +133,22 @@ def test_run_sh_installs_the_daemon_only_and_test_sh_adds_the_rest(
     assert tested[-2:] == ["ruff check .", "pytest -q"]
     _run(repo, "./run.sh")  # the test set-up serves the daemon too
     assert _installs(_calls(calls)) == []
+
+
+def test_a_daemon_a_test_starts_takes_nothing_of_the_test_process_configuration(
+    sqlite_url, tmp_path, monkeypatch
+):
+    """start_daemon builds the daemon's environment from scratch: a PAMFR_* variable of the
+    developer's shell (or of another test) never changes what a test runs."""
+    monkeypatch.setenv("PAMFR_LOG_LEVEL", "debug")
+    monkeypatch.setenv("PAMFR_SERVER_MAX_CONNECTIONS", "1")
+    monkeypatch.setenv("NOT_FOR_PAMFR", "a variable of the caller")
+    daemon = start_daemon(sqlite_url, tmp_path / "serve.log")
+    try:
+        environ = Path(f"/proc/{daemon.proc.pid}/environ").read_bytes().split(b"\0")
+        names = {item.split(b"=", 1)[0].decode() for item in environ if item}
+        assert {n for n in names if n.startswith("PAMFR_")} == {"PAMFR_CONFIG", "PAMFR_HTTP_TOKENS"}
+        assert "NOT_FOR_PAMFR" not in names
+    finally:
+        assert daemon.stop() == 0
+    assert " DEBUG " not in daemon.log()

@@ -4,16 +4,13 @@ Real `pamfr serve` with a configuration file, real HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 
 import httpx
 
 from pamfr.store.db import upgrade
-from tests.reliability.serving import Served
+from tests.helpers import start_daemon
 
 KEPT = "kept-0123456789abcdef01234567"
 REVOKED = "revoked-0123456789abcdef012345"
@@ -34,18 +31,9 @@ def test_a_token_or_desk_change_on_sighup_is_said_to_need_a_restart(tmp_path):
     upgrade(db_url)
     config = tmp_path / "pamfr.toml"
     _config(config, {"kept": KEPT, "revoked": REVOKED})
-    log_path = tmp_path / "serve.log"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PAMFR_")}
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pamfr", "--config", str(config), "serve", "--port", "0"]
-            + ["--db", db_url],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=clean,
-            start_new_session=True,
-        )
-    daemon = Served(proc, 0, log_path)
+    # the tokens are the configuration file's: none given by the environment
+    env = {"PAMFR_HTTP_TOKENS": ""}
+    daemon = start_daemon(db_url, tmp_path / "serve.log", config=config, env=env)
     try:
         found = daemon.wait_log(r"HTTP port on [^ ]+:(\d+)", timeout=60)
         base = f"http://127.0.0.1:{found.group(1)}"
@@ -61,8 +49,7 @@ def test_a_token_or_desk_change_on_sighup_is_said_to_need_a_restart(tmp_path):
         assert REVOKED not in log and KEPT not in log and SECRET not in log
         assert not re.search(r"revoked-\w", log)
     finally:
-        daemon.signal(signal.SIGTERM)
         try:
-            proc.wait(30)
+            daemon.stop()
         finally:
             daemon.kill_group()

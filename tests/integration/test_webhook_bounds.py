@@ -7,21 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from pamfr.hl7.samples import Person, message
-from tests.helpers import run_cli, send
-from tests.reliability.serving import Served, serve
+from tests.helpers import Daemon, run_cli, send, start_daemon
 from tests.webhook_sink import WebhookSink
 
 SECRET = "bounds-secret-0123456789abcdef0123456789"
 
 
-def _serve(db_url: str, tmp_path: Path, sink: WebhookSink, timeout: float) -> Served:
+def _serve(db_url: str, tmp_path: Path, sink: WebhookSink, timeout: float) -> Daemon:
     config = tmp_path / "pamfr.toml"
     config.write_text(
         "[feed]\npoll_interval = 0.1\nretry_initial = 0.1\nretry_max = 0.2\n\n"
         f'[[webhooks]]\nname = "crm"\nurl = "{sink.url}"\nsecret = "{SECRET}"\n'
         f"timeout = {timeout}\n"
     )
-    return serve(
+    return start_daemon(
         db_url, tmp_path / "serve.log", config=config, env={"PAMFR_RECEIVER_PARSE_WORKERS": "0"}
     )
 

@@ -1,11 +1,13 @@
-"""Helpers of the reliability tests: a sender that behaves like a GAM, memory of a daemon and
-of its parse workers, a PostgreSQL database of the test's own."""
+"""Helpers of the reliability tests: an MLLP client of a running daemon, a sender that behaves
+like a GAM, memory of a daemon and of its parse workers, a PostgreSQL database of the test's
+own. The daemon itself: tests.helpers.start_daemon."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +26,22 @@ from tests.helpers import parse_ack
 
 def a28(control_id: str) -> bytes:
     return message("A28", Person(ipp=f"P{control_id}"), control_id).encode()
+
+
+async def connect(
+    port: int,
+    *,
+    source: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    timeout: float = 10.0,
+) -> MLLPClient:
+    """An MLLP client on 127.0.0.1:port, from the local address `source` if given."""
+    local_addr = (source, 0) if source else None
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=tls, local_addr=local_addr
+        )
+    return MLLPClient(reader, writer)
 
 
 # -- memory -------------------------------------------------------------------------------

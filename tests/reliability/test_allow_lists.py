@@ -10,8 +10,8 @@ from pathlib import Path
 
 from pamfr.hl7.samples import Person, message
 from pamfr.transport.client import MLLPConnectionClosed
-from tests.helpers import log_rows, parse_ack
-from tests.reliability.serving import Served, connect, serve
+from tests.helpers import Daemon, log_rows, parse_ack, start_daemon
+from tests.reliability.common import connect
 
 NOT_ALLOWED = "sending application/facility (MSH-3/MSH-4) not allowed on this listener"
 
@@ -38,7 +38,7 @@ def _logged(db_url: str) -> list[tuple]:
     return log_rows(db_url, "peer", "sending_app", "control_id", "outcome", "error_text")
 
 
-def _reload(daemon: Served) -> str:
+def _reload(daemon: Daemon) -> str:
     """SIGHUP, then the line the daemon logged about it."""
     start = len(daemon.log())
     daemon.signal(signal.SIGHUP)
@@ -46,7 +46,7 @@ def _reload(daemon: Served) -> str:
     return found.group(0)
 
 
-def _stop(daemon: Served) -> None:
+def _stop(daemon: Daemon) -> None:
     daemon.signal(signal.SIGTERM)
     try:
         assert daemon.proc.wait(30) == 0
@@ -56,7 +56,7 @@ def _stop(daemon: Served) -> None:
 
 def test_peer_allow_list_and_its_reload(sqlite_url, tmp_path):
     config = _config(tmp_path / "pamfr.toml", peers=["127.0.0.2/32"])
-    daemon = serve(sqlite_url, tmp_path / "serve.log", config=config)
+    daemon = start_daemon(sqlite_url, tmp_path / "serve.log", config=config)
 
     async def scenario() -> None:
         # 127.0.0.1 is not in the list: the connection is closed without a byte of answer.
@@ -101,7 +101,7 @@ def test_peer_allow_list_and_its_reload(sqlite_url, tmp_path):
 
 def test_sender_allow_list_ar_207_then_sighup_on_the_same_connection(sqlite_url, tmp_path):
     config = _config(tmp_path / "pamfr.toml", senders=["GAM|CHU-X"])
-    daemon = serve(sqlite_url, tmp_path / "serve.log", config=config)
+    daemon = start_daemon(sqlite_url, tmp_path / "serve.log", config=config)
     lines: dict[str, str] = {}
 
     async def scenario() -> None:

@@ -28,9 +28,9 @@ from pamfr.store.readside import all_patient_ids, patient_history, patient_view
 from pamfr.store.schema import history
 from pamfr.store.schema import message as message_table
 from pamfr.transport.client import MLLPClient, MLLPError
-from tests.helpers import parse_ack
+from tests.helpers import Daemon, parse_ack, start_daemon
 from tests.historycheck import as_history_fields, rebuilt_view
-from tests.reliability.serving import Served, connect, serve
+from tests.reliability.common import connect
 
 SENDERS = 4
 KILLS = 6
@@ -40,7 +40,7 @@ BUDGET = 100.0  # seconds for the whole scenario, a hang fails the test
 
 @dataclass
 class Run:
-    daemon: Served
+    daemon: Daemon
     acked: dict[str, bytes] = field(default_factory=dict)  # control id -> message sent
     a28_ipps: set[str] = field(default_factory=set)
     unanswered: int = 0  # messages sent that got no answer (the daemon died): sent again
@@ -196,8 +196,8 @@ def test_sigkill_loses_no_acked_message(db_url, tmp_path):
     seed = int(os.environ.get("PAMFR_CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
 
-    def restart(n: int) -> Served:
-        return serve(db_url, tmp_path / f"serve-{n}.log", "--no-migrate")
+    def restart(n: int) -> Daemon:
+        return start_daemon(db_url, tmp_path / f"serve-{n}.log", "--no-migrate")
 
     run = Run(restart(0))
     started = time.monotonic()

@@ -17,13 +17,12 @@ import time
 from sqlalchemy import func, select, text
 
 from pamfr.hl7.samples import Person, message
-from pamfr.store.db import make_engine
 from pamfr.store.readside import all_patient_ids, patient_history, patient_view
 from pamfr.store.schema import message as message_table
 from pamfr.transport.client import MLLPClient, MLLPError
-from tests.helpers import parse_ack
+from tests.helpers import parse_ack, start_daemon
 from tests.historycheck import as_history_fields, rebuilt_view
-from tests.reliability.serving import connect, serve
+from tests.reliability.common import connect
 
 GRACE = 2.0
 SENDERS = 4
@@ -35,12 +34,11 @@ def _a28(control_id: str) -> bytes:
     return message("A28", Person(ipp=f"P{control_id}"), control_id).encode()
 
 
-def test_sigterm_with_a_stuck_database_exits_within_the_grace_period(db_url, tmp_path):
+def test_sigterm_with_a_stuck_database_exits_within_the_grace_period(db_url, engine, tmp_path):
     env = {"PAMFR_SERVER_SHUTDOWN_GRACE": str(GRACE)}
-    daemon = serve(db_url, tmp_path / "serve.log", "--no-migrate", env=env)
+    daemon = start_daemon(db_url, tmp_path / "serve.log", "--no-migrate", env=env)
     acked: list[str] = []
     unacked: list[str] = []  # sent, no answer: a GAM sends them again later
-    engine = make_engine(db_url)
     blocker = engine.connect()
 
     async def sender(k: int) -> None:
@@ -109,7 +107,7 @@ def test_sigterm_with_a_stuck_database_exits_within_the_grace_period(db_url, tmp
     assert set(first) == set(acked), sorted(set(first) - set(acked))
 
     # The GAM resends what got no ACK: after a restart all of it is in, exactly once.
-    daemon = serve(db_url, tmp_path / "serve-2.log", "--no-migrate", env=env)
+    daemon = start_daemon(db_url, tmp_path / "serve-2.log", "--no-migrate", env=env)
 
     async def resend() -> None:
         async with await MLLPClient.connect("127.0.0.1", daemon.port) as client:

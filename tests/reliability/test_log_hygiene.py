@@ -16,10 +16,9 @@ from dataclasses import replace
 from sqlalchemy import select
 
 from pamfr.hl7.samples import Person, message, nir_with_key
-from pamfr.store.db import make_engine
 from pamfr.store.schema import message as message_table
-from tests.helpers import parse_ack
-from tests.reliability.serving import connect, serve
+from tests.helpers import parse_ack, start_daemon
+from tests.reliability.common import connect
 
 # Made-up names that cannot occur in a log line by chance.
 ALICE = Person(
@@ -94,7 +93,7 @@ def _mllp_session() -> list[bytes]:
     ]
 
 
-def test_no_patient_data_in_the_log_at_info(sqlite_url, tmp_path):
+def test_no_patient_data_in_the_log_at_info(sqlite_url, engine, tmp_path):
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     config = tmp_path / "pamfr.toml"
@@ -109,7 +108,7 @@ def test_no_patient_data_in_the_log_at_info(sqlite_url, tmp_path):
         "[log]\n"
         'level = "info"\n'
     )
-    daemon = serve(sqlite_url, tmp_path / "serve.log", config=config)
+    daemon = start_daemon(sqlite_url, tmp_path / "serve.log", config=config)
     dropped = message("A28", DENIS, "HYG-F1") + message("A28", CLARA, "HYG-F2")
 
     async def scenario() -> list[str]:
@@ -133,7 +132,6 @@ def test_no_patient_data_in_the_log_at_info(sqlite_url, tmp_path):
 
     needles = _needles([ALICE_MARRIED, BRUNO, CLARA, DENIS]) | {"ÉLISABÉTHINE", "19480229"}
     # The needles are what was really sent: each is in the message log, as it should be...
-    engine = make_engine(sqlite_url)
     with engine.connect() as conn:
         raws = b"\n".join(conn.execute(select(message_table.c.raw)).scalars())
     engine.dispose()

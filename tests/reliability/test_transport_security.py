@@ -15,9 +15,9 @@ import pytest
 from pamfr.hl7.samples import Person, message
 from pamfr.transport.access import client_tls_context
 from pamfr.transport.client import MLLPError
-from tests.helpers import parse_ack, run_cli, stored_outcomes
+from tests.helpers import parse_ack, run_cli, start_daemon, stored_outcomes
+from tests.reliability.common import connect
 from tests.reliability.pki import Pki, make_pki
-from tests.reliability.serving import connect, serve
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ async def _try_send(port: int, raw: bytes, tls: ssl.SSLContext | None) -> str:
 
 
 def test_mllp_over_tls(sqlite_url, tmp_path, pki):
-    daemon = serve(sqlite_url, tmp_path / "serve.log", env=_tls_env(pki))
+    daemon = start_daemon(sqlite_url, tmp_path / "serve.log", env=_tls_env(pki))
     target = f"127.0.0.1:{daemon.port}"
     try:
         assert "access: TLS;" in daemon.log()
@@ -93,7 +93,7 @@ def test_mllp_over_tls(sqlite_url, tmp_path, pki):
 
 
 def test_mutual_tls_requires_a_certificate_from_the_configured_ca(sqlite_url, tmp_path, pki):
-    daemon = serve(sqlite_url, tmp_path / "serve.log", env=_tls_env(pki, mutual=True))
+    daemon = start_daemon(sqlite_url, tmp_path / "serve.log", env=_tls_env(pki, mutual=True))
     raw = message("A28", Person(ipp="PMTLS"), "MTLS-X").encode()
     try:
         assert "access: TLS, client certificate required;" in daemon.log()

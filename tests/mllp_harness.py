@@ -1,4 +1,5 @@
-"""A real pamfr server on a test database, fed messages, read back through `pamfr patient`."""
+"""An MLLP test harness: a real pamfr MLLP server on a test database, fed messages with
+unique control ids, read back through `pamfr patient`."""
 
 from __future__ import annotations
 

@@ -93,13 +93,13 @@ async def run_daemon(
             s.port,
         )
     db = settings.database
-    store_file = sqlite_path(db.url)
-    if store_file is not None:
-        warn_if_exposed(store_file)
     if db.migrate_on_start:
         upgrade(db.url)
     else:
         check_at_head(db.url)
+    store_file = sqlite_path(db.url)
+    if store_file is not None:  # once it is known to be a store: a text file is refused above
+        warn_if_exposed(store_file)
     async with contextlib.AsyncExitStack() as stack:
         code = await _serve(stack, settings, tls, http_tls, stop, hup, reload, source)
     if code == 0:

@@ -55,7 +55,15 @@ def test_without_postgresql_the_pg_tests_say_why_once_and_do_not_error() -> None
 
 # -- what ./run.sh and ./test.sh install ---------------------------------------------------
 
-TEST_TOOLS = ("pytest", "hypothesis", "ruff", "cryptography", "atheris", "playwright")
+TEST_TOOLS = (
+    "pytest",
+    "hypothesis",
+    "ruff",
+    "import-linter",
+    "cryptography",
+    "atheris",
+    "playwright",
+)
 
 
 def _names(requirements: list[str]) -> set[str]:
@@ -82,7 +90,7 @@ def scripts_with_a_recording_python(tmp_path: Path) -> tuple[Path, Path]:
     calls = tmp_path / "calls"
     bin_dir = repo / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    for tool in ("python", "pamfr", "ruff", "pytest"):
+    for tool in ("python", "pamfr", "ruff", "lint-imports", "pytest"):
         script = bin_dir / tool
         script.write_text(f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\n')
         script.chmod(0o755)
@@ -130,7 +138,7 @@ def test_run_sh_installs_the_daemon_only_and_test_sh_adds_the_rest(
     _run(repo, "./test.sh", "-q")
     tested = _calls(calls)
     assert _installs(tested) == ["requirements/test.txt"]
-    assert tested[-2:] == ["ruff check .", "pytest -q"]
+    assert tested[-3:] == ["ruff check .", "lint-imports --no-cache", "pytest -q"]
     _run(repo, "./run.sh")  # the test set-up serves the daemon too
     assert _installs(_calls(calls)) == []
 

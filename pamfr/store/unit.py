@@ -6,8 +6,8 @@ history, and inserts the transaction's change-feed events last of all.
 
 How the transaction runs:
 * first without savepoints, with the PostgreSQL look-ahead of store/pgbatch when it applies
-  (one round trip for the batch's look-ups; the identity writes held in a `HeldSink` and sent
-  with the COMMIT);
+  (one round trip for the batch's look-ups, BEGIN included; the identity writes held in a
+  `HeldSink` and sent with the COMMIT);
 * when a message of the batch is refused or conflicts, the transaction is rolled back and the
   batch runs again with a savepoint around each message, so one failure does not sink the
   others;
@@ -33,6 +33,7 @@ from typing import Generic, Protocol, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from pamfr.store import pgpipeline
 from pamfr.store.authorities import AuthorityBook
 from pamfr.store.changes import LoggedChanges, MessageChanges
 from pamfr.store.db import brief_error
@@ -152,8 +153,11 @@ class UnitOfWork(Generic[Item, Decided]):
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        with self.authorities.scope(), self.engine.begin() as conn:
-            yield conn
+        """One transaction; on PostgreSQL its BEGIN travels with its first statements."""
+        with self.authorities.scope(), self.engine.connect() as conn:
+            pgpipeline.begin_with_first_round_trip(conn)
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def _savepoint(self, conn: Connection) -> Iterator[None]:

@@ -59,3 +59,89 @@ def test_a_failed_pipelined_write_reruns_the_batch_message_by_message(pg_server_
         )
         assert dict(per_message.all()) == {"C1": 1, "C2": 1, "C3": 1, "C4": 1}
     engine.dispose()
+
+
+def _round_trips(trace) -> int:
+    """Runs of client messages each followed by the server's answer, in a libpq trace
+    (bench.commit_cost --pg counts the same way)."""
+    trips, last = 0, ""
+    for line in trace:
+        fields = line.split("\t")
+        if len(fields) > 1 and fields[1] in ("F", "B"):
+            trips += fields[1] == "B" and last == "F"
+            last = fields[1]
+    return trips
+
+
+def test_a_batch_of_creates_and_updates_takes_two_round_trips(pg_server_url, tmp_path) -> None:
+    """BEGIN travels with the look-ups, the feed lock and the events with the COMMIT; a merge
+    run on its own ends with one round trip for its log row, history, events and COMMIT. The
+    writer's connection goes back to the pool as it came (not in autocommit)."""
+    url = _fresh_pg_schema(pg_server_url)
+    upgrade(url)
+    engine = make_engine(url)
+    receiver = Receiver(engine)
+    receiver.handle(message("A28", Person(ipp="OLD"), "C0").encode())
+    receiver.handle(message("A28", Person(ipp="GONE"), "C00").encode())
+
+    def trips(texts: list[str]) -> int:
+        prepared = [receiver.prepare(Inbound(t.encode())) for t in texts]
+        with engine.connect() as conn:  # the pool's one connection, the one commit uses
+            pgconn = conn.connection.driver_connection.pgconn
+        path = tmp_path / "trace"
+        with open(path, "w") as trace:
+            pgconn.trace(trace.fileno())
+            outcomes = receiver.commit(prepared)
+            pgconn.untrace()
+        assert [o.code for o in outcomes] == ["AA"] * len(texts)
+        with open(path) as trace:
+            return _round_trips(trace)
+
+    plain = [
+        message("A28", Person(ipp="NEW1"), "C1"),
+        message("A31", Person(ipp="OLD", birth_name="APRES"), "C2"),
+        message("A28", Person(ipp="NEW2"), "C3"),
+    ]
+    assert trips(plain) == 2
+    with engine.connect() as conn:
+        assert conn.connection.driver_connection.autocommit is False
+        assert conn.execute(select(func.count()).select_from(message_table)).scalar() == 5
+    engine.dispose()
+
+
+def test_a_failed_transaction_leaves_nothing_on_the_plain_path(pg_server_url) -> None:
+    """The transaction sends its own BEGIN (store/pgpipeline.begin_with_first_round_trip): a
+    batch that starts with a merge (no look-ahead, statements one at a time) and whose events
+    fail keeps none of its writes, and its messages run again in savepoints."""
+    url = _fresh_pg_schema(pg_server_url)
+    upgrade(url)
+    engine = make_engine(url)
+    receiver = Receiver(engine)
+    receiver.handle(message("A28", Person(ipp="KEEP"), "C1").encode())
+    receiver.handle(message("A28", Person(ipp="GONE"), "C2").encode())
+    with engine.begin() as conn:  # the first event insert fails, later ones pass
+        conn.execute(
+            text(
+                "CREATE SEQUENCE ev_seq;"
+                " CREATE FUNCTION ev() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF nextval('ev_seq') = 1 THEN RAISE EXCEPTION 'no' USING ERRCODE ="
+                " 'unique_violation'; END IF; RETURN NEW; END $$;"
+                " CREATE TRIGGER ev BEFORE INSERT ON event FOR EACH ROW EXECUTE FUNCTION ev();"
+            )
+        )
+    texts = [
+        message("A40", Person(ipp="KEEP"), "C3", prior_ipp="GONE"),
+        message("A28", Person(ipp="NEW"), "C4"),
+    ]
+    outcomes = receiver.commit([receiver.prepare(Inbound(t.encode())) for t in texts])
+    assert [o.code for o in outcomes] == ["AA", "AA"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT last_value FROM ev_seq")).scalar() >= 2  # it failed
+        logged = conn.execute(select(message_table.c.control_id)).scalars()
+        assert sorted(logged) == ["C1", "C2", "C3", "C4"]
+        per_message = conn.execute(
+            select(history.c.control_id, func.count()).group_by(history.c.control_id)
+        )
+        assert dict(per_message.all()) == {"C1": 1, "C2": 1, "C3": 2, "C4": 1}
+        assert conn.connection.driver_connection.autocommit is False
+    engine.dispose()

@@ -124,11 +124,16 @@ def _sql(conn: Connection, statement: Executable, keys: tuple[str, ...]) -> tupl
     return cached[1], cached[2]
 
 
+def commits_in_pipeline(conn: Connection) -> bool:
+    """Whether the transaction ends with `send_and_commit` (PostgreSQL with pipelines)."""
+    return conn.dialect.name == "postgresql" and supported()
+
+
 def send_and_commit(conn: Connection, writes: list[tuple[Executable, list[dict]]]) -> None:
     """Run each statement over its rows, then COMMIT, all in one pipeline: the caller's
     transaction ends here (SQLAlchemy's own commit afterwards finds nothing left to do:
     psycopg's commit outside a transaction sends nothing), so this is the last thing the
-    caller does in it; store/sink.HeldSink.commit is its one caller. A failure comes out as
+    caller does in it; store/sink's `commit` is its one caller. A failure comes out as
     the SQLAlchemy exception the same statement would have raised, and the transaction is
     rolled back. The COMMIT is a statement of the pipeline: psycopg's commit() would sync the
     pipeline itself before its exit syncs again, two round trips instead of one."""

@@ -3,10 +3,13 @@
 * `ImmediateSink` sends each write when it is made (SQLite, PostgreSQL without a look-ahead,
   every message run in its savepoint);
 * `HeldSink` (PostgreSQL, after store/pgbatch looked a batch's patients up) holds the identity
-  writes of the messages the look-ahead covered, and when they are still held at the end of
-  the transaction sends them, the log rows, the history and the events with the COMMIT in
-  one round trip (`commit`, through store/pgpipeline), the rows taking the ids the look-ahead
-  reserved.
+  writes of the messages the look-ahead covered, and the log rows and history of every
+  message of the batch, and sends what is still held at the end of the transaction with the
+  events and the COMMIT in one round trip (`commit`, through store/pgpipeline), the rows
+  taking the ids the look-ahead reserved.
+
+On PostgreSQL (with pipelines) every transaction ends with one round trip: whatever is still
+held, the feed lock, the events and the COMMIT (store/pgpipeline.send_and_commit).
 
 The unit of work (store/unit) makes one sink a transaction and gives it to each message's
 repository; the repository never asks which one it has.
@@ -90,7 +93,11 @@ class ImmediateSink:
         writes.execute(self.conn, pairs)
 
     def commit(self, last: Writes) -> None:
-        writes.execute(self.conn, last)
+        if pgpipeline.commits_in_pipeline(self.conn):
+            # The feed lock, the events and the COMMIT in one round trip (not three).
+            pgpipeline.send_and_commit(self.conn, last)
+        else:
+            writes.execute(self.conn, last)
 
 
 class HeldSink(ImmediateSink):
@@ -154,7 +161,10 @@ class HeldSink(ImmediateSink):
         self._holding = False
 
     def log_messages(self, rows: list[LoggedMessage]) -> list[int]:
-        if not self.pending:
+        # Held, with their reserved ids, even once the identity writes are no longer held:
+        # they go with the COMMIT unless a later write flushes them.
+        if len(rows) > len(self._message_ids):
+            self.flush()
             return super().log_messages(rows)
         ids, self._message_ids = self._message_ids[: len(rows)], self._message_ids[len(rows) :]
         self._assign(self._patient_ids[: len(self._patients)])
@@ -168,9 +178,7 @@ class HeldSink(ImmediateSink):
             super().write(pairs)
 
     def commit(self, last: Writes) -> None:
-        if not self.pending:
-            super().commit(last)
-            return
+        """Whatever is still held, the last writes and the COMMIT: one round trip."""
         pgpipeline.send_and_commit(self.conn, [*self._held(), *self._after, *last])
         self._patients, self._identifiers, self._updates, self._after = [], [], {}, []
 

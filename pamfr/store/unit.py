@@ -6,8 +6,9 @@ history, and inserts the transaction's change-feed events last of all.
 
 How the transaction runs:
 * first without savepoints, with the PostgreSQL look-ahead of store/pgbatch when it applies
-  (one round trip for the batch's look-ups, BEGIN included; the identity writes held in a
-  `HeldSink` and sent with the COMMIT);
+  (one round trip for the batch's look-ups, BEGIN included; the identity writes of the
+  messages it covers, and the log rows and history of the batch, held in a `HeldSink` and
+  sent with the events and the COMMIT in one more round trip);
 * when a message of the batch is refused or conflicts, the transaction is rolled back and the
   batch runs again with a savepoint around each message, so one failure does not sink the
   others;
@@ -240,9 +241,14 @@ class UnitOfWork(Generic[Item, Decided]):
                 raise _RunWithSavepoints from exc
             decided.append(d)
             if d.changes is not None and d.changes.link is not None:
-                # The link row is written with its message's; a later A37 may remove it.
+                # The link row is written with its message's; a later A24 reads it, a later
+                # A37 may remove it: sent now, not held for the COMMIT.
                 done += self._log_or_rerun(conn, sink, decided)
                 decided = []
+                try:
+                    sink.flush()
+                except IntegrityError as exc:
+                    raise _RunWithSavepoints from exc
         done += self._log_or_rerun(conn, sink, decided)
         try:  # last of all: after the held writes of a look-ahead, it also commits
             sink.commit(self._events(conn, done))

@@ -145,3 +145,72 @@ def test_a_failed_transaction_leaves_nothing_on_the_plain_path(pg_server_url) ->
         assert dict(per_message.all()) == {"C1": 1, "C2": 1, "C3": 2, "C4": 1}
         assert conn.connection.driver_connection.autocommit is False
     engine.dispose()
+
+
+def _last_round_trip(trace) -> str:
+    """What the client sent in a libpq trace's last round trip."""
+    trips: list[list[str]] = [[]]
+    last = ""
+    for line in trace:
+        fields = line.split("\t")
+        if len(fields) > 1 and fields[1] in ("F", "B"):
+            if fields[1] == "F" and last == "B":
+                trips.append([])
+            if fields[1] == "F":
+                trips[-1].append(line)
+            last = fields[1]
+    return "".join(trips[-1])
+
+
+def test_events_go_with_the_commit_on_every_path(pg_server_url, tmp_path) -> None:
+    """A batch the look-ahead does not cover (it starts with a merge), one whose look-ahead
+    stops at a merge, and one run in savepoints (a control id twice): each ends with one
+    round trip holding the feed lock, the event insert and the COMMIT."""
+    url = _fresh_pg_schema(pg_server_url)
+    upgrade(url)
+    engine = make_engine(url)
+    receiver = Receiver(engine)
+    for n in range(3):
+        receiver.handle(message("A28", Person(ipp=f"GONE{n}"), f"G{n}").encode())
+    receiver.handle(message("A28", Person(ipp="KEEP"), "K").encode())
+
+    def last_trip(texts: list[str]) -> str:
+        prepared = [receiver.prepare(Inbound(t.encode())) for t in texts]
+        with engine.connect() as conn:  # the pool's one connection, the one commit uses
+            driver = conn.connection.driver_connection
+            driver.prepare_threshold = None  # the statements' text in the trace, not a name
+            pgconn = driver.pgconn
+        path = tmp_path / "trace"
+        with open(path, "w") as trace:
+            pgconn.trace(trace.fileno())
+            outcomes = receiver.commit(prepared)
+            pgconn.untrace()
+        assert [o.code for o in outcomes] == ["AA"] * len(texts)
+        with open(path) as trace:
+            return _last_round_trip(trace)
+
+    batches = [
+        [
+            message("A40", Person(ipp="KEEP"), "C1", prior_ipp="GONE0"),
+            message("A28", Person(ipp="NEW1"), "C2"),
+        ],
+        [
+            message("A28", Person(ipp="NEW2"), "C3"),
+            message("A40", Person(ipp="KEEP"), "C4", prior_ipp="GONE1"),
+            message("A28", Person(ipp="NEW3"), "C5"),
+        ],
+        [
+            message("A28", Person(ipp="NEW4"), "C6"),
+            message("A28", Person(ipp="NEW4"), "C6"),  # a resend: in savepoints
+        ],
+    ]
+    for texts in batches:
+        sent = last_trip(texts)
+        assert "pg_advisory_xact_lock" in sent
+        assert "INSERT INTO event" in sent
+        assert "COMMIT" in sent
+        assert sent.index("pg_advisory_xact_lock") < sent.index("INSERT INTO event")
+        assert sent.index("INSERT INTO event") < sent.rindex("COMMIT")
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(message_table)).scalar() == 11
+    engine.dispose()

@@ -41,7 +41,7 @@ def begin_with_first_round_trip(conn: Connection) -> bool:
     Nothing runs outside the transaction: every statement finds it open. The commit and the
     rollback are psycopg's (they act on the server's transaction status, not on autocommit),
     or the COMMIT statement `send_and_commit` ends the pipeline with."""
-    if conn.dialect.name != "postgresql" or not supported():
+    if not applies(conn):
         return False
     if not event.contains(conn.engine, "before_cursor_execute", _begin_first):
         event.listen(conn.engine, "before_cursor_execute", _begin_first)
@@ -124,8 +124,10 @@ def _sql(conn: Connection, statement: Executable, keys: tuple[str, ...]) -> tupl
     return cached[1], cached[2]
 
 
-def commits_in_pipeline(conn: Connection) -> bool:
-    """Whether the transaction ends with `send_and_commit` (PostgreSQL with pipelines)."""
+def applies(conn: Connection) -> bool:
+    """Whether the PostgreSQL strategy runs on this connection (PostgreSQL with pipelines):
+    the transaction's own BEGIN, the look-aheads, the writes sent together and the COMMIT
+    with the last of them."""
     return conn.dialect.name == "postgresql" and supported()
 
 
@@ -137,6 +139,15 @@ def send_and_commit(conn: Connection, writes: list[tuple[Executable, list[dict]]
     the SQLAlchemy exception the same statement would have raised, and the transaction is
     rolled back. The COMMIT is a statement of the pipeline: psycopg's commit() would sync the
     pipeline itself before its exit syncs again, two round trips instead of one."""
+    send(conn, writes, commit=True)
+
+
+def send(
+    conn: Connection, writes: list[tuple[Executable, list[dict]]], commit: bool = False
+) -> None:
+    """Run each statement over its rows in one pipeline, one round trip, inside the caller's
+    transaction (ended by a COMMIT when `commit`). A failure comes out as the SQLAlchemy
+    exception the same statement would have raised."""
     driver = conn.connection.driver_connection
     batches = [(_sql(conn, stmt, tuple(rows[0])), rows) for stmt, rows in writes if rows]
     begin = _begin_pending(conn)
@@ -146,6 +157,7 @@ def send_and_commit(conn: Connection, writes: list[tuple[Executable, list[dict]]
                 cursor.execute("BEGIN")
             for (sql, literals), rows in batches:
                 cursor.executemany(sql, [{**literals, **row} for row in rows] if literals else rows)
-            cursor.execute("COMMIT")
+            if commit:
+                cursor.execute("COMMIT")
     except conn.dialect.loaded_dbapi.Error as exc:
         raise _wrapped(conn, [sql for (sql, _), _ in batches], exc) from exc

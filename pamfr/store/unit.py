@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -218,20 +218,38 @@ class UnitOfWork(Generic[Item, Decided]):
         self, conn: Connection, batch: Sequence[Item], keys: list[str | None]
     ) -> list[Logged[Decided]]:
         lookups = [self.work.lookup(item) for item in batch]
-        processed, ahead, ahead_count = look_ahead(conn, lookups, [k for k in keys if k])
+        processed, ahead, ahead_end = look_ahead(conn, lookups, [k for k in keys if k])
         sink: WriteSink = ImmediateSink(conn)
+        held: HeldSink | None = None
         if ahead is not None:
             held = sink = HeldSink(conn, ahead.new_patient_ids, ahead.message_ids)
+        again = pgpipeline.applies(conn)  # look ahead again past where a look-ahead stopped
         done: list[Logged[Decided]] = []
         decided: list[Decided] = []
         for i, (item, key) in enumerate(zip(batch, keys, strict=True)):
-            if ahead is not None and i == ahead_count:
+            if ahead is not None and i == ahead_end:
                 try:  # what comes next reads the store again
-                    held.stop_holding()
+                    cast(HeldSink, held).stop_holding()
                 except IntegrityError as exc:  # another receiver took one of the new IPPs
                     raise _RunWithSavepoints from exc
+                ahead = None
+            if ahead is None and again and i > 0:
+                # The rest of the batch, once what came before is written: its leading
+                # creates and updates looked up together again (each look-ahead locks in IPP
+                # order). The duplicate-control keys were read by the first look-ahead; the
+                # log ids were reserved for the whole batch by the first that ran (if none
+                # did yet, this one reserves them).
+                reserve = 0 if held is not None else len(batch)
+                _, ahead, count = look_ahead(conn, lookups[i:], [], messages=reserve)
+                if ahead is not None:
+                    if held is None:
+                        held = sink = HeldSink(conn, [], [], holding=False)
+                    held.reserved(ahead.new_patient_ids, ahead.message_ids, hold=count > 0)
+                    ahead_end = i + count
+                    if count == 0:
+                        ahead = None
             context = MessageContext(
-                conn, sink, ahead if i < ahead_count else None, self.authorities
+                conn, sink, ahead if ahead is not None and i < ahead_end else None, self.authorities
             )
             try:
                 d = self.work.decide(context, item, processed.get(key) if key else None)

@@ -74,9 +74,9 @@ def _round_trips(trace) -> int:
 
 
 def test_a_batch_of_creates_and_updates_takes_two_round_trips(pg_server_url, tmp_path) -> None:
-    """BEGIN travels with the look-ups, the feed lock and the events with the COMMIT; a merge
-    run on its own ends with one round trip for its log row, history, events and COMMIT. The
-    writer's connection goes back to the pool as it came (not in autocommit)."""
+    """BEGIN travels with the look-ups, the feed lock and the events with the COMMIT; after a
+    merge the rest of the batch is looked up together again. The writer's connection goes
+    back to the pool as it came (not in autocommit)."""
     url = _fresh_pg_schema(pg_server_url)
     upgrade(url)
     engine = make_engine(url)
@@ -103,9 +103,16 @@ def test_a_batch_of_creates_and_updates_takes_two_round_trips(pg_server_url, tmp
         message("A28", Person(ipp="NEW2"), "C3"),
     ]
     assert trips(plain) == 2
+    alone = trips([message("A40", Person(ipp="OLD"), "C4", prior_ipp="GONE")])
+    receiver.handle(message("A28", Person(ipp="GONE2"), "C5").encode())
+    merged = [message("A40", Person(ipp="OLD"), "C6", prior_ipp="GONE2")]
+    after = [message("A28", Person(ipp="NEW3"), "C7"), message("A28", Person(ipp="NEW4"), "C8")]
+    # The creates after the merge: one look-ahead, their writes with the COMMIT (the log row
+    # and the history of the merge too), no round trip more than the merge alone.
+    assert trips(merged + after) <= alone
     with engine.connect() as conn:
         assert conn.connection.driver_connection.autocommit is False
-        assert conn.execute(select(func.count()).select_from(message_table)).scalar() == 5
+        assert conn.execute(select(func.count()).select_from(message_table)).scalar() == 10
     engine.dispose()
 
 

@@ -79,7 +79,7 @@ def prefetch(
     them. The caller makes sure no message of the batch changes what another's
     look-up finds: distinct IPPs, and no merge or identifier change before them. None on
     SQLite, where a look-up costs less than the batching (and there is no row lock to take)."""
-    if conn.dialect.name != "postgresql" or not pgpipeline.supported():
+    if not pgpipeline.applies(conn):
         return None
     wanted = [(i.authority_key, i.value) for i in ipps]
     # Locked in one order (by IPP) by every receiver's prefetch; a merge locks by id, and a
@@ -134,14 +134,18 @@ def prefetch(
 
 
 def look_ahead(
-    conn: Connection, lookups: Sequence[Lookup | Ahead], keys: list[str]
+    conn: Connection,
+    lookups: Sequence[Lookup | Ahead],
+    keys: list[str],
+    messages: int | None = None,
 ) -> tuple[dict[str, Processed], Prefetched | None, int]:
     """The batch's messages already processed (by duplicate-control key) and, on PostgreSQL,
     the patients of its leading creates and updates (`lookups`: what each message of the
     batch asks), looked up and locked together, and how many messages of the batch use that
     look-up and hold back their writes until the flush: those before the first message that
     could change what a later one finds (Ahead.STOP, a repeated IPP, a patient designated
-    twice). All in one round trip."""
+    twice). All in one round trip. `messages`: how many log ids to reserve (by default one
+    for each of `lookups`; 0 when an earlier look-ahead of the transaction reserved them)."""
     ipps: list[Identifier] = []
     ins_values: set[str] = set()  # whose holders the rules will ask for
     positions: list[int] = []  # of the message each IPP comes from
@@ -160,7 +164,8 @@ def look_ahead(
         positions.append(i)
     found = None
     if ipps:
-        found = prefetch(conn, ipps, len(lookups), processed_queries(keys), sorted(ins_values))
+        reserve = len(lookups) if messages is None else messages
+        found = prefetch(conn, ipps, reserve, processed_queries(keys), sorted(ins_values))
     if found is None:
         return find_processed(conn, keys), None, 0
     prefetched, processed_rows = found

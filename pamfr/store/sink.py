@@ -3,10 +3,13 @@
 * `ImmediateSink` sends each write when it is made (SQLite, PostgreSQL without a look-ahead,
   every message run in its savepoint);
 * `HeldSink` (PostgreSQL, after store/pgbatch looked a batch's patients up) holds the identity
-  writes of the messages the look-ahead covered, and when they are still held at the end of
-  the transaction sends them, the log rows, the history and the events with the COMMIT in
-  one round trip (`commit`, through store/pgpipeline), the rows taking the ids the look-ahead
-  reserved.
+  writes of the messages the look-ahead covered, and the log rows and history of every
+  message of the batch, and sends what is still held at the end of the transaction with the
+  events and the COMMIT in one round trip (`commit`, through store/pgpipeline), the rows
+  taking the ids the look-ahead reserved.
+
+On PostgreSQL (with pipelines) every transaction ends with one round trip: whatever is still
+held, the feed lock, the events and the COMMIT (store/pgpipeline.send_and_commit).
 
 The unit of work (store/unit) makes one sink a transaction and gives it to each message's
 repository; the repository never asks which one it has.
@@ -90,22 +93,33 @@ class ImmediateSink:
         writes.execute(self.conn, pairs)
 
     def commit(self, last: Writes) -> None:
-        writes.execute(self.conn, last)
+        if pgpipeline.applies(self.conn):
+            # The feed lock, the events and the COMMIT in one round trip (not three).
+            pgpipeline.send_and_commit(self.conn, last)
+        else:
+            writes.execute(self.conn, last)
 
 
 class HeldSink(ImmediateSink):
     """Holds new patients (one statement for all), their identifiers (another) and updates
     (one a set of changed columns) until `flush`, or until `commit` when nothing flushed
-    them; after `stop_holding` it is an immediate sink. `patient_ids` and `message_ids`: ids
-    the look-ahead reserved for the rows written with the COMMIT (store/pgpipeline.NEXT_IDS)."""
+    them; after `stop_holding` it sends identity writes when they are made, until a later
+    look-ahead of the batch has it hold them again (`reserved`). The log rows and history
+    are held throughout. `patient_ids` and `message_ids`: ids the look-ahead reserved for the
+    new rows (store/pgpipeline.NEXT_IDS), handed out in order; a flush sends everything held
+    in one round trip (store/pgpipeline.send)."""
 
     def __init__(
-        self, conn: Connection, patient_ids: Sequence[int], message_ids: Sequence[int]
+        self,
+        conn: Connection,
+        patient_ids: Sequence[int],
+        message_ids: Sequence[int],
+        holding: bool = True,
     ) -> None:
         super().__init__(conn)
         self._patient_ids = list(patient_ids)
         self._message_ids = list(message_ids)
-        self._holding = True
+        self._holding = holding
         self._patients: list[NewPatient] = []
         self._identifiers: list[dict] = []
         self._updates: dict[tuple[str, ...], list[dict]] = {}
@@ -139,25 +153,34 @@ class HeldSink(ImmediateSink):
         return super().execute(statement, params)
 
     def flush(self) -> None:
-        """Send the held writes now, the new patients taking their ids from the database."""
+        """Send the held writes now, in one round trip, the new patients taking reserved ids."""
         if not self.pending:
             return
-        if self._patients:
-            rows = [new.columns for new in self._patients]
-            self._assign(self.conn.execute(sql.INSERT_PATIENTS, rows).scalars().all())
-        writes.execute(self.conn, [*self._held(with_patients=False), *self._after])
+        self._assign()
+        pgpipeline.send(self.conn, [*self._held(), *self._after])
         self._patients, self._identifiers, self._updates, self._after = [], [], {}, []
 
     def stop_holding(self) -> None:
-        """Flush, and send every later write when it is made."""
+        """Flush, and send every later identity write when it is made."""
         self.flush()
         self._holding = False
 
+    def reserved(self, patient_ids: Sequence[int], message_ids: Sequence[int], hold: bool) -> None:
+        """Ids a later look-ahead of the batch reserved (`message_ids` only when no earlier
+        one had), once the writes held before it were flushed; with `hold`, the identity
+        writes of the messages it covers are held again."""
+        self._patient_ids = list(patient_ids)
+        self._message_ids += message_ids
+        self._holding = hold
+
     def log_messages(self, rows: list[LoggedMessage]) -> list[int]:
-        if not self.pending:
+        # Held, with their reserved ids, even once the identity writes are no longer held:
+        # they go with the COMMIT unless a later write flushes them.
+        if len(rows) > len(self._message_ids):
+            self.flush()
             return super().log_messages(rows)
         ids, self._message_ids = self._message_ids[: len(rows)], self._message_ids[len(rows) :]
-        self._assign(self._patient_ids[: len(self._patients)])
+        self._assign()
         self._after += message_writes(rows, ids)
         return ids
 
@@ -168,20 +191,22 @@ class HeldSink(ImmediateSink):
             super().write(pairs)
 
     def commit(self, last: Writes) -> None:
-        if not self.pending:
-            super().commit(last)
-            return
+        """Whatever is still held, the last writes and the COMMIT: one round trip."""
+        self._assign()
         pgpipeline.send_and_commit(self.conn, [*self._held(), *self._after, *last])
         self._patients, self._identifiers, self._updates, self._after = [], [], {}, []
 
-    def _assign(self, ids: Sequence[int]) -> None:
-        for new, patient_id in zip(self._patients, ids, strict=True):
-            new.id = patient_id
+    def _assign(self) -> None:
+        """Each new patient without an id takes the next reserved one (the look-ahead
+        reserved one for each patient it covers)."""
+        for new in self._patients:
+            if new.id is None:
+                new.id = self._patient_ids.pop(0)
 
-    def _held(self, with_patients: bool = True) -> Writes:
+    def _held(self) -> Writes:
         """The held identity writes as (statement, rows), once every new patient has its id."""
         pairs: Writes = []
-        if with_patients and self._patients:
+        if self._patients:
             rows = [{**n.columns, "id": n.id} for n in self._patients]
             pairs.append((sql.INSERT_IDENTIFIED_PATIENT, rows))
         if self._identifiers:

@@ -28,7 +28,6 @@ PATIENT_IDENTIFIERS = (
 INSERT_PATIENT = insert(patient).returning(patient.c.id)
 NULL_COLUMNS = dict.fromkeys(c.name for c in patient.c if c.nullable and not c.primary_key)
 INSERT_IDENTIFIED_PATIENT = insert(patient)
-INSERT_PATIENTS = insert(patient).returning(patient.c.id, sort_by_parameter_order=True)
 INSERT_IDENTIFIER = insert(identifier)
 UPDATE_PATIENT = update(patient).where(patient.c.id == bindparam("pid"))
 INSERT_HISTORY = insert(history)

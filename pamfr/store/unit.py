@@ -6,8 +6,9 @@ history, and inserts the transaction's change-feed events last of all.
 
 How the transaction runs:
 * first without savepoints, with the PostgreSQL look-ahead of store/pgbatch when it applies
-  (one round trip for the batch's look-ups; the identity writes held in a `HeldSink` and sent
-  with the COMMIT);
+  (one round trip for the batch's look-ups, BEGIN included; the identity writes of the
+  messages it covers, and the log rows and history of the batch, held in a `HeldSink` and
+  sent with the events and the COMMIT in one more round trip);
 * when a message of the batch is refused or conflicts, the transaction is rolled back and the
   batch runs again with a savepoint around each message, so one failure does not sink the
   others;
@@ -28,11 +29,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, cast
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from pamfr.store import pgpipeline
 from pamfr.store.authorities import AuthorityBook
 from pamfr.store.changes import LoggedChanges, MessageChanges
 from pamfr.store.db import brief_error
@@ -152,8 +154,11 @@ class UnitOfWork(Generic[Item, Decided]):
 
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        with self.authorities.scope(), self.engine.begin() as conn:
-            yield conn
+        """One transaction; on PostgreSQL its BEGIN travels with its first statements."""
+        with self.authorities.scope(), self.engine.connect() as conn:
+            pgpipeline.begin_with_first_round_trip(conn)
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def _savepoint(self, conn: Connection) -> Iterator[None]:
@@ -213,20 +218,38 @@ class UnitOfWork(Generic[Item, Decided]):
         self, conn: Connection, batch: Sequence[Item], keys: list[str | None]
     ) -> list[Logged[Decided]]:
         lookups = [self.work.lookup(item) for item in batch]
-        processed, ahead, ahead_count = look_ahead(conn, lookups, [k for k in keys if k])
+        processed, ahead, ahead_end = look_ahead(conn, lookups, [k for k in keys if k])
         sink: WriteSink = ImmediateSink(conn)
+        held: HeldSink | None = None
         if ahead is not None:
             held = sink = HeldSink(conn, ahead.new_patient_ids, ahead.message_ids)
+        again = pgpipeline.applies(conn)  # look ahead again past where a look-ahead stopped
         done: list[Logged[Decided]] = []
         decided: list[Decided] = []
         for i, (item, key) in enumerate(zip(batch, keys, strict=True)):
-            if ahead is not None and i == ahead_count:
+            if ahead is not None and i == ahead_end:
                 try:  # what comes next reads the store again
-                    held.stop_holding()
+                    cast(HeldSink, held).stop_holding()
                 except IntegrityError as exc:  # another receiver took one of the new IPPs
                     raise _RunWithSavepoints from exc
+                ahead = None
+            if ahead is None and again and i > 0:
+                # The rest of the batch, once what came before is written: its leading
+                # creates and updates looked up together again (each look-ahead locks in IPP
+                # order). The duplicate-control keys were read by the first look-ahead; the
+                # log ids were reserved for the whole batch by the first that ran (if none
+                # did yet, this one reserves them).
+                reserve = 0 if held is not None else len(batch)
+                _, ahead, count = look_ahead(conn, lookups[i:], [], messages=reserve)
+                if ahead is not None:
+                    if held is None:
+                        held = sink = HeldSink(conn, [], [], holding=False)
+                    held.reserved(ahead.new_patient_ids, ahead.message_ids, hold=count > 0)
+                    ahead_end = i + count
+                    if count == 0:
+                        ahead = None
             context = MessageContext(
-                conn, sink, ahead if i < ahead_count else None, self.authorities
+                conn, sink, ahead if ahead is not None and i < ahead_end else None, self.authorities
             )
             try:
                 d = self.work.decide(context, item, processed.get(key) if key else None)
@@ -236,9 +259,14 @@ class UnitOfWork(Generic[Item, Decided]):
                 raise _RunWithSavepoints from exc
             decided.append(d)
             if d.changes is not None and d.changes.link is not None:
-                # The link row is written with its message's; a later A37 may remove it.
+                # The link row is written with its message's; a later A24 reads it, a later
+                # A37 may remove it: sent now, not held for the COMMIT.
                 done += self._log_or_rerun(conn, sink, decided)
                 decided = []
+                try:
+                    sink.flush()
+                except IntegrityError as exc:
+                    raise _RunWithSavepoints from exc
         done += self._log_or_rerun(conn, sink, decided)
         try:  # last of all: after the held writes of a look-ahead, it also commits
             sink.commit(self._events(conn, done))

@@ -59,3 +59,165 @@ def test_a_failed_pipelined_write_reruns_the_batch_message_by_message(pg_server_
         )
         assert dict(per_message.all()) == {"C1": 1, "C2": 1, "C3": 1, "C4": 1}
     engine.dispose()
+
+
+def _round_trips(trace) -> int:
+    """Runs of client messages each followed by the server's answer, in a libpq trace
+    (bench.commit_cost --pg counts the same way)."""
+    trips, last = 0, ""
+    for line in trace:
+        fields = line.split("\t")
+        if len(fields) > 1 and fields[1] in ("F", "B"):
+            trips += fields[1] == "B" and last == "F"
+            last = fields[1]
+    return trips
+
+
+def test_a_batch_of_creates_and_updates_takes_two_round_trips(pg_server_url, tmp_path) -> None:
+    """BEGIN travels with the look-ups, the feed lock and the events with the COMMIT; after a
+    merge the rest of the batch is looked up together again. The writer's connection goes
+    back to the pool as it came (not in autocommit)."""
+    url = _fresh_pg_schema(pg_server_url)
+    upgrade(url)
+    engine = make_engine(url)
+    receiver = Receiver(engine)
+    receiver.handle(message("A28", Person(ipp="OLD"), "C0").encode())
+    receiver.handle(message("A28", Person(ipp="GONE"), "C00").encode())
+
+    def trips(texts: list[str]) -> int:
+        prepared = [receiver.prepare(Inbound(t.encode())) for t in texts]
+        with engine.connect() as conn:  # the pool's one connection, the one commit uses
+            pgconn = conn.connection.driver_connection.pgconn
+        path = tmp_path / "trace"
+        with open(path, "w") as trace:
+            pgconn.trace(trace.fileno())
+            outcomes = receiver.commit(prepared)
+            pgconn.untrace()
+        assert [o.code for o in outcomes] == ["AA"] * len(texts)
+        with open(path) as trace:
+            return _round_trips(trace)
+
+    plain = [
+        message("A28", Person(ipp="NEW1"), "C1"),
+        message("A31", Person(ipp="OLD", birth_name="APRES"), "C2"),
+        message("A28", Person(ipp="NEW2"), "C3"),
+    ]
+    assert trips(plain) == 2
+    alone = trips([message("A40", Person(ipp="OLD"), "C4", prior_ipp="GONE")])
+    receiver.handle(message("A28", Person(ipp="GONE2"), "C5").encode())
+    merged = [message("A40", Person(ipp="OLD"), "C6", prior_ipp="GONE2")]
+    after = [message("A28", Person(ipp="NEW3"), "C7"), message("A28", Person(ipp="NEW4"), "C8")]
+    # The creates after the merge: one look-ahead, their writes with the COMMIT (the log row
+    # and the history of the merge too), no round trip more than the merge alone.
+    assert trips(merged + after) <= alone
+    with engine.connect() as conn:
+        assert conn.connection.driver_connection.autocommit is False
+        assert conn.execute(select(func.count()).select_from(message_table)).scalar() == 10
+    engine.dispose()
+
+
+def test_a_failed_transaction_leaves_nothing_on_the_plain_path(pg_server_url) -> None:
+    """The transaction sends its own BEGIN (store/pgpipeline.begin_with_first_round_trip): a
+    batch that starts with a merge (no look-ahead, statements one at a time) and whose events
+    fail keeps none of its writes, and its messages run again in savepoints."""
+    url = _fresh_pg_schema(pg_server_url)
+    upgrade(url)
+    engine = make_engine(url)
+    receiver = Receiver(engine)
+    receiver.handle(message("A28", Person(ipp="KEEP"), "C1").encode())
+    receiver.handle(message("A28", Person(ipp="GONE"), "C2").encode())
+    with engine.begin() as conn:  # the first event insert fails, later ones pass
+        conn.execute(
+            text(
+                "CREATE SEQUENCE ev_seq;"
+                " CREATE FUNCTION ev() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF nextval('ev_seq') = 1 THEN RAISE EXCEPTION 'no' USING ERRCODE ="
+                " 'unique_violation'; END IF; RETURN NEW; END $$;"
+                " CREATE TRIGGER ev BEFORE INSERT ON event FOR EACH ROW EXECUTE FUNCTION ev();"
+            )
+        )
+    texts = [
+        message("A40", Person(ipp="KEEP"), "C3", prior_ipp="GONE"),
+        message("A28", Person(ipp="NEW"), "C4"),
+    ]
+    outcomes = receiver.commit([receiver.prepare(Inbound(t.encode())) for t in texts])
+    assert [o.code for o in outcomes] == ["AA", "AA"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT last_value FROM ev_seq")).scalar() >= 2  # it failed
+        logged = conn.execute(select(message_table.c.control_id)).scalars()
+        assert sorted(logged) == ["C1", "C2", "C3", "C4"]
+        per_message = conn.execute(
+            select(history.c.control_id, func.count()).group_by(history.c.control_id)
+        )
+        assert dict(per_message.all()) == {"C1": 1, "C2": 1, "C3": 2, "C4": 1}
+        assert conn.connection.driver_connection.autocommit is False
+    engine.dispose()
+
+
+def _last_round_trip(trace) -> str:
+    """What the client sent in a libpq trace's last round trip."""
+    trips: list[list[str]] = [[]]
+    last = ""
+    for line in trace:
+        fields = line.split("\t")
+        if len(fields) > 1 and fields[1] in ("F", "B"):
+            if fields[1] == "F" and last == "B":
+                trips.append([])
+            if fields[1] == "F":
+                trips[-1].append(line)
+            last = fields[1]
+    return "".join(trips[-1])
+
+
+def test_events_go_with_the_commit_on_every_path(pg_server_url, tmp_path) -> None:
+    """A batch the look-ahead does not cover (it starts with a merge), one whose look-ahead
+    stops at a merge, and one run in savepoints (a control id twice): each ends with one
+    round trip holding the feed lock, the event insert and the COMMIT."""
+    url = _fresh_pg_schema(pg_server_url)
+    upgrade(url)
+    engine = make_engine(url)
+    receiver = Receiver(engine)
+    for n in range(3):
+        receiver.handle(message("A28", Person(ipp=f"GONE{n}"), f"G{n}").encode())
+    receiver.handle(message("A28", Person(ipp="KEEP"), "K").encode())
+
+    def last_trip(texts: list[str]) -> str:
+        prepared = [receiver.prepare(Inbound(t.encode())) for t in texts]
+        with engine.connect() as conn:  # the pool's one connection, the one commit uses
+            driver = conn.connection.driver_connection
+            driver.prepare_threshold = None  # the statements' text in the trace, not a name
+            pgconn = driver.pgconn
+        path = tmp_path / "trace"
+        with open(path, "w") as trace:
+            pgconn.trace(trace.fileno())
+            outcomes = receiver.commit(prepared)
+            pgconn.untrace()
+        assert [o.code for o in outcomes] == ["AA"] * len(texts)
+        with open(path) as trace:
+            return _last_round_trip(trace)
+
+    batches = [
+        [
+            message("A40", Person(ipp="KEEP"), "C1", prior_ipp="GONE0"),
+            message("A28", Person(ipp="NEW1"), "C2"),
+        ],
+        [
+            message("A28", Person(ipp="NEW2"), "C3"),
+            message("A40", Person(ipp="KEEP"), "C4", prior_ipp="GONE1"),
+            message("A28", Person(ipp="NEW3"), "C5"),
+        ],
+        [
+            message("A28", Person(ipp="NEW4"), "C6"),
+            message("A28", Person(ipp="NEW4"), "C6"),  # a resend: in savepoints
+        ],
+    ]
+    for texts in batches:
+        sent = last_trip(texts)
+        assert "pg_advisory_xact_lock" in sent
+        assert "INSERT INTO event" in sent
+        assert "COMMIT" in sent
+        assert sent.index("pg_advisory_xact_lock") < sent.index("INSERT INTO event")
+        assert sent.index("INSERT INTO event") < sent.rindex("COMMIT")
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(message_table)).scalar() == 11
+    engine.dispose()

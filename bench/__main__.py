@@ -1,6 +1,6 @@
 """pamfr benchmark: a real `pamfr serve` on a fresh store, driven over MLLP from another process.
 
-    python -m bench [--quick] [--pg] [--http] [--count N] [--out results.json]
+    python -m bench [--quick] [--pg] [--http] [--skip-memory] [--skip-big-store] [--out FILE]
 
 Prints one table; see bench/README.md for what each line means.
 """

@@ -61,6 +61,24 @@ def test_a_failed_pipelined_write_reruns_the_batch_message_by_message(pg_server_
     engine.dispose()
 
 
+def _traced_commit(receiver, engine, texts: list[str], path, by_text: bool = False) -> list[str]:
+    """Commit the messages as one batch (every one answered AA) with libpq's trace of the
+    connection on; the trace's lines. `by_text`: the statements' text in the trace rather than
+    the names of prepared statements."""
+    prepared = [receiver.prepare(Inbound(t.encode())) for t in texts]
+    with engine.connect() as conn:  # the pool's one connection, the one commit uses
+        driver = conn.connection.driver_connection
+        if by_text:
+            driver.prepare_threshold = None
+        pgconn = driver.pgconn
+    with open(path, "w") as trace:
+        pgconn.trace(trace.fileno())
+        outcomes = receiver.commit(prepared)
+        pgconn.untrace()
+    assert [o.code for o in outcomes] == ["AA"] * len(texts)
+    return path.read_text().splitlines(keepends=True)
+
+
 def _round_trips(trace) -> int:
     """Runs of client messages each followed by the server's answer, in a libpq trace
     (bench.commit_cost --pg counts the same way)."""
@@ -85,17 +103,7 @@ def test_a_batch_of_creates_and_updates_takes_two_round_trips(pg_server_url, tmp
     receiver.handle(message("A28", Person(ipp="GONE"), "C00").encode())
 
     def trips(texts: list[str]) -> int:
-        prepared = [receiver.prepare(Inbound(t.encode())) for t in texts]
-        with engine.connect() as conn:  # the pool's one connection, the one commit uses
-            pgconn = conn.connection.driver_connection.pgconn
-        path = tmp_path / "trace"
-        with open(path, "w") as trace:
-            pgconn.trace(trace.fileno())
-            outcomes = receiver.commit(prepared)
-            pgconn.untrace()
-        assert [o.code for o in outcomes] == ["AA"] * len(texts)
-        with open(path) as trace:
-            return _round_trips(trace)
+        return _round_trips(_traced_commit(receiver, engine, texts, tmp_path / "trace"))
 
     plain = [
         message("A28", Person(ipp="NEW1"), "C1"),
@@ -182,19 +190,8 @@ def test_events_go_with_the_commit_on_every_path(pg_server_url, tmp_path) -> Non
     receiver.handle(message("A28", Person(ipp="KEEP"), "K").encode())
 
     def last_trip(texts: list[str]) -> str:
-        prepared = [receiver.prepare(Inbound(t.encode())) for t in texts]
-        with engine.connect() as conn:  # the pool's one connection, the one commit uses
-            driver = conn.connection.driver_connection
-            driver.prepare_threshold = None  # the statements' text in the trace, not a name
-            pgconn = driver.pgconn
         path = tmp_path / "trace"
-        with open(path, "w") as trace:
-            pgconn.trace(trace.fileno())
-            outcomes = receiver.commit(prepared)
-            pgconn.untrace()
-        assert [o.code for o in outcomes] == ["AA"] * len(texts)
-        with open(path) as trace:
-            return _last_round_trip(trace)
+        return _last_round_trip(_traced_commit(receiver, engine, texts, path, by_text=True))
 
     batches = [
         [

@@ -8,8 +8,8 @@ from prometheus_client import REGISTRY
 from pamfr.cli.status import Samples, render, summary
 from pamfr.hl7.errors import Problem
 from pamfr.hl7.frame import Outcome
-from pamfr.service.health import Check, Readiness
 from pamfr.service.metrics import Metrics, event_label
+from pamfr.settings.readiness import Check, Readiness
 
 
 def _outcome(code: str, event: str, *problems: Problem) -> Outcome:

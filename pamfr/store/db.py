@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
 from pamfr.settings.location import default_folder, sqlite_path
+from pamfr.store import pgpipeline
 from pamfr.store.filemodes import private_dir, private_file
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def make_engine(
     # hide_parameters: an error's text never carries the values (identifiers, names).
     engine = create_engine(parsed, hide_parameters=True, connect_args=connect_args)
     _ping_after_idle(engine)
+    pgpipeline.own_begin(engine)
     return engine
 
 

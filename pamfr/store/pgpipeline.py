@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from sqlalchemy import Connection, Executable, bindparam, event, text
+from sqlalchemy import Connection, Engine, Executable, bindparam, event, text
 from sqlalchemy.exc import DBAPIError
 
 # Ids for new patient and message rows; one left unused is a gap, as after a rollback.
@@ -41,12 +41,22 @@ def begin_with_first_round_trip(conn: Connection) -> bool:
     Nothing runs outside the transaction: every statement finds it open. The commit and the
     rollback are psycopg's (they act on the server's transaction status, not on autocommit),
     or the COMMIT statement `send_and_commit` ends the pipeline with."""
-    if not applies(conn):
-        return False
-    if not event.contains(conn.engine, "before_cursor_execute", _begin_first):
-        event.listen(conn.engine, "before_cursor_execute", _begin_first)
+    if not applies(conn) or not event.contains(conn.engine, "before_cursor_execute", _begin_first):
+        return False  # an engine not made by store/db.make_engine: psycopg sends BEGIN
     conn.execution_options(isolation_level="AUTOCOMMIT", **{_OWN_BEGIN: True})
     return True
+
+
+def own_begin(engine: Engine) -> None:
+    """Let the engine's writer transactions send their own BEGIN (begin_with_first_round_trip).
+    Registered once, when the engine is made and before any thread uses it: SQLAlchemy's
+    listen() must not run while another thread dispatches the event. The rollback of such a
+    transaction, and the reset of its connection when it returns to the pool, are psycopg's
+    rollback() called while the connection is still in autocommit: they need the dialect to
+    roll back in autocommit too (its default; checked here)."""
+    if engine.dialect.skip_autocommit_rollback:
+        raise ValueError("an engine with skip_autocommit_rollback cannot send its own BEGIN")
+    event.listen(engine, "before_cursor_execute", _begin_first)
 
 
 def _begin_pending(conn: Connection) -> bool:
@@ -90,6 +100,11 @@ def read(conn: Connection, queries: list[tuple[Executable, dict]]) -> list[list[
     finally:
         for cursor in cursors:
             cursor.close()
+
+
+class _NotCommitted(Exception):
+    def __init__(self, answer: str | None) -> None:
+        super().__init__(f"the server answered {answer!r} to COMMIT: nothing was committed")
 
 
 def _wrapped(conn: Connection, sqls: list[str], exc: Exception) -> DBAPIError:
@@ -161,3 +176,7 @@ def send(
                 cursor.execute("COMMIT")
     except conn.dialect.loaded_dbapi.Error as exc:
         raise _wrapped(conn, [sql for (sql, _), _ in batches], exc) from exc
+    if commit and cursor.statusmessage != "COMMIT":
+        # A COMMIT in a transaction that already failed is answered ROLLBACK, without an
+        # error: the caller must not answer AA for writes that were rolled back.
+        raise _wrapped(conn, ["COMMIT"], _NotCommitted(cursor.statusmessage))

@@ -4,14 +4,19 @@ every message is applied again on its own, exactly once."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, text
+import pytest
+from psycopg.pq import TransactionStatus
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from pamfr.hl7.frame import Inbound
 from pamfr.hl7.samples import Person, message
 from pamfr.path.receiver import Receiver
+from pamfr.store import pgpipeline
 from pamfr.store.db import make_engine, upgrade
 from pamfr.store.schema import history, identifier, patient
 from pamfr.store.schema import message as message_table
+from pamfr.store.sink import ImmediateSink
 from tests.conftest import _fresh_pg_schema
 
 # nextval is not undone by a rollback: the first insert of IPP "RACE" fails, later ones pass.
@@ -218,3 +223,46 @@ def test_events_go_with_the_commit_on_every_path(pg_server_url, tmp_path) -> Non
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(message_table)).scalar() == 11
     engine.dispose()
+
+
+def test_a_commit_the_server_answers_rollback_is_a_failure_not_a_success(pg_server_url) -> None:
+    """PostgreSQL answers a COMMIT sent in a transaction that already failed with ROLLBACK and
+    no error: the pipelined COMMIT must raise, or the messages would be answered AA for writes
+    that were rolled back."""
+    url = _fresh_pg_schema(pg_server_url)
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert pgpipeline.begin_with_first_round_trip(conn)
+            failed = pytest.raises(SQLAlchemyError, match="answered 'ROLLBACK' to COMMIT")
+            with failed, conn.begin():
+                with pytest.raises(DBAPIError):
+                    conn.execute(text("SELECT 1/0"))
+                ImmediateSink(conn).commit([])
+        with engine.connect() as conn:  # the pool's connection is usable, out of autocommit
+            assert conn.connection.driver_connection.autocommit is False
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_only_an_engine_of_make_engine_sends_its_own_begin(pg_server_url) -> None:
+    """The BEGIN listener is registered when make_engine makes the engine (never later, while
+    other threads use it), and an engine made elsewhere keeps psycopg's own BEGIN: a statement
+    can never run in autocommit outside a transaction for want of the listener."""
+    made = make_engine(pg_server_url)
+    other = create_engine(pg_server_url)
+    try:
+        assert made.dialect.skip_autocommit_rollback is False
+        with made.connect() as conn:
+            assert pgpipeline.begin_with_first_round_trip(conn)
+        with other.connect() as conn:
+            assert not pgpipeline.begin_with_first_round_trip(conn)
+            with conn.begin():
+                conn.execute(text("SELECT 1"))
+                status = conn.connection.driver_connection.info.transaction_status
+                assert status == TransactionStatus.INTRANS
+    finally:
+        made.dispose()
+        other.dispose()

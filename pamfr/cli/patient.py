@@ -220,7 +220,7 @@ def collisions(obj: Context, db_url, as_json) -> None:
 
 @patient.command()
 @db_option
-@click.option("--json", "as_json", is_flag=True, help="A JSON list of {patients, key}.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of {patients: [id, id]}.")
 @click.pass_obj
 def doublons(obj: Context, db_url, as_json) -> None:
     """Potential doublons: active patients, neither linked nor decided "not a doublon" on
